@@ -1,0 +1,112 @@
+//! The command line: one file per subcommand. Parsing and printing only.
+
+mod plan_show;
+mod plan_validate;
+mod schema;
+
+use std::io::IsTerminal;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::exit::Exit;
+
+/// Declarative backups of Docker Trusted Registry.
+#[derive(Debug, Parser)]
+#[command(name = "dtr-backup", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check, show and run backup plans.
+    #[command(subcommand)]
+    Plan(PlanCommand),
+    /// Print the JSON Schema of plan files.
+    Schema,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlanCommand {
+    /// Check plan files offline: no credentials, no network, no Docker.
+    Validate(plan_validate::Args),
+    /// Print the step graph a plan compiles to.
+    Show(plan_show::Args),
+}
+
+/// Machine-readable or human output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Parses the command line, runs it, and returns the exit code.
+pub fn main() -> Exit {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { Exit::Usage } else { Exit::Ok };
+        }
+    };
+    run(cli)
+}
+
+/// Runs a parsed command.
+pub fn run(cli: Cli) -> Exit {
+    match cli.command {
+        Command::Plan(PlanCommand::Validate(args)) => plan_validate::run(&args),
+        Command::Plan(PlanCommand::Show(args)) => plan_show::run(&args),
+        Command::Schema => schema::run(),
+    }
+}
+
+/// The miette handler for diagnostics: colour only on a terminal without `NO_COLOR`.
+pub fn diagnostic_handler() -> miette::GraphicalReportHandler {
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let theme = if colour {
+        miette::GraphicalTheme::unicode()
+    } else {
+        miette::GraphicalTheme::unicode_nocolor()
+    };
+    miette::GraphicalReportHandler::new_themed(theme).with_width(100)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}
+
+/// Loads a plan for a command that needs a valid one. Diagnostics (warnings included) go to
+/// stderr; on errors the caller gets the exit code to return.
+pub fn load_plan(path: &std::path::Path) -> Result<crate::plan::Plan, Exit> {
+    let loaded = match crate::plan::load(path) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("error: cannot read the plan {}: {e}", path.display());
+            return Err(Exit::Usage);
+        }
+    };
+    if !loaded.report.diags.is_empty() {
+        eprint!(
+            "{}",
+            crate::plan::diag::render_all(&loaded.report, &diagnostic_handler())
+        );
+    }
+    loaded.plan.ok_or_else(|| {
+        eprintln!(
+            "error: {} is not a valid plan; `dtr-backup plan validate {}` lists the problems",
+            path.display(),
+            path.display()
+        );
+        Exit::InvalidPlan
+    })
+}

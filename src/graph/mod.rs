@@ -1,0 +1,286 @@
+//! Plan → step graph: which steps run, in which order, reading and writing what.
+//!
+//! The graph follows the domain: preflight → discover replica → metadata → images (metadata
+//! first, so the images are a superset of what the metadata references) → manifest → verify →
+//! retention. Steps for parts the plan leaves out do not appear. `render.rs` prints it.
+
+mod render;
+
+use serde::Serialize;
+
+use crate::plan::{DestinationCfg, EncryptionCfg, ImagesCfg, Order, Plan, ReplicaSel, UcpTls};
+
+pub use render::{render_dot, render_json, render_text};
+
+/// The closed set of step kinds. Each has one implementation in `crate::steps`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    Preflight,
+    Discover,
+    Metadata,
+    Images,
+    Manifest,
+    Verify,
+    Retention,
+}
+
+impl StepKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::Preflight => "preflight",
+            StepKind::Discover => "discover",
+            StepKind::Metadata => "metadata",
+            StepKind::Images => "images",
+            StepKind::Manifest => "manifest",
+            StepKind::Verify => "verify",
+            StepKind::Retention => "retention",
+        }
+    }
+}
+
+/// One node of the graph.
+#[derive(Clone, Debug, Serialize)]
+pub struct Step {
+    /// Unique within the graph; the checkpoint journal records steps by id.
+    pub id: String,
+    pub kind: StepKind,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    pub depends_on: Vec<String>,
+}
+
+/// The steps of a plan, in an order that respects every dependency.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepGraph {
+    pub plan: String,
+    pub steps: Vec<Step>,
+}
+
+impl StepGraph {
+    pub fn step(&self, id: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.id == id)
+    }
+}
+
+/// File name of the metadata artifact.
+pub fn metadata_artifact(plan: &Plan) -> String {
+    let version = plan.dtr.version.as_deref().unwrap_or("unknown");
+    format!("dtr-backup-v{version}.tar.gz{}", gpg_suffix(plan))
+}
+
+/// The folder name of the image content inside the archive (`<name>/_data/docker/...`), when
+/// the plan alone decides it; `None` when it comes from the discovered replica.
+pub fn images_volume_name(plan: &Plan) -> Option<String> {
+    let pinned = match &plan.dtr.replica {
+        ReplicaSel::Pinned(id) => Some(format!("dtr-registry-{id}")),
+        ReplicaSel::Auto => None,
+    };
+    match plan.images.as_ref()? {
+        ImagesCfg::Volume { name, .. } => name.clone().or(pinned),
+        ImagesCfg::Path { path, name, .. } | ImagesCfg::Nfs { path, name, .. } => name
+            .clone()
+            .or(pinned)
+            .or_else(|| path.file_name().map(|n| n.to_string_lossy().into_owned())),
+        ImagesCfg::S3(_) => name_for_s3(plan),
+    }
+}
+
+fn name_for_s3(plan: &Plan) -> Option<String> {
+    match &plan.dtr.replica {
+        ReplicaSel::Pinned(id) => Some(format!("dtr-registry-{id}")),
+        ReplicaSel::Auto => Some(format!("dtr-registry-{}", plan.name)),
+    }
+}
+
+/// File name of the images artifact for a given volume folder name.
+pub fn images_artifact(plan: &Plan, volume_name: &str) -> String {
+    let short = volume_name
+        .strip_prefix("dtr-registry-")
+        .unwrap_or(volume_name);
+    format!("dtr-images-{short}.tar{}", gpg_suffix(plan))
+}
+
+fn gpg_suffix(plan: &Plan) -> &'static str {
+    if plan.encryption == EncryptionCfg::None {
+        ""
+    } else {
+        ".gpg"
+    }
+}
+
+fn destination_text(plan: &Plan) -> String {
+    match &plan.destination {
+        DestinationCfg::Local { path } => format!("{}/{}/<backup-id>/", path.display(), plan.name),
+        DestinationCfg::S3(s3) => {
+            let prefix = if s3.prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{}/", s3.prefix)
+            };
+            format!("s3://{}/{prefix}{}/<backup-id>/", s3.bucket, plan.name)
+        }
+    }
+}
+
+fn needs_docker(plan: &Plan) -> bool {
+    plan.metadata || matches!(plan.images, Some(ImagesCfg::Volume { .. }))
+}
+
+/// Compiles a checked plan into its step graph. Pure.
+pub fn compile(plan: &Plan) -> StepGraph {
+    let mut steps: Vec<Step> = Vec::new();
+    let dest = destination_text(plan);
+
+    let mut pre_in = vec![format!("destination {dest}")];
+    if needs_docker(plan) {
+        pre_in.push(format!(
+            "docker {}",
+            plan.docker
+                .host
+                .as_deref()
+                .or(plan.docker.bundle.as_ref().map(|_| "from bundle"))
+                .unwrap_or("$DOCKER_HOST or unix:///var/run/docker.sock")
+        ));
+    }
+    if let Some(ucp) = &plan.ucp {
+        let login = if plan.check_ucp_login { " (login check)" } else { "" };
+        pre_in.push(format!("ucp {}{login}", ucp.url));
+    }
+    match &plan.images {
+        Some(ImagesCfg::Path { path, .. }) => pre_in.push(format!("images path {}", path.display())),
+        Some(ImagesCfg::Nfs { path, server, .. }) => {
+            pre_in.push(format!("nfs mount {} from {server}", path.display()))
+        }
+        _ => {}
+    }
+    match &plan.encryption {
+        EncryptionCfg::Passphrase(s) => pre_in.push(format!("passphrase {}", s.redacted())),
+        EncryptionCfg::Recipients(keys) => {
+            pre_in.extend(keys.iter().map(|k| format!("recipient key {}", k.display())))
+        }
+        EncryptionCfg::None => {}
+    }
+    steps.push(Step {
+        id: "preflight".into(),
+        kind: StepKind::Preflight,
+        inputs: pre_in,
+        outputs: vec![],
+        depends_on: vec![],
+    });
+
+    let mut last = "preflight".to_owned();
+    if needs_docker(plan) {
+        steps.push(Step {
+            id: "discover".into(),
+            kind: StepKind::Discover,
+            inputs: vec![format!("replica {}", plan.dtr.replica)],
+            outputs: vec!["replica id, node, DTR version".into()],
+            depends_on: vec![last.clone()],
+        });
+        last = "discover".into();
+    }
+
+    let metadata_step = plan.metadata.then(|| {
+        let ucp = plan.ucp.as_ref();
+        let mut inputs = vec![format!(
+            "image {}",
+            plan.dtr.image.as_deref().unwrap_or("(none)")
+        )];
+        if let Some(ucp) = ucp {
+            inputs.push(format!("ucp {} as {}", ucp.url, ucp.username));
+            inputs.push(format!("UCP_PASSWORD {}", ucp.password.redacted()));
+            inputs.push(match &ucp.tls {
+                UcpTls::Ca(p) => format!("ucp ca {}", p.display()),
+                UcpTls::Insecure => "ucp tls unverified (--ucp-insecure-tls)".into(),
+            });
+        }
+        if plan.dtr.offline {
+            inputs.push("--offline-backup".into());
+        }
+        Step {
+            id: "metadata".into(),
+            kind: StepKind::Metadata,
+            inputs,
+            outputs: vec![format!("{dest}{}", metadata_artifact(plan))],
+            depends_on: vec![],
+        }
+    });
+    let images_step = plan.images.as_ref().map(|images| {
+        let source = match images {
+            ImagesCfg::Volume { name, .. } => format!(
+                "volume {}",
+                name.as_deref().unwrap_or("dtr-registry-<replica>")
+            ),
+            ImagesCfg::Path { path, .. } => format!("path {}", path.display()),
+            ImagesCfg::Nfs { path, server, .. } => {
+                format!("nfs {} ({server})", path.display())
+            }
+            ImagesCfg::S3(s3) => format!("s3://{}/{}", s3.bucket, s3.prefix),
+        };
+        let volume = images_volume_name(plan).unwrap_or_else(|| "dtr-registry-<replica>".into());
+        let output = match images {
+            ImagesCfg::S3(_) => format!(
+                "{dest}objects/ and {}blobs/sha256/ (shared)",
+                dest.trim_end_matches("<backup-id>/")
+            ),
+            _ => format!("{dest}{}", images_artifact(plan, &volume)),
+        };
+        Step {
+            id: "images".into(),
+            kind: StepKind::Images,
+            inputs: vec![source],
+            outputs: vec![output],
+            depends_on: vec![],
+        }
+    });
+    let ordered = match plan.order {
+        Order::MetadataFirst => [metadata_step, images_step],
+        Order::ImagesFirst => [images_step, metadata_step],
+    };
+    let mut artifacts = Vec::new();
+    for mut step in ordered.into_iter().flatten() {
+        step.depends_on.push(last.clone());
+        last = step.id.clone();
+        artifacts.extend(step.outputs.iter().cloned());
+        steps.push(step);
+    }
+
+    steps.push(Step {
+        id: "manifest".into(),
+        kind: StepKind::Manifest,
+        inputs: artifacts,
+        outputs: vec![format!("{dest}manifest.json")],
+        depends_on: vec![last.clone()],
+    });
+    last = "manifest".into();
+
+    if plan.verify_after_apply {
+        steps.push(Step {
+            id: "verify".into(),
+            kind: StepKind::Verify,
+            inputs: vec![format!("{dest}manifest.json")],
+            outputs: vec!["sizes, sha256, decryption, layout checked".into()],
+            depends_on: vec![last.clone()],
+        });
+        last = "verify".into();
+    }
+
+    if let Some(r) = &plan.retention {
+        steps.push(Step {
+            id: "retention".into(),
+            kind: StepKind::Retention,
+            inputs: vec![format!(
+                "keep_last {} daily {} weekly {} monthly {}",
+                r.keep_last, r.keep_daily, r.keep_weekly, r.keep_monthly
+            )],
+            outputs: vec!["older backups deleted".into()],
+            depends_on: vec![last],
+        });
+    }
+
+    StepGraph {
+        plan: plan.name.to_string(),
+        steps,
+    }
+}

@@ -1,0 +1,287 @@
+//! Plans: loading, checking, and the resolved [`Plan`] the rest of the program uses.
+//!
+//! `load_str` is pure: it parses the YAML (`yaml.rs`), decodes it into the raw types
+//! (`decode.rs`, `raw.rs`), checks the sections against each other (`check.rs`) and resolves
+//! defaults and relative paths. It never reads the environment, a secret, or the network.
+
+mod check;
+mod decode;
+pub mod diag;
+mod names;
+pub mod raw;
+pub mod yaml;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+pub use diag::{Diag, FileReport, Severity};
+pub use names::{PlanName, ReplicaId, ReplicaSel, SecretRef};
+pub use raw::{Order, RawPlan};
+
+/// A checked plan with defaults applied and paths made absolute.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub name: PlanName,
+    /// The plan file.
+    pub file: PathBuf,
+    /// sha256 of the plan file's bytes, hex.
+    pub digest: String,
+    pub metadata: bool,
+    pub images: Option<ImagesCfg>,
+    pub order: Order,
+    pub ucp: Option<UcpCfg>,
+    pub docker: DockerCfg,
+    pub dtr: DtrCfg,
+    pub destination: DestinationCfg,
+    pub encryption: EncryptionCfg,
+    pub retention: Option<RetentionCfg>,
+    /// A local folder for state and lock instead of the destination.
+    pub state_path: Option<PathBuf>,
+    pub check_ucp_login: bool,
+    pub verify_after_apply: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct UcpCfg {
+    pub url: String,
+    pub username: String,
+    pub password: SecretRef,
+    pub tls: UcpTls,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UcpTls {
+    /// Verify UCP against this CA file (PEM).
+    Ca(PathBuf),
+    /// `--ucp-insecure-tls`.
+    Insecure,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DockerCfg {
+    pub host: Option<String>,
+    pub bundle: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DtrCfg {
+    pub image: Option<String>,
+    /// The tag of `image`: the DTR version.
+    pub version: Option<String>,
+    pub replica: ReplicaSel,
+    pub offline: bool,
+}
+
+#[derive(Clone, Debug)]
+pub enum ImagesCfg {
+    Volume {
+        name: Option<String>,
+        helper_image: Option<String>,
+    },
+    Path {
+        path: PathBuf,
+        name: Option<String>,
+        allow_empty: bool,
+    },
+    Nfs {
+        path: PathBuf,
+        server: String,
+        name: Option<String>,
+    },
+    S3(S3Cfg),
+}
+
+impl ImagesCfg {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ImagesCfg::Volume { .. } => "volume",
+            ImagesCfg::Path { .. } => "path",
+            ImagesCfg::Nfs { .. } => "nfs",
+            ImagesCfg::S3(_) => "s3",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct S3Cfg {
+    pub bucket: String,
+    /// Key prefix without leading or trailing `/` (may be empty).
+    pub prefix: String,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub access_key_id: Option<SecretRef>,
+    pub secret_access_key: Option<SecretRef>,
+    pub allow_http: bool,
+    pub path_style: bool,
+}
+
+#[derive(Clone, Debug)]
+pub enum DestinationCfg {
+    Local { path: PathBuf },
+    S3(S3Cfg),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EncryptionCfg {
+    None,
+    Passphrase(SecretRef),
+    Recipients(Vec<PathBuf>),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetentionCfg {
+    pub keep_last: u32,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
+}
+
+/// The outcome of loading one plan file: the plan when it has no errors, and every diagnostic.
+#[derive(Debug)]
+pub struct Loaded {
+    pub plan: Option<Plan>,
+    pub report: FileReport,
+}
+
+/// Reads and checks a plan file. Only the file itself is read.
+pub fn load(file: &Path) -> std::io::Result<Loaded> {
+    let bytes = std::fs::read(file)?;
+    let source = String::from_utf8(bytes).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text ({e}); save the plan as UTF-8"),
+        )
+    })?;
+    Ok(load_str(file, &source))
+}
+
+/// Checks a plan given as text. `file` names it in messages and anchors relative paths.
+pub fn load_str(file: &Path, source: &str) -> Loaded {
+    let shared: Arc<str> = Arc::from(source);
+    let root = match yaml::parse(source) {
+        Ok(root) => root,
+        Err(e) => {
+            let diag = syntax_diag(source, &e);
+            return Loaded {
+                plan: None,
+                report: FileReport::new(file, shared, vec![diag]),
+            };
+        }
+    };
+    let mut decoder = decode::Decoder::new(source);
+    let raw = decoder.plan(&root);
+    let dir = file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let diags = decoder.diags;
+    let report = FileReport::new(file, shared, diags);
+    let plan = match raw {
+        Some(raw) if !report.has_errors() => {
+            let digest = hex(&Sha256::digest(source.as_bytes()));
+            check::resolve(raw, file, &dir, digest)
+        }
+        _ => None,
+    };
+    Loaded { plan, report }
+}
+
+fn syntax_diag(source: &str, e: &serde_saphyr::Error) -> Diag {
+    let inner = e.without_snippet().to_string();
+    // The crate's text starts with "error: line L column C: "; the position is shown apart.
+    let message = inner
+        .split_once(": ")
+        .filter(|(head, _)| head.starts_with("error"))
+        .map(|(_, rest)| rest)
+        .unwrap_or(&inner);
+    let message = match message.split_once(": ") {
+        Some((head, rest)) if head.starts_with("line ") => rest,
+        _ => message,
+    };
+    let (line, column) = e
+        .location()
+        .map(|l| (l.line() as usize, l.column() as usize))
+        .unwrap_or((1, 1));
+    let offset = diag::offset_of(source, line, column);
+    let len = source[offset..].chars().next().map_or(0, char::len_utf8);
+    let span = yaml::Span {
+        offset,
+        len,
+        line,
+        column,
+    };
+    if message.contains("duplicate mapping key") {
+        let key = message
+            .split("duplicate mapping key: ")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .unwrap_or("")
+            .to_owned();
+        return Diag::error(
+            "plan::duplicate-key",
+            span,
+            format!("the key `{key}` appears twice in the same section"),
+        )
+        .label("second occurrence")
+        .help("keep one of the two; YAML would silently drop the other");
+    }
+    let message = message.split(", set ").next().unwrap_or(message).trim();
+    Diag::error(
+        "plan::syntax",
+        span,
+        format!("the plan is not valid YAML: {message}"),
+    )
+    .label(message.to_owned())
+    .help("check the indentation (spaces, not tabs) and the quotes around this point")
+}
+
+/// The DTR version named by an image reference's tag (`docker/dtr:2.9.4` → `2.9.4`).
+pub fn image_version(image: &str) -> Result<String, String> {
+    let name = image.split('@').next().unwrap_or(image);
+    let last = name.rsplit('/').next().unwrap_or(name);
+    let Some((_, tag)) = last.rsplit_once(':') else {
+        return Err("has no tag".to_owned());
+    };
+    if tag == "latest" {
+        return Err("is tagged `latest`".to_owned());
+    }
+    let numeric: Vec<&str> = tag.splitn(4, ['.', '-']).take(3).collect();
+    let looks_like_version = numeric.len() == 3
+        && numeric
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    if !looks_like_version {
+        return Err(format!("has the tag {tag:?}, which is not a version"));
+    }
+    Ok(tag.to_owned())
+}
+
+/// Lowercase hexadecimal of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_from_tags() {
+        assert_eq!(image_version("docker/dtr:2.7.5").unwrap(), "2.7.5");
+        assert_eq!(
+            image_version("registry.mirantis.com/msr/dtr:2.9.29").unwrap(),
+            "2.9.29"
+        );
+        assert_eq!(image_version("localhost:5000/dtr:2.9.4-rc1").unwrap(), "2.9.4-rc1");
+        assert!(image_version("localhost:5000/dtr").is_err());
+        assert!(image_version("docker/dtr:latest").is_err());
+        assert!(image_version("docker/dtr").is_err());
+        assert!(image_version("docker/dtr:stable").is_err());
+    }
+}

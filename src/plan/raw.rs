@@ -1,0 +1,239 @@
+//! The plan as written: one type per YAML section, keys as in the file.
+//!
+//! These types are filled by `decode.rs` (which keeps positions for later checks) and describe
+//! the JSON Schema (`dtr-backup schema`, `schemas/plan.schema.json`) through `schemars`. The
+//! resolved, typed plan that the rest of the program uses is [`crate::plan::Plan`].
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+
+use super::yaml::Span;
+use super::{ReplicaSel, SecretRef};
+
+/// A value with the position it was written at.
+#[derive(Clone, Debug)]
+pub struct Sp<T> {
+    pub value: T,
+    pub span: Span,
+}
+
+impl<T: JsonSchema> JsonSchema for Sp<T> {
+    fn inline_schema() -> bool {
+        T::inline_schema()
+    }
+    fn schema_name() -> Cow<'static, str> {
+        T::schema_name()
+    }
+    fn schema_id() -> Cow<'static, str> {
+        T::schema_id()
+    }
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        T::json_schema(generator)
+    }
+}
+
+/// A dtr-backup plan (version 1).
+#[derive(Clone, Debug, JsonSchema)]
+#[schemars(deny_unknown_fields, title = "dtr-backup plan")]
+pub struct RawPlan {
+    /// Plan format version. Always `1`.
+    #[schemars(range(min = 1, max = 1))]
+    pub version: Sp<u32>,
+    /// Names the backups: lowercase letters, digits and `-`, at most 63 characters.
+    #[schemars(regex(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    pub name: Sp<String>,
+    /// What to back up. Default: both.
+    #[schemars(length(min = 1))]
+    pub parts: Option<Sp<Vec<Sp<Part>>>>,
+    /// The UCP that DTR belongs to. Needed when `parts` includes `metadata`.
+    pub ucp: Option<Sp<Ucp>>,
+    /// How to reach the Docker API that runs DTR.
+    pub docker: Option<Sp<Docker>>,
+    /// The DTR deployment.
+    pub dtr: Option<Sp<Dtr>>,
+    /// Where DTR keeps image content. Needed when `parts` includes `images`.
+    pub images: Option<Sp<ImageSource>>,
+    /// Where backups go.
+    pub destination: Sp<Destination>,
+    /// How artifacts are encrypted. Required when `parts` includes `metadata`.
+    pub encryption: Option<Sp<Encryption>>,
+    /// Which complete backups to keep.
+    pub retention: Option<Sp<Retention>>,
+    /// Where the run state (checkpoints, lock) lives.
+    pub state: Option<Sp<StateCfg>>,
+    /// Checks made before anything is written.
+    pub preflight: Option<Sp<Preflight>>,
+    /// Verification after `plan apply`.
+    pub verify: Option<Sp<VerifyCfg>>,
+    /// Which part is copied first. Default `metadata-first` (see the README).
+    pub order: Option<Sp<Order>>,
+}
+
+/// A part of a DTR backup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[schemars(rename_all = "snake_case")]
+pub enum Part {
+    /// DTR metadata through the `dtr backup` container.
+    Metadata,
+    /// Image content (the registry storage).
+    Images,
+}
+
+/// The order of the two parts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[schemars(rename_all = "kebab-case")]
+pub enum Order {
+    MetadataFirst,
+    ImagesFirst,
+}
+
+/// UCP endpoint and credentials.
+#[derive(Clone, Debug, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Ucp {
+    /// `https://` URL of UCP.
+    pub url: Sp<String>,
+    /// A UCP administrator.
+    pub username: Sp<String>,
+    /// The administrator's password, as a secret reference.
+    pub password: Sp<SecretRef>,
+    /// PEM file of UCP's CA (fetch it from `https://<ucp>/ca`).
+    pub ca_file: Option<Sp<PathBuf>>,
+    /// Skip TLS verification of UCP. Insecure; prefer `ca_file`.
+    pub insecure_tls: Option<Sp<bool>>,
+}
+
+/// Docker API connection.
+#[derive(Clone, Debug, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Docker {
+    /// `unix:///path` or `tcp://host:port`. Default `$DOCKER_HOST`, else the local socket.
+    pub host: Option<Sp<String>>,
+    /// A UCP client bundle folder (`ca.pem`, `cert.pem`, `key.pem`, optional `env.sh`).
+    pub bundle: Option<Sp<PathBuf>>,
+}
+
+/// The DTR deployment.
+#[derive(Clone, Debug, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Dtr {
+    /// DTR image whose tag is the running DTR version, e.g. `docker/dtr:2.7.5`.
+    pub image: Option<Sp<String>>,
+    /// `auto` or a 12-hex-digit replica id.
+    #[schemars(with = "Option<String>", regex(pattern = r"^(auto|[0-9a-f]{12})$"))]
+    pub replica: Option<Sp<ReplicaSel>>,
+    /// Stop the replica's RethinkDB for a consistent copy (`--offline-backup`).
+    pub offline: Option<Sp<bool>>,
+}
+
+/// Where DTR keeps image content.
+#[derive(Clone, Debug, JsonSchema)]
+#[schemars(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ImageSource {
+    /// A Docker volume on the replica's node.
+    Volume {
+        /// Volume name. Default `dtr-registry-<replica>`.
+        name: Option<Sp<String>>,
+        /// Image for the helper container that mounts the volume. Default: the DTR image.
+        helper_image: Option<Sp<String>>,
+    },
+    /// A local folder holding `docker/registry/v2`.
+    Path {
+        path: Sp<PathBuf>,
+        /// Folder name in the archive (`<name>/_data/docker/...`). Default
+        /// `dtr-registry-<replica>` for a pinned replica, else the folder's own name.
+        name: Option<Sp<String>>,
+        /// Accept a tree without `docker/registry/v2`.
+        allow_empty: Option<Sp<bool>>,
+    },
+    /// An NFS mount point holding `docker/registry/v2`.
+    Nfs {
+        /// Mount point.
+        path: Sp<PathBuf>,
+        /// `host:/export` the mount must come from.
+        server: Sp<String>,
+        name: Option<Sp<String>>,
+    },
+    /// An S3 bucket (DTR's S3 storage driver).
+    S3(S3),
+}
+
+/// An S3 or S3-compatible location.
+#[derive(Clone, Debug, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct S3 {
+    pub bucket: Sp<String>,
+    /// Key prefix (DTR's `rootdirectory` for image content).
+    pub prefix: Option<Sp<String>>,
+    pub region: Option<Sp<String>>,
+    /// Endpoint URL of an S3-compatible server.
+    pub endpoint: Option<Sp<String>>,
+    /// Access key id; default: the standard AWS chain.
+    pub access_key_id: Option<Sp<SecretRef>>,
+    pub secret_access_key: Option<Sp<SecretRef>>,
+    /// Allow plain `http://` endpoints (test servers).
+    pub allow_http: Option<Sp<bool>>,
+    /// Use path-style requests (`endpoint/bucket/key`).
+    pub path_style: Option<Sp<bool>>,
+}
+
+/// Where backups go.
+#[derive(Clone, Debug, JsonSchema)]
+#[schemars(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Destination {
+    /// A local folder.
+    Local { path: Sp<PathBuf> },
+    /// An S3 bucket.
+    S3(S3),
+}
+
+/// How artifacts are encrypted.
+#[derive(Clone, Debug, JsonSchema)]
+#[schemars(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Encryption {
+    /// OpenPGP symmetric encryption (what `gpg --symmetric` does).
+    Passphrase { passphrase: Sp<SecretRef> },
+    /// OpenPGP public-key encryption to every listed key file.
+    Recipients {
+        #[schemars(length(min = 1))]
+        recipients: Sp<Vec<Sp<PathBuf>>>,
+    },
+    /// No encryption. The metadata archive holds private keys: avoid.
+    None {},
+}
+
+/// Which complete backups to keep; a backup kept by any rule is kept.
+#[derive(Clone, Debug, Default, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Retention {
+    pub keep_last: Option<Sp<u32>>,
+    pub keep_daily: Option<Sp<u32>>,
+    pub keep_weekly: Option<Sp<u32>>,
+    pub keep_monthly: Option<Sp<u32>>,
+}
+
+/// Where the run state lives.
+#[derive(Clone, Debug, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct StateCfg {
+    /// A local folder for state and lock. Default: `<destination>/<name>/.state`.
+    pub path: Option<Sp<PathBuf>>,
+}
+
+/// Checks made before anything is written.
+#[derive(Clone, Debug, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Preflight {
+    /// Log in to UCP with the plan's credentials first. Default `true`.
+    pub check_ucp_login: Option<Sp<bool>>,
+}
+
+/// Verification after `plan apply`.
+#[derive(Clone, Debug, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct VerifyCfg {
+    /// Verify the new backup as the last step of `plan apply`. Default `true`.
+    pub after_apply: Option<Sp<bool>>,
+}
