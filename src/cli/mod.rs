@@ -49,7 +49,11 @@ pub fn main() -> Exit {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { Exit::Usage } else { Exit::Ok };
+            return if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Ok
+            };
         }
     };
     run(cli)
@@ -73,16 +77,6 @@ pub fn diagnostic_handler() -> miette::GraphicalReportHandler {
         miette::GraphicalTheme::unicode_nocolor()
     };
     miette::GraphicalReportHandler::new_themed(theme).with_width(100)
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::CommandFactory;
-
-    #[test]
-    fn cli_definition_is_consistent() {
-        super::Cli::command().debug_assert();
-    }
 }
 
 /// Loads a plan for a command that needs a valid one. Diagnostics (warnings included) go to
@@ -109,4 +103,14 @@ pub fn load_plan(path: &std::path::Path) -> Result<crate::plan::Plan, Exit> {
         );
         Exit::InvalidPlan
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

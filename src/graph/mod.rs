@@ -144,11 +144,17 @@ pub fn compile(plan: &Plan) -> StepGraph {
         ));
     }
     if let Some(ucp) = &plan.ucp {
-        let login = if plan.check_ucp_login { " (login check)" } else { "" };
+        let login = if plan.check_ucp_login {
+            " (login check)"
+        } else {
+            ""
+        };
         pre_in.push(format!("ucp {}{login}", ucp.url));
     }
     match &plan.images {
-        Some(ImagesCfg::Path { path, .. }) => pre_in.push(format!("images path {}", path.display())),
+        Some(ImagesCfg::Path { path, .. }) => {
+            pre_in.push(format!("images path {}", path.display()))
+        }
         Some(ImagesCfg::Nfs { path, server, .. }) => {
             pre_in.push(format!("nfs mount {} from {server}", path.display()))
         }
@@ -156,9 +162,10 @@ pub fn compile(plan: &Plan) -> StepGraph {
     }
     match &plan.encryption {
         EncryptionCfg::Passphrase(s) => pre_in.push(format!("passphrase {}", s.redacted())),
-        EncryptionCfg::Recipients(keys) => {
-            pre_in.extend(keys.iter().map(|k| format!("recipient key {}", k.display())))
-        }
+        EncryptionCfg::Recipients(keys) => pre_in.extend(
+            keys.iter()
+                .map(|k| format!("recipient key {}", k.display())),
+        ),
         EncryptionCfg::None => {}
     }
     steps.push(Step {
@@ -207,18 +214,15 @@ pub fn compile(plan: &Plan) -> StepGraph {
         }
     });
     let images_step = plan.images.as_ref().map(|images| {
+        let volume = images_volume_name(plan).unwrap_or_else(|| "dtr-registry-<replica>".into());
         let source = match images {
-            ImagesCfg::Volume { name, .. } => format!(
-                "volume {}",
-                name.as_deref().unwrap_or("dtr-registry-<replica>")
-            ),
+            ImagesCfg::Volume { .. } => format!("volume {volume}"),
             ImagesCfg::Path { path, .. } => format!("path {}", path.display()),
             ImagesCfg::Nfs { path, server, .. } => {
                 format!("nfs {} ({server})", path.display())
             }
             ImagesCfg::S3(s3) => format!("s3://{}/{}", s3.bucket, s3.prefix),
         };
-        let volume = images_volume_name(plan).unwrap_or_else(|| "dtr-registry-<replica>".into());
         let output = match images {
             ImagesCfg::S3(_) => format!(
                 "{dest}objects/ and {}blobs/sha256/ (shared)",

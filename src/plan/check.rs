@@ -168,7 +168,9 @@ pub fn cross(v: &CrossView, diags: &mut Vec<Diag>) {
                     "the destination and the image content contain one another",
                 )
                 .label("overlaps the images path")
-                .help("back up to a folder outside the registry storage (a backup would copy itself)"),
+                .help(
+                    "back up to a folder outside the registry storage (a backup would copy itself)",
+                ),
             );
         }
     }
@@ -222,7 +224,9 @@ pub fn resolve(raw: RawPlan, file: &Path, dir: &Path, digest: String) -> Option<
             },
         }),
         docker: DockerCfg {
-            host: docker.and_then(|d| d.host.as_ref()).map(|h| h.value.clone()),
+            host: docker
+                .and_then(|d| d.host.as_ref())
+                .map(|h| h.value.clone()),
             bundle: docker
                 .and_then(|d| d.bundle.as_ref())
                 .map(|b| absolute(dir, &b.value)),
@@ -234,7 +238,9 @@ pub fn resolve(raw: RawPlan, file: &Path, dir: &Path, digest: String) -> Option<
                 .and_then(|d| d.replica.as_ref())
                 .map(|r| r.value.clone())
                 .unwrap_or_default(),
-            offline: dtr.and_then(|d| d.offline.as_ref()).is_some_and(|o| o.value),
+            offline: dtr
+                .and_then(|d| d.offline.as_ref())
+                .is_some_and(|o| o.value),
         },
         destination,
         encryption,

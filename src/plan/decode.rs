@@ -87,7 +87,8 @@ impl<'s> Decoder<'s> {
     }
 
     fn wrong_type(&mut self, at: At, expected: &str, help: Option<String>) {
-        let mut d = Diag::error(
+        let help = help.unwrap_or_else(|| format!("give `{}` {expected}", at.path));
+        let d = Diag::error(
             "plan::wrong-type",
             at.span(),
             format!(
@@ -96,10 +97,8 @@ impl<'s> Decoder<'s> {
                 at.node.value.kind()
             ),
         )
-        .label(format!("expected {expected}"));
-        if let Some(h) = help {
-            d = d.help(h);
-        }
+        .label(format!("expected {expected}"))
+        .help(help);
         self.push(d);
     }
 
@@ -180,7 +179,11 @@ impl<'s> Decoder<'s> {
             Value::Str(s) => s.clone(),
             Value::Int(_) | Value::Float(_) => self.raw_text(at.node)?,
             _ => {
-                self.wrong_type(at, "a string", None);
+                self.wrong_type(
+                    at,
+                    "a string",
+                    Some("write a single value; quote it if it contains `: ` or `#`".to_owned()),
+                );
                 return None;
             }
         };
@@ -212,12 +215,18 @@ impl<'s> Decoder<'s> {
                 self.wrong_type(
                     at,
                     "true or false",
-                    Some(format!("YAML 1.2 reads `{s}` as a string: write true or false")),
+                    Some(format!(
+                        "YAML 1.2 reads `{s}` as a string: write true or false"
+                    )),
                 );
                 None
             }
             _ => {
-                self.wrong_type(at, "true or false", None);
+                self.wrong_type(
+                    at,
+                    "true or false",
+                    Some("write `true` or `false`".to_owned()),
+                );
                 None
             }
         }
@@ -231,12 +240,23 @@ impl<'s> Decoder<'s> {
                     span: at.span(),
                 }),
                 Err(_) => {
-                    self.wrong_type(at, "a whole number from 0 to 4294967295", None);
+                    self.wrong_type(
+                        at,
+                        "a whole number from 0 to 4294967295",
+                        Some("use a smaller, non-negative number".to_owned()),
+                    );
                     None
                 }
             },
             _ => {
-                self.wrong_type(at, "a whole number", None);
+                self.wrong_type(
+                    at,
+                    "a whole number",
+                    Some(format!(
+                        "write digits without quotes, e.g. `{}: 7`",
+                        at.path.rsplit('.').next().unwrap_or(at.path)
+                    )),
+                );
                 None
             }
         }
@@ -264,13 +284,9 @@ impl<'s> Decoder<'s> {
             }),
             Err(why) => {
                 self.push(
-                    Diag::error(
-                        code,
-                        s.span,
-                        format!("`{}` {why}: {:?}", at.path, s.value),
-                    )
-                    .label("invalid")
-                    .help(help),
+                    Diag::error(code, s.span, format!("`{}` {why}: {:?}", at.path, s.value))
+                        .label("invalid")
+                        .help(help),
                 );
                 None
             }
@@ -286,7 +302,10 @@ impl<'s> Decoder<'s> {
             self.wrong_type(
                 at,
                 "a list",
-                Some(format!("write `{}: [a, b]` or one `- item` per line", at.path)),
+                Some(format!(
+                    "write `{}: [a, b]` or one `- item` per line",
+                    at.path
+                )),
             );
             return None;
         };
@@ -304,9 +323,10 @@ impl<'s> Decoder<'s> {
                 None => ok = false,
             }
         }
+        // A problem with the list as a whole points at its key.
         ok.then_some(Sp {
             value: out,
-            span: at.span(),
+            span: at.key_span,
         })
     }
 
@@ -394,7 +414,9 @@ impl<'s> Decoder<'s> {
                             format!("environment variable name {:?} {why}", name.value),
                         )
                         .label("not a variable name")
-                        .help("name the variable that holds the secret, e.g. `{env: UCP_PASSWORD}`"),
+                        .help(
+                            "name the variable that holds the secret, e.g. `{env: UCP_PASSWORD}`",
+                        ),
                     );
                     return None;
                 }
@@ -543,10 +565,26 @@ impl Decoder<'_> {
         // A section that is present but invalid already has its own diagnostic.
         super::check::cross(
             &super::check::CrossView {
-                parts: if has_parts { parts.as_ref().map(Some) } else { Some(None) },
-                ucp: if has_ucp { ucp.as_ref().map(Some) } else { Some(None) },
-                dtr: if has_dtr { dtr.as_ref().map(Some) } else { Some(None) },
-                images: if has_images { images.as_ref().map(Some) } else { Some(None) },
+                parts: if has_parts {
+                    parts.as_ref().map(Some)
+                } else {
+                    Some(None)
+                },
+                ucp: if has_ucp {
+                    ucp.as_ref().map(Some)
+                } else {
+                    Some(None)
+                },
+                dtr: if has_dtr {
+                    dtr.as_ref().map(Some)
+                } else {
+                    Some(None)
+                },
+                images: if has_images {
+                    images.as_ref().map(Some)
+                } else {
+                    Some(None)
+                },
                 encryption: if has_encryption {
                     encryption.as_ref().map(Some)
                 } else {
@@ -606,13 +644,20 @@ impl Decoder<'_> {
 
     fn parts(&mut self, at: At) -> Option<Sp<Vec<Sp<Part>>>> {
         let parts = self.list(at, |d, at| {
-            d.choice(at, &[("metadata", Part::Metadata), ("images", Part::Images)])
+            d.choice(
+                at,
+                &[("metadata", Part::Metadata), ("images", Part::Images)],
+            )
         })?;
         if parts.value.is_empty() {
             self.push(
-                Diag::error("plan::no-parts", parts.span, "`parts` is empty: nothing to back up")
-                    .label("empty list")
-                    .help("list `metadata`, `images` or both, or remove `parts` to back up both"),
+                Diag::error(
+                    "plan::no-parts",
+                    parts.span,
+                    "`parts` is empty: nothing to back up",
+                )
+                .label("empty list")
+                .help("list `metadata`, `images` or both, or remove `parts` to back up both"),
             );
             return None;
         }
@@ -640,7 +685,12 @@ impl Decoder<'_> {
         let span = f.at;
         self.finish(f);
         if tls_given == insecure_tls.is_some() {
-            super::check::ucp_tls(ca_file.as_ref(), insecure_tls.as_ref(), span, &mut self.diags);
+            super::check::ucp_tls(
+                ca_file.as_ref(),
+                insecure_tls.as_ref(),
+                span,
+                &mut self.diags,
+            );
         }
         Some(Sp {
             value: Ucp {
@@ -674,9 +724,13 @@ impl Decoder<'_> {
             return None;
         } else if url.value.contains("://") {
             self.push(
-                Diag::error("plan::bad-url", url.span, "the UCP URL must start with https://")
-                    .label("unsupported scheme")
-                    .help("write https://<ucp-host>[:port]"),
+                Diag::error(
+                    "plan::bad-url",
+                    url.span,
+                    "the UCP URL must start with https://",
+                )
+                .label("unsupported scheme")
+                .help("write https://<ucp-host>[:port]"),
             );
             return None;
         } else {
@@ -806,7 +860,7 @@ impl Decoder<'_> {
                     _ => None,
                 }
             }
-            Some("s3") => self.s3(&mut f).map(ImageSource::S3),
+            Some("s3") => self.s3(&mut f).map(|s| ImageSource::S3(Box::new(s))),
             _ => None,
         };
         if kind.is_some() {
@@ -883,8 +937,7 @@ impl Decoder<'_> {
     fn bucket(&mut self, at: At) -> Option<Sp<String>> {
         let b = self.string(at)?;
         let ok = (3..=63).contains(&b.value.len())
-            && b
-                .value
+            && b.value
                 .bytes()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.');
         if !ok {
@@ -925,7 +978,7 @@ impl Decoder<'_> {
         let kind = self.tag(&mut f, &["local", "s3"]);
         let value = match kind {
             Some("local") => req!(self, f, "path", path).map(|path| Destination::Local { path }),
-            Some("s3") => self.s3(&mut f).map(Destination::S3),
+            Some("s3") => self.s3(&mut f).map(|s| Destination::S3(Box::new(s))),
             _ => None,
         };
         if kind.is_some() {
@@ -939,9 +992,8 @@ impl Decoder<'_> {
         let span = f.at;
         let kind = self.tag(&mut f, &["passphrase", "recipients", "none"]);
         let value = match kind {
-            Some("passphrase") => {
-                req!(self, f, "passphrase", secret).map(|passphrase| Encryption::Passphrase { passphrase })
-            }
+            Some("passphrase") => req!(self, f, "passphrase", secret)
+                .map(|passphrase| Encryption::Passphrase { passphrase }),
             Some("recipients") => req!(self, f, "recipients", recipients)
                 .map(|recipients| Encryption::Recipients { recipients }),
             Some("none") => Some(Encryption::None {}),
@@ -959,7 +1011,9 @@ impl Decoder<'_> {
             self.push(
                 Diag::error("plan::no-recipients", list.span, "`recipients` is empty")
                     .label("no key files")
-                    .help("list at least one OpenPGP public key file, e.g. `[keys/backup-ops.asc]`"),
+                    .help(
+                        "list at least one OpenPGP public key file, e.g. `[keys/backup-ops.asc]`",
+                    ),
             );
             return None;
         }

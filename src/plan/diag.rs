@@ -62,6 +62,16 @@ impl Diag {
         self.help = Some(help.into());
         self
     }
+
+    /// 1-based line of the span's start.
+    pub fn line(&self) -> usize {
+        self.span.line
+    }
+
+    /// 1-based column (in characters) of the span's start.
+    pub fn column(&self) -> usize {
+        self.span.column
+    }
 }
 
 /// The diagnostics of one plan file, with its source for rendering.
@@ -87,7 +97,9 @@ impl FileReport {
     }
 
     pub fn warnings(&self) -> impl Iterator<Item = &Diag> {
-        self.diags.iter().filter(|d| d.severity == Severity::Warning)
+        self.diags
+            .iter()
+            .filter(|d| d.severity == Severity::Warning)
     }
 
     pub fn has_errors(&self) -> bool {
@@ -96,7 +108,10 @@ impl FileReport {
 
     /// One miette report per diagnostic, carrying the plan source.
     pub fn reports(&self) -> impl Iterator<Item = Rendered<'_>> {
-        self.diags.iter().map(|d| Rendered { report: self, diag: d })
+        self.diags.iter().map(|d| Rendered {
+            report: self,
+            diag: d,
+        })
     }
 
     /// The diagnostics in the stable JSON form of `plan validate --output json`.
@@ -185,10 +200,10 @@ impl miette::SourceCode for Rendered<'_> {
         context_lines_before: usize,
         context_lines_after: usize,
     ) -> Result<Box<dyn miette::SpanContents<'a> + 'a>, miette::MietteError> {
-        let inner = self
-            .report
-            .source
-            .read_span(span, context_lines_before, context_lines_after)?;
+        let inner =
+            self.report
+                .source
+                .read_span(span, context_lines_before, context_lines_after)?;
         Ok(Box::new(miette::MietteSpanContents::new_named(
             self.report.file.display().to_string(),
             inner.data(),
@@ -268,9 +283,15 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(did_you_mean("keep_lsat", &["keep_last", "keep_daily"]), Some("keep_last"));
+        assert_eq!(
+            did_you_mean("keep_lsat", &["keep_last", "keep_daily"]),
+            Some("keep_last")
+        );
         assert_eq!(did_you_mean("zzzzzz", &["url", "username"]), None);
-        assert_eq!(did_you_mean("usrname", &["url", "username"]), Some("username"));
+        assert_eq!(
+            did_you_mean("usrname", &["url", "username"]),
+            Some("username")
+        );
     }
 
     #[test]

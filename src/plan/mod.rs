@@ -228,6 +228,10 @@ fn syntax_diag(source: &str, e: &serde_saphyr::Error) -> Diag {
         .help("keep one of the two; YAML would silently drop the other");
     }
     let message = message.split(", set ").next().unwrap_or(message).trim();
+    let message = match message.rfind(" at line ") {
+        Some(i) => &message[..i],
+        None => message,
+    };
     Diag::error(
         "plan::syntax",
         span,
@@ -278,7 +282,10 @@ mod tests {
             image_version("registry.mirantis.com/msr/dtr:2.9.29").unwrap(),
             "2.9.29"
         );
-        assert_eq!(image_version("localhost:5000/dtr:2.9.4-rc1").unwrap(), "2.9.4-rc1");
+        assert_eq!(
+            image_version("localhost:5000/dtr:2.9.4-rc1").unwrap(),
+            "2.9.4-rc1"
+        );
         assert!(image_version("localhost:5000/dtr").is_err());
         assert!(image_version("docker/dtr:latest").is_err());
         assert!(image_version("docker/dtr").is_err());

@@ -19,7 +19,10 @@ impl FromStr for PlanName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         if s.is_empty() || s.len() > 63 {
-            return Err(format!("is {} characters long; a name has 1 to 63", s.len()));
+            return Err(format!(
+                "is {} characters long; a name has 1 to 63",
+                s.len()
+            ));
         }
         if let Some(c) = s
             .chars()
@@ -53,7 +56,10 @@ impl ReplicaId {
 impl FromStr for ReplicaId {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        if s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if s.len() == 12
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             Ok(ReplicaId(s.to_owned()))
         } else if s.len() == 12 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
             Err("has uppercase letters; replica ids are lowercase".to_owned())
@@ -135,9 +141,9 @@ pub fn check_env_name(s: &str) -> Result<(), String> {
     let mut chars = s.chars();
     match chars.next() {
         None => Err("is empty".to_owned()),
-        Some(c) if !(c.is_ascii_alphabetic() || c == '_') => {
-            Err(format!("starts with {c:?}; a variable name starts with a letter or '_'"))
-        }
+        Some(c) if !(c.is_ascii_alphabetic() || c == '_') => Err(format!(
+            "starts with {c:?}; a variable name starts with a letter or '_'"
+        )),
         _ => match chars.find(|c| !(c.is_ascii_alphanumeric() || *c == '_')) {
             Some(c) => Err(format!("contains {c:?}; use letters, digits and '_'")),
             None => Ok(()),
@@ -163,7 +169,12 @@ mod tests {
     fn replica_ids() {
         assert!("a1640e1c15b6".parse::<ReplicaId>().is_ok());
         assert!("012345678901".parse::<ReplicaId>().is_ok());
-        assert!("A1640E1C15B6".parse::<ReplicaId>().unwrap_err().contains("uppercase"));
+        assert!(
+            "A1640E1C15B6"
+                .parse::<ReplicaId>()
+                .unwrap_err()
+                .contains("uppercase")
+        );
         assert!("a1640e1c15b".parse::<ReplicaId>().is_err());
         assert!("g1640e1c15b6".parse::<ReplicaId>().is_err());
         assert_eq!("auto".parse::<ReplicaSel>(), Ok(ReplicaSel::Auto));
@@ -179,6 +190,9 @@ mod tests {
 
     #[test]
     fn secrets_are_described_not_shown() {
-        assert_eq!(SecretRef::Env("P".into()).redacted(), "<redacted from env:P>");
+        assert_eq!(
+            SecretRef::Env("P".into()).redacted(),
+            "<redacted from env:P>"
+        );
     }
 }

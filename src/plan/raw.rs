@@ -157,7 +157,7 @@ pub enum ImageSource {
         name: Option<Sp<String>>,
     },
     /// An S3 bucket (DTR's S3 storage driver).
-    S3(S3),
+    S3(Box<S3>),
 }
 
 /// An S3 or S3-compatible location.
@@ -186,7 +186,7 @@ pub enum Destination {
     /// A local folder.
     Local { path: Sp<PathBuf> },
     /// An S3 bucket.
-    S3(S3),
+    S3(Box<S3>),
 }
 
 /// How artifacts are encrypted.

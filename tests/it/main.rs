@@ -1,0 +1,10 @@
+//! Integration tests: one binary, one module per area. They drive the real `dtr-backup`
+//! binary where the outcome is what a user sees, and the library where a table of cases is
+//! clearer.
+
+mod common;
+mod diagnostics;
+mod fuzz;
+mod schema;
+mod show;
+mod validate;
