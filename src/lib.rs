@@ -8,10 +8,26 @@
 //!   ([`plan::diag`]), and resolves it into a [`plan::Plan`]. Pure: no environment, no network.
 //! - [`graph`] compiles a plan into its step graph (preflight → discover → metadata → images →
 //!   manifest → verify → retention) and renders it.
+//! - [`exec`] runs the graph: lock, journal of completed steps (resume), events, cancellation.
+//! - [`steps`] holds one file per step kind; [`verify`] checks a stored backup; [`manifest`]
+//!   is the record of a backup.
+//! - Adapters, which know nothing of plans' steps: [`storage`] (where backups go),
+//!   [`crypto`] (OpenPGP streams, secrets), [`archive`] (tar, pipes, hashing).
 //! - [`cli`] holds one file per subcommand; it parses, prints, and maps outcomes to the exit
 //!   codes in [`exit`]. No backup logic lives there.
 
+pub mod archive;
+pub mod cancel;
 pub mod cli;
+pub mod clock;
+pub mod crypto;
+pub mod error;
+pub mod exec;
 pub mod exit;
+pub mod failpoint;
 pub mod graph;
+pub mod manifest;
 pub mod plan;
+pub mod steps;
+pub mod storage;
+pub mod verify;

@@ -1,7 +1,11 @@
 //! The command line: one file per subcommand. Parsing and printing only.
 
+mod backups_list;
+mod plan_apply;
 mod plan_show;
+mod plan_unlock;
 mod plan_validate;
+mod report;
 mod schema;
 
 use std::io::IsTerminal;
@@ -23,8 +27,17 @@ pub enum Command {
     /// Check, show and run backup plans.
     #[command(subcommand)]
     Plan(PlanCommand),
+    /// List the backups of a plan.
+    #[command(subcommand)]
+    Backups(BackupsCommand),
     /// Print the JSON Schema of plan files.
     Schema,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupsCommand {
+    /// List the complete backups at the plan's destination.
+    List(backups_list::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -33,6 +46,10 @@ pub enum PlanCommand {
     Validate(plan_validate::Args),
     /// Print the step graph a plan compiles to.
     Show(plan_show::Args),
+    /// Run a plan (resumes an unfinished run of it).
+    Apply(plan_apply::Args),
+    /// Remove a lock left by a run that no longer exists.
+    Unlock(plan_unlock::Args),
 }
 
 /// Machine-readable or human output.
@@ -64,6 +81,9 @@ pub fn run(cli: Cli) -> Exit {
     match cli.command {
         Command::Plan(PlanCommand::Validate(args)) => plan_validate::run(&args),
         Command::Plan(PlanCommand::Show(args)) => plan_show::run(&args),
+        Command::Plan(PlanCommand::Apply(args)) => plan_apply::run(&args),
+        Command::Plan(PlanCommand::Unlock(args)) => plan_unlock::run(&args),
+        Command::Backups(BackupsCommand::List(args)) => backups_list::run(&args),
         Command::Schema => schema::run(),
     }
 }
@@ -77,6 +97,34 @@ pub fn diagnostic_handler() -> miette::GraphicalReportHandler {
         miette::GraphicalTheme::unicode_nocolor()
     };
     miette::GraphicalReportHandler::new_themed(theme).with_width(100)
+}
+
+/// The async runtime for commands that run steps: two workers (the machine's cores), blocking
+/// pipeline stages on their own threads.
+pub fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the runtime: {e}");
+            Exit::RunFailed
+        })
+}
+
+/// Ctrl-C and SIGTERM cancel the run: it stops promptly and stays resumable.
+pub fn cancel_on_signals(cancel: crate::cancel::Cancel) {
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        cancel.cancel();
+    });
 }
 
 /// Loads a plan for a command that needs a valid one. Diagnostics (warnings included) go to

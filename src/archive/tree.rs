@@ -1,0 +1,202 @@
+//! A folder tree as a tar stream, laid out for restore: `<prefix>/<path in tree>`.
+//!
+//! Symlinks are stored as symlinks, never followed (the `tar` crate follows them by default in
+//! `append_dir_all`, which would copy whatever they point at). Entries are sorted, so two
+//! backups of the same tree list the same members in the same order.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::cancel::Cancel;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+    Symlink,
+    /// Sockets, fifos, devices: skipped (a registry tree has none).
+    Other,
+}
+
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// Path relative to the tree's root.
+    pub rel: PathBuf,
+    pub kind: Kind,
+    pub size: u64,
+}
+
+/// The entries of a tree, read once before archiving (for progress and ETA).
+#[derive(Clone, Debug)]
+pub struct Tree {
+    pub root: PathBuf,
+    pub entries: Vec<Entry>,
+    /// Sum of file sizes.
+    pub total: u64,
+}
+
+/// Lists `root` depth-first, sorted by name, without following symlinks.
+pub fn scan(root: &Path) -> io::Result<Tree> {
+    let mut entries = Vec::new();
+    let mut total = 0;
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let mut children: Vec<(std::ffi::OsString, fs::Metadata)> = fs::read_dir(root.join(&rel))?
+            .map(|e| {
+                let e = e?;
+                Ok((e.file_name(), e.metadata()?))
+            })
+            .collect::<io::Result<_>>()?;
+        children.sort_by(|a, b| a.0.cmp(&b.0));
+        // Push in reverse so that the stack pops them in order.
+        let mut dirs = Vec::new();
+        for (name, meta) in children {
+            let child = rel.join(&name);
+            let ft = meta.file_type();
+            let kind = if ft.is_symlink() {
+                Kind::Symlink
+            } else if ft.is_dir() {
+                Kind::Dir
+            } else if ft.is_file() {
+                Kind::File
+            } else {
+                Kind::Other
+            };
+            let size = if kind == Kind::File { meta.len() } else { 0 };
+            total += size;
+            if kind == Kind::Dir {
+                dirs.push(child.clone());
+            }
+            entries.push(Entry {
+                rel: child,
+                kind,
+                size,
+            });
+        }
+        stack.extend(dirs.into_iter().rev());
+    }
+    // Parents before children, siblings by name.
+    entries.sort_by(|a, b| a.rel.cmp(&b.rel));
+    Ok(Tree {
+        root: root.to_path_buf(),
+        entries,
+        total,
+    })
+}
+
+/// Reads, checking for cancellation at every call and counting.
+struct Guarded<'a, R> {
+    inner: R,
+    cancel: &'a Cancel,
+    read: u64,
+}
+
+impl<R: Read> Read for Guarded<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.cancel.check()?;
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// Writes `tree` as a tar stream into `out`, every member under `prefix` (e.g.
+/// `dtr-registry-a1640e1c15b6/_data`). The folders of `prefix` come first.
+pub fn write_tar<W: Write>(tree: &Tree, prefix: &str, out: W, cancel: &Cancel) -> io::Result<W> {
+    let mut b = tar::Builder::new(out);
+    b.follow_symlinks(false);
+    b.mode(tar::HeaderMode::Complete);
+    let root_meta = fs::metadata(&tree.root)?;
+    let mut acc = PathBuf::new();
+    for part in Path::new(prefix).components() {
+        acc.push(part);
+        let mut h = tar::Header::new_gnu();
+        h.set_metadata_in_mode(&root_meta, tar::HeaderMode::Complete);
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_size(0);
+        b.append_data(&mut h, &acc, io::empty())?;
+    }
+    for e in &tree.entries {
+        cancel.check()?;
+        let src = tree.root.join(&e.rel);
+        let name = Path::new(prefix).join(&e.rel);
+        match e.kind {
+            Kind::Dir | Kind::Symlink => b.append_path_with_name(&src, &name)?,
+            Kind::File => {
+                let file = fs::File::open(&src)?;
+                let meta = file.metadata()?;
+                let size = meta.len();
+                let mut h = tar::Header::new_gnu();
+                h.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+                h.set_size(size);
+                let mut reader = Guarded {
+                    inner: io::BufReader::with_capacity(1 << 20, file).take(size),
+                    cancel,
+                    read: 0,
+                };
+                b.append_data(&mut h, &name, &mut reader)?;
+                if reader.read != size {
+                    return Err(io::Error::other(format!(
+                        "{} shrank while it was read ({} of {size} bytes); run the backup again",
+                        src.display(),
+                        reader.read
+                    )));
+                }
+            }
+            Kind::Other => {}
+        }
+    }
+    b.into_inner()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlinks_are_kept_not_followed_and_layout_is_prefixed() {
+        let dir = std::env::temp_dir().join(format!("dtr-backup-tree-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("docker/registry/v2/blobs")).unwrap();
+        fs::write(dir.join("docker/registry/v2/blobs/data"), b"hello").unwrap();
+        let outside = dir.with_extension("outside");
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("big"), vec![7u8; 100_000]).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("docker/link")).unwrap();
+
+        let tree = scan(&dir).unwrap();
+        assert_eq!(tree.total, 5);
+        let tar_bytes = write_tar(&tree, "dtr-registry-x/_data", Vec::new(), &Cancel::new()).unwrap();
+        assert!(tar_bytes.len() < 20_000, "the symlink target must not be archived");
+        let mut archive = tar::Archive::new(&tar_bytes[..]);
+        let names: Vec<String> = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(names[0], "dtr-registry-x");
+        assert_eq!(names[1], "dtr-registry-x/_data");
+        assert!(names.contains(&"dtr-registry-x/_data/docker/registry/v2/blobs/data".to_owned()));
+        assert!(names.contains(&"dtr-registry-x/_data/docker/link".to_owned()));
+        fs::remove_dir_all(&dir).unwrap();
+        fs::remove_dir_all(&outside).unwrap();
+    }
+
+    #[test]
+    fn cancelled_archive_stops() {
+        let cancel = Cancel::new();
+        cancel.cancel();
+        let tree = Tree {
+            root: std::env::temp_dir(),
+            entries: vec![Entry {
+                rel: "x".into(),
+                kind: Kind::File,
+                size: 1,
+            }],
+            total: 1,
+        };
+        let err = write_tar(&tree, "v/_data", Vec::new(), &cancel).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Interrupted);
+    }
+}

@@ -1,0 +1,66 @@
+//! `dtr-backup backups list PLAN`: the complete backups at the plan's destination.
+
+use std::path::PathBuf;
+
+use super::Output;
+use super::report::human_bytes;
+use crate::exit::Exit;
+use crate::manifest::{self, ArtifactKind};
+use crate::storage;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(value_name = "PLAN")]
+    pub plan: PathBuf,
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+pub fn run(args: &Args) -> Exit {
+    let plan = match super::load_plan(&args.plan) {
+        Ok(p) => p,
+        Err(exit) => return exit,
+    };
+    let backups = match storage::open(&plan).and_then(|s| manifest::list_complete(s.backups.as_ref())) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return e.exit();
+        }
+    };
+    match args.output {
+        Output::Json => {
+            let doc = serde_json::json!({"format_version": 1, "plan": plan.name.to_string(), "backups": backups});
+            println!("{doc}");
+        }
+        Output::Text => {
+            println!(
+                "{:<22} {:<20} {:<16} {:>10} {:<12} VERSION",
+                "ID", "FINISHED", "PARTS", "SIZE", "REPLICA"
+            );
+            for m in &backups {
+                let parts: Vec<&str> = m
+                    .artifacts
+                    .iter()
+                    .map(|a| match a.kind {
+                        ArtifactKind::Metadata => "metadata",
+                        ArtifactKind::Images => "images",
+                    })
+                    .collect();
+                println!(
+                    "{:<22} {:<20} {:<16} {:>10} {:<12} {}",
+                    m.backup_id,
+                    m.finished_at,
+                    parts.join(","),
+                    human_bytes(m.total_size()),
+                    m.dtr.replica.as_deref().unwrap_or("-"),
+                    m.dtr.version.as_deref().unwrap_or("-")
+                );
+            }
+            if backups.is_empty() {
+                eprintln!("no complete backup of plan {} yet", plan.name);
+            }
+        }
+    }
+    Exit::Ok
+}

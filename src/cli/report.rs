@@ -1,0 +1,174 @@
+//! Printing run events: NDJSON on stdout (`--output json`), or lines and progress bars on
+//! stderr for people.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::exec::events::{Event, Reporter, RunStatus};
+
+/// One JSON object per line on stdout, and nothing else there.
+pub struct JsonLines;
+
+impl Reporter for JsonLines {
+    fn emit(&self, event: &Event) {
+        if let Ok(line) = serde_json::to_string(event) {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+    }
+}
+
+/// Human output on stderr; the final summary line on stdout.
+pub struct Human {
+    quiet: bool,
+    bars: bool,
+    bar: Mutex<Option<ProgressBar>>,
+}
+
+impl Human {
+    pub fn new(quiet: bool) -> Human {
+        Human {
+            quiet,
+            bars: !quiet && std::io::stderr().is_terminal(),
+            bar: Mutex::new(None),
+        }
+    }
+
+    fn line(&self, text: &str) {
+        match self.bar.lock().ok().and_then(|b| b.clone()) {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn finish_bar(&self) {
+        if let Ok(mut b) = self.bar.lock()
+            && let Some(bar) = b.take()
+        {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+impl Reporter for Human {
+    fn emit(&self, event: &Event) {
+        match event {
+            Event::Warning { message } => self.line(&format!("warning: {message}")),
+            Event::StepFailed { step, error } => {
+                self.finish_bar();
+                self.line(&format!("error: step {step} failed: {error}"));
+            }
+            Event::RunFinished {
+                status,
+                backup_id,
+                error,
+                summary,
+                ..
+            } => {
+                self.finish_bar();
+                match (status, backup_id) {
+                    (RunStatus::Ok, Some(id)) => println!(
+                        "backup {id} complete: {} artifacts, {}, {} steps run, {} skipped, {:.1} s",
+                        summary.artifacts,
+                        human_bytes(summary.bytes),
+                        summary.steps_run,
+                        summary.steps_skipped,
+                        summary.duration_ms as f64 / 1000.0
+                    ),
+                    _ => {
+                        if let Some(e) = error {
+                            eprintln!("error: {e}");
+                        }
+                    }
+                }
+            }
+            _ if self.quiet => {}
+            Event::RunStarted {
+                plan,
+                backup_id,
+                resumed,
+                ..
+            } => self.line(&format!(
+                "{} run {backup_id} of plan {plan}",
+                if *resumed { "resuming" } else { "starting" }
+            )),
+            Event::StepStarted { step, .. } => {
+                self.line(&format!("▶ {step}"));
+                if self.bars
+                    && let Ok(mut b) = self.bar.lock()
+                {
+                    let bar = ProgressBar::new(0);
+                    bar.set_style(
+                        ProgressStyle::with_template(
+                            "  {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {wide_bar}",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                    );
+                    *b = Some(bar);
+                }
+            }
+            Event::StepProgress {
+                bytes,
+                total_bytes,
+                step,
+            } => {
+                if let Ok(b) = self.bar.lock() {
+                    match b.as_ref() {
+                        Some(bar) => {
+                            if let Some(t) = total_bytes {
+                                bar.set_length(*t);
+                            }
+                            bar.set_position(*bytes);
+                        }
+                        None => eprintln!(
+                            "  {step}: {}{}",
+                            human_bytes(*bytes),
+                            total_bytes
+                                .map(|t| format!(" of {}", human_bytes(t)))
+                                .unwrap_or_default()
+                        ),
+                    }
+                }
+            }
+            Event::StepSkipped { step, .. } => {
+                self.line(&format!("↷ {step}: done by an earlier run, skipped"))
+            }
+            Event::StepFinished {
+                step,
+                duration_ms,
+                artifacts,
+            } => {
+                self.finish_bar();
+                let what: Vec<String> = artifacts
+                    .iter()
+                    .map(|a| format!("{} ({})", a.path, human_bytes(a.size)))
+                    .collect();
+                self.line(&format!(
+                    "✓ {step} {:.1} s{}{}",
+                    *duration_ms as f64 / 1000.0,
+                    if what.is_empty() { "" } else { ": " },
+                    what.join(", ")
+                ));
+            }
+            Event::Log { step, message } => self.line(&format!("  {step}: {message}")),
+        }
+    }
+}

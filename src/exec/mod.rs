@@ -1,0 +1,288 @@
+//! Runs a plan's step graph with checkpoints.
+//!
+//! `apply` takes the plan's lock, finds an unfinished run of the same plan (the journal in
+//! `state.rs`) or starts a new one, runs preflight, then each step in graph order. A step whose
+//! outputs are recorded and still present is skipped; the others run and are recorded only
+//! once their outputs are durable. Killed at any point, the next `apply` resumes.
+
+pub mod events;
+pub mod lock;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::cancel::Cancel;
+use crate::clock;
+use crate::error::{Error, Result};
+use crate::failpoint;
+use crate::graph::{self, StepKind};
+use crate::plan::Plan;
+use crate::steps::{self, Ctx};
+use crate::storage::{self, Store, Stores};
+
+use events::{Event, Reporter, RunStatus, Summary};
+use state::{RunState, StepRecord};
+
+/// Options of `plan apply`.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Start a new run even if an unfinished one exists (its leftovers are removed).
+    pub fresh: bool,
+    /// Wait this long for another run's lock instead of failing at once.
+    pub lock_timeout: Option<Duration>,
+}
+
+/// Runs the plan. Emits `run_started` … `run_finished`; returns the backup id.
+pub async fn apply(
+    plan: Arc<Plan>,
+    source: &str,
+    opts: &Options,
+    reporter: Arc<dyn Reporter>,
+    cancel: Cancel,
+) -> Result<String> {
+    let start = Instant::now();
+    let mut summary = Summary::default();
+    let result = run(plan, source, opts, reporter.clone(), cancel, &mut summary).await;
+    summary.duration_ms = start.elapsed().as_millis() as u64;
+    let (status, backup_id, error) = match &result {
+        Ok(id) => (RunStatus::Ok, Some(id.clone()), None),
+        Err(e) => (
+            match e {
+                Error::Interrupted => RunStatus::Interrupted,
+                Error::Locked(_) => RunStatus::Locked,
+                _ => RunStatus::Failed,
+            },
+            None,
+            Some(e.to_string()),
+        ),
+    };
+    let exit_code = match &result {
+        Ok(_) => crate::exit::Exit::Ok.code(),
+        Err(e) => e.exit().code(),
+    };
+    reporter.emit(&Event::RunFinished {
+        status,
+        backup_id,
+        exit_code,
+        error,
+        summary,
+    });
+    result
+}
+
+async fn run(
+    plan: Arc<Plan>,
+    source: &str,
+    opts: &Options,
+    reporter: Arc<dyn Reporter>,
+    cancel: Cancel,
+    summary: &mut Summary,
+) -> Result<String> {
+    let stores = Arc::new(storage::open(&plan)?);
+    let _lock = lock::acquire(
+        stores.state.clone(),
+        plan.name.as_str(),
+        "plan apply",
+        opts.lock_timeout,
+        reporter.as_ref(),
+        &cancel,
+    )
+    .await?;
+    failpoint::hit("apply.locked");
+
+    let (mut run, resumed) = open_run(&plan, source, opts, &stores, reporter.as_ref())?;
+    reporter.emit(&Event::RunStarted {
+        format_version: 1,
+        plan: plan.name.to_string(),
+        backup_id: run.backup_id.clone(),
+        resumed,
+        time: clock::rfc3339(clock::now_unix()),
+    });
+    state::save(stores.state.as_ref(), &run)?;
+    failpoint::hit("apply.journal-created");
+
+    let graph = graph::compile(&plan);
+    let mut ctx = Ctx {
+        plan: plan.clone(),
+        backup_id: run.backup_id.clone(),
+        started_at: run.started_at,
+        stores: stores.clone(),
+        encryption: Arc::new(crate::crypto::Encryption::None),
+        reporter: reporter.clone(),
+        cancel: cancel.clone(),
+        step_id: String::new(),
+        facts: BTreeMap::new(),
+        artifacts: Vec::new(),
+    };
+
+    for step in &graph.steps {
+        if cancel.is_cancelled() {
+            return Err(Error::Interrupted);
+        }
+        ctx.step_id = step.id.clone();
+        if let Some(record) = run.steps.get(&step.id) {
+            if outputs_intact(stores.backups.as_ref(), record)? {
+                reporter.emit(&Event::StepSkipped {
+                    step: step.id.clone(),
+                    reason: "completed by an earlier run; outputs present with their recorded sizes"
+                        .into(),
+                });
+                summary.steps_skipped += 1;
+                absorb(&mut ctx, record);
+                continue;
+            }
+            reporter.emit(&Event::Warning {
+                message: format!(
+                    "the outputs of step {} are gone or changed since it completed; running it again",
+                    step.id
+                ),
+            });
+            run.steps.remove(&step.id);
+        }
+
+        failpoint::hit(&format!("step.{}.before", step.id));
+        reporter.emit(&Event::StepStarted {
+            step: step.id.clone(),
+            kind: step.kind.as_str().into(),
+        });
+        let began = Instant::now();
+        let outcome = if step.kind == StepKind::Preflight {
+            steps::preflight::run(&plan, &stores).await.map(|enc| {
+                ctx.encryption = Arc::new(enc);
+                steps::Outcome::default()
+            })
+        } else {
+            remove_temporaries(stores.backups.as_ref(), &run.backup_id)?;
+            steps::run(step, ctx.clone()).await
+        };
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                let e = if cancel.is_cancelled() { Error::Interrupted } else { e };
+                reporter.emit(&Event::StepFailed {
+                    step: step.id.clone(),
+                    error: e.to_string(),
+                });
+                return Err(e);
+            }
+        };
+        summary.steps_run += 1;
+        summary.artifacts += outcome.artifacts.len();
+        summary.bytes += outcome.artifacts.iter().map(|a| a.size).sum::<u64>();
+        reporter.emit(&Event::StepFinished {
+            step: step.id.clone(),
+            duration_ms: began.elapsed().as_millis() as u64,
+            artifacts: outcome.artifacts.clone(),
+        });
+        if step.kind == StepKind::Preflight {
+            continue;
+        }
+        failpoint::hit(&format!("step.{}.done-not-journaled", step.id));
+        let record = StepRecord {
+            finished_at: clock::now_unix(),
+            artifacts: outcome.artifacts,
+            files: outcome.files,
+            facts: outcome.facts,
+        };
+        absorb(&mut ctx, &record);
+        run.steps.insert(step.id.clone(), record);
+        state::save(stores.state.as_ref(), &run)?;
+        failpoint::hit(&format!("step.{}.journaled", step.id));
+    }
+    state::clear(stores.state.as_ref())?;
+    Ok(run.backup_id)
+}
+
+/// Adds a completed step's results to what later steps see.
+fn absorb(ctx: &mut Ctx, record: &StepRecord) {
+    ctx.artifacts.extend(record.artifacts.iter().cloned());
+    ctx.facts
+        .extend(record.facts.iter().map(|(k, v)| (k.clone(), v.clone())));
+}
+
+/// The cheap check before skipping a step: its files exist with their recorded sizes.
+fn outputs_intact(store: &dyn Store, record: &StepRecord) -> Result<bool> {
+    for f in &record.files {
+        if store.size(&f.path)? != Some(f.size) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Removes temporaries that a killed run left in the backup's folder.
+fn remove_temporaries(store: &dyn Store, backup_id: &str) -> Result<()> {
+    for path in store.list(backup_id)? {
+        let name = path.rsplit('/').next().unwrap_or(&path);
+        if storage::local::is_temp_name(name) {
+            store.delete(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// The unfinished run to resume, or a new one.
+fn open_run(
+    plan: &Plan,
+    source: &str,
+    opts: &Options,
+    stores: &Stores,
+    reporter: &dyn Reporter,
+) -> Result<(RunState, bool)> {
+    if let Some(old) = state::load(stores.state.as_ref())? {
+        if opts.fresh {
+            discard(stores, &old, reporter)?;
+        } else if old.plan_digest != plan.digest {
+            return Err(Error::PlanChanged(format!(
+                "the plan changed since the unfinished run {} started, so it cannot be resumed:\n{}\
+                 Run again with --fresh to discard that run and start a new one, or restore the plan to resume it",
+                old.backup_id,
+                state::plan_diff(&old.plan_source, source)
+            )));
+        } else {
+            return Ok((old, true));
+        }
+    }
+    let now = clock::now_unix();
+    Ok((
+        RunState {
+            backup_id: clock::new_backup_id(now),
+            plan: plan.name.to_string(),
+            plan_digest: plan.digest.clone(),
+            plan_source: source.to_owned(),
+            started_at: now,
+            steps: BTreeMap::new(),
+        },
+        false,
+    ))
+}
+
+/// Removes an unfinished run: its folder (it has no manifest, so it is no backup) and journal.
+fn discard(stores: &Stores, old: &RunState, reporter: &dyn Reporter) -> Result<()> {
+    let has_manifest = stores
+        .backups
+        .size(&format!("{}/{}", old.backup_id, crate::manifest::FILE))?
+        .is_some();
+    if !has_manifest {
+        stores.backups.delete_all(&old.backup_id)?;
+    }
+    state::clear(stores.state.as_ref())?;
+    reporter.emit(&Event::Warning {
+        message: format!("--fresh: discarded the unfinished run {}", old.backup_id),
+    });
+    Ok(())
+}
+
+/// What `plan apply --dry-run` prints: each step in order with what it would do. No I/O.
+pub fn dry_run(plan: &Plan) -> Vec<(graph::Step, Vec<String>)> {
+    graph::compile(plan)
+        .steps
+        .into_iter()
+        .map(|s| {
+            let lines = steps::describe(&s, plan);
+            (s, lines)
+        })
+        .collect()
+}

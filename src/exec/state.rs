@@ -1,0 +1,93 @@
+//! The run journal: which steps of an unfinished run are done, with their outputs. Written
+//! atomically after each step, only once the step's outputs are durable.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::manifest::Artifact;
+use crate::storage::Store;
+
+pub const FILE: &str = "run.json";
+
+/// The versioned file format.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "version")]
+enum StateFile {
+    #[serde(rename = "1")]
+    V1(RunState),
+}
+
+/// An unfinished run of a plan.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunState {
+    pub backup_id: String,
+    pub plan: String,
+    pub plan_digest: String,
+    /// The plan's text when the run started, to say what changed (plans hold no secrets).
+    pub plan_source: String,
+    pub started_at: i64,
+    pub steps: BTreeMap<String, StepRecord>,
+}
+
+/// A completed step.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub finished_at: i64,
+    pub artifacts: Vec<Artifact>,
+    /// Files the step left (relative to the plan root) with their sizes.
+    pub files: Vec<FileRef>,
+    /// What the step learned (replica, version, ...), for later steps.
+    pub facts: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileRef {
+    pub path: String,
+    pub size: u64,
+}
+
+pub fn load(store: &dyn Store) -> Result<Option<RunState>> {
+    let Some(bytes) = store.get(FILE)? else {
+        return Ok(None);
+    };
+    match serde_json::from_slice::<StateFile>(&bytes) {
+        Ok(StateFile::V1(s)) => Ok(Some(s)),
+        Err(e) => Err(Error::failed(format!(
+            "the run state {}/{FILE} is unreadable ({e}); start over with `plan apply --fresh`",
+            store.describe()
+        ))),
+    }
+}
+
+pub fn save(store: &dyn Store, state: &RunState) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(&StateFile::V1(state.clone()))
+        .map_err(|e| Error::failed(format!("encoding the run state: {e}")))?;
+    store.put(FILE, &bytes)
+}
+
+pub fn clear(store: &dyn Store) -> Result<()> {
+    store.delete(FILE)
+}
+
+/// Lines only in `old` or only in `new`, marked `-` and `+`: what changed in the plan.
+pub fn plan_diff(old: &str, new: &str) -> String {
+    let old_lines: Vec<&str> = old.lines().collect();
+    let new_lines: Vec<&str> = new.lines().collect();
+    let mut out = String::new();
+    for l in &old_lines {
+        if !new_lines.contains(l) {
+            out.push_str(&format!("  - {l}\n"));
+        }
+    }
+    for l in &new_lines {
+        if !old_lines.contains(l) {
+            out.push_str(&format!("  + {l}\n"));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("  (only the order of lines or whitespace changed)\n");
+    }
+    out
+}

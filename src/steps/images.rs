@@ -1,0 +1,107 @@
+//! Images: the registry tree as a tar archive laid out for restore
+//! (`dtr-registry-<replica>/_data/docker/registry/v2/...`, so that
+//! `tar -xf F -C /var/lib/docker/volumes` puts it back), encrypted on the way out.
+
+use std::collections::BTreeMap;
+
+use crate::archive::tree;
+use crate::error::{Error, Result, io};
+use crate::exec::state::FileRef;
+use crate::graph;
+use crate::manifest::{Artifact, ArtifactKind};
+use crate::plan::{ImagesCfg, Plan};
+
+use super::stream::store_stream;
+use super::{Ctx, Outcome, blocking};
+
+pub fn describe(plan: &Plan) -> Vec<String> {
+    let volume = graph::images_volume_name(plan).unwrap_or_else(|| "dtr-registry-<replica>".into());
+    let source = match &plan.images {
+        Some(ImagesCfg::Path { path, .. } | ImagesCfg::Nfs { path, .. }) => path.display().to_string(),
+        Some(ImagesCfg::Volume { .. }) => format!("volume {volume} through a helper container"),
+        Some(ImagesCfg::S3(s3)) => format!("s3://{}/{}", s3.bucket, s3.prefix),
+        None => "-".into(),
+    };
+    vec![
+        format!("tar {source} as {volume}/_data/... (symlinks kept, not followed)"),
+        format!(
+            "encrypt and write <backup-id>/{} (temporary name, fsync, rename)",
+            graph::images_artifact(plan, &volume)
+        ),
+    ]
+}
+
+pub async fn run(ctx: Ctx) -> Result<Outcome> {
+    let plan = ctx.plan.clone();
+    let root = match &plan.images {
+        Some(ImagesCfg::Path { path, .. }) => path.clone(),
+        Some(other) => {
+            return Err(Error::failed(format!(
+                "images type `{}` is not available in this build yet; use `type: path`",
+                other.kind()
+            )));
+        }
+        None => return Err(Error::failed("the plan has no images section")),
+    };
+    let volume = graph::images_volume_name(&plan)
+        .or_else(|| ctx.facts.get("volume").cloned())
+        .ok_or_else(|| Error::failed("the volume name of the image content is unknown"))?;
+    let name = graph::images_artifact(&plan, &volume);
+    let path = ctx.backup_path(&name);
+
+    let scan_root = root.clone();
+    let tree = blocking(move || {
+        tree::scan(&scan_root).map_err(|e| io(e, format!("reading {}", scan_root.display())))
+    })
+    .await?;
+    let progress = ctx.progress(Some(tree.total));
+    let counter = progress.bytes.clone();
+    let prefix = format!("{volume}/_data");
+    let (stores, encryption, cancel) = (ctx.stores.clone(), ctx.encryption.clone(), ctx.cancel.clone());
+    let object_path = path.clone();
+    let written = blocking(move || {
+        let tar_cancel = cancel.clone();
+        store_stream(
+            move |pipe| tree::write_tar(&tree, &prefix, pipe, &tar_cancel)?.close(),
+            stores.backups.as_ref(),
+            &object_path,
+            &encryption,
+            &cancel,
+            counter,
+        )
+    })
+    .await?;
+    drop(progress);
+
+    Ok(Outcome {
+        artifacts: vec![Artifact {
+            kind: ArtifactKind::Images,
+            path: name,
+            size: written.size,
+            sha256: written.sha256,
+            encrypted: ctx.encryption.is_encrypted(),
+        }],
+        files: vec![FileRef {
+            path,
+            size: written.size,
+        }],
+        facts: facts_of(&volume, &plan),
+    })
+}
+
+/// What the archive tells a restore: its folder name, and the replica when the name carries it.
+fn facts_of(volume: &str, plan: &Plan) -> BTreeMap<String, String> {
+    let mut facts = BTreeMap::from([
+        ("volume".to_owned(), volume.to_owned()),
+        (
+            "storage".to_owned(),
+            plan.images.as_ref().map_or("none", |i| i.kind()).to_owned(),
+        ),
+    ]);
+    if let Some(id) = volume.strip_prefix("dtr-registry-")
+        && id.parse::<crate::plan::ReplicaId>().is_ok()
+    {
+        facts.insert("replica".to_owned(), id.to_owned());
+    }
+    facts
+}

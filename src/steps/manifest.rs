@@ -1,0 +1,69 @@
+//! Manifest: records what the backup holds and what a restore needs. Without verification
+//! after apply it is written as `manifest.json` at once; otherwise as a pending manifest that
+//! the verify step publishes when every check passed.
+
+use crate::clock;
+use crate::error::Result;
+use crate::exec::state::FileRef;
+use crate::manifest::{self, DtrInfo, Manifest};
+use crate::plan::{EncryptionCfg, Plan};
+
+use super::{Ctx, Outcome, blocking};
+
+pub fn describe(plan: &Plan) -> Vec<String> {
+    let name = if plan.verify_after_apply {
+        manifest::PENDING
+    } else {
+        manifest::FILE
+    };
+    vec![format!(
+        "write <backup-id>/{name}: plan digest, DTR version and image, replica, artifacts with sizes and sha256"
+    )]
+}
+
+pub fn build(ctx: &Ctx) -> Manifest {
+    let plan = &ctx.plan;
+    let fact = |k: &str| ctx.facts.get(k).cloned();
+    Manifest {
+        format_version: 1,
+        plan: plan.name.to_string(),
+        plan_digest: plan.digest.clone(),
+        backup_id: ctx.backup_id.clone(),
+        started_at: clock::rfc3339(ctx.started_at),
+        finished_at: clock::rfc3339(clock::now_unix()),
+        dtr: DtrInfo {
+            version: fact("version").or_else(|| plan.dtr.version.clone()),
+            image: plan.dtr.image.clone(),
+            replica: fact("replica"),
+            node: fact("node"),
+            volume: fact("volume"),
+        },
+        ucp_url: plan.ucp.as_ref().map(|u| u.url.clone()),
+        storage: fact("storage").unwrap_or_else(|| "none".into()),
+        encryption: match plan.encryption {
+            EncryptionCfg::None => "none",
+            EncryptionCfg::Passphrase(_) => "passphrase",
+            EncryptionCfg::Recipients(_) => "recipients",
+        }
+        .into(),
+        artifacts: ctx.artifacts.clone(),
+    }
+}
+
+pub async fn run(ctx: Ctx) -> Result<Outcome> {
+    let bytes = build(&ctx).to_json();
+    let name = if ctx.plan.verify_after_apply {
+        manifest::PENDING
+    } else {
+        manifest::FILE
+    };
+    let path = ctx.backup_path(name);
+    let size = bytes.len() as u64;
+    let stores = ctx.stores.clone();
+    let object = path.clone();
+    blocking(move || stores.backups.put(&object, &bytes)).await?;
+    Ok(Outcome {
+        files: vec![FileRef { path, size }],
+        ..Outcome::default()
+    })
+}

@@ -1,0 +1,134 @@
+//! One file per step kind. A step reads what earlier steps produced (artifacts and facts in
+//! [`Ctx`]), does its work, and returns what it produced ([`Outcome`]). The executor
+//! (`crate::exec`) records outcomes in the journal; steps know nothing of resuming.
+
+mod discover;
+mod images;
+mod manifest;
+mod metadata;
+mod stream;
+pub mod preflight;
+pub mod retention;
+pub mod verify;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::cancel::Cancel;
+use crate::crypto::Encryption;
+use crate::error::{Error, Result};
+use crate::exec::events::{Event, Reporter};
+use crate::exec::state::FileRef;
+use crate::graph::{Step, StepKind};
+use crate::manifest::Artifact;
+use crate::plan::Plan;
+use crate::storage::Stores;
+
+/// Everything a step may use.
+#[derive(Clone)]
+pub struct Ctx {
+    pub plan: Arc<Plan>,
+    pub backup_id: String,
+    pub started_at: i64,
+    pub stores: Arc<Stores>,
+    pub encryption: Arc<Encryption>,
+    pub reporter: Arc<dyn Reporter>,
+    pub cancel: Cancel,
+    pub step_id: String,
+    /// What earlier steps learned.
+    pub facts: BTreeMap<String, String>,
+    /// What earlier steps wrote.
+    pub artifacts: Vec<Artifact>,
+}
+
+impl Ctx {
+    /// Path of a file of this backup, relative to the plan root.
+    pub fn backup_path(&self, name: &str) -> String {
+        format!("{}/{name}", self.backup_id)
+    }
+
+    pub fn warn(&self, message: impl Into<String>) {
+        self.reporter.emit(&Event::Warning {
+            message: message.into(),
+        });
+    }
+
+    /// Emits progress events every half second while the returned guard lives.
+    pub fn progress(&self, total: Option<u64>) -> Progress {
+        let bytes = Arc::new(AtomicU64::new(0));
+        let counter = bytes.clone();
+        let reporter = self.reporter.clone();
+        let step = self.step_id.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                reporter.emit(&Event::StepProgress {
+                    step: step.clone(),
+                    bytes: counter.load(Ordering::Relaxed),
+                    total_bytes: total,
+                });
+            }
+        });
+        Progress { bytes, task }
+    }
+}
+
+/// A byte counter reported as progress; stops reporting when dropped.
+pub struct Progress {
+    pub bytes: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What a step produced.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    pub artifacts: Vec<Artifact>,
+    /// Files left (relative to the plan root) whose presence and size prove the step done.
+    pub files: Vec<FileRef>,
+    pub facts: BTreeMap<String, String>,
+}
+
+/// Runs one step.
+pub async fn run(step: &Step, ctx: Ctx) -> Result<Outcome> {
+    match step.kind {
+        StepKind::Preflight => Err(Error::failed("preflight runs before the other steps")),
+        StepKind::Discover => discover::run(ctx).await,
+        StepKind::Metadata => metadata::run(ctx).await,
+        StepKind::Images => images::run(ctx).await,
+        StepKind::Manifest => manifest::run(ctx).await,
+        StepKind::Verify => verify::run(ctx).await,
+        StepKind::Retention => retention::run(ctx).await,
+    }
+}
+
+/// What a step would do, for `plan apply --dry-run`. Pure: no I/O, secrets redacted.
+pub fn describe(step: &Step, plan: &Plan) -> Vec<String> {
+    match step.kind {
+        StepKind::Preflight => preflight::describe(plan),
+        StepKind::Discover => discover::describe(plan),
+        StepKind::Metadata => metadata::describe(plan),
+        StepKind::Images => images::describe(plan),
+        StepKind::Manifest => manifest::describe(plan),
+        StepKind::Verify => verify::describe(plan),
+        StepKind::Retention => retention::describe(plan),
+    }
+}
+
+/// Runs blocking work (tar, OpenPGP, file I/O) off the async runtime.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::failed(format!("a worker thread failed: {e}")))?
+}

@@ -1,0 +1,100 @@
+//! Preflight: everything that can fail before anything is written. Runs on every apply (also
+//! when resuming) and is never recorded as done: secrets are held in memory only.
+
+use std::path::Path;
+
+use crate::crypto::{self, Encryption};
+use crate::error::{Error, Result};
+use crate::plan::{DestinationCfg, EncryptionCfg, ImagesCfg, Plan};
+use crate::storage::Stores;
+
+pub fn describe(plan: &Plan) -> Vec<String> {
+    let mut out = Vec::new();
+    match &plan.destination {
+        DestinationCfg::Local { path } => out.push(format!(
+            "check that {} can be written",
+            path.join(plan.name.as_str()).display()
+        )),
+        DestinationCfg::S3(s3) => out.push(format!("check access to s3://{}", s3.bucket)),
+    }
+    if let Some(ImagesCfg::Path { path, .. } | ImagesCfg::Nfs { path, .. }) = &plan.images {
+        out.push(format!(
+            "check that {} holds docker/registry/v2",
+            path.display()
+        ));
+    }
+    match &plan.encryption {
+        EncryptionCfg::Passphrase(s) => out.push(format!("read the passphrase {}", s.redacted())),
+        EncryptionCfg::Recipients(keys) => {
+            for k in keys {
+                out.push(format!("read the public key {}", k.display()));
+            }
+        }
+        EncryptionCfg::None => out.push("no encryption".into()),
+    }
+    out
+}
+
+/// Resolves the encryption secrets and checks the source and destination.
+pub async fn run(plan: &Plan, stores: &Stores) -> Result<Encryption> {
+    let encryption = match &plan.encryption {
+        EncryptionCfg::None => Encryption::None,
+        EncryptionCfg::Passphrase(r) => Encryption::Passphrase(crypto::resolve(r)?),
+        EncryptionCfg::Recipients(_) => {
+            return Err(Error::failed(
+                "encryption type `recipients` is not available in this build yet; use `type: passphrase`",
+            ));
+        }
+    };
+    if let Some(images) = &plan.images {
+        match images {
+            ImagesCfg::Path {
+                path, allow_empty, ..
+            } => check_registry_tree(path, *allow_empty)?,
+            ImagesCfg::Nfs { .. } => {
+                return Err(Error::failed(
+                    "images type `nfs` is not available in this build yet; use `type: path` on the mount point",
+                ));
+            }
+            ImagesCfg::S3(_) => {
+                return Err(Error::failed(
+                    "images type `s3` is not available in this build yet",
+                ));
+            }
+            ImagesCfg::Volume { .. } => {}
+        }
+    }
+    let probe = format!(".probe-{}", crate::clock::random_hex(4));
+    stores.backups.put(&probe, b"").map_err(|e| {
+        Error::failed(format!(
+            "the destination {} cannot be written: {e}",
+            stores.backups.describe()
+        ))
+    })?;
+    stores.backups.delete(&probe)?;
+    Ok(encryption)
+}
+
+/// A registry tree holds `docker/registry/v2`; an empty one is refused unless allowed, so that a
+/// missing disk never produces a "successful" backup of nothing.
+pub fn check_registry_tree(path: &Path, allow_empty: bool) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        Error::failed(format!(
+            "the image content folder {} cannot be read: {e}; check `images.path`",
+            path.display()
+        ))
+    })?;
+    if !meta.is_dir() {
+        return Err(Error::failed(format!(
+            "{} is not a folder; `images.path` must be the folder that holds docker/registry/v2",
+            path.display()
+        )));
+    }
+    if !allow_empty && !path.join("docker/registry/v2").is_dir() {
+        return Err(Error::failed(format!(
+            "{} holds no docker/registry/v2: is the storage mounted? Set `images.allow_empty: true` only if an empty registry is expected",
+            path.display()
+        )));
+    }
+    Ok(())
+}

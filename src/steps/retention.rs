@@ -1,0 +1,141 @@
+//! Retention: keeps the complete backups that any rule selects and deletes the others, then
+//! removes incomplete runs older than the newest complete backup.
+
+use std::collections::BTreeSet;
+
+use crate::clock;
+use crate::error::Result;
+use crate::exec::events::Event;
+use crate::manifest;
+use crate::plan::{Plan, RetentionCfg};
+use crate::storage::Store;
+
+use super::{Ctx, Outcome, blocking};
+
+pub fn describe(plan: &Plan) -> Vec<String> {
+    match &plan.retention {
+        Some(r) => vec![format!(
+            "keep last {}, daily {}, weekly {}, monthly {} complete backups; delete the others and older incomplete runs",
+            r.keep_last, r.keep_daily, r.keep_weekly, r.keep_monthly
+        )],
+        None => vec!["keep every backup".into()],
+    }
+}
+
+/// The ids to keep among `backups` (id, time), under `cfg`. A backup kept by any rule is kept.
+pub fn select(backups: &[(String, i64)], cfg: &RetentionCfg) -> BTreeSet<String> {
+    let mut newest_first: Vec<&(String, i64)> = backups.iter().collect();
+    newest_first.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut keep = BTreeSet::new();
+    for (id, _) in newest_first.iter().take(cfg.keep_last as usize) {
+        keep.insert(id.clone());
+    }
+    let day = |t: i64| t.div_euclid(86_400);
+    // 1970-01-01 was a Thursday: shifting by 3 days makes weeks start on Monday.
+    let week = |t: i64| (day(t) + 3).div_euclid(7);
+    let month = |t: i64| {
+        let (y, m, _) = clock::civil_from_days(day(t));
+        y * 12 + i64::from(m)
+    };
+    let rules: [(u32, &dyn Fn(i64) -> i64); 3] =
+        [(cfg.keep_daily, &day), (cfg.keep_weekly, &week), (cfg.keep_monthly, &month)];
+    for (count, bucket) in rules {
+        let mut seen = BTreeSet::new();
+        for (id, t) in &newest_first {
+            if seen.len() >= count as usize {
+                break;
+            }
+            if seen.insert(bucket(*t)) {
+                keep.insert(id.clone());
+            }
+        }
+    }
+    keep
+}
+
+/// Applies the plan's retention to the store; returns the deleted backup ids.
+pub fn prune(store: &dyn Store, cfg: &RetentionCfg, current: &str) -> Result<Vec<String>> {
+    let complete = manifest::list_complete(store)?;
+    let dated: Vec<(String, i64)> = complete
+        .iter()
+        .filter_map(|m| clock::backup_id_time(&m.backup_id).map(|t| (m.backup_id.clone(), t)))
+        .collect();
+    let mut keep = select(&dated, cfg);
+    keep.insert(current.to_owned());
+    let mut deleted = Vec::new();
+    for (id, _) in &dated {
+        if !keep.contains(id) {
+            store.delete_all(id)?;
+            deleted.push(id.clone());
+        }
+    }
+    let newest = dated.iter().map(|(id, _)| id.clone()).max();
+    for id in store.list_dirs("")? {
+        let incomplete = clock::backup_id_time(&id).is_some()
+            && id != current
+            && !dated.iter().any(|(d, _)| *d == id)
+            && newest.as_ref().is_some_and(|n| id < *n);
+        if incomplete {
+            store.delete_all(&id)?;
+            deleted.push(id);
+        }
+    }
+    Ok(deleted)
+}
+
+pub async fn run(ctx: Ctx) -> Result<Outcome> {
+    let Some(cfg) = ctx.plan.retention else {
+        return Ok(Outcome::default());
+    };
+    let (stores, current) = (ctx.stores.clone(), ctx.backup_id.clone());
+    let deleted = blocking(move || prune(stores.backups.as_ref(), &cfg, &current)).await?;
+    for id in &deleted {
+        ctx.reporter.emit(&Event::Log {
+            step: ctx.step_id.clone(),
+            message: format!("deleted {id}"),
+        });
+    }
+    Ok(Outcome::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(days: &[i64]) -> Vec<(String, i64)> {
+        days.iter()
+            .map(|d| {
+                let t = 1_795_534_200 + d * 86_400;
+                (format!("{}-0000", clock::compact(t)), t)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn keep_last_and_daily() {
+        let b = ids(&[0, 1, 2, 3, 4, 5]);
+        let keep = select(&b, &RetentionCfg { keep_last: 2, ..Default::default() });
+        assert_eq!(keep.len(), 2);
+        assert!(keep.contains(&b[5].0) && keep.contains(&b[4].0));
+        let keep = select(&b, &RetentionCfg { keep_daily: 3, ..Default::default() });
+        assert_eq!(keep, [b[3].0.clone(), b[4].0.clone(), b[5].0.clone()].into());
+    }
+
+    #[test]
+    fn rules_add_up_and_weekly_takes_newest_of_each_week() {
+        // Two backups a day for 21 days.
+        let mut b = Vec::new();
+        for d in 0..21 {
+            for h in [0, 6] {
+                let t = 1_795_534_200 + d * 86_400 + h * 3600;
+                b.push((format!("{}-0000", clock::compact(t)), t));
+            }
+        }
+        let keep = select(&b, &RetentionCfg { keep_last: 1, keep_weekly: 3, ..Default::default() });
+        // Newest overall, plus the newest of each of the last three weeks (one is the same).
+        assert!(keep.contains(&b.last().unwrap().0));
+        assert!(keep.len() <= 4 && keep.len() >= 3, "{keep:?}");
+        let keep_all = select(&b, &RetentionCfg { keep_daily: 100, ..Default::default() });
+        assert_eq!(keep_all.len(), 21, "one per day");
+    }
+}

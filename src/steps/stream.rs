@@ -1,0 +1,78 @@
+//! The artifact pipeline shared by the steps that write archives:
+//!
+//! ```text
+//! producer thread ──(bounded pipe, 1 MiB chunks)──▶ OpenPGP encryption ─▶ sha256 + count ─▶ store object
+//! ```
+//!
+//! The producer (a tar writer, a container's stdout) and the encryption run on two threads,
+//! so the two cores overlap reading and encrypting. At most `pipe::CHUNKS` chunks are in flight.
+//! Plaintext never touches the disk; the object becomes visible only after the producer
+//! finished cleanly and everything is durable.
+
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::archive::HashWriter;
+use crate::archive::pipe::{self, PipeWriter};
+use crate::cancel::Cancel;
+use crate::crypto::{self, Encryption};
+use crate::error::{Error, Result, io};
+use crate::failpoint;
+use crate::storage::Store;
+
+/// Size and sha256 of a written object.
+pub struct Written {
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Runs `produce` on its own thread and stores what it writes, encrypted, under `path`.
+pub fn store_stream(
+    produce: impl FnOnce(PipeWriter) -> io::Result<()> + Send + 'static,
+    store: &dyn Store,
+    path: &str,
+    encryption: &Encryption,
+    cancel: &Cancel,
+    progress: Arc<AtomicU64>,
+) -> Result<Written> {
+    let (tx, mut rx) = pipe::pipe();
+    let producer = std::thread::Builder::new()
+        .name("archive".into())
+        .spawn(move || produce(tx))
+        .map_err(|e| io(e, "starting the archive thread"))?;
+
+    let consumed = (|| -> Result<(Box<dyn crate::storage::ObjectWriter>, String, u64)> {
+        let object = store.create(path)?;
+        let mut hashed = HashWriter::new(object);
+        let what = format!("writing {}/{path}", store.describe());
+        {
+            let mut sealed = crypto::encrypt(&mut hashed, encryption).map_err(|e| io(e, &what))?;
+            let mut chunks = 0u64;
+            while let Some(chunk) = rx.next_chunk() {
+                cancel.check().map_err(|e| io(e, &what))?;
+                sealed.write_all(&chunk).map_err(|e| io(e, &what))?;
+                progress.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                chunks += 1;
+                if chunks == 2 {
+                    failpoint::hit("stream.middle");
+                }
+            }
+            sealed.finish().map_err(|e| io(e, &what))?;
+        }
+        Ok(hashed.finish())
+    })();
+    // Stop the producer if we stopped reading, then learn how it ended: a producer error
+    // means the stream is incomplete even if the consumer saw a clean end.
+    drop(rx);
+    let produced = producer
+        .join()
+        .map_err(|_| Error::failed("the archive thread panicked"))?;
+    let (object, sha256, size) = match (consumed, produced) {
+        (Err(e), _) => return Err(e),
+        (Ok(_), Err(e)) => return Err(io(e, "reading the source")),
+        (Ok(done), Ok(())) => done,
+    };
+    object.commit()?;
+    Ok(Written { size, sha256 })
+}

@@ -1,0 +1,64 @@
+//! Verify: reads the new backup back (sizes, sha256, decryption, layout). Only when every
+//! check passes is `manifest.json` published: a backup that fails is never complete.
+
+use crate::crypto::{Decryption, Encryption};
+use crate::error::{Error, Result};
+use crate::exec::state::FileRef;
+use crate::manifest::{self, Manifest};
+use crate::plan::Plan;
+use crate::verify;
+
+use super::{Ctx, Outcome, blocking};
+
+pub fn describe(_plan: &Plan) -> Vec<String> {
+    vec![
+        "read every artifact back: size, sha256, decryption (integrity protection), tar layout".into(),
+        format!("publish <backup-id>/{} when all checks pass", manifest::FILE),
+    ]
+}
+
+pub async fn run(ctx: Ctx) -> Result<Outcome> {
+    let pending = ctx.backup_path(manifest::PENDING);
+    let final_path = ctx.backup_path(manifest::FILE);
+    let dec = match ctx.encryption.as_ref() {
+        Encryption::None => Decryption::None,
+        Encryption::Passphrase(s) => Decryption::Passphrase(s.clone()),
+    };
+    let (stores, cancel) = (ctx.stores.clone(), ctx.cancel.clone());
+    let size = blocking(move || {
+        let store = stores.backups.as_ref();
+        // After a kill between publishing and journaling, only the final name exists.
+        let bytes = match store.get(&pending)? {
+            Some(b) => b,
+            None => store.get(&final_path)?.ok_or_else(|| {
+                Error::failed(format!("{pending} is missing; start over with --fresh"))
+            })?,
+        };
+        let m = Manifest::parse(&bytes, &pending)?;
+        let checks = verify::check_artifacts(store, &m, &dec, &cancel);
+        cancel.check().map_err(|e| crate::error::io(e, "verifying"))?;
+        let failed: Vec<String> = checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("{}: {}", c.name, c.detail))
+            .collect();
+        if !failed.is_empty() {
+            return Err(Error::Verify(format!(
+                "the new backup failed verification and is not complete: {}",
+                failed.join("; ")
+            )));
+        }
+        crate::failpoint::hit("verify.before-publish");
+        store.put(&final_path, &bytes)?;
+        store.delete(&pending)?;
+        Ok(bytes.len() as u64)
+    })
+    .await?;
+    Ok(Outcome {
+        files: vec![FileRef {
+            path: ctx.backup_path(manifest::FILE),
+            size,
+        }],
+        ..Outcome::default()
+    })
+}

@@ -1,0 +1,290 @@
+//! A local folder as a store. Every final file is written as a hidden temporary in the same
+//! folder, fsynced, renamed, and the folder fsynced; archives and state are mode 0600.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use super::{ObjectWriter, Store};
+use crate::error::{Error, Result, io};
+
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    pub fn new(root: PathBuf) -> LocalStore {
+        LocalStore { root }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        if rel.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(rel)
+        }
+    }
+
+    fn ensure_parent(&self, p: &Path) -> Result<()> {
+        let parent = p.parent().unwrap_or(&self.root);
+        fs::create_dir_all(parent).map_err(|e| io(e, format!("creating {}", parent.display())))
+    }
+}
+
+/// The temporary name of `final_path` while it is written.
+fn temp_name(final_path: &Path) -> PathBuf {
+    let name = final_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    final_path.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+}
+
+/// Whether a file name is one of our temporaries (left behind by a killed run).
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".partial-")
+}
+
+fn new_private_file(p: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(p)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// fsync the file, rename it to its final name, fsync the folder.
+fn publish(file: &File, temp: &Path, final_path: &Path) -> io::Result<()> {
+    file.sync_all()?;
+    fs::rename(temp, final_path)?;
+    sync_dir(final_path.parent().unwrap_or(Path::new("/")))
+}
+
+struct LocalWriter {
+    file: Option<io::BufWriter<File>>,
+    temp: PathBuf,
+    final_path: PathBuf,
+}
+
+impl Write for LocalWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.file {
+            Some(f) => f.write(buf),
+            None => Err(io::Error::other("object already committed")),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.file {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl ObjectWriter for LocalWriter {
+    fn commit(mut self: Box<Self>) -> Result<()> {
+        let Some(buffered) = self.file.take() else {
+            return Ok(());
+        };
+        let what = format!("writing {}", self.final_path.display());
+        let file = buffered.into_inner().map_err(|e| io(e.into_error(), &what))?;
+        publish(&file, &self.temp, &self.final_path).map_err(|e| io(e, &what))
+    }
+}
+
+impl Drop for LocalWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+impl Store for LocalStore {
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn create(&self, rel: &str) -> Result<Box<dyn ObjectWriter>> {
+        let final_path = self.path(rel);
+        self.ensure_parent(&final_path)?;
+        let temp = temp_name(&final_path);
+        let file = new_private_file(&temp).map_err(|e| io(e, format!("creating {}", temp.display())))?;
+        Ok(Box::new(LocalWriter {
+            file: Some(io::BufWriter::with_capacity(1 << 20, file)),
+            temp,
+            final_path,
+        }))
+    }
+
+    fn put(&self, rel: &str, bytes: &[u8]) -> Result<()> {
+        let mut w = self.create(rel)?;
+        w.write_all(bytes)
+            .map_err(|e| io(e, format!("writing {}", self.path(rel).display())))?;
+        w.commit()
+    }
+
+    fn put_new(&self, rel: &str, bytes: &[u8]) -> Result<bool> {
+        // Written completely under a temporary name, then hard-linked to the final name:
+        // link fails if the name exists, so exactly one of several writers wins, and a
+        // reader never sees a half-written object.
+        let final_path = self.path(rel);
+        self.ensure_parent(&final_path)?;
+        let temp = temp_name(&final_path);
+        let what = format!("creating {}", final_path.display());
+        let mut file = new_private_file(&temp).map_err(|e| io(e, &what))?;
+        let result = file
+            .write_all(bytes)
+            .and_then(|_| file.sync_all())
+            .and_then(|_| fs::hard_link(&temp, &final_path));
+        let _ = fs::remove_file(&temp);
+        match result {
+            Ok(()) => {
+                sync_dir(final_path.parent().unwrap_or(&self.root)).map_err(|e| io(e, &what))?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(io(e, &what)),
+        }
+    }
+
+    fn get(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+        let p = self.path(rel);
+        match fs::read(&p) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(e, format!("reading {}", p.display()))),
+        }
+    }
+
+    fn open(&self, rel: &str) -> Result<Box<dyn Read + Send + Sync>> {
+        let p = self.path(rel);
+        let f = File::open(&p).map_err(|e| io(e, format!("opening {}", p.display())))?;
+        Ok(Box::new(io::BufReader::with_capacity(1 << 20, f)))
+    }
+
+    fn size(&self, rel: &str) -> Result<Option<u64>> {
+        let p = self.path(rel);
+        match fs::metadata(&p) {
+            Ok(m) if m.is_file() => Ok(Some(m.len())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(e, format!("reading {}", p.display()))),
+        }
+    }
+
+    fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
+        let p = self.path(prefix);
+        let rd = match fs::read_dir(&p) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(e, format!("listing {}", p.display()))),
+        };
+        let mut out = Vec::new();
+        for e in rd {
+            let e = e.map_err(|e| io(e, format!("listing {}", p.display())))?;
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut stack = vec![prefix.trim_end_matches('/').to_owned()];
+        while let Some(rel) = stack.pop() {
+            let p = self.path(&rel);
+            let rd = match fs::read_dir(&p) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(e, format!("listing {}", p.display()))),
+            };
+            for e in rd {
+                let e = e.map_err(|e| io(e, format!("listing {}", p.display())))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(child);
+                } else {
+                    out.push(child);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn delete(&self, rel: &str) -> Result<()> {
+        let p = self.path(rel);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(e, format!("deleting {}", p.display()))),
+        }
+    }
+
+    fn delete_all(&self, prefix: &str) -> Result<()> {
+        if prefix.is_empty() {
+            return Err(Error::failed("refusing to delete a whole store"));
+        }
+        let p = self.path(prefix);
+        match fs::remove_dir_all(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(e, format!("deleting {}", p.display()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn store(tag: &str) -> (LocalStore, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("dtr-backup-local-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        (LocalStore::new(dir.clone()), dir)
+    }
+
+    #[test]
+    fn nothing_visible_before_commit_and_nothing_left_after_drop() {
+        let (s, dir) = store("commit");
+        let mut w = s.create("run/a.tar").unwrap();
+        w.write_all(b"abc").unwrap();
+        assert_eq!(s.size("run/a.tar").unwrap(), None);
+        drop(w);
+        assert!(s.list("").unwrap().is_empty(), "temporary removed on drop");
+        let mut w = s.create("run/a.tar").unwrap();
+        w.write_all(b"abc").unwrap();
+        w.commit().unwrap();
+        assert_eq!(s.size("run/a.tar").unwrap(), Some(3));
+        let mode = fs::metadata(dir.join("run/a.tar")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn put_new_lets_exactly_one_writer_win() {
+        let (s, dir) = store("putnew");
+        let s = std::sync::Arc::new(s);
+        let handles: Vec<_> = (0..16)
+            .map(|i| {
+                let s = s.clone();
+                std::thread::spawn(move || s.put_new("lock.json", format!("{i}").as_bytes()).unwrap())
+            })
+            .collect();
+        let wins = handles.into_iter().map(|h| h.join().unwrap()).filter(|w| *w).count();
+        assert_eq!(wins, 1);
+        assert_eq!(s.list("").unwrap(), vec!["lock.json".to_owned()]);
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,75 @@
+//! Where backups are kept, behind one small blocking interface.
+//!
+//! Paths are relative and `/`-separated, under the plan's root at the destination
+//! (`<destination>/<plan-name>/`). Nothing appears under a final name until it is complete:
+//! [`ObjectWriter::commit`] publishes it, dropping the writer discards it.
+//! The interface is blocking on purpose: pipelines run on their own threads.
+
+pub mod local;
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::plan::{DestinationCfg, Plan};
+
+/// A store of objects (files) under one root.
+pub trait Store: Send + Sync {
+    /// Where this is, for messages (`/var/backups/dtr/dtr-prod`).
+    fn describe(&self) -> String;
+    /// Starts an object that becomes visible under `path` only on `commit`.
+    fn create(&self, path: &str) -> Result<Box<dyn ObjectWriter>>;
+    /// Writes a small object atomically, replacing any previous one.
+    fn put(&self, path: &str, bytes: &[u8]) -> Result<()>;
+    /// Writes a small object only if none exists under `path`; `false` when one does.
+    fn put_new(&self, path: &str, bytes: &[u8]) -> Result<bool>;
+    /// Reads a small object; `None` when absent.
+    fn get(&self, path: &str) -> Result<Option<Vec<u8>>>;
+    /// Streams an object.
+    fn open(&self, path: &str) -> Result<Box<dyn Read + Send + Sync>>;
+    /// Size of an object; `None` when absent.
+    fn size(&self, path: &str) -> Result<Option<u64>>;
+    /// Names of the folders directly under `prefix` (`""` for the root).
+    fn list_dirs(&self, prefix: &str) -> Result<Vec<String>>;
+    /// Paths of every object under `prefix`, recursively.
+    fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    /// Removes an object; absent is fine.
+    fn delete(&self, path: &str) -> Result<()>;
+    /// Removes everything under `prefix`.
+    fn delete_all(&self, prefix: &str) -> Result<()>;
+}
+
+/// An object being written.
+pub trait ObjectWriter: Write + Send + Sync {
+    /// Makes the object durable and visible under its final name.
+    fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// The stores of a plan: artifacts at the destination, and state (journal, lock), by default
+/// at the destination too (`.state/`), so that another machine can resume a run.
+pub struct Stores {
+    pub backups: Arc<dyn Store>,
+    pub state: Arc<dyn Store>,
+}
+
+/// Opens the stores of a plan. Creates nothing yet.
+pub fn open(plan: &Plan) -> Result<Stores> {
+    let backups: Arc<dyn Store> = match &plan.destination {
+        DestinationCfg::Local { path } => Arc::new(local::LocalStore::new(path.join(plan.name.as_str()))),
+        DestinationCfg::S3(_) => {
+            return Err(crate::error::Error::failed(
+                "destination type s3 is not available in this build yet; use `type: local`",
+            ));
+        }
+    };
+    let state: Arc<dyn Store> = match &plan.state_path {
+        Some(path) => Arc::new(local::LocalStore::new(path.join(plan.name.as_str()))),
+        None => match &plan.destination {
+            DestinationCfg::Local { path } => {
+                Arc::new(local::LocalStore::new(path.join(plan.name.as_str()).join(".state")))
+            }
+            DestinationCfg::S3(_) => unreachable!("returned above"),
+        },
+    };
+    Ok(Stores { backups, state })
+}
