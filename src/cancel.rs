@@ -3,6 +3,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// Set when any run of this process is cancelled (read by `failpoint`).
+static PROCESS_CANCELLED: AtomicBool = AtomicBool::new(false);
+
+/// Whether a cancellation happened in this process.
+pub fn process_cancelled() -> bool {
+    PROCESS_CANCELLED.load(Ordering::SeqCst)
+}
+
 use tokio::sync::Notify;
 
 /// Set once by Ctrl-C or SIGTERM; every step and pipeline stage checks it.
@@ -21,6 +29,7 @@ impl Cancel {
     }
 
     pub fn cancel(&self) {
+        PROCESS_CANCELLED.store(true, Ordering::SeqCst);
         self.0.flag.store(true, Ordering::SeqCst);
         self.0.notify.notify_waiters();
     }

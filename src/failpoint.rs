@@ -1,7 +1,8 @@
 //! Named points where the process can be made to stop, for the kill-and-resume tests.
 //!
 //! With `DTR_BACKUP_FAILPOINT=<name>` set, reaching that point prints `failpoint <name>` on
-//! stderr and waits forever, so that a test can `kill -9` the process exactly there. Without
+//! stderr and waits, so that a test can `kill -9` the process exactly there, or send SIGTERM
+//! (the wait ends when the run is cancelled, and the run stops as it would anywhere). Without
 //! the variable, `hit` does nothing.
 
 use std::sync::OnceLock;
@@ -12,12 +13,12 @@ fn armed() -> Option<&'static str> {
         .as_deref()
 }
 
-/// Stops here forever if this failpoint is armed.
+/// Waits here until the run is cancelled, if this failpoint is armed.
 pub fn hit(name: &str) {
     if armed() == Some(name) {
         eprintln!("failpoint {name}");
-        loop {
-            std::thread::sleep(std::time::Duration::from_secs(3600));
+        while !crate::cancel::process_cancelled() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 }

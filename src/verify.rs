@@ -66,23 +66,35 @@ fn check_artifact(
             return checks;
         }
         Ok(None) => {
-            checks.push(Check::new(format!("{}: exists", a.path), Err("missing".into())));
+            checks.push(Check::new(
+                format!("{}: exists", a.path),
+                Err("missing".into()),
+            ));
             return checks;
         }
         Err(e) => {
-            checks.push(Check::new(format!("{}: exists", a.path), Err(e.to_string())));
+            checks.push(Check::new(
+                format!("{}: exists", a.path),
+                Err(e.to_string()),
+            ));
             return checks;
         }
     }
     let reader = match store.open(&path) {
         Ok(r) => r,
         Err(e) => {
-            checks.push(Check::new(format!("{}: readable", a.path), Err(e.to_string())));
+            checks.push(Check::new(
+                format!("{}: readable", a.path),
+                Err(e.to_string()),
+            ));
             return checks;
         }
     };
     // One pass: hash the stored bytes while decrypting and walking the archive.
-    let mut hashed = HashReader::new(Guard { inner: reader, cancel });
+    let mut hashed = HashReader::new(Guard {
+        inner: reader,
+        cancel,
+    });
     let layout = {
         let plain: io::Result<Box<dyn Read + Send + Sync + '_>> = if a.encrypted {
             crypto::decrypt(&mut hashed, dec)
@@ -90,32 +102,40 @@ fn check_artifact(
             Ok(Box::new(&mut hashed))
         };
         match plain {
-        Err(e) => {
-            checks.push(Check::new(format!("{}: decrypts", a.path), Err(e.to_string())));
-            Err("not checked: no plaintext".to_owned())
-        }
-        Ok(mut plain) => {
-            let layout = check_layout(&mut plain, a.kind, manifest);
-            // Reading to the end checks the OpenPGP integrity protection (MDC).
-            let rest = io::copy(&mut plain, &mut io::sink());
-            drop(plain);
-            if a.encrypted {
+            Err(e) => {
                 checks.push(Check::new(
                     format!("{}: decrypts", a.path),
-                    rest.map(|_| "integrity protection holds".to_owned())
-                        .map_err(|e| e.to_string()),
+                    Err(e.to_string()),
                 ));
+                Err("not checked: no plaintext".to_owned())
             }
-            layout
-        }
+            Ok(mut plain) => {
+                let layout = check_layout(&mut plain, a.kind, manifest);
+                // Reading to the end checks the OpenPGP integrity protection (MDC).
+                let rest = io::copy(&mut plain, &mut io::sink());
+                drop(plain);
+                if a.encrypted {
+                    checks.push(Check::new(
+                        format!("{}: decrypts", a.path),
+                        rest.map(|_| "integrity protection holds".to_owned())
+                            .map_err(|e| e.to_string()),
+                    ));
+                }
+                layout
+            }
         }
     };
     checks.push(Check::new(format!("{}: layout", a.path), layout));
     checks.push(Check::new(
         format!("{}: sha256", a.path),
         match hashed.finish() {
-            Ok((sha, n)) if sha == a.sha256 && n == a.size => Ok(format!("{n} bytes, sha256 {sha}")),
-            Ok((sha, n)) => Err(format!("{n} bytes with sha256 {sha}; recorded {} bytes with {}", a.size, a.sha256)),
+            Ok((sha, n)) if sha == a.sha256 && n == a.size => {
+                Ok(format!("{n} bytes, sha256 {sha}"))
+            }
+            Ok((sha, n)) => Err(format!(
+                "{n} bytes with sha256 {sha}; recorded {} bytes with {}",
+                a.size, a.sha256
+            )),
             Err(e) => Err(e.to_string()),
         },
     ));
@@ -123,15 +143,22 @@ fn check_artifact(
 }
 
 /// Walks the tar archive and checks where its members are.
-fn check_layout(plain: &mut dyn Read, kind: ArtifactKind, manifest: &Manifest) -> Result<String, String> {
+fn check_layout(
+    plain: &mut dyn Read,
+    kind: ArtifactKind,
+    manifest: &Manifest,
+) -> Result<String, String> {
     let mut archive = tar::Archive::new(plain);
-    let entries = archive.entries().map_err(|e| format!("not a tar archive: {e}"))?;
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("not a tar archive: {e}"))?;
     let volume = manifest.dtr.volume.clone().unwrap_or_default();
     let registry = format!("{volume}/_data/docker/registry/v2/");
     let mut members = 0u64;
     let mut under_registry = 0u64;
     for entry in entries {
-        let mut entry = entry.map_err(|e| format!("tar archive broken after {members} members: {e}"))?;
+        let mut entry =
+            entry.map_err(|e| format!("tar archive broken after {members} members: {e}"))?;
         let name = entry
             .path()
             .map_err(|e| format!("member {members} has a bad name: {e}"))?

@@ -38,9 +38,9 @@ impl PipeWriter {
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
         match &self.tx {
-            Some(tx) => tx
-                .send(chunk)
-                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the reading stage stopped")),
+            Some(tx) => tx.send(chunk).map_err(|_| {
+                io::Error::new(io::ErrorKind::BrokenPipe, "the reading stage stopped")
+            }),
             None => Err(io::Error::new(io::ErrorKind::BrokenPipe, "pipe closed")),
         }
     }

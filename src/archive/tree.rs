@@ -167,8 +167,12 @@ mod tests {
 
         let tree = scan(&dir).unwrap();
         assert_eq!(tree.total, 5);
-        let tar_bytes = write_tar(&tree, "dtr-registry-x/_data", Vec::new(), &Cancel::new()).unwrap();
-        assert!(tar_bytes.len() < 20_000, "the symlink target must not be archived");
+        let tar_bytes =
+            write_tar(&tree, "dtr-registry-x/_data", Vec::new(), &Cancel::new()).unwrap();
+        assert!(
+            tar_bytes.len() < 20_000,
+            "the symlink target must not be archived"
+        );
         let mut archive = tar::Archive::new(&tar_bytes[..]);
         let names: Vec<String> = archive
             .entries()

@@ -21,13 +21,14 @@ pub fn run(args: &Args) -> Exit {
         Ok(p) => p,
         Err(exit) => return exit,
     };
-    let backups = match storage::open(&plan).and_then(|s| manifest::list_complete(s.backups.as_ref())) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return e.exit();
-        }
-    };
+    let backups =
+        match storage::open(&plan).and_then(|s| manifest::list_complete(s.backups.as_ref())) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return e.exit();
+            }
+        };
     match args.output {
         Output::Json => {
             let doc = serde_json::json!({"format_version": 1, "plan": plan.name.to_string(), "backups": backups});

@@ -115,10 +115,11 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
 /// Ctrl-C and SIGTERM cancel the run: it stops promptly and stays resumable.
 pub fn cancel_on_signals(cancel: crate::cancel::Cancel) {
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

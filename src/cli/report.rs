@@ -26,6 +26,8 @@ pub struct Human {
     quiet: bool,
     bars: bool,
     bar: Mutex<Option<ProgressBar>>,
+    /// Without a terminal, progress lines are printed at most this often.
+    last_line: Mutex<Option<std::time::Instant>>,
 }
 
 impl Human {
@@ -34,6 +36,7 @@ impl Human {
             quiet,
             bars: !quiet && std::io::stderr().is_terminal(),
             bar: Mutex::new(None),
+            last_line: Mutex::new(None),
         }
     }
 
@@ -138,13 +141,19 @@ impl Reporter for Human {
                             }
                             bar.set_position(*bytes);
                         }
-                        None => eprintln!(
-                            "  {step}: {}{}",
-                            human_bytes(*bytes),
-                            total_bytes
-                                .map(|t| format!(" of {}", human_bytes(t)))
-                                .unwrap_or_default()
-                        ),
+                        None => {
+                            let mut last = self.last_line.lock().unwrap_or_else(|e| e.into_inner());
+                            if last.is_none_or(|t| t.elapsed().as_secs() >= 10) {
+                                *last = Some(std::time::Instant::now());
+                                eprintln!(
+                                    "  {step}: {}{}",
+                                    human_bytes(*bytes),
+                                    total_bytes
+                                        .map(|t| format!(" of {}", human_bytes(t)))
+                                        .unwrap_or_default()
+                                );
+                            }
+                        }
                     }
                 }
             }

@@ -201,7 +201,10 @@ mod tests {
         let mid = out.len() / 2;
         out[mid] ^= 1;
         let mut r = decrypt(&out[..], &Decryption::Passphrase(secret)).unwrap();
-        assert!(r.read_to_end(&mut Vec::new()).is_err(), "a flipped byte must fail");
+        assert!(
+            r.read_to_end(&mut Vec::new()).is_err(),
+            "a flipped byte must fail"
+        );
 
         let wrong = decrypt(&out[..], &Decryption::Passphrase(Secret::for_test("nope")));
         assert!(wrong.is_err());

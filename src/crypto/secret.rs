@@ -16,6 +16,14 @@ impl Secret {
     }
 }
 
+impl Secret {
+    /// A secret from a literal, for tests of this crate.
+    #[cfg(test)]
+    pub fn for_test(s: &str) -> Secret {
+        Secret(s.to_owned())
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<secret>")
@@ -73,7 +81,10 @@ pub fn resolve(r: &SecretRef) -> Result<Secret> {
                 )));
             }
             let text = String::from_utf8(out.stdout).map_err(|_| {
-                Error::failed(format!("the secret command {} printed non-UTF-8 output", r.describe()))
+                Error::failed(format!(
+                    "the secret command {} printed non-UTF-8 output",
+                    r.describe()
+                ))
             })?;
             strip_one_newline(text)
         }
@@ -100,13 +111,5 @@ mod tests {
         assert!(err.to_string().contains("file:/nonexistent/x"));
         let err = resolve(&SecretRef::Command(vec!["false".into()])).unwrap_err();
         assert!(err.to_string().contains("failed"));
-    }
-}
-
-impl Secret {
-    /// A secret from a literal, for tests of this crate.
-    #[cfg(test)]
-    pub fn for_test(s: &str) -> Secret {
-        Secret(s.to_owned())
     }
 }

@@ -144,7 +144,10 @@ pub fn unlock(store: &dyn Store, id: &str) -> Result<LockInfo> {
         )));
     };
     let holder: LockInfo = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::failed(format!("the lock {}/{FILE} is unreadable ({e}); delete it by hand", store.describe()))
+        Error::failed(format!(
+            "the lock {}/{FILE} is unreadable ({e}); delete it by hand",
+            store.describe()
+        ))
     })?;
     if holder.id != id {
         return Err(Error::failed(format!(

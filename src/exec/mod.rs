@@ -126,8 +126,9 @@ async fn run(
             if outputs_intact(stores.backups.as_ref(), record)? {
                 reporter.emit(&Event::StepSkipped {
                     step: step.id.clone(),
-                    reason: "completed by an earlier run; outputs present with their recorded sizes"
-                        .into(),
+                    reason:
+                        "completed by an earlier run; outputs present with their recorded sizes"
+                            .into(),
                 });
                 summary.steps_skipped += 1;
                 absorb(&mut ctx, record);
@@ -160,7 +161,11 @@ async fn run(
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => {
-                let e = if cancel.is_cancelled() { Error::Interrupted } else { e };
+                let e = if cancel.is_cancelled() {
+                    Error::Interrupted
+                } else {
+                    e
+                };
                 reporter.emit(&Event::StepFailed {
                     step: step.id.clone(),
                     error: e.to_string(),
@@ -205,7 +210,12 @@ fn absorb(ctx: &mut Ctx, record: &StepRecord) {
 /// The cheap check before skipping a step: its files exist with their recorded sizes.
 fn outputs_intact(store: &dyn Store, record: &StepRecord) -> Result<bool> {
     for f in &record.files {
-        if store.size(&f.path)? != Some(f.size) {
+        let here = store.size(&f.path)? == Some(f.size);
+        let moved = match &f.published_as {
+            Some(p) if !here => store.size(p)? == Some(f.size),
+            _ => false,
+        };
+        if !here && !moved {
             return Ok(false);
         }
     }

@@ -46,6 +46,20 @@ pub struct StepRecord {
 pub struct FileRef {
     pub path: String,
     pub size: u64,
+    /// Where a later step may have moved the same bytes (the pending manifest, once
+    /// verification published it); the file counts as present there too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_as: Option<String>,
+}
+
+impl FileRef {
+    pub fn new(path: String, size: u64) -> FileRef {
+        FileRef {
+            path,
+            size,
+            published_as: None,
+        }
+    }
 }
 
 pub fn load(store: &dyn Store) -> Result<Option<RunState>> {

@@ -17,7 +17,9 @@ use super::{Ctx, Outcome, blocking};
 pub fn describe(plan: &Plan) -> Vec<String> {
     let volume = graph::images_volume_name(plan).unwrap_or_else(|| "dtr-registry-<replica>".into());
     let source = match &plan.images {
-        Some(ImagesCfg::Path { path, .. } | ImagesCfg::Nfs { path, .. }) => path.display().to_string(),
+        Some(ImagesCfg::Path { path, .. } | ImagesCfg::Nfs { path, .. }) => {
+            path.display().to_string()
+        }
         Some(ImagesCfg::Volume { .. }) => format!("volume {volume} through a helper container"),
         Some(ImagesCfg::S3(s3)) => format!("s3://{}/{}", s3.bucket, s3.prefix),
         None => "-".into(),
@@ -57,7 +59,11 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
     let progress = ctx.progress(Some(tree.total));
     let counter = progress.bytes.clone();
     let prefix = format!("{volume}/_data");
-    let (stores, encryption, cancel) = (ctx.stores.clone(), ctx.encryption.clone(), ctx.cancel.clone());
+    let (stores, encryption, cancel) = (
+        ctx.stores.clone(),
+        ctx.encryption.clone(),
+        ctx.cancel.clone(),
+    );
     let object_path = path.clone();
     let written = blocking(move || {
         let tar_cancel = cancel.clone();
@@ -81,10 +87,7 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
             sha256: written.sha256,
             encrypted: ctx.encryption.is_encrypted(),
         }],
-        files: vec![FileRef {
-            path,
-            size: written.size,
-        }],
+        files: vec![FileRef::new(path, written.size)],
         facts: facts_of(&volume, &plan),
     })
 }

@@ -62,8 +62,13 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
     let stores = ctx.stores.clone();
     let object = path.clone();
     blocking(move || stores.backups.put(&object, &bytes)).await?;
+    let published_as = (name == manifest::PENDING).then(|| ctx.backup_path(manifest::FILE));
     Ok(Outcome {
-        files: vec![FileRef { path, size }],
+        files: vec![FileRef {
+            path,
+            size,
+            published_as,
+        }],
         ..Outcome::default()
     })
 }

@@ -22,7 +22,10 @@ pub fn describe(plan: &Plan) -> Vec<String> {
         ));
         out.push(format!("env UCP_PASSWORD={}", ucp.password.redacted()));
     }
-    out.push(format!("stream stdout into {}", graph::metadata_artifact(plan)));
+    out.push(format!(
+        "stream stdout into {}",
+        graph::metadata_artifact(plan)
+    ));
     out
 }
 

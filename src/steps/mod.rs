@@ -6,9 +6,9 @@ mod discover;
 mod images;
 mod manifest;
 mod metadata;
-mod stream;
 pub mod preflight;
 pub mod retention;
+mod stream;
 pub mod verify;
 
 use std::collections::BTreeMap;

@@ -37,8 +37,11 @@ pub fn select(backups: &[(String, i64)], cfg: &RetentionCfg) -> BTreeSet<String>
         let (y, m, _) = clock::civil_from_days(day(t));
         y * 12 + i64::from(m)
     };
-    let rules: [(u32, &dyn Fn(i64) -> i64); 3] =
-        [(cfg.keep_daily, &day), (cfg.keep_weekly, &week), (cfg.keep_monthly, &month)];
+    let rules: [(u32, &dyn Fn(i64) -> i64); 3] = [
+        (cfg.keep_daily, &day),
+        (cfg.keep_weekly, &week),
+        (cfg.keep_monthly, &month),
+    ];
     for (count, bucket) in rules {
         let mut seen = BTreeSet::new();
         for (id, t) in &newest_first {
@@ -114,11 +117,26 @@ mod tests {
     #[test]
     fn keep_last_and_daily() {
         let b = ids(&[0, 1, 2, 3, 4, 5]);
-        let keep = select(&b, &RetentionCfg { keep_last: 2, ..Default::default() });
+        let keep = select(
+            &b,
+            &RetentionCfg {
+                keep_last: 2,
+                ..Default::default()
+            },
+        );
         assert_eq!(keep.len(), 2);
         assert!(keep.contains(&b[5].0) && keep.contains(&b[4].0));
-        let keep = select(&b, &RetentionCfg { keep_daily: 3, ..Default::default() });
-        assert_eq!(keep, [b[3].0.clone(), b[4].0.clone(), b[5].0.clone()].into());
+        let keep = select(
+            &b,
+            &RetentionCfg {
+                keep_daily: 3,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            keep,
+            [b[3].0.clone(), b[4].0.clone(), b[5].0.clone()].into()
+        );
     }
 
     #[test]
@@ -131,11 +149,24 @@ mod tests {
                 b.push((format!("{}-0000", clock::compact(t)), t));
             }
         }
-        let keep = select(&b, &RetentionCfg { keep_last: 1, keep_weekly: 3, ..Default::default() });
+        let keep = select(
+            &b,
+            &RetentionCfg {
+                keep_last: 1,
+                keep_weekly: 3,
+                ..Default::default()
+            },
+        );
         // Newest overall, plus the newest of each of the last three weeks (one is the same).
         assert!(keep.contains(&b.last().unwrap().0));
         assert!(keep.len() <= 4 && keep.len() >= 3, "{keep:?}");
-        let keep_all = select(&b, &RetentionCfg { keep_daily: 100, ..Default::default() });
+        let keep_all = select(
+            &b,
+            &RetentionCfg {
+                keep_daily: 100,
+                ..Default::default()
+            },
+        );
         assert_eq!(keep_all.len(), 21, "one per day");
     }
 }

@@ -12,8 +12,12 @@ use super::{Ctx, Outcome, blocking};
 
 pub fn describe(_plan: &Plan) -> Vec<String> {
     vec![
-        "read every artifact back: size, sha256, decryption (integrity protection), tar layout".into(),
-        format!("publish <backup-id>/{} when all checks pass", manifest::FILE),
+        "read every artifact back: size, sha256, decryption (integrity protection), tar layout"
+            .into(),
+        format!(
+            "publish <backup-id>/{} when all checks pass",
+            manifest::FILE
+        ),
     ]
 }
 
@@ -36,7 +40,9 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
         };
         let m = Manifest::parse(&bytes, &pending)?;
         let checks = verify::check_artifacts(store, &m, &dec, &cancel);
-        cancel.check().map_err(|e| crate::error::io(e, "verifying"))?;
+        cancel
+            .check()
+            .map_err(|e| crate::error::io(e, "verifying"))?;
         let failed: Vec<String> = checks
             .iter()
             .filter(|c| !c.ok)
@@ -55,10 +61,7 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
     })
     .await?;
     Ok(Outcome {
-        files: vec![FileRef {
-            path: ctx.backup_path(manifest::FILE),
-            size,
-        }],
+        files: vec![FileRef::new(ctx.backup_path(manifest::FILE), size)],
         ..Outcome::default()
     })
 }

@@ -93,7 +93,9 @@ impl ObjectWriter for LocalWriter {
             return Ok(());
         };
         let what = format!("writing {}", self.final_path.display());
-        let file = buffered.into_inner().map_err(|e| io(e.into_error(), &what))?;
+        let file = buffered
+            .into_inner()
+            .map_err(|e| io(e.into_error(), &what))?;
         publish(&file, &self.temp, &self.final_path).map_err(|e| io(e, &what))
     }
 }
@@ -115,7 +117,8 @@ impl Store for LocalStore {
         let final_path = self.path(rel);
         self.ensure_parent(&final_path)?;
         let temp = temp_name(&final_path);
-        let file = new_private_file(&temp).map_err(|e| io(e, format!("creating {}", temp.display())))?;
+        let file =
+            new_private_file(&temp).map_err(|e| io(e, format!("creating {}", temp.display())))?;
         Ok(Box::new(LocalWriter {
             file: Some(io::BufWriter::with_capacity(1 << 20, file)),
             temp,
@@ -210,7 +213,11 @@ impl Store for LocalStore {
             for e in rd {
                 let e = e.map_err(|e| io(e, format!("listing {}", p.display())))?;
                 let name = e.file_name().to_string_lossy().into_owned();
-                let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+                let child = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
                     stack.push(child);
                 } else {
@@ -250,7 +257,8 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn store(tag: &str) -> (LocalStore, PathBuf) {
-        let dir = std::env::temp_dir().join(format!("dtr-backup-local-{tag}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("dtr-backup-local-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         (LocalStore::new(dir.clone()), dir)
     }
@@ -267,7 +275,10 @@ mod tests {
         w.write_all(b"abc").unwrap();
         w.commit().unwrap();
         assert_eq!(s.size("run/a.tar").unwrap(), Some(3));
-        let mode = fs::metadata(dir.join("run/a.tar")).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.join("run/a.tar"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         fs::remove_dir_all(dir).unwrap();
     }
@@ -279,10 +290,16 @@ mod tests {
         let handles: Vec<_> = (0..16)
             .map(|i| {
                 let s = s.clone();
-                std::thread::spawn(move || s.put_new("lock.json", format!("{i}").as_bytes()).unwrap())
+                std::thread::spawn(move || {
+                    s.put_new("lock.json", format!("{i}").as_bytes()).unwrap()
+                })
             })
             .collect();
-        let wins = handles.into_iter().map(|h| h.join().unwrap()).filter(|w| *w).count();
+        let wins = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|w| *w)
+            .count();
         assert_eq!(wins, 1);
         assert_eq!(s.list("").unwrap(), vec!["lock.json".to_owned()]);
         fs::remove_dir_all(dir).unwrap();

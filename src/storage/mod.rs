@@ -55,7 +55,9 @@ pub struct Stores {
 /// Opens the stores of a plan. Creates nothing yet.
 pub fn open(plan: &Plan) -> Result<Stores> {
     let backups: Arc<dyn Store> = match &plan.destination {
-        DestinationCfg::Local { path } => Arc::new(local::LocalStore::new(path.join(plan.name.as_str()))),
+        DestinationCfg::Local { path } => {
+            Arc::new(local::LocalStore::new(path.join(plan.name.as_str())))
+        }
         DestinationCfg::S3(_) => {
             return Err(crate::error::Error::failed(
                 "destination type s3 is not available in this build yet; use `type: local`",
@@ -65,9 +67,9 @@ pub fn open(plan: &Plan) -> Result<Stores> {
     let state: Arc<dyn Store> = match &plan.state_path {
         Some(path) => Arc::new(local::LocalStore::new(path.join(plan.name.as_str()))),
         None => match &plan.destination {
-            DestinationCfg::Local { path } => {
-                Arc::new(local::LocalStore::new(path.join(plan.name.as_str()).join(".state")))
-            }
+            DestinationCfg::Local { path } => Arc::new(local::LocalStore::new(
+                path.join(plan.name.as_str()).join(".state"),
+            )),
             DestinationCfg::S3(_) => unreachable!("returned above"),
         },
     };

@@ -77,3 +77,196 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A plan over a copy of the sample registry tree, backing up to `<dir>/backups`.
+pub struct Fixture {
+    pub dir: TempDir,
+    pub plan: PathBuf,
+}
+
+pub const PASSPHRASE: &str = "correct horse battery";
+pub const VOLUME: &str = "dtr-registry-0a1b2c3d4e5f";
+
+impl Fixture {
+    /// `extra` is appended to the plan. With `big_blob_mib > 0`, a blob of that size is added,
+    /// so that the archive stream spans several pipe chunks.
+    pub fn new(tag: &str, big_blob_mib: usize, extra: &str) -> Fixture {
+        let dir = TempDir::new(tag);
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(root().join("plans/quickstart/registry"))
+            .arg(dir.path().join("registry"))
+            .status()
+            .expect("cp runs");
+        assert!(status.success());
+        if big_blob_mib > 0 {
+            let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+            let data: Vec<u8> = (0..big_blob_mib << 20)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let digest = dtr_backup::archive::sha256_hex(&data);
+            let blob = dir.path().join(format!(
+                "registry/docker/registry/v2/blobs/sha256/{}/{digest}",
+                &digest[..2]
+            ));
+            std::fs::create_dir_all(&blob).expect("blob dir");
+            std::fs::write(blob.join("data"), data).expect("blob");
+        }
+        let plan = dir.write(
+            "plan.yaml",
+            &format!(
+                "version: 1\nname: qs\nparts: [images]\nimages: {{type: path, path: registry, name: {VOLUME}}}\n\
+                 destination: {{type: local, path: backups}}\n\
+                 encryption: {{type: passphrase, passphrase: {{env: DTR_BACKUP_PASSPHRASE}}}}\n{extra}"
+            ),
+        );
+        Fixture { dir, plan }
+    }
+
+    /// `dtr-backup plan apply <plan> --output json` with the passphrase set.
+    pub fn apply(&self) -> Command {
+        let mut cmd = dtr_backup(self.dir.path());
+        cmd.env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
+            .args(["plan", "apply", "--output", "json"])
+            .arg(&self.plan);
+        cmd
+    }
+
+    /// The plan's folder at the destination.
+    pub fn plan_root(&self) -> PathBuf {
+        self.dir.path().join("backups/qs")
+    }
+
+    /// Backup folders at the destination (complete or not), sorted.
+    pub fn backup_dirs(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.plan_root())
+            .map(|rd| {
+                rd.map(|e| e.expect("entry").path())
+                    .filter(|p| p.is_dir() && !p.ends_with(".state"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// The JSON events of an `--output json` run.
+pub fn events(o: &Output) -> Vec<serde_json::Value> {
+    stdout(o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// Ids of the steps that have an event of `kind`.
+pub fn steps_with(events: &[serde_json::Value], kind: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["event"] == kind)
+        .map(|e| e["step"].as_str().expect("step").to_owned())
+        .collect()
+}
+
+/// Decrypts with the real `gpg`, in a throwaway home.
+pub fn gpg_decrypt(file: &Path, passphrase: &str) -> Vec<u8> {
+    let home = TempDir::new("gnupg");
+    let out = Command::new("gpg")
+        .env("GNUPGHOME", home.path())
+        .args([
+            "--batch",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            passphrase,
+            "-d",
+        ])
+        .arg(file)
+        .output()
+        .expect("gpg runs");
+    assert!(out.status.success(), "gpg -d failed: {}", stderr(&out));
+    out.stdout
+}
+
+/// `tar -tf -` of bytes, with the real tar.
+pub fn tar_list(bytes: &[u8]) -> Vec<String> {
+    use std::io::Write;
+    let mut child = Command::new("tar")
+        .args(["-tf", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("tar runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let data = bytes.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().expect("tar output");
+    writer.join().expect("join").expect("write to tar");
+    assert!(out.status.success(), "tar -t failed");
+    stdout(&out).lines().map(str::to_owned).collect()
+}
+
+/// Starts `cmd` and returns once its stderr shows `marker` (the child keeps running).
+pub fn spawn_until(cmd: &mut Command, marker: &str) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wanted = marker.to_owned();
+    std::thread::spawn(move || {
+        let marker = wanted;
+        let mut seen = Vec::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let hit = line.contains(&marker);
+            seen.push(line);
+            if hit {
+                let _ = tx.send(Ok(()));
+                return;
+            }
+        }
+        let _ = tx.send(Err(seen.join("\n")));
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(120)) {
+        Ok(Ok(())) => child,
+        Ok(Err(seen)) => {
+            let _ = child.kill();
+            panic!("the process ended before {marker:?}; stderr:\n{seen}");
+        }
+        Err(_) => {
+            let _ = child.kill();
+            panic!("{marker:?} not reached in time");
+        }
+    }
+}
+
+/// Every file under `dir`, with its bytes.
+pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                out.push((p.clone(), Vec::new()));
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).expect("read")));
+            }
+        }
+    }
+    out.sort();
+    out
+}

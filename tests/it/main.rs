@@ -2,6 +2,7 @@
 //! binary where the outcome is what a user sees, and the library where a table of cases is
 //! clearer.
 
+mod apply;
 mod common;
 mod diagnostics;
 mod fuzz;

@@ -1,0 +1,571 @@
+//! `plan apply` end to end on the local path: artifacts, gpg interop, resume after kill -9 at
+//! every step boundary and mid-stream, locks, dry-run, secrets, interruption.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::common::*;
+
+fn manifest(backup: &Path) -> serde_json::Value {
+    let bytes = std::fs::read(backup.join("manifest.json")).expect("manifest.json");
+    serde_json::from_slice(&bytes).expect("manifest is JSON")
+}
+
+/// The artifact files of a complete backup match the manifest, decrypt with gpg, and list the
+/// canonical layout with tar; every blob of the source is in the archive, intact.
+fn assert_backup_sound(fx: &Fixture, backup: &Path) {
+    let m = manifest(backup);
+    assert_eq!(m["format_version"], 1);
+    assert_eq!(m["dtr"]["volume"], VOLUME);
+    let artifacts = m["artifacts"].as_array().expect("artifacts");
+    assert_eq!(artifacts.len(), 1);
+    let a = &artifacts[0];
+    assert_eq!(a["path"], "dtr-images-0a1b2c3d4e5f.tar.gpg");
+    let file = backup.join(a["path"].as_str().expect("path"));
+    let bytes = std::fs::read(&file).expect("artifact");
+    assert_eq!(a["size"], bytes.len() as u64);
+    assert_eq!(a["sha256"], dtr_backup::archive::sha256_hex(&bytes));
+
+    let plain = gpg_decrypt(&file, PASSPHRASE);
+    let names = tar_list(&plain);
+    let prefix = format!("{VOLUME}/_data/docker/registry/v2/");
+    assert!(names.iter().all(|n| n.starts_with(VOLUME)), "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with(&prefix)), "{names:?}");
+
+    // Every blob of the source is in the archive with content matching its digest.
+    let mut archive = tar::Archive::new(&plain[..]);
+    let mut blobs = 0;
+    for entry in archive.entries().expect("entries") {
+        let mut entry = entry.expect("entry");
+        let name = entry.path().expect("path").display().to_string();
+        if name.ends_with("/data") && name.contains("/blobs/sha256/") {
+            let digest = name.rsplit('/').nth(1).expect("digest").to_owned();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut data).expect("blob");
+            assert_eq!(dtr_backup::archive::sha256_hex(&data), digest, "{name}");
+            let rel = name
+                .strip_prefix(&format!("{VOLUME}/_data/"))
+                .expect("prefixed");
+            assert_eq!(
+                std::fs::read(fx.dir.path().join("registry").join(rel)).expect("source"),
+                data
+            );
+            blobs += 1;
+        }
+    }
+    let source_blobs = Command::new("find")
+        .arg(fx.dir.path().join("registry"))
+        .args(["-name", "data", "-path", "*/blobs/*"])
+        .output()
+        .expect("find");
+    assert_eq!(blobs, stdout(&source_blobs).lines().count());
+}
+
+#[test]
+fn quickstart_backup_end_to_end() {
+    let fx = Fixture::new("e2e", 0, "retention: {keep_last: 3}\n");
+    let out = run(&mut fx.apply());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let ev = events(&out);
+    assert_eq!(ev[0]["event"], "run_started");
+    assert_eq!(ev[0]["resumed"], false);
+    let last = ev.last().expect("events");
+    assert_eq!(last["event"], "run_finished");
+    assert_eq!(last["status"], "ok");
+    assert_eq!(last["exit_code"], 0);
+    assert_eq!(
+        steps_with(&ev, "step_finished"),
+        ["preflight", "images", "manifest", "verify", "retention"]
+    );
+    let dirs = fx.backup_dirs();
+    assert_eq!(dirs.len(), 1);
+    assert_eq!(
+        last["backup_id"],
+        dirs[0]
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .as_ref()
+    );
+    assert_backup_sound(&fx, &dirs[0]);
+    // The journal is gone once the run is complete; no temporary is left.
+    assert!(!fx.plan_root().join(".state/run.json").exists());
+    assert!(!fx.plan_root().join(".state/lock.json").exists());
+    let leftovers: Vec<_> = snapshot(&fx.plan_root())
+        .into_iter()
+        .filter(|(p, _)| p.to_string_lossy().contains(".partial-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Archives are private.
+    use std::os::unix::fs::PermissionsExt;
+    for f in std::fs::read_dir(&dirs[0]).expect("dir") {
+        let mode = f.expect("f").metadata().expect("meta").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "group/other bits set");
+    }
+
+    // `backups list` shows it.
+    let out = run(dtr_backup(fx.dir.path())
+        .args(["backups", "list", "--output", "json"])
+        .arg(&fx.plan));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["backups"].as_array().expect("list").len(), 1);
+}
+
+#[test]
+fn shipped_quickstart_plan_runs_from_the_readme_command() {
+    // The README's first command, on the shipped plan (destination ./backups of the repo is
+    // redirected by copying the plan next to the shipped sample tree).
+    let dir = TempDir::new("readme");
+    let plans = dir.path().join("plans");
+    std::fs::create_dir_all(&plans).expect("mkdir");
+    std::fs::copy(
+        root().join("plans/quickstart.yaml"),
+        plans.join("quickstart.yaml"),
+    )
+    .expect("copy");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(root().join("plans/quickstart"))
+        .arg(plans.join("quickstart"))
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    let out = run(dtr_backup(dir.path())
+        .env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
+        .args(["plan", "apply", "plans/quickstart.yaml"]));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("complete: 1 artifacts"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(dir.path().join("backups/quickstart").is_dir());
+}
+
+/// Where a run can be killed, and which steps the next run must skip.
+const KILL_POINTS: &[(&str, &[&str])] = &[
+    ("apply.locked", &[]),
+    ("apply.journal-created", &[]),
+    ("step.preflight.before", &[]),
+    ("step.images.before", &[]),
+    ("stream.middle", &[]),
+    ("step.images.done-not-journaled", &[]),
+    ("step.images.journaled", &["images"]),
+    ("step.manifest.before", &["images"]),
+    ("step.manifest.done-not-journaled", &["images"]),
+    ("step.manifest.journaled", &["images", "manifest"]),
+    ("verify.before-publish", &["images", "manifest"]),
+    ("step.verify.done-not-journaled", &["images", "manifest"]),
+    ("step.verify.journaled", &["images", "manifest", "verify"]),
+    ("step.retention.before", &["images", "manifest", "verify"]),
+    (
+        "step.retention.journaled",
+        &["images", "manifest", "verify", "retention"],
+    ),
+];
+
+/// Files under final names in the destination: each must be complete.
+fn assert_no_partial_final_files(fx: &Fixture) {
+    for (path, bytes) in snapshot(&fx.plan_root()) {
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        if path.is_dir() || name.starts_with('.') {
+            continue;
+        }
+        if name.ends_with(".tar.gpg") {
+            // A complete OpenPGP message of a complete tar archive.
+            let names = tar_list(&gpg_decrypt(&path, PASSPHRASE));
+            assert!(!names.is_empty(), "{}", path.display());
+        } else if name.ends_with(".json") {
+            serde_json::from_slice::<serde_json::Value>(&bytes)
+                .unwrap_or_else(|e| panic!("{} is partial: {e}", path.display()));
+        } else {
+            panic!("unexpected file {}", path.display());
+        }
+    }
+}
+
+#[test]
+fn killed_at_any_point_the_next_apply_resumes() {
+    assert!(KILL_POINTS.len() >= 10);
+    for (point, skipped) in KILL_POINTS {
+        let fx = Fixture::new("kill", 5, "retention: {keep_last: 2}\n");
+        let mut child = spawn_until(
+            fx.apply().env("DTR_BACKUP_FAILPOINT", point),
+            &format!("failpoint {point}"),
+        );
+        child.kill().expect("kill -9");
+        child.wait().expect("reaped");
+        assert_no_partial_final_files(&fx);
+
+        let out = run(&mut fx.apply());
+        assert_eq!(out.status.code(), Some(0), "{point}: {}", stderr(&out));
+        let ev = events(&out);
+        assert_eq!(
+            steps_with(&ev, "step_skipped"),
+            *skipped,
+            "{point}: skipped steps"
+        );
+        for s in *skipped {
+            assert!(
+                !steps_with(&ev, "step_started").contains(&s.to_string()),
+                "{point}: {s} was redone"
+            );
+        }
+        // The lock of the killed process was taken over, not waited for.
+        assert!(
+            ev.iter().any(|e| e["event"] == "warning"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("stale lock"))),
+            "{point}: no stale-lock warning"
+        );
+        let dirs: Vec<PathBuf> = fx
+            .backup_dirs()
+            .into_iter()
+            .filter(|d| d.join("manifest.json").exists())
+            .collect();
+        assert_eq!(dirs.len(), 1, "{point}: one complete backup");
+        assert_backup_sound(&fx, &dirs[0]);
+        assert_no_partial_final_files(&fx);
+        assert!(!fx.plan_root().join(".state/run.json").exists(), "{point}");
+    }
+}
+
+#[test]
+fn sigterm_stops_promptly_and_leaves_a_resumable_run() {
+    let fx = Fixture::new("term", 5, "");
+    let child = spawn_until(
+        fx.apply().env("DTR_BACKUP_FAILPOINT", "stream.middle"),
+        "failpoint stream.middle",
+    );
+    let started = std::time::Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(130));
+    assert!(
+        started.elapsed().as_secs() < 10,
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        fx.plan_root().join(".state/run.json").exists(),
+        "journal kept"
+    );
+    assert!(
+        !fx.plan_root().join(".state/lock.json").exists(),
+        "lock released"
+    );
+    assert_no_partial_final_files(&fx);
+    let out = run(&mut fx.apply());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let ev = events(&out);
+    assert_eq!(ev[0]["resumed"], true);
+}
+
+#[test]
+fn second_apply_exits_4_and_waits_with_lock_timeout() {
+    let fx = Fixture::new("lock", 0, "");
+    let mut holder = spawn_until(
+        fx.apply().env("DTR_BACKUP_FAILPOINT", "apply.locked"),
+        "failpoint apply.locked",
+    );
+    let out = run(dtr_backup(fx.dir.path())
+        .env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
+        .args(["plan", "apply"])
+        .arg(&fx.plan));
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("pid {}", holder.id())), "{err}");
+    assert!(err.contains("plan unlock"), "{err}");
+
+    let began = std::time::Instant::now();
+    let out = run(fx.apply().args(["--lock-timeout", "2s"]));
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        began.elapsed().as_millis() >= 1900,
+        "waited {:?}",
+        began.elapsed()
+    );
+    let ev = events(&out);
+    assert_eq!(ev.last().expect("event")["status"], "locked");
+
+    // `plan unlock` with a wrong id refuses; with the right one it removes the lock.
+    let lock: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fx.plan_root().join(".state/lock.json")).expect("lock"),
+    )
+    .expect("json");
+    let out = run(dtr_backup(fx.dir.path())
+        .args(["plan", "unlock"])
+        .arg(&fx.plan)
+        .arg("nope"));
+    assert_eq!(out.status.code(), Some(1));
+    let id = lock["id"].as_str().expect("id");
+    let out = run(dtr_backup(fx.dir.path())
+        .args(["plan", "unlock"])
+        .arg(&fx.plan)
+        .arg(id));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!fx.plan_root().join(".state/lock.json").exists());
+    holder.kill().expect("kill");
+    holder.wait().expect("wait");
+}
+
+#[test]
+fn concurrent_applies_exactly_one_runs() {
+    let fx = Fixture::new("race", 2, "");
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            fx.apply()
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    let codes: Vec<i32> = children
+        .into_iter()
+        .map(|c| {
+            c.wait_with_output()
+                .expect("wait")
+                .status
+                .code()
+                .expect("code")
+        })
+        .collect();
+    // Either both ran one after the other (the first finished before the second started), or
+    // exactly one ran and the other was refused with 4. Never two at once.
+    let ok = codes.iter().filter(|c| **c == 0).count();
+    let locked = codes.iter().filter(|c| **c == 4).count();
+    assert_eq!(ok + locked, 2, "{codes:?}");
+    assert!(ok >= 1, "{codes:?}");
+    let complete = fx
+        .backup_dirs()
+        .iter()
+        .filter(|d| d.join("manifest.json").exists())
+        .count();
+    assert_eq!(complete, ok);
+}
+
+#[test]
+fn stale_lock_of_a_dead_process_is_taken_over() {
+    let fx = Fixture::new("stale", 0, "");
+    let mut dead = Command::new("true").spawn().expect("spawn");
+    let pid = dead.id();
+    dead.wait().expect("wait");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    std::fs::create_dir_all(fx.plan_root().join(".state")).expect("mkdir");
+    std::fs::write(
+        fx.plan_root().join(".state/lock.json"),
+        format!(
+            r#"{{"id":"deadbeef","host":"{}","pid":{pid},"operation":"plan apply","started_at":"2026-01-01T00:00:00Z"}}"#,
+            host.trim()
+        ),
+    )
+    .expect("write lock");
+    let out = run(&mut fx.apply());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(events(&out).iter().any(|e| {
+        e["event"] == "warning"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("deadbeef"))
+    }));
+
+    // A lock of another host is never taken over.
+    std::fs::write(
+        fx.plan_root().join(".state/lock.json"),
+        format!(r#"{{"id":"0ther","host":"elsewhere","pid":{pid},"operation":"plan apply","started_at":"2026-01-01T00:00:00Z"}}"#),
+    )
+    .expect("write lock");
+    let out = run(&mut fx.apply());
+    assert_eq!(out.status.code(), Some(4));
+}
+
+#[test]
+fn dry_run_changes_nothing_and_redacts_secrets() {
+    let fx = Fixture::new("dry", 0, "retention: {keep_last: 1}\n");
+    let out = run(&mut fx.apply());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // Leave an unfinished run too, so that state exists.
+    let mut child = spawn_until(
+        fx.apply()
+            .env("DTR_BACKUP_FAILPOINT", "step.images.journaled"),
+        "failpoint",
+    );
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    let before = snapshot(fx.dir.path());
+
+    // No passphrase in the environment: a dry run reads no secret.
+    let out = run(dtr_backup(fx.dir.path())
+        .args(["plan", "apply", "--dry-run"])
+        .arg(&fx.plan));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("<redacted from env:DTR_BACKUP_PASSPHRASE>"),
+        "{text}"
+    );
+    for step in ["preflight", "images", "manifest", "verify", "retention"] {
+        assert!(
+            text.contains(&format!(". {step} (")),
+            "{step} missing: {text}"
+        );
+    }
+    let out = run(dtr_backup(fx.dir.path())
+        .args(["plan", "apply", "--dry-run", "--output", "json"])
+        .arg(&fx.plan));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["dry_run"], true);
+    assert_eq!(snapshot(fx.dir.path()), before, "the dry run changed files");
+
+    // An invalid plan: exit 3, still no change.
+    let bad = fx.dir.write("bad.yaml", "version: 1\nname: qs\n");
+    let out = run(dtr_backup(fx.dir.path())
+        .args(["plan", "apply", "--dry-run"])
+        .arg(&bad));
+    assert_eq!(out.status.code(), Some(3));
+    std::fs::remove_file(bad).expect("rm");
+    assert_eq!(snapshot(fx.dir.path()), before);
+}
+
+#[test]
+fn the_passphrase_never_leaks() {
+    const CANARY: &str = "canary-pass-7f3e9a1c";
+    let fx = Fixture::new("canary", 3, "retention: {keep_last: 5}\n");
+    let with_canary = |cmd: &mut Command| -> std::process::Output {
+        run(cmd.env("DTR_BACKUP_PASSPHRASE", CANARY))
+    };
+    // A killed run leaves the journal; a resumed run, a text run and a failing run print.
+    let mut child = spawn_until(
+        fx.apply()
+            .env("DTR_BACKUP_PASSPHRASE", CANARY)
+            .env("DTR_BACKUP_FAILPOINT", "step.manifest.journaled"),
+        "failpoint",
+    );
+    let journal_during_run = loop {
+        if let Ok(b) = std::fs::read(fx.plan_root().join(".state/run.json")) {
+            break b;
+        }
+    };
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    let mut outputs = vec![with_canary(&mut fx.apply())];
+    outputs.push(with_canary(
+        dtr_backup(fx.dir.path())
+            .args(["plan", "apply"])
+            .arg(&fx.plan),
+    ));
+    outputs.push(with_canary(
+        dtr_backup(fx.dir.path())
+            .args(["plan", "apply", "--dry-run"])
+            .arg(&fx.plan),
+    ));
+    let bad_dest = fx.dir.write(
+        "bad-dest.yaml",
+        &std::fs::read_to_string(&fx.plan)
+            .expect("plan")
+            .replace("path: backups", "path: /proc/forbidden"),
+    );
+    outputs.push(with_canary(
+        dtr_backup(fx.dir.path())
+            .args(["plan", "apply"])
+            .arg(&bad_dest),
+    ));
+    assert_ne!(outputs.last().expect("out").status.code(), Some(0));
+    for o in &outputs {
+        assert!(
+            !stdout(o).contains(CANARY) && !stderr(o).contains(CANARY),
+            "leaked in output"
+        );
+    }
+    assert!(!String::from_utf8_lossy(&journal_during_run).contains(CANARY));
+    for (path, bytes) in snapshot(fx.dir.path()) {
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains(CANARY), "leaked into {}", path.display());
+    }
+    // It is the real passphrase of the artifacts all the same.
+    let backup = fx
+        .backup_dirs()
+        .into_iter()
+        .find(|d| d.join("manifest.json").exists())
+        .expect("backup");
+    let artifact = std::fs::read_dir(&backup)
+        .expect("dir")
+        .map(|e| e.expect("e").path())
+        .find(|p| p.extension().is_some_and(|e| e == "gpg"))
+        .expect("artifact");
+    assert!(!gpg_decrypt(&artifact, CANARY).is_empty());
+}
+
+#[test]
+fn changed_plan_is_not_resumed_without_fresh() {
+    let fx = Fixture::new("changed", 0, "");
+    let mut child = spawn_until(
+        fx.apply()
+            .env("DTR_BACKUP_FAILPOINT", "step.images.journaled"),
+        "failpoint",
+    );
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    let old_dirs = fx.backup_dirs();
+    assert_eq!(old_dirs.len(), 1);
+    let text = std::fs::read_to_string(&fx.plan).expect("plan");
+    std::fs::write(&fx.plan, format!("{text}retention: {{keep_last: 4}}\n")).expect("edit");
+
+    let out = run(&mut fx.apply());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let ev = events(&out);
+    let error = ev.last().expect("event")["error"]
+        .as_str()
+        .expect("error")
+        .to_owned();
+    assert!(error.contains("+ retention: {keep_last: 4}"), "{error}");
+    assert!(error.contains("--fresh"), "{error}");
+
+    let out = run(fx.apply().arg("--fresh"));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(events(&out).iter().any(|e| {
+        e["event"] == "warning"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("--fresh: discarded"))
+    }));
+    let dirs = fx.backup_dirs();
+    assert_eq!(dirs.len(), 1, "the old unfinished run was removed");
+    assert_ne!(dirs[0], old_dirs[0]);
+}
+
+#[test]
+fn retention_keeps_the_newest_and_removes_incomplete_runs() {
+    let fx = Fixture::new("retention", 0, "retention: {keep_last: 2}\n");
+    for _ in 0..3 {
+        let out = run(&mut fx.apply());
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let complete: Vec<PathBuf> = fx
+        .backup_dirs()
+        .into_iter()
+        .filter(|d| d.join("manifest.json").exists())
+        .collect();
+    assert_eq!(complete.len(), 2);
+    // An old incomplete folder (no manifest) is removed by the next run.
+    let stale = fx.plan_root().join("20200101T000000Z-abcd");
+    std::fs::create_dir_all(&stale).expect("mkdir");
+    std::fs::write(stale.join("dtr-images-x.tar.gpg"), b"partial").expect("write");
+    let out = run(&mut fx.apply());
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!stale.exists());
+    let newest = fx.backup_dirs();
+    assert_eq!(newest.len(), 2);
+    assert!(!newest.contains(&complete[0]), "the oldest was deleted");
+}
