@@ -38,7 +38,11 @@ fn temp_name(final_path: &Path) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    final_path.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+    final_path.with_file_name(format!(
+        ".{name}.partial-{}-{}",
+        std::process::id(),
+        crate::clock::random_hex(4)
+    ))
 }
 
 /// Whether a file name is one of our temporaries (left behind by a killed run).
