@@ -12,7 +12,8 @@
 //! - [`steps`] holds one file per step kind; [`verify`] checks a stored backup; [`manifest`]
 //!   is the record of a backup.
 //! - Adapters, which know nothing of plans' steps: [`storage`] (where backups go),
-//!   [`crypto`] (OpenPGP streams, secrets), [`archive`] (tar, pipes, hashing).
+//!   [`crypto`] (OpenPGP streams, secrets), [`archive`] (tar, pipes, hashing), [`docker`]
+//!   (the Docker API: replicas, containers), [`ucp`] (UCP's HTTPS API).
 //! - [`cli`] holds one file per subcommand; it parses, prints, and maps outcomes to the exit
 //!   codes in [`exit`]. No backup logic lives there.
 
@@ -21,6 +22,7 @@ pub mod cancel;
 pub mod cli;
 pub mod clock;
 pub mod crypto;
+pub mod docker;
 pub mod error;
 pub mod exec;
 pub mod exit;
@@ -30,4 +32,5 @@ pub mod manifest;
 pub mod plan;
 pub mod steps;
 pub mod storage;
+pub mod ucp;
 pub mod verify;

@@ -95,3 +95,72 @@ impl<R: Read> Read for HashReader<R> {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     crate::plan::hex(&Sha256::digest(bytes))
 }
+
+/// What the first bytes of a metadata stream say: gzip or plain tar, and the first member.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Sniffed {
+    pub gzip: bool,
+    pub first_member: String,
+}
+
+/// Looks at the start of an archive stream: gzip (`1f 8b`) or tar (`ustar` at offset 257);
+/// never trust a file name. `prefix` must hold the first tar header (after decompression).
+pub fn sniff(prefix: &[u8]) -> Result<Sniffed, String> {
+    let (gzip, header) = if prefix.starts_with(&[0x1f, 0x8b]) {
+        let mut d = flate2::read::MultiGzDecoder::new(prefix);
+        let mut h = vec![0u8; 512];
+        d.read_exact(&mut h)
+            .map_err(|e| format!("the gzip stream does not start with a tar header: {e}"))?;
+        (true, h)
+    } else {
+        (false, prefix.get(..512).map(<[u8]>::to_vec).unwrap_or_default())
+    };
+    if header.len() < 512 || &header[257..262] != b"ustar" {
+        return Err(if prefix.is_empty() {
+            "the stream is empty".to_owned()
+        } else {
+            "the stream is neither gzip nor a tar archive".to_owned()
+        });
+    }
+    let field = |r: std::ops::Range<usize>| {
+        let b = &header[r];
+        let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
+        String::from_utf8_lossy(&b[..end]).into_owned()
+    };
+    let (name, ustar_prefix) = (field(0..100), field(345..500));
+    let first_member = if ustar_prefix.is_empty() {
+        name
+    } else {
+        format!("{ustar_prefix}/{name}")
+    };
+    Ok(Sniffed { gzip, first_member })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_with(name: &str) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_size(0);
+        h.set_mode(0o755);
+        b.append_data(&mut h, name, io::empty()).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn sniffs_gzip_and_plain_tar() {
+        let plain = tar_with("dtr-backup-v2.9.4-online/");
+        let s = sniff(&plain).unwrap();
+        assert!(!s.gzip);
+        assert_eq!(s.first_member, "dtr-backup-v2.9.4-online/");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        io::Write::write_all(&mut gz, &plain).unwrap();
+        let s = sniff(&gz.finish().unwrap()).unwrap();
+        assert!(s.gzip);
+        assert!(sniff(b"").unwrap_err().contains("empty"));
+        assert!(sniff(&[7u8; 1024]).is_err());
+    }
+}

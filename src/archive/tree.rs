@@ -204,3 +204,91 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::Interrupted);
     }
 }
+
+/// Re-roots a tar stream: members `from` and `from/...` become `to` and `to/...`; the folders
+/// of `to` that lie above it come first. Symlinks stay symlinks; hard-link targets move too.
+pub fn reroot<R: Read, W: Write>(input: R, from: &str, to: &str, out: W, cancel: &Cancel) -> io::Result<W> {
+    let mut archive = tar::Archive::new(input);
+    let mut b = tar::Builder::new(out);
+    let mut wrote_parents = false;
+    let map = |p: &str| -> Option<String> {
+        let p = p.trim_end_matches('/');
+        if p == from {
+            Some(to.to_owned())
+        } else {
+            p.strip_prefix(from)
+                .and_then(|rest| rest.strip_prefix('/'))
+                .map(|rest| format!("{to}/{rest}"))
+        }
+    };
+    for entry in archive.entries()? {
+        cancel.check()?;
+        let mut entry = entry?;
+        let path = entry.path()?.to_string_lossy().into_owned();
+        let new_path = map(&path)
+            .ok_or_else(|| io::Error::other(format!("unexpected member {path:?} outside {from}/")))?;
+        let mut header = entry.header().clone();
+        if !wrote_parents {
+            let mut acc = PathBuf::new();
+            for part in Path::new(to).parent().into_iter().flat_map(Path::components) {
+                acc.push(part);
+                let mut h = header.clone();
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                b.append_data(&mut h, &acc, io::empty())?;
+            }
+            wrote_parents = true;
+        }
+        match header.entry_type() {
+            tar::EntryType::Symlink => {
+                let target = entry.link_name()?.unwrap_or_default().into_owned();
+                b.append_link(&mut header, &new_path, target)?;
+            }
+            tar::EntryType::Link => {
+                let target = entry.link_name()?.unwrap_or_default().to_string_lossy().into_owned();
+                let target = map(&target)
+                    .ok_or_else(|| io::Error::other(format!("hard link {path:?} points outside {from}/")))?;
+                b.append_link(&mut header, &new_path, target)?;
+            }
+            _ => b.append_data(&mut header, &new_path, &mut entry)?,
+        }
+    }
+    b.into_inner()
+}
+
+#[cfg(test)]
+mod reroot_tests {
+    use super::*;
+
+    #[test]
+    fn members_move_under_the_new_root() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_size(0);
+        h.set_mode(0o755);
+        b.append_data(&mut h, "storage", io::empty()).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o644);
+        let long = format!("storage/docker/registry/v2/blobs/sha256/ab/{}/data", "a".repeat(64));
+        b.append_data(&mut h, &long, &b"abc"[..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, "storage/link", "/elsewhere").unwrap();
+        let input = b.into_inner().unwrap();
+
+        let out = reroot(&input[..], "storage", "dtr-registry-x/_data", Vec::new(), &Cancel::new()).unwrap();
+        let mut a = tar::Archive::new(&out[..]);
+        let names: Vec<String> = a
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(names[0], "dtr-registry-x");
+        assert_eq!(names[1], "dtr-registry-x/_data");
+        assert!(names[2].ends_with("/data") && names[2].starts_with("dtr-registry-x/_data/docker/registry/v2/"));
+        assert_eq!(names[3], "dtr-registry-x/_data/link");
+    }
+}

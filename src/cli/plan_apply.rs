@@ -25,6 +25,9 @@ pub struct Args {
     /// Wait this long for another run's lock (e.g. `30s`, `5m`, `1h`) instead of exiting 4.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub lock_timeout: Option<Duration>,
+    /// Back up another replica than the last complete backup's (restore needs care then).
+    #[arg(long)]
+    pub allow_replica_change: bool,
     /// `json`: NDJSON events on stdout, and nothing else there.
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
@@ -79,6 +82,7 @@ pub fn run(args: &Args) -> Exit {
     let opts = Options {
         fresh: args.fresh,
         lock_timeout: args.lock_timeout,
+        allow_replica_change: args.allow_replica_change,
     };
     let runtime = match super::runtime() {
         Ok(rt) => rt,

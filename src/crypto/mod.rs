@@ -38,6 +38,23 @@ impl Encryption {
     }
 }
 
+/// The secrets of a run, resolved at preflight.
+#[derive(Clone, Debug)]
+pub struct Secrets {
+    pub encryption: Encryption,
+    pub ucp_password: Option<Secret>,
+}
+
+impl Encryption {
+    /// How the artifacts this encryption writes are read back.
+    pub fn decryption(&self) -> Decryption {
+        match self {
+            Encryption::None => Decryption::None,
+            Encryption::Passphrase(s) => Decryption::Passphrase(s.clone()),
+        }
+    }
+}
+
 /// How encrypted artifacts are decrypted.
 #[derive(Clone, Debug)]
 pub enum Decryption {

@@ -32,6 +32,8 @@ pub struct Options {
     pub fresh: bool,
     /// Wait this long for another run's lock instead of failing at once.
     pub lock_timeout: Option<Duration>,
+    /// Back up another replica than the last complete backup's.
+    pub allow_replica_change: bool,
 }
 
 /// Runs the plan. Emits `run_started` … `run_finished`; returns the backup id.
@@ -109,7 +111,11 @@ async fn run(
         backup_id: run.backup_id.clone(),
         started_at: run.started_at,
         stores: stores.clone(),
-        encryption: Arc::new(crate::crypto::Encryption::None),
+        secrets: Arc::new(crate::crypto::Secrets {
+            encryption: crate::crypto::Encryption::None,
+            ucp_password: None,
+        }),
+        allow_replica_change: opts.allow_replica_change,
         reporter: reporter.clone(),
         cancel: cancel.clone(),
         step_id: String::new(),
@@ -150,8 +156,8 @@ async fn run(
         });
         let began = Instant::now();
         let outcome = if step.kind == StepKind::Preflight {
-            steps::preflight::run(&plan, &stores).await.map(|enc| {
-                ctx.encryption = Arc::new(enc);
+            steps::preflight::run(&plan, &stores).await.map(|secrets| {
+                ctx.secrets = Arc::new(secrets);
                 steps::Outcome::default()
             })
         } else {

@@ -123,7 +123,8 @@ fn destination_text(plan: &Plan) -> String {
     }
 }
 
-fn needs_docker(plan: &Plan) -> bool {
+/// Whether the plan talks to a Docker API (metadata, or images from a volume).
+pub fn needs_docker(plan: &Plan) -> bool {
     plan.metadata || matches!(plan.images, Some(ImagesCfg::Volume { .. }))
 }
 

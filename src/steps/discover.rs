@@ -1,27 +1,88 @@
-//! Discover: find the DTR replica (and its node and version) through the Docker API.
+//! Discover: find the DTR replica (and its node and version) through the Docker API, and hold
+//! the rules that keep backups restorable: same replica as last time, same DTR version as the
+//! plan's image.
 
+use std::collections::BTreeMap;
+
+use crate::docker;
 use crate::error::{Error, Result};
-use crate::plan::Plan;
+use crate::manifest;
+use crate::plan::{ImagesCfg, Plan};
 
-use super::{Ctx, Outcome};
+use super::{Ctx, Outcome, blocking};
 
 pub fn describe(plan: &Plan) -> Vec<String> {
     vec![
+        "list running containers matching (?:^|/)dtr-rethinkdb-([0-9a-f]{12})$".into(),
+        "read DTR_VERSION from each replica's dtr-registry-<replica> container".into(),
         format!(
-            "list containers on {} matching (?:^|/)dtr-rethinkdb-([0-9a-f]{{12}})$",
-            plan.docker
-                .host
-                .as_deref()
-                .unwrap_or("$DOCKER_HOST or unix:///var/run/docker.sock")
+            "choose replica {} (the last complete backup's replica must not change)",
+            plan.dtr.replica
         ),
-        format!("choose replica {}", plan.dtr.replica),
-        "read DTR_VERSION and DTR_REPLICA_ID from the replica's dtr-registry container".into(),
     ]
 }
 
-pub async fn run(_ctx: Ctx) -> Result<Outcome> {
-    Err(Error::failed(
-        "replica discovery needs the Docker engine integration, which this build does not have yet; \
-         back up image content with `parts: [images]` and `images.type: path`",
-    ))
+pub async fn run(ctx: Ctx) -> Result<Outcome> {
+    let plan = ctx.plan.clone();
+    let engine = docker::connect(&plan.docker)?;
+    let found = docker::replicas(&engine).await?;
+    let stores = ctx.stores.clone();
+    let last = blocking(move || manifest::list_complete(stores.backups.as_ref()))
+        .await?
+        .into_iter()
+        .rev()
+        .find_map(|m| m.dtr.replica.map(|r| (m.backup_id, r)));
+    let chosen = docker::choose(&found, &plan.dtr.replica, last.as_ref().map(|(_, r)| r.as_str()))?;
+
+    if let Some((id, last_replica)) = &last
+        && *last_replica != chosen.id
+    {
+        let msg = format!(
+            "the last complete backup ({id}) is of replica {last_replica}, this one would be of {}: always back up from the same replica for a smooth restore",
+            chosen.id
+        );
+        if !ctx.allow_replica_change {
+            return Err(Error::failed(format!(
+                "{msg}; if the change is deliberate (the old replica is gone), run again with --allow-replica-change"
+            )));
+        }
+        ctx.warn(msg);
+    }
+
+    let version = match (&plan.dtr.version, &chosen.version) {
+        (Some(want), Some(runs)) if want != runs => {
+            return Err(Error::failed(format!(
+                "the plan's DTR image {} is version {want}, but replica {} runs DTR {runs}; restore needs the same version: set dtr.image to the {runs} tag",
+                plan.dtr.image.as_deref().unwrap_or("?"),
+                chosen.id
+            )));
+        }
+        (_, Some(runs)) => runs.clone(),
+        (Some(want), None) => {
+            ctx.warn(format!(
+                "cannot read DTR_VERSION of dtr-registry-{}; trusting the plan's version {want}",
+                chosen.id
+            ));
+            want.clone()
+        }
+        (None, None) => String::new(),
+    };
+
+    let mut facts = BTreeMap::from([("replica".to_owned(), chosen.id.clone())]);
+    if let Some(node) = &chosen.node {
+        facts.insert("node".into(), node.clone());
+    }
+    if !version.is_empty() {
+        facts.insert("version".into(), version);
+    }
+    if let Some(ImagesCfg::Volume { name, .. }) = &plan.images {
+        facts.insert(
+            "volume".into(),
+            name.clone().unwrap_or_else(|| format!("dtr-registry-{}", chosen.id)),
+        );
+    }
+    Ok(Outcome {
+        facts,
+        ..Outcome::default()
+    })
 }

@@ -11,8 +11,11 @@ use crate::graph;
 use crate::manifest::{Artifact, ArtifactKind};
 use crate::plan::{ImagesCfg, Plan};
 
-use super::stream::store_stream;
+use super::stream::{Written, store_stream};
 use super::{Ctx, Outcome, blocking};
+use crate::docker::{self, container};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 pub fn describe(plan: &Plan) -> Vec<String> {
     let volume = graph::images_volume_name(plan).unwrap_or_else(|| "dtr-registry-<replica>".into());
@@ -37,6 +40,9 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
     let plan = ctx.plan.clone();
     let root = match &plan.images {
         Some(ImagesCfg::Path { path, .. }) => path.clone(),
+        Some(ImagesCfg::Volume { helper_image, .. }) => {
+            return from_volume(ctx, helper_image.clone()).await;
+        }
         Some(other) => {
             return Err(Error::failed(format!(
                 "images type `{}` is not available in this build yet; use `type: path`",
@@ -61,7 +67,7 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
     let prefix = format!("{volume}/_data");
     let (stores, encryption, cancel) = (
         ctx.stores.clone(),
-        ctx.encryption.clone(),
+        Arc::new(ctx.secrets.encryption.clone()),
         ctx.cancel.clone(),
     );
     let object_path = path.clone();
@@ -78,18 +84,96 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
     })
     .await?;
     drop(progress);
+    Ok(outcome(&ctx, name, path, written, &volume))
+}
 
-    Ok(Outcome {
+fn outcome(ctx: &Ctx, name: String, path: String, written: Written, volume: &str) -> Outcome {
+    Outcome {
         artifacts: vec![Artifact {
             kind: ArtifactKind::Images,
             path: name,
             size: written.size,
             sha256: written.sha256,
-            encrypted: ctx.encryption.is_encrypted(),
+            encrypted: ctx.secrets.encryption.is_encrypted(),
         }],
         files: vec![FileRef::new(path, written.size)],
-        facts: facts_of(&volume, &plan),
+        facts: facts_of(volume, &ctx.plan),
+    }
+}
+
+/// Image content in a Docker volume on the replica's node: a helper container (created, never
+/// started) mounts it read-only, and the archive endpoint streams its files. Members are
+/// re-rooted to `<volume>/_data/...`. The helper is always removed.
+async fn from_volume(ctx: Ctx, helper_image: Option<String>) -> Result<Outcome> {
+    let plan = ctx.plan.clone();
+    let volume = ctx
+        .facts
+        .get("volume")
+        .cloned()
+        .or_else(|| graph::images_volume_name(&plan))
+        .ok_or_else(|| Error::failed("the volume of the image content is unknown"))?;
+    let image = helper_image
+        .or_else(|| plan.dtr.image.clone())
+        .ok_or_else(|| Error::failed("set `images.helper_image` or `dtr.image`: the volume is read through a container of that image"))?;
+    let engine = docker::connect(&plan.docker)?;
+    let removed = container::remove_leftovers(&engine, plan.name.as_str()).await?;
+    if removed > 0 {
+        ctx.warn(format!("removed {removed} container(s) left by an interrupted run"));
+    }
+    engine.docker.inspect_volume(&volume).await.map_err(|e| {
+        Error::failed(format!(
+            "the volume {volume} cannot be read on {}: {e}; check images.name and the replica",
+            engine.endpoint
+        ))
+    })?;
+    let id = container::create(
+        &engine,
+        container::Spec {
+            image,
+            cmd: vec!["true".into()],
+            entrypoint: None,
+            env: Vec::new(),
+            labels: HashMap::from([
+                (container::LABEL_PLAN.to_owned(), plan.name.to_string()),
+                (container::LABEL_RUN.to_owned(), ctx.backup_id.clone()),
+                (container::LABEL_ROLE.to_owned(), "images-helper".to_owned()),
+            ]),
+            binds: vec![format!("{volume}:/storage:ro")],
+            node: ctx.facts.get("node").cloned(),
+        },
+    )
+    .await?;
+    let name = graph::images_artifact(&plan, &volume);
+    let path = ctx.backup_path(&name);
+    let (feed, pump) = container::download(&engine, &id, "/storage", ctx.cancel.clone());
+    let progress = ctx.progress(None);
+    let counter = progress.bytes.clone();
+    let (stores, encryption, cancel) = (
+        ctx.stores.clone(),
+        Arc::new(ctx.secrets.encryption.clone()),
+        ctx.cancel.clone(),
+    );
+    let object = path.clone();
+    let root = format!("{volume}/_data");
+    let written = blocking(move || {
+        let reader = feed.into_reader(Vec::new());
+        let tar_cancel = cancel.clone();
+        store_stream(
+            move |pipe| tree::reroot(reader, "storage", &root, pipe, &tar_cancel)?.close(),
+            stores.backups.as_ref(),
+            &object,
+            &encryption,
+            &cancel,
+            counter,
+        )
     })
+    .await;
+    let _ = pump.await;
+    drop(progress);
+    if let Err(e) = container::remove(&engine, &id).await {
+        ctx.warn(e);
+    }
+    Ok(outcome(&ctx, name, path, written?, &volume))
 }
 
 /// What the archive tells a restore: its folder name, and the replica when the name carries it.

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::cancel::Cancel;
-use crate::crypto::Encryption;
+use crate::crypto::Secrets;
 use crate::error::{Error, Result};
 use crate::exec::events::{Event, Reporter};
 use crate::exec::state::FileRef;
@@ -33,7 +33,10 @@ pub struct Ctx {
     pub backup_id: String,
     pub started_at: i64,
     pub stores: Arc<Stores>,
-    pub encryption: Arc<Encryption>,
+    /// Secrets resolved by preflight; held in memory only.
+    pub secrets: Arc<Secrets>,
+    /// `--allow-replica-change`.
+    pub allow_replica_change: bool,
     pub reporter: Arc<dyn Reporter>,
     pub cancel: Cancel,
     pub step_id: String,

@@ -3,13 +3,35 @@
 
 use std::path::Path;
 
-use crate::crypto::{self, Encryption};
+use crate::crypto::{self, Encryption, Secrets};
+use crate::{docker, graph, ucp};
 use crate::error::{Error, Result};
 use crate::plan::{DestinationCfg, EncryptionCfg, ImagesCfg, Plan};
 use crate::storage::Stores;
 
 pub fn describe(plan: &Plan) -> Vec<String> {
     let mut out = Vec::new();
+    if graph::needs_docker(plan) {
+        out.push(format!(
+            "ping the Docker API at {}",
+            plan.docker
+                .host
+                .as_deref()
+                .or(plan.docker.bundle.as_ref().map(|_| "the client bundle's DOCKER_HOST"))
+                .unwrap_or("$DOCKER_HOST or unix:///var/run/docker.sock")
+        ));
+    }
+    if let Some(u) = plan.ucp.as_ref().filter(|_| plan.metadata) {
+        out.push(format!("GET {}/_ping", u.url));
+        if plan.check_ucp_login {
+            out.push(format!(
+                "POST {}/auth/login as {} with the password {}",
+                u.url,
+                u.username,
+                u.password.redacted()
+            ));
+        }
+    }
     match &plan.destination {
         DestinationCfg::Local { path } => out.push(format!(
             "check that {} can be written",
@@ -35,8 +57,8 @@ pub fn describe(plan: &Plan) -> Vec<String> {
     out
 }
 
-/// Resolves the encryption secrets and checks the source and destination.
-pub async fn run(plan: &Plan, stores: &Stores) -> Result<Encryption> {
+/// Resolves the secrets and checks the source, the Docker API, UCP and the destination.
+pub async fn run(plan: &Plan, stores: &Stores) -> Result<Secrets> {
     let encryption = match &plan.encryption {
         EncryptionCfg::None => Encryption::None,
         EncryptionCfg::Passphrase(r) => Encryption::Passphrase(crypto::resolve(r)?),
@@ -64,6 +86,16 @@ pub async fn run(plan: &Plan, stores: &Stores) -> Result<Encryption> {
             ImagesCfg::Volume { .. } => {}
         }
     }
+    let ucp_password = match (&plan.ucp, plan.metadata) {
+        (Some(u), true) => Some(crypto::resolve(&u.password)?),
+        _ => None,
+    };
+    if graph::needs_docker(plan) {
+        docker::connect(&plan.docker)?.check().await?;
+    }
+    if let (Some(u), Some(pw)) = (&plan.ucp, &ucp_password) {
+        ucp::check(u, pw, plan.check_ucp_login).await?;
+    }
     let probe = format!(".probe-{}", crate::clock::random_hex(4));
     stores.backups.put(&probe, b"").map_err(|e| {
         Error::failed(format!(
@@ -72,7 +104,10 @@ pub async fn run(plan: &Plan, stores: &Stores) -> Result<Encryption> {
         ))
     })?;
     stores.backups.delete(&probe)?;
-    Ok(encryption)
+    Ok(Secrets {
+        encryption,
+        ucp_password,
+    })
 }
 
 /// A registry tree holds `docker/registry/v2`; an empty one is refused unless allowed, so that a

@@ -1,7 +1,6 @@
 //! Verify: reads the new backup back (sizes, sha256, decryption, layout). Only when every
 //! check passes is `manifest.json` published: a backup that fails is never complete.
 
-use crate::crypto::{Decryption, Encryption};
 use crate::error::{Error, Result};
 use crate::exec::state::FileRef;
 use crate::manifest::{self, Manifest};
@@ -24,10 +23,7 @@ pub fn describe(_plan: &Plan) -> Vec<String> {
 pub async fn run(ctx: Ctx) -> Result<Outcome> {
     let pending = ctx.backup_path(manifest::PENDING);
     let final_path = ctx.backup_path(manifest::FILE);
-    let dec = match ctx.encryption.as_ref() {
-        Encryption::None => Decryption::None,
-        Encryption::Passphrase(s) => Decryption::Passphrase(s.clone()),
-    };
+    let dec = ctx.secrets.encryption.decryption();
     let (stores, cancel) = (ctx.stores.clone(), ctx.cancel.clone());
     let size = blocking(move || {
         let store = stores.backups.as_ref();

@@ -1,0 +1,328 @@
+//! Containers dtr-backup runs: the `dtr backup` container (its stdout is the metadata archive)
+//! and the helper that exposes a volume's files through the archive endpoint. Their bytes
+//! arrive on the async side and are handed to blocking pipeline threads through a [`Feed`].
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read};
+
+use bollard::container::LogOutput;
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::Engine;
+use crate::cancel::Cancel;
+use crate::error::{Error, Result};
+
+/// Label on every container dtr-backup creates: the plan's name.
+pub const LABEL_PLAN: &str = "io.dtr-backup.plan";
+/// Label: the backup id of the run.
+pub const LABEL_RUN: &str = "io.dtr-backup.run";
+/// Label: what the container is for (`metadata`, `images-helper`).
+pub const LABEL_ROLE: &str = "io.dtr-backup.role";
+
+/// A message from the async side to a pipeline thread.
+pub enum Msg {
+    Data(Bytes),
+    /// The source ended: cleanly, or with the reason it failed.
+    End(std::result::Result<(), String>),
+}
+
+/// Bytes arriving from a container, in order, with a bounded number in flight.
+pub struct Feed {
+    rx: mpsc::Receiver<Msg>,
+}
+
+/// Chunks in flight between the Docker stream and the pipeline thread.
+const FEED_DEPTH: usize = 16;
+
+fn feed() -> (mpsc::Sender<Msg>, Feed) {
+    let (tx, rx) = mpsc::channel(FEED_DEPTH);
+    (tx, Feed { rx })
+}
+
+impl Feed {
+    /// Reads at least `want` bytes (fewer if the source ends first). Returns them and, if
+    /// the source ended, how.
+    pub async fn prefix(
+        &mut self,
+        want: usize,
+    ) -> (Vec<u8>, Option<std::result::Result<(), String>>) {
+        let mut buf = Vec::new();
+        while buf.len() < want {
+            match self.rx.recv().await {
+                Some(Msg::Data(b)) => buf.extend_from_slice(&b),
+                Some(Msg::End(end)) => return (buf, Some(end)),
+                None => return (buf, Some(Err("the stream stopped unexpectedly".into()))),
+            }
+        }
+        (buf, None)
+    }
+
+    /// A blocking reader for a pipeline thread. A failed end is a read error, so that a
+    /// truncated stream never looks complete.
+    pub fn into_reader(self, first: Vec<u8>) -> FeedReader {
+        FeedReader {
+            rx: self.rx,
+            cur: Bytes::from(first),
+            done: false,
+        }
+    }
+}
+
+pub struct FeedReader {
+    rx: mpsc::Receiver<Msg>,
+    cur: Bytes,
+    done: bool,
+}
+
+impl Read for FeedReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.cur.is_empty() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.blocking_recv() {
+                Some(Msg::Data(b)) => self.cur = b,
+                Some(Msg::End(Ok(()))) => self.done = true,
+                Some(Msg::End(Err(e))) => return Err(io::Error::other(e)),
+                None => return Err(io::Error::other("the stream stopped unexpectedly")),
+            }
+        }
+        let n = out.len().min(self.cur.len());
+        out[..n].copy_from_slice(&self.cur[..n]);
+        let _ = self.cur.split_to(n);
+        Ok(n)
+    }
+}
+
+/// What to create.
+pub struct Spec {
+    pub image: String,
+    pub cmd: Vec<String>,
+    pub entrypoint: Option<Vec<String>>,
+    /// `NAME=value`; values may be secrets, never logged.
+    pub env: Vec<String>,
+    pub labels: HashMap<String, String>,
+    pub binds: Vec<String>,
+    /// Through UCP: run on this node (classic swarm constraint).
+    pub node: Option<String>,
+}
+
+/// Creates a container: no TTY, stdin closed, log driver `none` (with a log driver,
+/// credentials and the archive itself would end up in container logs).
+pub async fn create(engine: &Engine, spec: Spec) -> Result<String> {
+    let mut env = spec.env;
+    if engine.via_bundle
+        && let Some(node) = &spec.node
+    {
+        env.push(format!("constraint:node=={node}"));
+    }
+    let body = ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: Some(spec.cmd),
+        entrypoint: spec.entrypoint,
+        env: Some(env),
+        labels: Some(spec.labels),
+        tty: Some(false),
+        open_stdin: Some(false),
+        attach_stdin: Some(false),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        host_config: Some(HostConfig {
+            binds: (!spec.binds.is_empty()).then_some(spec.binds),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("none".into()),
+                config: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let created = engine
+        .docker
+        .create_container(Some(CreateContainerOptionsBuilder::new().build()), body)
+        .await
+        .map_err(|e| {
+            Error::failed(format!(
+                "creating a container from {} on {}: {e}; check that the image is present on the node",
+                spec.image, engine.endpoint
+            ))
+        })?;
+    Ok(created.id)
+}
+
+/// Removes a container, running or not. Errors are reported, not fatal.
+pub async fn remove(engine: &Engine, id: &str) -> std::result::Result<(), String> {
+    engine
+        .docker
+        .remove_container(
+            id,
+            Some(RemoveContainerOptionsBuilder::new().force(true).v(false).build()),
+        )
+        .await
+        .map_err(|e| format!("removing container {id}: {e}"))
+}
+
+/// Removes containers a killed run of this plan left behind. Returns how many.
+pub async fn remove_leftovers(engine: &Engine, plan: &str) -> Result<usize> {
+    let filters = HashMap::from([("label", vec![format!("{LABEL_PLAN}={plan}")])]);
+    let list = engine
+        .docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::new().all(true).filters(&filters).build(),
+        ))
+        .await
+        .map_err(|e| Error::failed(format!("listing containers on {}: {e}", engine.endpoint)))?;
+    let mut n = 0;
+    for c in list {
+        if let Some(id) = c.id {
+            remove(engine, &id).await.map_err(Error::Failed)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Replaces each secret in a line by `<redacted>`.
+pub fn redact(line: &str, secrets: &[String]) -> String {
+    secrets
+        .iter()
+        .filter(|s| !s.is_empty())
+        .fold(line.to_owned(), |l, s| l.replace(s.as_str(), "<redacted>"))
+}
+
+/// Attaches to a created container, starts it, and forwards its stdout to the returned feed.
+/// Each stderr line goes to `on_stderr` (already redacted). When stdout ends, the feed ends
+/// with the container's exit status (non-zero: the last stderr lines).
+pub async fn run_streaming(
+    engine: &Engine,
+    id: &str,
+    secrets: Vec<String>,
+    on_stderr: impl Fn(String) + Send + Sync + 'static,
+    cancel: Cancel,
+) -> Result<(Feed, tokio::task::JoinHandle<()>)> {
+    let attached = engine
+        .docker
+        .attach_container(
+            id,
+            Some(
+                AttachContainerOptionsBuilder::new()
+                    .stream(true)
+                    .stdout(true)
+                    .stderr(true)
+                    .stdin(false)
+                    .logs(false)
+                    .build(),
+            ),
+        )
+        .await
+        .map_err(|e| Error::failed(format!("attaching to container {id}: {e}")))?;
+    engine
+        .docker
+        .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
+        .await
+        .map_err(|e| Error::failed(format!("starting container {id}: {e}")))?;
+    let (tx, feed) = feed();
+    let docker = engine.docker.clone();
+    let id = id.to_owned();
+    let mut output = attached.output;
+    drop(attached.input);
+    let task = tokio::spawn(async move {
+        let mut tail: VecDeque<String> = VecDeque::new();
+        let mut partial = String::new();
+        let emit = |text: &str, partial: &mut String, tail: &mut VecDeque<String>| {
+            partial.push_str(text);
+            while let Some(pos) = partial.find('\n') {
+                let line = redact(partial[..pos].trim_end(), &secrets);
+                partial.drain(..=pos);
+                if tail.len() == 20 {
+                    tail.pop_front();
+                }
+                tail.push_back(line.clone());
+                on_stderr(line);
+            }
+        };
+        let end = loop {
+            let item = tokio::select! {
+                item = output.next() => item,
+                _ = cancel.cancelled() => break Err("interrupted".to_owned()),
+            };
+            match item {
+                Some(Ok(LogOutput::StdOut { message })) => {
+                    if tx.send(Msg::Data(message)).await.is_err() {
+                        break Err("the pipeline stopped reading".to_owned());
+                    }
+                }
+                Some(Ok(LogOutput::StdErr { message })) => {
+                    emit(&String::from_utf8_lossy(&message), &mut partial, &mut tail)
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break Err(format!("reading the container's output: {e}")),
+                None => break Ok(()),
+            }
+        };
+        if !partial.is_empty() {
+            emit("\n", &mut partial, &mut tail);
+        }
+        let end = match end {
+            Err(e) => Err(e),
+            Ok(()) => {
+                let mut wait = docker.wait_container(&id, Some(WaitContainerOptionsBuilder::new().build()));
+                let code = match wait.next().await {
+                    Some(Ok(r)) => r.status_code,
+                    Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+                    Some(Err(e)) => {
+                        let _ = tx.send(Msg::End(Err(format!("waiting for the container: {e}")))).await;
+                        return;
+                    }
+                    None => -1,
+                };
+                if code == 0 {
+                    Ok(())
+                } else {
+                    let lines: Vec<String> = tail.iter().cloned().collect();
+                    Err(format!(
+                        "the container exited with status {code}; its last output:\n  {}",
+                        lines.join("\n  ")
+                    ))
+                }
+            }
+        };
+        let _ = tx.send(Msg::End(end)).await;
+    });
+    Ok((feed, task))
+}
+
+/// Streams the tar archive of `path` inside a (created, not started) container.
+pub fn download(engine: &Engine, id: &str, path: &str, cancel: Cancel) -> (Feed, tokio::task::JoinHandle<()>) {
+    let (tx, feed) = feed();
+    let mut stream = engine
+        .docker
+        .download_from_container(id, Some(DownloadFromContainerOptionsBuilder::new().path(path).build()));
+    let endpoint = engine.endpoint.clone();
+    let task = tokio::spawn(async move {
+        let end = loop {
+            let item = tokio::select! {
+                item = stream.next() => item,
+                _ = cancel.cancelled() => break Err("interrupted".to_owned()),
+            };
+            match item {
+                Some(Ok(bytes)) => {
+                    if tx.send(Msg::Data(bytes)).await.is_err() {
+                        break Err("the pipeline stopped reading".to_owned());
+                    }
+                }
+                Some(Err(e)) => break Err(format!("reading the volume through {endpoint}: {e}")),
+                None => break Ok(()),
+            }
+        };
+        let _ = tx.send(Msg::End(end)).await;
+    });
+    (feed, task)
+}
