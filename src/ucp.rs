@@ -21,7 +21,10 @@ fn client(ucp: &UcpCfg) -> Result<reqwest::Client> {
                 ))
             })?;
             let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
-                Error::failed(format!("ucp.ca_file {} is not a PEM certificate: {e}", path.display()))
+                Error::failed(format!(
+                    "ucp.ca_file {} is not a PEM certificate: {e}",
+                    path.display()
+                ))
             })?;
             b.tls_certs_only([cert])
         }
@@ -42,7 +45,13 @@ pub async fn check(ucp: &UcpCfg, password: &Secret, login: bool) -> Result<()> {
         .get(format!("{}/_ping", ucp.url))
         .send()
         .await
-        .map_err(|e| Error::failed(format!("UCP at {} does not answer: {}; {tls_help}", ucp.url, chain(&e))))?;
+        .map_err(|e| {
+            Error::failed(format!(
+                "UCP at {} does not answer: {}; {tls_help}",
+                ucp.url,
+                chain(&e)
+            ))
+        })?;
     if !ping.status().is_success() {
         return Err(Error::failed(format!(
             "UCP at {} answered /_ping with {}; {tls_help}",
@@ -79,7 +88,11 @@ pub async fn check(ucp: &UcpCfg, password: &Secret, login: bool) -> Result<()> {
         .json()
         .await
         .map_err(|e| Error::failed(format!("UCP's login answer is not JSON: {e}")))?;
-    if doc.get("auth_token").and_then(|t| t.as_str()).is_none_or(str::is_empty) {
+    if doc
+        .get("auth_token")
+        .and_then(|t| t.as_str())
+        .is_none_or(str::is_empty)
+    {
         return Err(Error::failed(format!(
             "UCP at {} answered the login without an auth_token",
             ucp.url

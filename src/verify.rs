@@ -142,43 +142,92 @@ fn check_artifact(
     checks
 }
 
-/// Walks the tar archive and checks where its members are.
+/// Walks the archive (gzip or plain tar, sniffed) and checks where its members are: image
+/// content under `<volume>/_data/docker/registry/v2/`, metadata under
+/// `dtr-backup-v<version>[-online|-offline]/` with `rethink/properties/0`.
 fn check_layout(
     plain: &mut dyn Read,
     kind: ArtifactKind,
     manifest: &Manifest,
 ) -> Result<String, String> {
-    let mut archive = tar::Archive::new(plain);
+    let mut buffered = io::BufReader::with_capacity(1 << 16, plain);
+    let gzip = io::BufRead::fill_buf(&mut buffered)
+        .map_err(|e| format!("cannot read: {e}"))?
+        .starts_with(&[0x1f, 0x8b]);
+    let reader: Box<dyn Read + '_> = if gzip {
+        Box::new(flate2::read::MultiGzDecoder::new(buffered))
+    } else {
+        Box::new(buffered)
+    };
+    let mut archive = tar::Archive::new(reader);
     let entries = archive
         .entries()
         .map_err(|e| format!("not a tar archive: {e}"))?;
     let volume = manifest.dtr.volume.clone().unwrap_or_default();
     let registry = format!("{volume}/_data/docker/registry/v2/");
+    let version = manifest.dtr.version.clone().unwrap_or_default();
     let mut members = 0u64;
     let mut under_registry = 0u64;
+    let mut top: Option<String> = None;
+    let mut tables = std::collections::BTreeSet::new();
+    let mut properties = false;
     for entry in entries {
         let mut entry =
-            entry.map_err(|e| format!("tar archive broken after {members} members: {e}"))?;
+            entry.map_err(|e| format!("archive broken after {members} members: {e}"))?;
         let name = entry
             .path()
             .map_err(|e| format!("member {members} has a bad name: {e}"))?
             .to_string_lossy()
             .into_owned();
         members += 1;
-        if kind == ArtifactKind::Images {
-            if !(name == volume || name.starts_with(&format!("{volume}/"))) {
-                return Err(format!("member {name:?} is outside {volume}/"));
+        match kind {
+            ArtifactKind::Images => {
+                if !(name == volume || name.starts_with(&format!("{volume}/"))) {
+                    return Err(format!("member {name:?} is outside {volume}/"));
+                }
+                if name.starts_with(&registry) {
+                    under_registry += 1;
+                }
             }
-            if name.starts_with(&registry) {
-                under_registry += 1;
+            ArtifactKind::Metadata => {
+                let first = name.split('/').next().unwrap_or("").to_owned();
+                let top = top.get_or_insert_with(|| first.clone());
+                let ok_top = top
+                    .strip_prefix(&format!("dtr-backup-v{version}"))
+                    .is_some_and(|r| r.is_empty() || r == "-online" || r == "-offline");
+                if !ok_top {
+                    return Err(format!(
+                        "top folder {top:?} is not dtr-backup-v{version}[-online|-offline]"
+                    ));
+                }
+                if first != *top {
+                    return Err(format!("member {name:?} is outside {top}/"));
+                }
+                let mut parts = name.split('/').skip(1);
+                if parts.next() == Some("rethink")
+                    && let Some(table) = parts.next().filter(|t| !t.is_empty())
+                {
+                    tables.insert(table.to_owned());
+                    if table == "properties" && parts.next() == Some("0") {
+                        properties = true;
+                    }
+                }
             }
         }
         io::copy(&mut entry, &mut io::sink()).map_err(|e| format!("reading {name}: {e}"))?;
     }
-    if kind == ArtifactKind::Images && under_registry == 0 {
-        return Err(format!("no member under {registry}"));
+    match kind {
+        ArtifactKind::Images if under_registry == 0 => Err(format!("no member under {registry}")),
+        ArtifactKind::Images => Ok(format!("{members} members under {volume}/")),
+        ArtifactKind::Metadata if !properties => Err("rethink/properties/0 is missing".to_owned()),
+        ArtifactKind::Metadata => Ok(format!(
+            "{} archive {}/ with {} tables: {}",
+            if gzip { "gzip" } else { "tar" },
+            top.unwrap_or_default(),
+            tables.len(),
+            tables.into_iter().collect::<Vec<_>>().join(", ")
+        )),
     }
-    Ok(format!("{members} members"))
 }
 
 /// Stops reading when cancelled.

@@ -113,7 +113,10 @@ pub fn sniff(prefix: &[u8]) -> Result<Sniffed, String> {
             .map_err(|e| format!("the gzip stream does not start with a tar header: {e}"))?;
         (true, h)
     } else {
-        (false, prefix.get(..512).map(<[u8]>::to_vec).unwrap_or_default())
+        (
+            false,
+            prefix.get(..512).map(<[u8]>::to_vec).unwrap_or_default(),
+        )
     };
     if header.len() < 512 || &header[257..262] != b"ustar" {
         return Err(if prefix.is_empty() {

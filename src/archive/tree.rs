@@ -207,7 +207,13 @@ mod tests {
 
 /// Re-roots a tar stream: members `from` and `from/...` become `to` and `to/...`; the folders
 /// of `to` that lie above it come first. Symlinks stay symlinks; hard-link targets move too.
-pub fn reroot<R: Read, W: Write>(input: R, from: &str, to: &str, out: W, cancel: &Cancel) -> io::Result<W> {
+pub fn reroot<R: Read, W: Write>(
+    input: R,
+    from: &str,
+    to: &str,
+    out: W,
+    cancel: &Cancel,
+) -> io::Result<W> {
     let mut archive = tar::Archive::new(input);
     let mut b = tar::Builder::new(out);
     let mut wrote_parents = false;
@@ -225,12 +231,17 @@ pub fn reroot<R: Read, W: Write>(input: R, from: &str, to: &str, out: W, cancel:
         cancel.check()?;
         let mut entry = entry?;
         let path = entry.path()?.to_string_lossy().into_owned();
-        let new_path = map(&path)
-            .ok_or_else(|| io::Error::other(format!("unexpected member {path:?} outside {from}/")))?;
+        let new_path = map(&path).ok_or_else(|| {
+            io::Error::other(format!("unexpected member {path:?} outside {from}/"))
+        })?;
         let mut header = entry.header().clone();
         if !wrote_parents {
             let mut acc = PathBuf::new();
-            for part in Path::new(to).parent().into_iter().flat_map(Path::components) {
+            for part in Path::new(to)
+                .parent()
+                .into_iter()
+                .flat_map(Path::components)
+            {
                 acc.push(part);
                 let mut h = header.clone();
                 h.set_entry_type(tar::EntryType::Directory);
@@ -245,9 +256,14 @@ pub fn reroot<R: Read, W: Write>(input: R, from: &str, to: &str, out: W, cancel:
                 b.append_link(&mut header, &new_path, target)?;
             }
             tar::EntryType::Link => {
-                let target = entry.link_name()?.unwrap_or_default().to_string_lossy().into_owned();
-                let target = map(&target)
-                    .ok_or_else(|| io::Error::other(format!("hard link {path:?} points outside {from}/")))?;
+                let target = entry
+                    .link_name()?
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                let target = map(&target).ok_or_else(|| {
+                    io::Error::other(format!("hard link {path:?} points outside {from}/"))
+                })?;
                 b.append_link(&mut header, &new_path, target)?;
             }
             _ => b.append_data(&mut header, &new_path, &mut entry)?,
@@ -271,7 +287,10 @@ mod reroot_tests {
         let mut h = tar::Header::new_gnu();
         h.set_size(3);
         h.set_mode(0o644);
-        let long = format!("storage/docker/registry/v2/blobs/sha256/ab/{}/data", "a".repeat(64));
+        let long = format!(
+            "storage/docker/registry/v2/blobs/sha256/ab/{}/data",
+            "a".repeat(64)
+        );
         b.append_data(&mut h, &long, &b"abc"[..]).unwrap();
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);
@@ -279,7 +298,14 @@ mod reroot_tests {
         b.append_link(&mut h, "storage/link", "/elsewhere").unwrap();
         let input = b.into_inner().unwrap();
 
-        let out = reroot(&input[..], "storage", "dtr-registry-x/_data", Vec::new(), &Cancel::new()).unwrap();
+        let out = reroot(
+            &input[..],
+            "storage",
+            "dtr-registry-x/_data",
+            Vec::new(),
+            &Cancel::new(),
+        )
+        .unwrap();
         let mut a = tar::Archive::new(&out[..]);
         let names: Vec<String> = a
             .entries()
@@ -288,7 +314,10 @@ mod reroot_tests {
             .collect();
         assert_eq!(names[0], "dtr-registry-x");
         assert_eq!(names[1], "dtr-registry-x/_data");
-        assert!(names[2].ends_with("/data") && names[2].starts_with("dtr-registry-x/_data/docker/registry/v2/"));
+        assert!(
+            names[2].ends_with("/data")
+                && names[2].starts_with("dtr-registry-x/_data/docker/registry/v2/")
+        );
         assert_eq!(names[3], "dtr-registry-x/_data/link");
     }
 }

@@ -8,8 +8,9 @@ use std::io::{self, Read};
 use bollard::container::LogOutput;
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder,
+    DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -66,11 +67,17 @@ impl Feed {
 
     /// A blocking reader for a pipeline thread. A failed end is a read error, so that a
     /// truncated stream never looks complete.
-    pub fn into_reader(self, first: Vec<u8>) -> FeedReader {
+    /// `ended` is what `prefix` returned: a source that already ended cleanly is not read
+    /// further.
+    pub fn into_reader(
+        self,
+        first: Vec<u8>,
+        ended: Option<std::result::Result<(), String>>,
+    ) -> FeedReader {
         FeedReader {
             rx: self.rx,
             cur: Bytes::from(first),
-            done: false,
+            done: matches!(ended, Some(Ok(()))),
         }
     }
 }
@@ -163,7 +170,12 @@ pub async fn remove(engine: &Engine, id: &str) -> std::result::Result<(), String
         .docker
         .remove_container(
             id,
-            Some(RemoveContainerOptionsBuilder::new().force(true).v(false).build()),
+            Some(
+                RemoveContainerOptionsBuilder::new()
+                    .force(true)
+                    .v(false)
+                    .build(),
+            ),
         )
         .await
         .map_err(|e| format!("removing container {id}: {e}"))
@@ -175,7 +187,10 @@ pub async fn remove_leftovers(engine: &Engine, plan: &str) -> Result<usize> {
     let list = engine
         .docker
         .list_containers(Some(
-            ListContainersOptionsBuilder::new().all(true).filters(&filters).build(),
+            ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build(),
         ))
         .await
         .map_err(|e| Error::failed(format!("listing containers on {}: {e}", engine.endpoint)))?;
@@ -273,12 +288,17 @@ pub async fn run_streaming(
         let end = match end {
             Err(e) => Err(e),
             Ok(()) => {
-                let mut wait = docker.wait_container(&id, Some(WaitContainerOptionsBuilder::new().build()));
+                let mut wait =
+                    docker.wait_container(&id, Some(WaitContainerOptionsBuilder::new().build()));
                 let code = match wait.next().await {
                     Some(Ok(r)) => r.status_code,
-                    Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+                    Some(Err(bollard::errors::Error::DockerContainerWaitError {
+                        code, ..
+                    })) => code,
                     Some(Err(e)) => {
-                        let _ = tx.send(Msg::End(Err(format!("waiting for the container: {e}")))).await;
+                        let _ = tx
+                            .send(Msg::End(Err(format!("waiting for the container: {e}"))))
+                            .await;
                         return;
                     }
                     None => -1,
@@ -300,11 +320,21 @@ pub async fn run_streaming(
 }
 
 /// Streams the tar archive of `path` inside a (created, not started) container.
-pub fn download(engine: &Engine, id: &str, path: &str, cancel: Cancel) -> (Feed, tokio::task::JoinHandle<()>) {
+pub fn download(
+    engine: &Engine,
+    id: &str,
+    path: &str,
+    cancel: Cancel,
+) -> (Feed, tokio::task::JoinHandle<()>) {
     let (tx, feed) = feed();
-    let mut stream = engine
-        .docker
-        .download_from_container(id, Some(DownloadFromContainerOptionsBuilder::new().path(path).build()));
+    let mut stream = engine.docker.download_from_container(
+        id,
+        Some(
+            DownloadFromContainerOptionsBuilder::new()
+                .path(path)
+                .build(),
+        ),
+    );
     let endpoint = engine.endpoint.clone();
     let task = tokio::spawn(async move {
         let end = loop {

@@ -83,9 +83,11 @@ fn target(cfg: &DockerCfg) -> Result<Target> {
         && env("DOCKER_TLS_VERIFY").is_some_and(|v| v != "0")
         && host.starts_with("tcp://"))
     .then(|| {
-        env("DOCKER_CERT_PATH").map(PathBuf::from).unwrap_or_else(|| {
-            PathBuf::from(env("HOME").unwrap_or_else(|| "/root".into())).join(".docker")
-        })
+        env("DOCKER_CERT_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env("HOME").unwrap_or_else(|| "/root".into())).join(".docker")
+            })
     });
     Ok(Target {
         host,
@@ -98,7 +100,10 @@ fn target(cfg: &DockerCfg) -> Result<Target> {
 pub fn connect(cfg: &DockerCfg) -> Result<Engine> {
     let t = target(cfg)?;
     let fail = |e: bollard::errors::Error| {
-        Error::failed(format!("cannot set up the Docker connection to {}: {e}", t.host))
+        Error::failed(format!(
+            "cannot set up the Docker connection to {}: {e}",
+            t.host
+        ))
     };
     let docker = if let Some(path) = t.host.strip_prefix("unix://") {
         Docker::connect_with_unix(path, TIMEOUT, API_DEFAULT_VERSION).map_err(fail)?
@@ -249,12 +254,16 @@ pub fn choose(found: &[Replica], sel: &ReplicaSel, last: Option<&str>) -> Result
         ));
     }
     match sel {
-        ReplicaSel::Pinned(id) => found.iter().find(|r| r.id == id.as_str()).cloned().ok_or_else(|| {
-            Error::failed(format!(
-                "the replica {id} named in the plan does not exist; running replicas: {}",
-                listing(found)
-            ))
-        }),
+        ReplicaSel::Pinned(id) => found
+            .iter()
+            .find(|r| r.id == id.as_str())
+            .cloned()
+            .ok_or_else(|| {
+                Error::failed(format!(
+                    "the replica {id} named in the plan does not exist; running replicas: {}",
+                    listing(found)
+                ))
+            }),
         ReplicaSel::Auto => {
             if let Some(last) = last
                 && let Some(r) = found.iter().find(|r| r.id == last)
@@ -287,11 +296,24 @@ mod tests {
 
     #[test]
     fn names_through_a_bundle_carry_the_node() {
-        let cap = rethink_name().captures("node-1/dtr-rethinkdb-a1640e1c15b6").unwrap();
+        let cap = rethink_name()
+            .captures("node-1/dtr-rethinkdb-a1640e1c15b6")
+            .unwrap();
         assert_eq!(&cap[1], "a1640e1c15b6");
-        assert!(rethink_name().captures("dtr-rethinkdb-a1640e1c15b6-old").is_none());
-        assert!(rethink_name().captures("xdtr-rethinkdb-a1640e1c15b6").is_none());
-        assert_eq!(node_of("/node-1/dtr-api-a1640e1c15b6").as_deref(), Some("node-1"));
+        assert!(
+            rethink_name()
+                .captures("dtr-rethinkdb-a1640e1c15b6-old")
+                .is_none()
+        );
+        assert!(
+            rethink_name()
+                .captures("xdtr-rethinkdb-a1640e1c15b6")
+                .is_none()
+        );
+        assert_eq!(
+            node_of("/node-1/dtr-api-a1640e1c15b6").as_deref(),
+            Some("node-1")
+        );
         assert_eq!(node_of("/dtr-api-a1640e1c15b6"), None);
     }
 
@@ -299,12 +321,28 @@ mod tests {
     fn choosing_a_replica() {
         let a = r("aaaaaaaaaaaa", "n1");
         let b = r("bbbbbbbbbbbb", "n2");
-        assert_eq!(choose(&[a.clone()], &ReplicaSel::Auto, None).unwrap(), a);
+        assert_eq!(
+            choose(std::slice::from_ref(&a), &ReplicaSel::Auto, None).unwrap(),
+            a
+        );
         let err = choose(&[a.clone(), b.clone()], &ReplicaSel::Auto, None).unwrap_err();
         assert!(err.to_string().contains("aaaaaaaaaaaa on n1"), "{err}");
-        assert_eq!(choose(&[a.clone(), b.clone()], &ReplicaSel::Auto, Some("bbbbbbbbbbbb")).unwrap(), b);
+        assert_eq!(
+            choose(
+                &[a.clone(), b.clone()],
+                &ReplicaSel::Auto,
+                Some("bbbbbbbbbbbb")
+            )
+            .unwrap(),
+            b
+        );
         let pinned = ReplicaSel::Pinned("cccccccccccc".parse().unwrap());
-        assert!(choose(&[a.clone()], &pinned, None).unwrap_err().to_string().contains("does not exist"));
+        assert!(
+            choose(std::slice::from_ref(&a), &pinned, None)
+                .unwrap_err()
+                .to_string()
+                .contains("does not exist")
+        );
         assert!(choose(&[], &ReplicaSel::Auto, None).is_err());
     }
 
@@ -313,13 +351,24 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("dtr-backup-bundle-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("env.sh"), "export COMPOSE_TLS_VERSION=TLSv1_2\nexport DOCKER_CERT_PATH=$PWD\nexport DOCKER_HOST=tcp://ucp.example.com:443\n").unwrap();
-        assert_eq!(bundle_host(&dir).as_deref(), Some("tcp://ucp.example.com:443"));
-        let err = target(&DockerCfg { host: None, bundle: Some(dir.clone()) }).unwrap_err();
+        assert_eq!(
+            bundle_host(&dir).as_deref(),
+            Some("tcp://ucp.example.com:443")
+        );
+        let err = target(&DockerCfg {
+            host: None,
+            bundle: Some(dir.clone()),
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("has no ca.pem"), "{err}");
         for f in ["ca.pem", "cert.pem", "key.pem"] {
             std::fs::write(dir.join(f), "x").unwrap();
         }
-        let t = target(&DockerCfg { host: None, bundle: Some(dir.clone()) }).unwrap();
+        let t = target(&DockerCfg {
+            host: None,
+            bundle: Some(dir.clone()),
+        })
+        .unwrap();
         assert_eq!(t.host, "tcp://ucp.example.com:443");
         assert!(t.bundle);
         std::fs::remove_dir_all(dir).unwrap();

@@ -250,6 +250,9 @@ fn open_run(
     if let Some(old) = state::load(stores.state.as_ref())? {
         if opts.fresh {
             discard(stores, &old, reporter)?;
+        } else if old.plan_digest != plan.digest && old.steps.is_empty() {
+            // Nothing of it was done: nothing to resume, nothing to refuse.
+            discard(stores, &old, &events::Recorder::default())?;
         } else if old.plan_digest != plan.digest {
             return Err(Error::PlanChanged(format!(
                 "the plan changed since the unfinished run {} started, so it cannot be resumed:\n{}\

@@ -32,7 +32,11 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
         .into_iter()
         .rev()
         .find_map(|m| m.dtr.replica.map(|r| (m.backup_id, r)));
-    let chosen = docker::choose(&found, &plan.dtr.replica, last.as_ref().map(|(_, r)| r.as_str()))?;
+    let chosen = docker::choose(
+        &found,
+        &plan.dtr.replica,
+        last.as_ref().map(|(_, r)| r.as_str()),
+    )?;
 
     if let Some((id, last_replica)) = &last
         && *last_replica != chosen.id
@@ -78,7 +82,8 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
     if let Some(ImagesCfg::Volume { name, .. }) = &plan.images {
         facts.insert(
             "volume".into(),
-            name.clone().unwrap_or_else(|| format!("dtr-registry-{}", chosen.id)),
+            name.clone()
+                .unwrap_or_else(|| format!("dtr-registry-{}", chosen.id)),
         );
     }
     Ok(Outcome {

@@ -118,7 +118,9 @@ async fn from_volume(ctx: Ctx, helper_image: Option<String>) -> Result<Outcome> 
     let engine = docker::connect(&plan.docker)?;
     let removed = container::remove_leftovers(&engine, plan.name.as_str()).await?;
     if removed > 0 {
-        ctx.warn(format!("removed {removed} container(s) left by an interrupted run"));
+        ctx.warn(format!(
+            "removed {removed} container(s) left by an interrupted run"
+        ));
     }
     engine.docker.inspect_volume(&volume).await.map_err(|e| {
         Error::failed(format!(
@@ -156,7 +158,7 @@ async fn from_volume(ctx: Ctx, helper_image: Option<String>) -> Result<Outcome> 
     let object = path.clone();
     let root = format!("{volume}/_data");
     let written = blocking(move || {
-        let reader = feed.into_reader(Vec::new());
+        let reader = feed.into_reader(Vec::new(), None);
         let tar_cancel = cancel.clone();
         store_stream(
             move |pipe| tree::reroot(reader, "storage", &root, pipe, &tar_cancel)?.close(),

@@ -100,7 +100,9 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
     let engine = docker::connect(&plan.docker)?;
     let removed = container::remove_leftovers(&engine, plan.name.as_str()).await?;
     if removed > 0 {
-        ctx.warn(format!("removed {removed} container(s) left by an interrupted run"));
+        ctx.warn(format!(
+            "removed {removed} container(s) left by an interrupted run"
+        ));
     }
     let id = container::create(
         &engine,
@@ -188,7 +190,11 @@ async fn stream_metadata(
     let name = format!(
         "dtr-backup-v{version}.tar{}{}",
         if sniffed.gzip { ".gz" } else { "" },
-        if ctx.secrets.encryption.is_encrypted() { ".gpg" } else { "" }
+        if ctx.secrets.encryption.is_encrypted() {
+            ".gpg"
+        } else {
+            ""
+        }
     );
     let path = ctx.backup_path(&name);
     let progress = ctx.progress(None);
@@ -199,7 +205,7 @@ async fn stream_metadata(
         ctx.cancel.clone(),
     );
     let written = blocking(move || {
-        let mut reader = feed.into_reader(prefix);
+        let mut reader = feed.into_reader(prefix, ended);
         store_stream(
             move |mut pipe| {
                 std::io::copy(&mut reader, &mut pipe)?;

@@ -4,10 +4,10 @@
 use std::path::Path;
 
 use crate::crypto::{self, Encryption, Secrets};
-use crate::{docker, graph, ucp};
 use crate::error::{Error, Result};
 use crate::plan::{DestinationCfg, EncryptionCfg, ImagesCfg, Plan};
 use crate::storage::Stores;
+use crate::{docker, graph, ucp};
 
 pub fn describe(plan: &Plan) -> Vec<String> {
     let mut out = Vec::new();
@@ -17,7 +17,11 @@ pub fn describe(plan: &Plan) -> Vec<String> {
             plan.docker
                 .host
                 .as_deref()
-                .or(plan.docker.bundle.as_ref().map(|_| "the client bundle's DOCKER_HOST"))
+                .or(plan
+                    .docker
+                    .bundle
+                    .as_ref()
+                    .map(|_| "the client bundle's DOCKER_HOST"))
                 .unwrap_or("$DOCKER_HOST or unix:///var/run/docker.sock")
         ));
     }

@@ -5,6 +5,7 @@
 mod apply;
 mod common;
 mod diagnostics;
+mod docker;
 mod fuzz;
 mod schema;
 mod show;

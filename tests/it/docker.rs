@@ -1,0 +1,772 @@
+//! Docker and UCP against the real engine of the test bed (`scripts/testbed`): discovery and
+//! its rules, the metadata container (a stand-in image: the real DTR image cannot be had
+//! here), image content from a volume, client bundles over mutual TLS, UCP preflight.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::common::*;
+
+const VERSION: &str = "2.9.4";
+const IMAGE: &str = "dtr-standin/dtr:2.9.4";
+const R1: &str = "a1640e1c15b6";
+const R2: &str = "0b7d2e9f3c41";
+
+/// The test bed started by scripts/test, from the environment.
+struct Bed {
+    sock: String,
+    tcp: String,
+    certs: PathBuf,
+    ucp_url: String,
+    ucp_password: String,
+    _serial: MutexGuard<'static, ()>,
+}
+
+/// The engine is shared: tests that use it run one at a time, each from a clean engine.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn bed() -> Option<Bed> {
+    let var = |n: &str| std::env::var(n).ok();
+    let Some(sock) = var("DTR_BACKUP_TEST_DOCKER_SOCK") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI is set but there is no Docker test bed: run the tests through scripts/test"
+        );
+        eprintln!("skipped: no Docker test bed (run the tests through scripts/test)");
+        return None;
+    };
+    let bed = Bed {
+        sock,
+        tcp: var("DTR_BACKUP_TEST_DOCKER_TCP").expect("DTR_BACKUP_TEST_DOCKER_TCP"),
+        certs: PathBuf::from(var("DTR_BACKUP_TEST_CERTS").expect("DTR_BACKUP_TEST_CERTS")),
+        ucp_url: var("DTR_BACKUP_TEST_UCP_URL").expect("DTR_BACKUP_TEST_UCP_URL"),
+        ucp_password: var("DTR_BACKUP_TEST_UCP_PASSWORD").expect("DTR_BACKUP_TEST_UCP_PASSWORD"),
+        _serial: SERIAL.lock().unwrap_or_else(|e| e.into_inner()),
+    };
+    bed.reset();
+    Some(bed)
+}
+
+impl Bed {
+    fn docker(&self, args: &[&str]) -> Output {
+        let out = Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", self.sock))
+            .args(args)
+            .output()
+            .expect("docker CLI runs");
+        assert!(out.status.success(), "docker {args:?}: {}", stderr(&out));
+        out
+    }
+
+    fn lines(&self, args: &[&str]) -> Vec<String> {
+        stdout(&self.docker(args))
+            .lines()
+            .map(str::to_owned)
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
+    /// No container, no volume.
+    fn reset(&self) {
+        let ids = self.lines(&["ps", "-aq"]);
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids.iter().map(String::as_str));
+            self.docker(&args);
+        }
+        let vols = self.lines(&["volume", "ls", "-q"]);
+        if !vols.is_empty() {
+            let mut args = vec!["volume", "rm", "-f"];
+            args.extend(vols.iter().map(String::as_str));
+            self.docker(&args);
+        }
+    }
+
+    /// Builds the stand-in DTR image from busybox (`docker import`).
+    fn standin_image(&self, tag: &str, version: &str, replicas: &[&str], padding: usize) {
+        let mut b = tar::Builder::new(Vec::new());
+        let dir = |b: &mut tar::Builder<Vec<u8>>, p: &str, mode: u32| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(mode);
+            h.set_size(0);
+            b.append_data(&mut h, p, std::io::empty()).expect("dir");
+        };
+        for (d, m) in [
+            ("bin", 0o755),
+            ("etc", 0o755),
+            ("etc/standin", 0o755),
+            ("tmp", 0o1777),
+            ("dev", 0o755),
+            ("proc", 0o755),
+            ("sys", 0o755),
+        ] {
+            dir(&mut b, d, m);
+        }
+        let file = |b: &mut tar::Builder<Vec<u8>>, p: &str, data: &[u8], mode: u32| {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(mode);
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, p, data).expect("file");
+        };
+        file(
+            &mut b,
+            "bin/busybox",
+            &std::fs::read("/bin/busybox").expect("busybox-static"),
+            0o755,
+        );
+        for applet in [
+            "sh", "cat", "head", "tar", "gzip", "mkdir", "echo", "grep", "sleep", "true", "printf",
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_mode(0o777);
+            h.set_size(0);
+            b.append_link(&mut h, format!("bin/{applet}"), "busybox")
+                .expect("link");
+        }
+        file(&mut b, "bin/dtr", include_bytes!("../standin/dtr"), 0o755);
+        file(&mut b, "etc/standin/version", version.as_bytes(), 0o644);
+        file(
+            &mut b,
+            "etc/standin/password",
+            self.ucp_password.as_bytes(),
+            0o644,
+        );
+        file(
+            &mut b,
+            "etc/standin/replicas",
+            (replicas.join("\n") + "\n").as_bytes(),
+            0o644,
+        );
+        file(
+            &mut b,
+            "etc/standin/digests",
+            (blob_digests().join("\n") + "\n").as_bytes(),
+            0o644,
+        );
+        file(
+            &mut b,
+            "etc/standin/padding",
+            if padding > 0 {
+                padding.to_string()
+            } else {
+                String::new()
+            }
+            .as_bytes(),
+            0o644,
+        );
+        let rootfs = b.into_inner().expect("tar");
+        let mut child = Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", self.sock))
+            .args(["import", "--change", r#"ENTRYPOINT ["/bin/dtr"]"#, "-", tag])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("docker import");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(&rootfs)
+            .expect("send rootfs");
+        let out = child.wait_with_output().expect("import");
+        assert!(out.status.success(), "docker import: {}", stderr(&out));
+    }
+
+    /// A running replica: its dtr-rethinkdb and dtr-registry containers, and its volume filled
+    /// with the sample registry tree.
+    fn replica(&self, id: &str, version: &str) {
+        let volume = format!("dtr-registry-{id}");
+        self.docker(&["volume", "create", &volume]);
+        let mount = self
+            .lines(&["volume", "inspect", "-f", "{{.Mountpoint}}", &volume])
+            .remove(0);
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(root().join("plans/quickstart/registry/docker"))
+            .arg(&mount)
+            .status()
+            .expect("cp");
+        assert!(status.success());
+        for (name, env) in [
+            (format!("dtr-rethinkdb-{id}"), vec![]),
+            (
+                format!("dtr-registry-{id}"),
+                vec![
+                    format!("DTR_VERSION={version}"),
+                    format!("DTR_REPLICA_ID={id}"),
+                ],
+            ),
+        ] {
+            let mut args = vec![
+                "run",
+                "-d",
+                "--network",
+                "none",
+                "--name",
+                name.as_str(),
+                "--entrypoint",
+                "/bin/sleep",
+            ];
+            for e in &env {
+                args.extend(["-e", e.as_str()]);
+            }
+            args.extend([IMAGE, "3600"]);
+            self.docker(&args);
+        }
+    }
+
+    /// A client-bundle folder for the mutual-TLS listener, with `cert`/`key` of `client`.
+    fn bundle(&self, dir: &Path, client: &str) -> PathBuf {
+        let b = dir.join("bundle");
+        std::fs::create_dir_all(&b).expect("bundle dir");
+        std::fs::copy(self.certs.join("ca.pem"), b.join("ca.pem")).expect("ca");
+        std::fs::copy(self.certs.join(format!("{client}.pem")), b.join("cert.pem")).expect("cert");
+        std::fs::copy(
+            self.certs.join(format!("{client}-key.pem")),
+            b.join("key.pem"),
+        )
+        .expect("key");
+        std::fs::write(
+            b.join("env.sh"),
+            format!("export DOCKER_TLS_VERIFY=1\nexport DOCKER_CERT_PATH=\"$(pwd)\"\nexport DOCKER_HOST={}\n", self.tcp),
+        )
+        .expect("env.sh");
+        b
+    }
+
+    /// Containers dtr-backup created (by label).
+    fn our_containers(&self) -> Vec<String> {
+        self.lines(&["ps", "-aq", "--filter", "label=io.dtr-backup.plan"])
+    }
+}
+
+/// Digests of the blobs in the sample registry tree.
+fn blob_digests() -> Vec<String> {
+    let base = root().join("plans/quickstart/registry/docker/registry/v2/blobs/sha256");
+    let mut out = Vec::new();
+    for prefix in std::fs::read_dir(base).expect("blobs") {
+        for d in std::fs::read_dir(prefix.expect("p").path()).expect("blob dirs") {
+            out.push(d.expect("d").file_name().to_string_lossy().into_owned());
+        }
+    }
+    out.sort();
+    out
+}
+
+struct Setup {
+    image: String,
+    replica: String,
+    docker: String,
+    extra: String,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            image: IMAGE.into(),
+            replica: "auto".into(),
+            docker: String::new(),
+            extra: String::new(),
+        }
+    }
+}
+
+fn write_plan(bed: &Bed, dir: &TempDir, s: &Setup) -> PathBuf {
+    let docker = if s.docker.is_empty() {
+        format!("docker: {{host: \"unix://{}\"}}\n", bed.sock)
+    } else {
+        s.docker.clone()
+    };
+    dir.write(
+        "plan.yaml",
+        &format!(
+            "version: 1\nname: dtr\n\
+             ucp:\n  url: {}\n  username: admin\n  password: {{env: UCP_PASSWORD}}\n  ca_file: {}\n\
+             {docker}\
+             dtr: {{image: \"{}\", replica: \"{}\"}}\n\
+             images: {{type: volume}}\n\
+             destination: {{type: local, path: backups}}\n\
+             encryption: {{type: passphrase, passphrase: {{env: DTR_BACKUP_PASSPHRASE}}}}\n{}",
+            bed.ucp_url,
+            bed.certs.join("ca.pem").display(),
+            s.image,
+            s.replica,
+            s.extra
+        ),
+    )
+}
+
+fn apply(bed: &Bed, dir: &TempDir, plan: &Path) -> Command {
+    let mut cmd = dtr_backup(dir.path());
+    cmd.env("UCP_PASSWORD", &bed.ucp_password)
+        .env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
+        .env_remove("DOCKER_HOST")
+        .args(["plan", "apply", "--output", "json"])
+        .arg(plan);
+    cmd
+}
+
+fn complete_backups(dir: &TempDir) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.path().join("backups/dtr"))
+        .map(|rd| {
+            rd.map(|e| e.expect("e").path())
+                .filter(|p| p.join("manifest.json").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn error_of(out: &Output) -> String {
+    events(out)
+        .last()
+        .and_then(|e| e["error"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// A complete backup of replica `id`: metadata decrypts with gpg to DTR's layout, and the
+/// images archive holds every blob of the volume under the canonical folder.
+fn assert_full_backup(backup: &Path, id: &str, offline: bool) {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(backup.join("manifest.json")).expect("manifest"))
+            .expect("json");
+    assert_eq!(m["dtr"]["replica"], id);
+    assert_eq!(m["dtr"]["version"], VERSION);
+    assert_eq!(m["dtr"]["image"], IMAGE);
+    assert!(
+        m["dtr"]["node"].as_str().is_some_and(|n| !n.is_empty()),
+        "{m}"
+    );
+    assert_eq!(m["storage"], "volume");
+    let kinds: Vec<&str> = m["artifacts"]
+        .as_array()
+        .expect("artifacts")
+        .iter()
+        .map(|a| a["kind"].as_str().expect("kind"))
+        .collect();
+    assert_eq!(kinds, ["metadata", "images"], "metadata first");
+
+    let meta = backup.join(format!("dtr-backup-v{VERSION}.tar.gz.gpg"));
+    let gz = gpg_decrypt(&meta, PASSPHRASE);
+    assert_eq!(&gz[..2], &[0x1f, 0x8b]);
+    let mut tar_bytes = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut tar_bytes)
+        .expect("gunzip");
+    let names = tar_list(&tar_bytes);
+    let top = format!(
+        "dtr-backup-v{VERSION}-{}",
+        if offline { "offline" } else { "online" }
+    );
+    assert!(names.iter().all(|n| n.starts_with(&top)), "{names:?}");
+    for must in [
+        "rethink/properties/0",
+        "rethink/private_keys/0",
+        "rethink/manifests/",
+        "rethink/blobs/",
+    ] {
+        assert!(
+            names.iter().any(|n| n == &format!("{top}/{must}")),
+            "{must} missing in {names:?}"
+        );
+    }
+
+    let images = backup.join(format!("dtr-images-{id}.tar.gpg"));
+    let plain = gpg_decrypt(&images, PASSPHRASE);
+    let names = tar_list(&plain);
+    let prefix = format!("dtr-registry-{id}/_data/docker/registry/v2/");
+    assert!(
+        names
+            .iter()
+            .all(|n| n.starts_with(&format!("dtr-registry-{id}"))),
+        "{names:?}"
+    );
+    for d in blob_digests() {
+        let blob = format!("{prefix}blobs/sha256/{}/{d}/data", &d[..2]);
+        assert!(names.contains(&blob), "{blob} missing");
+    }
+    let mut archive = tar::Archive::new(&plain[..]);
+    for e in archive.entries().expect("entries") {
+        let mut e = e.expect("entry");
+        let name = e.path().expect("path").display().to_string();
+        if name.ends_with("/data") {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut data).expect("read");
+            assert_eq!(
+                dtr_backup::archive::sha256_hex(&data),
+                name.rsplit('/').nth(1).expect("digest")
+            );
+        }
+    }
+}
+
+#[test]
+fn one_replica_full_backup_and_no_container_left() {
+    let Some(bed) = bed() else { return };
+    bed.standin_image(IMAGE, VERSION, &[R1], 0);
+    bed.replica(R1, VERSION);
+    let dir = TempDir::new("docker-one");
+    let plan = write_plan(&bed, &dir, &Setup::default());
+    let out = run(&mut apply(&bed, &dir, &plan));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let ev = events(&out);
+    assert_eq!(
+        steps_with(&ev, "step_finished"),
+        [
+            "preflight",
+            "discover",
+            "metadata",
+            "images",
+            "manifest",
+            "verify"
+        ]
+    );
+    // The container's stderr became log events.
+    assert!(ev.iter().any(|e| {
+        e["event"] == "log"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("INFO[0000] Connecting to UCP"))
+    }));
+    let backups = complete_backups(&dir);
+    assert_eq!(backups.len(), 1);
+    assert_full_backup(&backups[0], R1, false);
+    assert!(
+        bed.our_containers().is_empty(),
+        "containers left: {:?}",
+        bed.our_containers()
+    );
+    let all = stdout(&out) + &stderr(&out);
+    assert!(!all.contains(&bed.ucp_password), "the UCP password leaked");
+}
+
+#[test]
+fn offline_backup_flag_is_passed() {
+    let Some(bed) = bed() else { return };
+    bed.standin_image(IMAGE, VERSION, &[R1], 0);
+    bed.replica(R1, VERSION);
+    let dir = TempDir::new("docker-offline");
+    let plan = write_plan(
+        &bed,
+        &dir,
+        &Setup {
+            image: IMAGE.into(),
+            replica: R1.into(),
+            ..Setup::default()
+        },
+    );
+    let text = std::fs::read_to_string(&plan).expect("plan").replace(
+        &format!("replica: \"{R1}\"}}"),
+        &format!("replica: \"{R1}\", offline: true}}"),
+    );
+    std::fs::write(&plan, text).expect("plan");
+    let out = run(&mut apply(&bed, &dir, &plan));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_full_backup(&complete_backups(&dir)[0], R1, true);
+}
+
+#[test]
+fn replica_selection_rules() {
+    let Some(bed) = bed() else { return };
+    bed.standin_image(IMAGE, VERSION, &[R1, R2], 0);
+    let dir = TempDir::new("docker-select");
+
+    // None running.
+    let plan = write_plan(&bed, &dir, &Setup::default());
+    let out = run(&mut apply(&bed, &dir, &plan));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        error_of(&out).contains("no DTR replica found"),
+        "{}",
+        error_of(&out)
+    );
+
+    // Several, and `auto` with no earlier backup: the error lists them with their nodes.
+    bed.replica(R1, VERSION);
+    bed.replica(R2, VERSION);
+    let out = run(&mut apply(&bed, &dir, &plan));
+    assert_eq!(out.status.code(), Some(1));
+    let err = error_of(&out);
+    assert!(
+        err.contains(R1) && err.contains(R2) && err.contains(" on "),
+        "{err}"
+    );
+
+    // Pinned but absent: lists the ones that exist.
+    let absent = write_plan(
+        &bed,
+        &dir,
+        &Setup {
+            replica: "ffffffffffff".into(),
+            ..Setup::default()
+        },
+    );
+    let out = run(&mut apply(&bed, &dir, &absent));
+    assert_eq!(out.status.code(), Some(1));
+    let err = error_of(&out);
+    assert!(
+        err.contains("ffffffffffff") && err.contains("does not exist") && err.contains(R1),
+        "{err}"
+    );
+
+    // Pinned to R1: works; then `auto` follows the last backup's replica.
+    let pinned = write_plan(
+        &bed,
+        &dir,
+        &Setup {
+            replica: R1.into(),
+            ..Setup::default()
+        },
+    );
+    let out = run(&mut apply(&bed, &dir, &pinned));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let auto = write_plan(&bed, &dir, &Setup::default());
+    let out = run(&mut apply(&bed, &dir, &auto));
+    assert_eq!(out.status.code(), Some(0), "{}", error_of(&out));
+    assert_eq!(complete_backups(&dir).len(), 2);
+
+    // Another replica than the last backup's: refused unless allowed.
+    let other = write_plan(
+        &bed,
+        &dir,
+        &Setup {
+            replica: R2.into(),
+            ..Setup::default()
+        },
+    );
+    let out = run(&mut apply(&bed, &dir, &other));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        error_of(&out).contains("always back up from the same replica"),
+        "{}",
+        error_of(&out)
+    );
+    assert!(error_of(&out).contains("--allow-replica-change"));
+    let out = run(apply(&bed, &dir, &other).arg("--allow-replica-change"));
+    assert_eq!(out.status.code(), Some(0), "{}", error_of(&out));
+    assert!(
+        events(&out)
+            .iter()
+            .any(|e| e["event"] == "warning"
+                && e["message"].as_str().is_some_and(|m| m.contains(R2)))
+    );
+}
+
+#[test]
+fn version_mismatch_names_both_versions() {
+    let Some(bed) = bed() else { return };
+    bed.standin_image(IMAGE, VERSION, &[R1], 0);
+    bed.standin_image("dtr-standin/dtr:2.9.5", "2.9.5", &[R1], 0);
+    bed.replica(R1, VERSION);
+    let dir = TempDir::new("docker-version");
+    let plan = write_plan(
+        &bed,
+        &dir,
+        &Setup {
+            image: "dtr-standin/dtr:2.9.5".into(),
+            ..Setup::default()
+        },
+    );
+    let out = run(&mut apply(&bed, &dir, &plan));
+    assert_eq!(out.status.code(), Some(1));
+    let err = error_of(&out);
+    assert!(
+        err.contains("2.9.5") && err.contains("runs DTR 2.9.4"),
+        "{err}"
+    );
+    assert!(bed.our_containers().is_empty());
+}
+
+#[test]
+fn failing_backup_container_leaves_no_artifact_and_no_container() {
+    let Some(bed) = bed() else { return };
+    bed.standin_image(IMAGE, VERSION, &[R1], 0);
+    bed.replica(R1, VERSION);
+    let dir = TempDir::new("docker-fail");
+    // Skip the login check, so that the wrong password reaches the container.
+    let plan = write_plan(
+        &bed,
+        &dir,
+        &Setup {
+            extra: "preflight: {check_ucp_login: false}\n".into(),
+            ..Setup::default()
+        },
+    );
+    let out = run(apply(&bed, &dir, &plan).env("UCP_PASSWORD", "wrong-password"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = error_of(&out);
+    assert!(err.contains("exited with status 1"), "{err}");
+    assert!(
+        err.contains("FATA[0000] Failed to get a UCP auth token: unauthorized"),
+        "{err}"
+    );
+    assert!(complete_backups(&dir).is_empty());
+    let files: Vec<_> = snapshot(&dir.path().join("backups"))
+        .into_iter()
+        .filter(|(p, b)| !p.is_dir() && !b.is_empty() && p.to_string_lossy().contains(".tar"))
+        .collect();
+    assert!(files.is_empty(), "{files:?}");
+    assert!(
+        bed.our_containers().is_empty(),
+        "the container was not removed"
+    );
+    assert!(!(stdout(&out) + &stderr(&out)).contains("wrong-password"));
+}
+
+#[test]
+fn wrong_ucp_password_fails_before_any_container_is_created() {
+    let Some(bed) = bed() else { return };
+    bed.standin_image(IMAGE, VERSION, &[R1], 0);
+    bed.replica(R1, VERSION);
+    let dir = TempDir::new("docker-login");
+    let plan = write_plan(&bed, &dir, &Setup::default());
+    let since = bed.lines(&["version", "-f", "{{.Server.Version}}"]);
+    assert!(!since.is_empty());
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time");
+    let start = format!("{}.{:09}", t.as_secs(), t.subsec_nanos());
+    let out = run(apply(&bed, &dir, &plan).env("UCP_PASSWORD", "wrong-password"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = error_of(&out);
+    assert!(
+        err.contains("refused the login of \"admin\"") && err.contains("env:UCP_PASSWORD"),
+        "{err}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs()
+        + 1;
+    let created = bed.lines(&[
+        "events",
+        "--since",
+        &start,
+        "--until",
+        &now.to_string(),
+        "--filter",
+        "type=container",
+        "--filter",
+        "event=create",
+        "--format",
+        "{{.Actor.Attributes.name}}",
+    ]);
+    assert!(created.is_empty(), "containers created: {created:?}");
+    assert_eq!(steps_with(&events(&out), "step_failed"), ["preflight"]);
+}
+
+#[test]
+fn through_a_client_bundle_over_mutual_tls() {
+    let Some(bed) = bed() else { return };
+    bed.standin_image(IMAGE, VERSION, &[R1], 0);
+    bed.replica(R1, VERSION);
+    let dir = TempDir::new("docker-bundle");
+    bed.bundle(dir.path(), "client");
+    let plan = write_plan(
+        &bed,
+        &dir,
+        &Setup {
+            docker: "docker: {bundle: bundle}\n".into(),
+            ..Setup::default()
+        },
+    );
+    let out = run(&mut apply(&bed, &dir, &plan));
+    assert_eq!(out.status.code(), Some(0), "{}", error_of(&out));
+    assert_full_backup(&complete_backups(&dir)[0], R1, false);
+    assert!(bed.our_containers().is_empty());
+}
+
+#[test]
+fn wrong_client_certificate_is_a_clear_error() {
+    let Some(bed) = bed() else { return };
+    bed.standin_image(IMAGE, VERSION, &[R1], 0);
+    bed.replica(R1, VERSION);
+    let dir = TempDir::new("docker-rogue");
+    bed.bundle(dir.path(), "rogue-client");
+    let plan = write_plan(
+        &bed,
+        &dir,
+        &Setup {
+            docker: "docker: {bundle: bundle}\n".into(),
+            ..Setup::default()
+        },
+    );
+    let out = run(&mut apply(&bed, &dir, &plan));
+    assert_eq!(out.status.code(), Some(1));
+    let err = error_of(&out);
+    assert!(
+        err.contains(&bed.tcp.replace("tcp://", "")) || err.contains(&bed.tcp),
+        "{err}"
+    );
+    assert!(err.contains("cert.pem") && err.contains("key.pem"), "{err}");
+    assert_eq!(steps_with(&events(&out), "step_failed"), ["preflight"]);
+}
+
+#[test]
+fn killed_during_the_metadata_stream_then_resumed() {
+    let Some(bed) = bed() else { return };
+    // 12 MiB of incompressible padding: more than every buffer between the container and the
+    // stopped pipeline holds, so the container is still running (blocked on stdout) when killed.
+    bed.standin_image(IMAGE, VERSION, &[R1], 12 << 20);
+    bed.replica(R1, VERSION);
+    let dir = TempDir::new("docker-kill");
+    let plan = write_plan(&bed, &dir, &Setup::default());
+    let mut child = spawn_until(
+        apply(&bed, &dir, &plan).env("DTR_BACKUP_FAILPOINT", "stream.middle"),
+        "failpoint stream.middle",
+    );
+
+    // While it runs: the password is in the container's environment, never in its command.
+    let ours = bed.our_containers();
+    assert_eq!(ours.len(), 1);
+    let inspect: serde_json::Value =
+        serde_json::from_slice(&bed.docker(&["inspect", &ours[0]]).stdout).expect("inspect");
+    let c = &inspect[0];
+    assert_eq!(c["State"]["Running"], true);
+    let cmdline = format!("{} {} {}", c["Path"], c["Args"], c["Config"]["Cmd"]);
+    assert!(
+        !cmdline.contains(&bed.ucp_password),
+        "password in the command: {cmdline}"
+    );
+    assert!(cmdline.contains("--existing-replica-id") && cmdline.contains(R1));
+    assert_eq!(c["Config"]["Tty"], false);
+    assert_eq!(c["Config"]["OpenStdin"], false);
+    assert_eq!(c["HostConfig"]["LogConfig"]["Type"], "none");
+    assert_eq!(c["Config"]["Labels"]["io.dtr-backup.plan"], "dtr");
+    let env = c["Config"]["Env"].to_string();
+    assert!(env.contains("UCP_PASSWORD="), "{env}");
+
+    child.kill().expect("kill -9");
+    child.wait().expect("wait");
+    assert_eq!(
+        bed.our_containers().len(),
+        1,
+        "the killed run left its container"
+    );
+
+    let out = run(&mut apply(&bed, &dir, &plan));
+    assert_eq!(out.status.code(), Some(0), "{}", error_of(&out));
+    assert!(events(&out).iter().any(|e| {
+        e["event"] == "warning"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("left by an interrupted run"))
+    }));
+    assert!(bed.our_containers().is_empty());
+    let backups = complete_backups(&dir);
+    assert_eq!(backups.len(), 1);
+    assert_full_backup(&backups[0], R1, false);
+}
