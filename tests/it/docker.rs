@@ -779,16 +779,29 @@ fn docker_cli_environment_is_honoured_without_a_plan_value() {
     let dir = TempDir::new("docker-env");
     let certs = bed.bundle(dir.path(), "client");
     // No `docker:` section: DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH decide.
-    let plan = write_plan(&bed, &dir, &Setup { docker: "\n".into(), ..Setup::default() });
+    let plan = write_plan(
+        &bed,
+        &dir,
+        &Setup {
+            docker: "\n".into(),
+            ..Setup::default()
+        },
+    );
     let out = run(apply(&bed, &dir, &plan)
         .env("DOCKER_HOST", &bed.tcp)
         .env("DOCKER_TLS_VERIFY", "1")
         .env("DOCKER_CERT_PATH", &certs));
     assert_eq!(out.status.code(), Some(0), "{}", error_of(&out));
     // Without the certificates, the TLS listener refuses.
-    let out = run(apply(&bed, &dir, &plan).env("DOCKER_HOST", &bed.tcp).env_remove("DOCKER_TLS_VERIFY"));
+    let out = run(apply(&bed, &dir, &plan)
+        .env("DOCKER_HOST", &bed.tcp)
+        .env_remove("DOCKER_TLS_VERIFY"));
     assert_eq!(out.status.code(), Some(1));
-    assert!(error_of(&out).contains("does not answer"), "{}", error_of(&out));
+    assert!(
+        error_of(&out).contains("does not answer"),
+        "{}",
+        error_of(&out)
+    );
 }
 
 #[test]
@@ -798,12 +811,21 @@ fn sigterm_during_the_metadata_stream_removes_the_container() {
     bed.replica(R1, VERSION);
     let dir = TempDir::new("docker-term");
     let plan = write_plan(&bed, &dir, &Setup::default());
-    let child = spawn_until(apply(&bed, &dir, &plan).env("DTR_BACKUP_FAILPOINT", "stream.middle"), "failpoint stream.middle");
+    let child = spawn_until(
+        apply(&bed, &dir, &plan).env("DTR_BACKUP_FAILPOINT", "stream.middle"),
+        "failpoint stream.middle",
+    );
     assert_eq!(bed.our_containers().len(), 1);
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(status.success());
     let out = child.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(130));
-    assert!(bed.our_containers().is_empty(), "the container was not removed on SIGTERM");
+    assert!(
+        bed.our_containers().is_empty(),
+        "the container was not removed on SIGTERM"
+    );
     assert!(complete_backups(&dir).is_empty());
 }
