@@ -1,8 +1,20 @@
-//! Verification of a stored backup: every artifact exists with its recorded size and sha256,
-//! decrypts (the integrity protection holds), and has the layout a restore needs.
+//! Verification of a stored backup, each check reported by name:
+//!
+//! 1. the manifest parses; every artifact exists with its recorded size and sha256;
+//! 2. each encrypted artifact decrypts and its integrity protection holds;
+//! 3. the metadata archive (gzip or tar, sniffed) has the top folder of the manifest's version
+//!    and `rethink/properties/0`;
+//! 4. image content has the canonical layout; with `--read-data` every (or a sample of) blob
+//!    hashes to the digest in its path;
+//! 5. restorability: every blob digest the metadata references is in the image content.
+//!
+//! Each artifact is read once: hashing, decryption and the archive walk share one pass.
 
+use std::collections::BTreeSet;
 use std::io::{self, Read};
+use std::sync::OnceLock;
 
+use regex::Regex;
 use serde::Serialize;
 
 use crate::archive::HashReader;
@@ -33,16 +45,97 @@ impl Check {
     }
 }
 
-/// Checks every artifact of `manifest`, stored under `<backup_id>/`.
-pub fn check_artifacts(
+/// How much of the image content's data is checked against its digests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadData {
+    /// Layout only (blob contents are read, not hashed).
+    Layout,
+    /// Blobs whose digest falls in a fixed-seed sample of this many percent.
+    Sample(u8),
+    /// Every blob.
+    Full,
+}
+
+impl ReadData {
+    /// Whether the blob `digest` is hashed. The sample is fixed: the same digests every time.
+    fn selects(self, digest: &str) -> bool {
+        match self {
+            ReadData::Layout => false,
+            ReadData::Full => true,
+            ReadData::Sample(pct) => {
+                let h = crate::archive::sha256_hex(format!("dtr-backup-sample:{digest}").as_bytes());
+                u8::from_str_radix(&h[..2], 16).unwrap_or(0) as u32 * 100 / 256 < u32::from(pct)
+            }
+        }
+    }
+}
+
+/// What one artifact's walk found.
+#[derive(Default)]
+struct Walk {
+    /// Blob digests referenced by metadata documents.
+    references: BTreeSet<String>,
+    /// Blob digests present in image content.
+    blobs: BTreeSet<String>,
+    hashed: usize,
+    bad_blobs: Vec<String>,
+}
+
+fn digest_ref() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| Regex::new(r"sha256:([0-9a-f]{64})").expect("valid regex"))
+}
+
+fn blob_path() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        Regex::new(r"/docker/registry/v2/blobs/sha256/([0-9a-f]{2})/([0-9a-f]{64})/data$").expect("valid regex")
+    })
+}
+
+/// Checks a backup whose manifest is `manifest`, stored under `<backup_id>/`. `dec` is `None`
+/// when no key can open recipients-encrypted artifacts: they are then checked by size and
+/// sha256 only (the caller says so).
+pub fn check_backup(
     store: &dyn Store,
     manifest: &Manifest,
-    dec: &Decryption,
+    dec: Option<&Decryption>,
+    read_data: ReadData,
     cancel: &Cancel,
 ) -> Vec<Check> {
     let mut checks = Vec::new();
+    let mut references = None;
+    let mut blobs = None;
     for a in &manifest.artifacts {
-        checks.extend(check_artifact(store, manifest, a, dec, cancel));
+        let (mut c, walk) = check_artifact(store, manifest, a, dec, read_data, cancel);
+        checks.append(&mut c);
+        if let Some(w) = walk {
+            match a.kind {
+                ArtifactKind::Metadata => references = Some(w.references),
+                ArtifactKind::Images => blobs = Some(w.blobs),
+            }
+        }
+    }
+    if let (Some(refs), Some(present)) = (references, blobs) {
+        let missing: Vec<&String> = refs.difference(&present).collect();
+        checks.push(Check::new(
+            "restorable: blobs referenced by metadata are in the image content",
+            if missing.is_empty() {
+                Ok(format!("{} referenced, {} present", refs.len(), present.len()))
+            } else {
+                Err(format!(
+                    "{} of {} referenced blobs are missing: {}",
+                    missing.len(),
+                    refs.len(),
+                    missing
+                        .iter()
+                        .take(10)
+                        .map(|d| format!("sha256:{d}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            },
+        ));
     }
     checks
 }
@@ -51,66 +144,50 @@ fn check_artifact(
     store: &dyn Store,
     manifest: &Manifest,
     a: &Artifact,
-    dec: &Decryption,
+    dec: Option<&Decryption>,
+    read_data: ReadData,
     cancel: &Cancel,
-) -> Vec<Check> {
+) -> (Vec<Check>, Option<Walk>) {
     let path = format!("{}/{}", manifest.backup_id, a.path);
     let mut checks = Vec::new();
-    match store.size(&path) {
-        Ok(Some(size)) if size == a.size => {}
-        Ok(Some(size)) => {
-            checks.push(Check::new(
-                format!("{}: size", a.path),
-                Err(format!("{size} bytes stored, {} recorded", a.size)),
-            ));
-            return checks;
-        }
-        Ok(None) => {
-            checks.push(Check::new(
-                format!("{}: exists", a.path),
-                Err("missing".into()),
-            ));
-            return checks;
-        }
-        Err(e) => {
-            checks.push(Check::new(
-                format!("{}: exists", a.path),
-                Err(e.to_string()),
-            ));
-            return checks;
-        }
+    let exists = match store.size(&path) {
+        Ok(Some(size)) if size == a.size => Ok(format!("{size} bytes")),
+        Ok(Some(size)) => Err(format!(
+            "{size} bytes stored, {} recorded: truncated or replaced",
+            a.size
+        )),
+        Ok(None) => Err("missing".to_owned()),
+        Err(e) => Err(e.to_string()),
+    };
+    let present = exists.is_ok();
+    checks.push(Check::new(format!("{}: present with its size", a.path), exists));
+    if !present {
+        return (checks, None);
     }
     let reader = match store.open(&path) {
         Ok(r) => r,
         Err(e) => {
-            checks.push(Check::new(
-                format!("{}: readable", a.path),
-                Err(e.to_string()),
-            ));
-            return checks;
+            checks.push(Check::new(format!("{}: readable", a.path), Err(e.to_string())));
+            return (checks, None);
         }
     };
     // One pass: hash the stored bytes while decrypting and walking the archive.
-    let mut hashed = HashReader::new(Guard {
-        inner: reader,
-        cancel,
-    });
-    let layout = {
-        let plain: io::Result<Box<dyn Read + Send + Sync + '_>> = if a.encrypted {
-            crypto::decrypt(&mut hashed, dec)
-        } else {
-            Ok(Box::new(&mut hashed))
+    let mut hashed = HashReader::new(Guard { inner: reader, cancel });
+    let walk = {
+        let plain: Result<Box<dyn Read + Send + Sync + '_>, String> = match (a.encrypted, dec) {
+            (false, _) => Ok(Box::new(&mut hashed)),
+            (true, Some(dec)) => crypto::decrypt(&mut hashed, dec).map_err(|e| e.to_string()),
+            // No key: only the stored bytes can be checked (size and sha256 below).
+            (true, None) => Err(String::new()),
         };
         match plain {
+            Err(e) if e.is_empty() => None,
             Err(e) => {
-                checks.push(Check::new(
-                    format!("{}: decrypts", a.path),
-                    Err(e.to_string()),
-                ));
-                Err("not checked: no plaintext".to_owned())
+                checks.push(Check::new(format!("{}: decrypts", a.path), Err(e)));
+                None
             }
             Ok(mut plain) => {
-                let layout = check_layout(&mut plain, a.kind, manifest);
+                let walk = walk_archive(&mut plain, a.kind, manifest, read_data);
                 // Reading to the end checks the OpenPGP integrity protection (MDC).
                 let rest = io::copy(&mut plain, &mut io::sink());
                 drop(plain);
@@ -121,35 +198,55 @@ fn check_artifact(
                             .map_err(|e| e.to_string()),
                     ));
                 }
-                layout
+                let (layout, walk) = match walk {
+                    Ok((detail, walk)) => (Ok(detail), Some(walk)),
+                    Err(e) => (Err(e), None),
+                };
+                checks.push(Check::new(format!("{}: layout", a.path), layout));
+                if let Some(w) = &walk
+                    && a.kind == ArtifactKind::Images
+                    && read_data != ReadData::Layout
+                {
+                    checks.push(Check::new(
+                        format!("{}: blob contents match their digests", a.path),
+                        if w.bad_blobs.is_empty() {
+                            Ok(format!("{} of {} blobs hashed", w.hashed, w.blobs.len()))
+                        } else {
+                            Err(format!(
+                                "{} blobs do not hash to their digest: {}",
+                                w.bad_blobs.len(),
+                                w.bad_blobs.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+                            ))
+                        },
+                    ));
+                }
+                walk
             }
         }
     };
-    checks.push(Check::new(format!("{}: layout", a.path), layout));
     checks.push(Check::new(
         format!("{}: sha256", a.path),
         match hashed.finish() {
-            Ok((sha, n)) if sha == a.sha256 && n == a.size => {
-                Ok(format!("{n} bytes, sha256 {sha}"))
-            }
+            Ok((sha, n)) if sha == a.sha256 && n == a.size => Ok(format!("{sha}")),
             Ok((sha, n)) => Err(format!(
-                "{n} bytes with sha256 {sha}; recorded {} bytes with {}",
+                "{n} bytes with sha256 {sha}; the manifest records {} bytes with {}",
                 a.size, a.sha256
             )),
             Err(e) => Err(e.to_string()),
         },
     ));
-    checks
+    (checks, walk)
 }
 
 /// Walks the archive (gzip or plain tar, sniffed) and checks where its members are: image
 /// content under `<volume>/_data/docker/registry/v2/`, metadata under
 /// `dtr-backup-v<version>[-online|-offline]/` with `rethink/properties/0`.
-fn check_layout(
+fn walk_archive(
     plain: &mut dyn Read,
     kind: ArtifactKind,
     manifest: &Manifest,
-) -> Result<String, String> {
+    read_data: ReadData,
+) -> Result<(String, Walk), String> {
     let mut buffered = io::BufReader::with_capacity(1 << 16, plain);
     let gzip = io::BufRead::fill_buf(&mut buffered)
         .map_err(|e| format!("cannot read: {e}"))?
@@ -160,20 +257,19 @@ fn check_layout(
         Box::new(buffered)
     };
     let mut archive = tar::Archive::new(reader);
-    let entries = archive
-        .entries()
-        .map_err(|e| format!("not a tar archive: {e}"))?;
+    let entries = archive.entries().map_err(|e| format!("not a tar archive: {e}"))?;
     let volume = manifest.dtr.volume.clone().unwrap_or_default();
     let registry = format!("{volume}/_data/docker/registry/v2/");
     let version = manifest.dtr.version.clone().unwrap_or_default();
+    let mut walk = Walk::default();
     let mut members = 0u64;
     let mut under_registry = 0u64;
     let mut top: Option<String> = None;
-    let mut tables = std::collections::BTreeSet::new();
+    let mut tables = BTreeSet::new();
     let mut properties = false;
+    let mut buf = vec![0u8; 1 << 16];
     for entry in entries {
-        let mut entry =
-            entry.map_err(|e| format!("archive broken after {members} members: {e}"))?;
+        let mut entry = entry.map_err(|e| format!("archive broken after {members} members: {e}"))?;
         let name = entry
             .path()
             .map_err(|e| format!("member {members} has a bad name: {e}"))?
@@ -187,6 +283,21 @@ fn check_layout(
                 }
                 if name.starts_with(&registry) {
                     under_registry += 1;
+                }
+                if let Some(cap) = blob_path().captures(&name) {
+                    let digest = cap[2].to_owned();
+                    if cap[1] != digest[..2] {
+                        walk.bad_blobs.push(format!("{name} (wrong folder)"));
+                    }
+                    if read_data.selects(&digest) {
+                        let h = HashReader::new(&mut entry);
+                        let (sha, _) = h.finish().map_err(|e| format!("reading {name}: {e}"))?;
+                        walk.hashed += 1;
+                        if sha != digest {
+                            walk.bad_blobs.push(format!("sha256:{digest} (content hashes to {sha})"));
+                        }
+                    }
+                    walk.blobs.insert(digest);
                 }
             }
             ArtifactKind::Metadata => {
@@ -208,26 +319,46 @@ fn check_layout(
                     && let Some(table) = parts.next().filter(|t| !t.is_empty())
                 {
                     tables.insert(table.to_owned());
-                    if table == "properties" && parts.next() == Some("0") {
+                    let doc = parts.next().filter(|d| !d.is_empty());
+                    if table == "properties" && doc == Some("0") {
                         properties = true;
+                    }
+                    if doc.is_some() && matches!(table, "manifests" | "blobs" | "blob_links") {
+                        let mut text = Vec::new();
+                        (&mut entry)
+                            .take(16 << 20)
+                            .read_to_end(&mut text)
+                            .map_err(|e| format!("reading {name}: {e}"))?;
+                        for cap in digest_ref().captures_iter(&String::from_utf8_lossy(&text)) {
+                            walk.references.insert(cap[1].to_owned());
+                        }
                     }
                 }
             }
         }
-        io::copy(&mut entry, &mut io::sink()).map_err(|e| format!("reading {name}: {e}"))?;
+        // Read what is left of the member (the archive must be whole).
+        loop {
+            match entry.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => return Err(format!("reading {name}: {e}")),
+            }
+        }
     }
-    match kind {
-        ArtifactKind::Images if under_registry == 0 => Err(format!("no member under {registry}")),
-        ArtifactKind::Images => Ok(format!("{members} members under {volume}/")),
-        ArtifactKind::Metadata if !properties => Err("rethink/properties/0 is missing".to_owned()),
-        ArtifactKind::Metadata => Ok(format!(
-            "{} archive {}/ with {} tables: {}",
+    let detail = match kind {
+        ArtifactKind::Images if under_registry == 0 => return Err(format!("no member under {registry}")),
+        ArtifactKind::Images => format!("{members} members under {volume}/, {} blobs", walk.blobs.len()),
+        ArtifactKind::Metadata if !properties => return Err("rethink/properties/0 is missing".to_owned()),
+        ArtifactKind::Metadata => format!(
+            "{} archive {}/ with {} tables ({}), {} blob references",
             if gzip { "gzip" } else { "tar" },
             top.unwrap_or_default(),
             tables.len(),
-            tables.into_iter().collect::<Vec<_>>().join(", ")
-        )),
-    }
+            tables.into_iter().collect::<Vec<_>>().join(", "),
+            walk.references.len()
+        ),
+    };
+    Ok((detail, walk))
 }
 
 /// Stops reading when cancelled.
@@ -240,5 +371,21 @@ impl<R: Read> Read for Guard<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.cancel.check()?;
         self.inner.read(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReadData;
+
+    #[test]
+    fn sample_is_fixed_and_about_the_size_asked() {
+        let digests: Vec<String> = (0..2000).map(|i| crate::archive::sha256_hex(format!("{i}").as_bytes())).collect();
+        let picked = digests.iter().filter(|d| ReadData::Sample(10).selects(d)).count();
+        assert!((120..=280).contains(&picked), "{picked}");
+        let again = digests.iter().filter(|d| ReadData::Sample(10).selects(d)).count();
+        assert_eq!(picked, again);
+        assert_eq!(digests.iter().filter(|d| ReadData::Full.selects(d)).count(), 2000);
+        assert_eq!(digests.iter().filter(|d| ReadData::Layout.selects(d)).count(), 0);
     }
 }

@@ -7,6 +7,7 @@ mod plan_unlock;
 mod plan_validate;
 mod report;
 mod schema;
+mod verify;
 
 use std::io::IsTerminal;
 
@@ -30,6 +31,8 @@ pub enum Command {
     /// List the backups of a plan.
     #[command(subcommand)]
     Backups(BackupsCommand),
+    /// Prove a stored backup whole, decryptable and restorable (exit 5 when not).
+    Verify(verify::Args),
     /// Print the JSON Schema of plan files.
     Schema,
 }
@@ -84,6 +87,7 @@ pub fn run(cli: Cli) -> Exit {
         Command::Plan(PlanCommand::Apply(args)) => plan_apply::run(&args),
         Command::Plan(PlanCommand::Unlock(args)) => plan_unlock::run(&args),
         Command::Backups(BackupsCommand::List(args)) => backups_list::run(&args),
+        Command::Verify(args) => verify::run(&args),
         Command::Schema => schema::run(),
     }
 }

@@ -1,4 +1,5 @@
-//! OpenPGP streams: encryption of artifacts on their way out, decryption for verification.
+//! OpenPGP streams: encryption of artifacts on their way out (to a passphrase or to public
+//! keys), decryption for verification (with the passphrase or a secret key).
 //!
 //! Backend: sequoia-openpgp with its pure-Rust crypto (`crypto-rust`), so that building needs
 //! no system libraries (nettle and OpenSSL backends need libclang for bindgen). Its AES uses
@@ -14,14 +15,17 @@ use sequoia_openpgp as openpgp;
 
 use openpgp::crypto::{Password, SessionKey};
 use openpgp::packet::{PKESK, SKESK};
+use openpgp::cert::CertParser;
 use openpgp::parse::Parse;
 use openpgp::parse::stream::{
     DecryptionHelper, DecryptorBuilder, MessageStructure, VerificationHelper,
 };
 use openpgp::policy::StandardPolicy;
-use openpgp::serialize::stream::{Encryptor, LiteralWriter, Message};
+use openpgp::serialize::stream::{Encryptor, LiteralWriter, Message, Recipient};
 use openpgp::types::SymmetricAlgorithm;
 use openpgp::{Cert, KeyHandle};
+
+use crate::error::{Error, Result};
 
 pub use secret::{Secret, resolve};
 
@@ -30,6 +34,8 @@ pub use secret::{Secret, resolve};
 pub enum Encryption {
     None,
     Passphrase(Secret),
+    /// Public keys; every artifact is encrypted to all of them.
+    Recipients(Vec<Cert>),
 }
 
 impl Encryption {
@@ -43,16 +49,9 @@ impl Encryption {
 pub struct Secrets {
     pub encryption: Encryption,
     pub ucp_password: Option<Secret>,
-}
-
-impl Encryption {
-    /// How the artifacts this encryption writes are read back.
-    pub fn decryption(&self) -> Decryption {
-        match self {
-            Encryption::None => Decryption::None,
-            Encryption::Passphrase(s) => Decryption::Passphrase(s.clone()),
-        }
-    }
+    /// How to read the artifacts back; `None` when the run holds no key that can (recipients
+    /// encryption without `verify.key`).
+    pub decryption: Option<Decryption>,
 }
 
 /// How encrypted artifacts are decrypted.
@@ -60,9 +59,90 @@ impl Encryption {
 pub enum Decryption {
     None,
     Passphrase(Secret),
+    /// Secret keys (TSKs), with the passphrase that unlocks them if they are protected.
+    Keys {
+        certs: Vec<Cert>,
+        passphrase: Option<Secret>,
+    },
+}
+
+/// The keys of `cert` that may encrypt (storage or transport), valid now.
+fn encryption_keys(cert: &Cert) -> Vec<Recipient<'_>> {
+    cert.keys()
+        .with_policy(&POLICY, None)
+        .supported()
+        .alive()
+        .revoked(false)
+        .for_storage_encryption()
+        .for_transport_encryption()
+        .map(Recipient::from)
+        .collect()
+}
+
+/// Reads OpenPGP certificates (armored or binary; a file may hold several).
+pub fn parse_certs(bytes: &[u8], what: &str) -> Result<Vec<Cert>> {
+    let certs: Vec<Cert> = CertParser::from_bytes(bytes)
+        .map_err(|e| Error::failed(format!("{what} is not an OpenPGP key: {e}")))?
+        .collect::<openpgp::Result<_>>()
+        .map_err(|e| Error::failed(format!("{what} is not an OpenPGP key: {e}")))?;
+    if certs.is_empty() {
+        return Err(Error::failed(format!("{what} holds no OpenPGP key")));
+    }
+    Ok(certs)
+}
+
+/// Loads the recipients' public keys; each needs a valid encryption-capable (sub)key.
+pub fn load_recipients(paths: &[std::path::PathBuf]) -> Result<Vec<Cert>> {
+    let mut all = Vec::new();
+    for path in paths {
+        let bytes = std::fs::read(path).map_err(|e| {
+            Error::failed(format!("cannot read the recipient key {}: {e}", path.display()))
+        })?;
+        for cert in parse_certs(&bytes, &path.display().to_string())? {
+            if encryption_keys(&cert).is_empty() {
+                return Err(Error::failed(format!(
+                    "the key {} ({}) has no valid encryption-capable key: it is expired, revoked, or for signing only",
+                    path.display(),
+                    cert.fingerprint()
+                )));
+            }
+            all.push(cert);
+        }
+    }
+    Ok(all)
 }
 
 static POLICY: StandardPolicy = StandardPolicy::new();
+
+/// Resolves how a plan's artifacts are encrypted and read back. Reads secrets.
+pub fn for_plan(plan: &crate::plan::Plan) -> Result<(Encryption, Option<Decryption>)> {
+    use crate::plan::EncryptionCfg;
+    Ok(match &plan.encryption {
+        EncryptionCfg::None => (Encryption::None, Some(Decryption::None)),
+        EncryptionCfg::Passphrase(r) => {
+            let s = resolve(r)?;
+            (Encryption::Passphrase(s.clone()), Some(Decryption::Passphrase(s)))
+        }
+        EncryptionCfg::Recipients(paths) => (Encryption::Recipients(load_recipients(paths)?), key_decryption(plan)?),
+    })
+}
+
+/// The secret key of `verify.key`, if the plan names one.
+fn key_decryption(plan: &crate::plan::Plan) -> Result<Option<Decryption>> {
+    let Some(key) = &plan.verify_key else {
+        return Ok(None);
+    };
+    let secret = resolve(key)?;
+    let certs = parse_certs(secret.expose().as_bytes(), &format!("verify.key ({})", key.describe()))?;
+    if !certs.iter().any(Cert::is_tsk) {
+        return Err(Error::failed(format!(
+            "verify.key ({}) holds a public key only; export the secret key (gpg --export-secret-keys --armor)",
+            key.describe()
+        )));
+    }
+    let passphrase = plan.verify_key_passphrase.as_ref().map(resolve).transpose()?;
+    Ok(Some(Decryption::Keys { certs, passphrase }))
+}
 
 /// Sequoia's decryptor buffers 25 MiB by default; this bounds memory while verifying.
 const DECRYPT_BUFFER: usize = 256 * 1024;
@@ -74,21 +154,24 @@ fn to_io(e: openpgp::anyhow::Error) -> io::Error {
 /// Wraps `sink` so that what is written comes out encrypted; `finish` ends the message.
 pub fn encrypt<'a, W: Write + Send + Sync + 'a>(
     sink: W,
-    enc: &Encryption,
+    enc: &'a Encryption,
 ) -> io::Result<Box<dyn FinishWrite + 'a>> {
-    match enc {
-        Encryption::None => Ok(Box::new(Plain(sink))),
+    let encryptor = match enc {
+        Encryption::None => return Ok(Box::new(Plain(sink))),
         Encryption::Passphrase(secret) => {
-            let message = Message::new(sink);
-            let password = Password::from(secret.expose());
-            let message = Encryptor::with_passwords(message, Some(password))
-                .symmetric_algo(SymmetricAlgorithm::AES256)
-                .build()
-                .map_err(to_io)?;
-            let literal = LiteralWriter::new(message).build().map_err(to_io)?;
-            Ok(Box::new(Sealed(Some(literal))))
+            Encryptor::with_passwords(Message::new(sink), Some(Password::from(secret.expose())))
         }
-    }
+        Encryption::Recipients(certs) => {
+            let recipients: Vec<Recipient> = certs.iter().flat_map(encryption_keys).collect();
+            Encryptor::for_recipients(Message::new(sink), recipients)
+        }
+    };
+    let message = encryptor
+        .symmetric_algo(SymmetricAlgorithm::AES256)
+        .build()
+        .map_err(to_io)?;
+    let literal = LiteralWriter::new(message).build().map_err(to_io)?;
+    Ok(Box::new(Sealed(Some(literal))))
 }
 
 /// A writer whose end must be marked (OpenPGP messages have trailers).
@@ -145,24 +228,82 @@ pub fn decrypt<'a, R: Read + Send + Sync + 'a>(
     source: R,
     dec: &Decryption,
 ) -> io::Result<Box<dyn Read + Send + Sync + 'a>> {
-    match dec {
-        Decryption::None => Ok(Box::new(source)),
-        Decryption::Passphrase(secret) => {
-            let helper = Helper {
-                password: Password::from(secret.expose()),
-            };
-            let reader = DecryptorBuilder::from_reader(source)
-                .map_err(to_io)?
-                .buffer_size(DECRYPT_BUFFER)
-                .with_policy(&POLICY, None, helper)
-                .map_err(|e| io::Error::other(format!("cannot decrypt: {e}")))?;
-            Ok(Box::new(reader))
-        }
-    }
+    let helper = match dec {
+        Decryption::None => return Ok(Box::new(source)),
+        Decryption::Passphrase(secret) => Helper {
+            password: Some(Password::from(secret.expose())),
+            certs: Vec::new(),
+            key_password: None,
+        },
+        Decryption::Keys { certs, passphrase } => Helper {
+            password: None,
+            certs: certs.clone(),
+            key_password: passphrase.as_ref().map(|p| Password::from(p.expose())),
+        },
+    };
+    let reader = DecryptorBuilder::from_reader(source)
+        .map_err(to_io)?
+        .buffer_size(DECRYPT_BUFFER)
+        .with_policy(&POLICY, None, helper)
+        .map_err(|e| io::Error::other(format!("cannot decrypt: {e}")))?;
+    Ok(Box::new(reader))
 }
 
 struct Helper {
-    password: Password,
+    password: Option<Password>,
+    certs: Vec<Cert>,
+    key_password: Option<Password>,
+}
+
+impl Helper {
+    /// Tries each secret key that matches a PKESK's recipient.
+    fn with_keys(
+        &self,
+        pkesks: &[PKESK],
+        sym_algo: Option<SymmetricAlgorithm>,
+        decrypt: &mut dyn FnMut(Option<SymmetricAlgorithm>, &SessionKey) -> bool,
+    ) -> std::result::Result<bool, String> {
+        let mut problem = None;
+        for pkesk in pkesks {
+            for cert in &self.certs {
+                for ka in cert.keys().secret() {
+                    let matches = pkesk
+                        .recipient()
+                        .is_none_or(|r| r.aliases(KeyHandle::from(ka.key().fingerprint())));
+                    if !matches {
+                        continue;
+                    }
+                    let mut key = ka.key().clone();
+                    if key.secret().is_encrypted() {
+                        let Some(pw) = &self.key_password else {
+                            problem = Some(format!(
+                                "the secret key {} is passphrase-protected: set verify.key_passphrase",
+                                key.fingerprint()
+                            ));
+                            continue;
+                        };
+                        let fingerprint = key.fingerprint();
+                        key = match key.decrypt_secret(pw) {
+                            Ok(k) => k,
+                            Err(_) => {
+                                problem = Some(format!(
+                                    "the passphrase does not unlock the secret key {fingerprint}"
+                                ));
+                                continue;
+                            }
+                        };
+                    }
+                    let Ok(mut pair) = key.into_keypair() else { continue };
+                    if let Some((algo, sk)) = pkesk.decrypt(&mut pair, sym_algo)
+                        && decrypt(algo, &sk)
+                    {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        problem.map_or(Ok(false), Err)
+    }
 }
 
 impl VerificationHelper for Helper {
@@ -177,22 +318,43 @@ impl VerificationHelper for Helper {
 impl DecryptionHelper for Helper {
     fn decrypt(
         &mut self,
-        _pkesks: &[PKESK],
+        pkesks: &[PKESK],
         skesks: &[SKESK],
-        _sym_algo: Option<SymmetricAlgorithm>,
+        sym_algo: Option<SymmetricAlgorithm>,
         decrypt: &mut dyn FnMut(Option<SymmetricAlgorithm>, &SessionKey) -> bool,
     ) -> openpgp::Result<Option<Cert>> {
-        for skesk in skesks {
-            if let Ok((algo, key)) = skesk.decrypt(&self.password)
-                && decrypt(algo, &key)
-            {
-                return Ok(None);
+        if let Some(password) = &self.password {
+            for skesk in skesks {
+                if let Ok((algo, key)) = skesk.decrypt(password)
+                    && decrypt(algo, &key)
+                {
+                    return Ok(None);
+                }
+            }
+            if !skesks.is_empty() {
+                return Err(openpgp::anyhow::anyhow!(
+                    "wrong passphrase: none of the message's {} password packets opens with it",
+                    skesks.len()
+                ));
             }
         }
-        Err(openpgp::anyhow::anyhow!(
-            "wrong passphrase: none of the message's {} password packets opens with it",
-            skesks.len()
-        ))
+        match self.with_keys(pkesks, sym_algo, decrypt) {
+            Ok(true) => return Ok(None),
+            Err(problem) => return Err(openpgp::anyhow::anyhow!(problem)),
+            Ok(false) => {}
+        }
+        let to: Vec<String> = pkesks
+            .iter()
+            .filter_map(|p| p.recipient().map(|r| r.to_string()))
+            .collect();
+        Err(openpgp::anyhow::anyhow!(if to.is_empty() {
+            "no passphrase or key given opens this message".to_owned()
+        } else {
+            format!(
+                "no key given opens this message: it is encrypted to {}",
+                to.join(", ")
+            )
+        }))
     }
 }
 
@@ -204,7 +366,8 @@ mod tests {
     fn passphrase_round_trip_and_tamper_detection() {
         let secret = Secret::for_test("pa ss");
         let mut out = Vec::new();
-        let mut w = encrypt(&mut out, &Encryption::Passphrase(secret.clone())).unwrap();
+        let enc = Encryption::Passphrase(secret.clone());
+        let mut w = encrypt(&mut out, &enc).unwrap();
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         w.write_all(&data).unwrap();
         w.finish().unwrap();

@@ -114,6 +114,7 @@ async fn run(
         secrets: Arc::new(crate::crypto::Secrets {
             encryption: crate::crypto::Encryption::None,
             ucp_password: None,
+            decryption: None,
         }),
         allow_replica_change: opts.allow_replica_change,
         reporter: reporter.clone(),

@@ -268,6 +268,16 @@ pub fn resolve(raw: RawPlan, file: &Path, dir: &Path, digest: String) -> Option<
             .as_ref()
             .and_then(|v| v.value.after_apply.as_ref())
             .is_none_or(|a| a.value),
+        verify_key: raw
+            .verify
+            .as_ref()
+            .and_then(|v| v.value.key.as_ref())
+            .map(|k| secret(&k.value, dir)),
+        verify_key_passphrase: raw
+            .verify
+            .as_ref()
+            .and_then(|v| v.value.key_passphrase.as_ref())
+            .map(|k| secret(&k.value, dir)),
     })
 }
 

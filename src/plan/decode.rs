@@ -1074,10 +1074,16 @@ impl Decoder<'_> {
     fn verify(&mut self, at: At) -> Option<Sp<VerifyCfg>> {
         let mut f = self.fields(at)?;
         let after_apply = opt!(self, f, "after_apply", boolean);
+        let key = opt!(self, f, "key", secret);
+        let key_passphrase = opt!(self, f, "key_passphrase", secret);
         let span = f.at;
         self.finish(f);
         Some(Sp {
-            value: VerifyCfg { after_apply },
+            value: VerifyCfg {
+                after_apply,
+                key,
+                key_passphrase,
+            },
             span,
         })
     }

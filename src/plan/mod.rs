@@ -41,6 +41,9 @@ pub struct Plan {
     pub state_path: Option<PathBuf>,
     pub check_ucp_login: bool,
     pub verify_after_apply: bool,
+    /// The secret key that opens recipients-encrypted artifacts (for verification).
+    pub verify_key: Option<SecretRef>,
+    pub verify_key_passphrase: Option<SecretRef>,
 }
 
 #[derive(Clone, Debug)]

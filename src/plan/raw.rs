@@ -236,4 +236,9 @@ pub struct Preflight {
 pub struct VerifyCfg {
     /// Verify the new backup as the last step of `plan apply`. Default `true`.
     pub after_apply: Option<Sp<bool>>,
+    /// The OpenPGP secret key (TSK) that opens `recipients`-encrypted artifacts, as a secret
+    /// reference. Without it, artifacts encrypted to recipients are checked by size and sha256.
+    pub key: Option<Sp<SecretRef>>,
+    /// The passphrase of `key`, when it is protected.
+    pub key_passphrase: Option<Sp<SecretRef>>,
 }

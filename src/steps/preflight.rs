@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::crypto::{self, Encryption, Secrets};
+use crate::crypto::{self, Secrets};
 use crate::error::{Error, Result};
 use crate::plan::{DestinationCfg, EncryptionCfg, ImagesCfg, Plan};
 use crate::storage::Stores;
@@ -63,15 +63,7 @@ pub fn describe(plan: &Plan) -> Vec<String> {
 
 /// Resolves the secrets and checks the source, the Docker API, UCP and the destination.
 pub async fn run(plan: &Plan, stores: &Stores) -> Result<Secrets> {
-    let encryption = match &plan.encryption {
-        EncryptionCfg::None => Encryption::None,
-        EncryptionCfg::Passphrase(r) => Encryption::Passphrase(crypto::resolve(r)?),
-        EncryptionCfg::Recipients(_) => {
-            return Err(Error::failed(
-                "encryption type `recipients` is not available in this build yet; use `type: passphrase`",
-            ));
-        }
-    };
+    let (encryption, decryption) = crypto::for_plan(plan)?;
     if let Some(images) = &plan.images {
         match images {
             ImagesCfg::Path {
@@ -111,6 +103,7 @@ pub async fn run(plan: &Plan, stores: &Stores) -> Result<Secrets> {
     Ok(Secrets {
         encryption,
         ucp_password,
+        decryption,
     })
 }
 

@@ -23,7 +23,12 @@ pub fn describe(_plan: &Plan) -> Vec<String> {
 pub async fn run(ctx: Ctx) -> Result<Outcome> {
     let pending = ctx.backup_path(manifest::PENDING);
     let final_path = ctx.backup_path(manifest::FILE);
-    let dec = ctx.secrets.encryption.decryption();
+    let dec = ctx.secrets.decryption.clone();
+    if dec.is_none() {
+        ctx.warn(
+            "no verify.key in the plan: the artifacts are checked by size and sha256, not decrypted",
+        );
+    }
     let (stores, cancel) = (ctx.stores.clone(), ctx.cancel.clone());
     let size = blocking(move || {
         let store = stores.backups.as_ref();
@@ -35,7 +40,7 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
             })?,
         };
         let m = Manifest::parse(&bytes, &pending)?;
-        let checks = verify::check_artifacts(store, &m, &dec, &cancel);
+        let checks = verify::check_backup(store, &m, dec.as_ref(), verify::ReadData::Layout, &cancel);
         cancel
             .check()
             .map_err(|e| crate::error::io(e, "verifying"))?;
