@@ -63,7 +63,8 @@ impl ReadData {
             ReadData::Layout => false,
             ReadData::Full => true,
             ReadData::Sample(pct) => {
-                let h = crate::archive::sha256_hex(format!("dtr-backup-sample:{digest}").as_bytes());
+                let h =
+                    crate::archive::sha256_hex(format!("dtr-backup-sample:{digest}").as_bytes());
                 u8::from_str_radix(&h[..2], 16).unwrap_or(0) as u32 * 100 / 256 < u32::from(pct)
             }
         }
@@ -89,7 +90,8 @@ fn digest_ref() -> &'static Regex {
 fn blob_path() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
     RE.get_or_init(|| {
-        Regex::new(r"/docker/registry/v2/blobs/sha256/([0-9a-f]{2})/([0-9a-f]{64})/data$").expect("valid regex")
+        Regex::new(r"/docker/registry/v2/blobs/sha256/([0-9a-f]{2})/([0-9a-f]{64})/data$")
+            .expect("valid regex")
     })
 }
 
@@ -121,7 +123,11 @@ pub fn check_backup(
         checks.push(Check::new(
             "restorable: blobs referenced by metadata are in the image content",
             if missing.is_empty() {
-                Ok(format!("{} referenced, {} present", refs.len(), present.len()))
+                Ok(format!(
+                    "{} referenced, {} present",
+                    refs.len(),
+                    present.len()
+                ))
             } else {
                 Err(format!(
                     "{} of {} referenced blobs are missing: {}",
@@ -160,19 +166,28 @@ fn check_artifact(
         Err(e) => Err(e.to_string()),
     };
     let present = exists.is_ok();
-    checks.push(Check::new(format!("{}: present with its size", a.path), exists));
+    checks.push(Check::new(
+        format!("{}: present with its size", a.path),
+        exists,
+    ));
     if !present {
         return (checks, None);
     }
     let reader = match store.open(&path) {
         Ok(r) => r,
         Err(e) => {
-            checks.push(Check::new(format!("{}: readable", a.path), Err(e.to_string())));
+            checks.push(Check::new(
+                format!("{}: readable", a.path),
+                Err(e.to_string()),
+            ));
             return (checks, None);
         }
     };
     // One pass: hash the stored bytes while decrypting and walking the archive.
-    let mut hashed = HashReader::new(Guard { inner: reader, cancel });
+    let mut hashed = HashReader::new(Guard {
+        inner: reader,
+        cancel,
+    });
     let walk = {
         let plain: Result<Box<dyn Read + Send + Sync + '_>, String> = match (a.encrypted, dec) {
             (false, _) => Ok(Box::new(&mut hashed)),
@@ -186,16 +201,24 @@ fn check_artifact(
                 checks.push(Check::new(format!("{}: decrypts", a.path), Err(e)));
                 None
             }
-            Ok(mut plain) => {
+            Ok(plain) => {
+                let mut plain = Trap {
+                    inner: plain,
+                    first_error: None,
+                };
                 let walk = walk_archive(&mut plain, a.kind, manifest, read_data);
                 // Reading to the end checks the OpenPGP integrity protection (MDC).
                 let rest = io::copy(&mut plain, &mut io::sink());
+                let first_error = plain.first_error.take();
                 drop(plain);
                 if a.encrypted {
                     checks.push(Check::new(
                         format!("{}: decrypts", a.path),
-                        rest.map(|_| "integrity protection holds".to_owned())
-                            .map_err(|e| e.to_string()),
+                        match (first_error, rest) {
+                            (Some(e), _) => Err(e),
+                            (None, Err(e)) => Err(e.to_string()),
+                            (None, Ok(_)) => Ok("integrity protection holds".to_owned()),
+                        },
                     ));
                 }
                 let (layout, walk) = match walk {
@@ -215,7 +238,12 @@ fn check_artifact(
                             Err(format!(
                                 "{} blobs do not hash to their digest: {}",
                                 w.bad_blobs.len(),
-                                w.bad_blobs.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+                                w.bad_blobs
+                                    .iter()
+                                    .take(10)
+                                    .cloned()
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
                             ))
                         },
                     ));
@@ -227,7 +255,7 @@ fn check_artifact(
     checks.push(Check::new(
         format!("{}: sha256", a.path),
         match hashed.finish() {
-            Ok((sha, n)) if sha == a.sha256 && n == a.size => Ok(format!("{sha}")),
+            Ok((sha, n)) if sha == a.sha256 && n == a.size => Ok(sha),
             Ok((sha, n)) => Err(format!(
                 "{n} bytes with sha256 {sha}; the manifest records {} bytes with {}",
                 a.size, a.sha256
@@ -257,7 +285,9 @@ fn walk_archive(
         Box::new(buffered)
     };
     let mut archive = tar::Archive::new(reader);
-    let entries = archive.entries().map_err(|e| format!("not a tar archive: {e}"))?;
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("not a tar archive: {e}"))?;
     let volume = manifest.dtr.volume.clone().unwrap_or_default();
     let registry = format!("{volume}/_data/docker/registry/v2/");
     let version = manifest.dtr.version.clone().unwrap_or_default();
@@ -269,7 +299,8 @@ fn walk_archive(
     let mut properties = false;
     let mut buf = vec![0u8; 1 << 16];
     for entry in entries {
-        let mut entry = entry.map_err(|e| format!("archive broken after {members} members: {e}"))?;
+        let mut entry =
+            entry.map_err(|e| format!("archive broken after {members} members: {e}"))?;
         let name = entry
             .path()
             .map_err(|e| format!("member {members} has a bad name: {e}"))?
@@ -294,7 +325,8 @@ fn walk_archive(
                         let (sha, _) = h.finish().map_err(|e| format!("reading {name}: {e}"))?;
                         walk.hashed += 1;
                         if sha != digest {
-                            walk.bad_blobs.push(format!("sha256:{digest} (content hashes to {sha})"));
+                            walk.bad_blobs
+                                .push(format!("sha256:{digest} (content hashes to {sha})"));
                         }
                     }
                     walk.blobs.insert(digest);
@@ -346,9 +378,16 @@ fn walk_archive(
         }
     }
     let detail = match kind {
-        ArtifactKind::Images if under_registry == 0 => return Err(format!("no member under {registry}")),
-        ArtifactKind::Images => format!("{members} members under {volume}/, {} blobs", walk.blobs.len()),
-        ArtifactKind::Metadata if !properties => return Err("rethink/properties/0 is missing".to_owned()),
+        ArtifactKind::Images if under_registry == 0 => {
+            return Err(format!("no member under {registry}"));
+        }
+        ArtifactKind::Images => format!(
+            "{members} members under {volume}/, {} blobs",
+            walk.blobs.len()
+        ),
+        ArtifactKind::Metadata if !properties => {
+            return Err("rethink/properties/0 is missing".to_owned());
+        }
         ArtifactKind::Metadata => format!(
             "{} archive {}/ with {} tables ({}), {} blob references",
             if gzip { "gzip" } else { "tar" },
@@ -359,6 +398,21 @@ fn walk_archive(
         ),
     };
     Ok((detail, walk))
+}
+
+/// Remembers the first read error of the plaintext (a failed integrity check), which a
+/// decryptor may not repeat on later reads.
+struct Trap<R> {
+    inner: R,
+    first_error: Option<String>,
+}
+
+impl<R: Read> Read for Trap<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| {
+            self.first_error.get_or_insert_with(|| e.to_string());
+        })
+    }
 }
 
 /// Stops reading when cancelled.
@@ -380,12 +434,29 @@ mod tests {
 
     #[test]
     fn sample_is_fixed_and_about_the_size_asked() {
-        let digests: Vec<String> = (0..2000).map(|i| crate::archive::sha256_hex(format!("{i}").as_bytes())).collect();
-        let picked = digests.iter().filter(|d| ReadData::Sample(10).selects(d)).count();
+        let digests: Vec<String> = (0..2000)
+            .map(|i| crate::archive::sha256_hex(format!("{i}").as_bytes()))
+            .collect();
+        let picked = digests
+            .iter()
+            .filter(|d| ReadData::Sample(10).selects(d))
+            .count();
         assert!((120..=280).contains(&picked), "{picked}");
-        let again = digests.iter().filter(|d| ReadData::Sample(10).selects(d)).count();
+        let again = digests
+            .iter()
+            .filter(|d| ReadData::Sample(10).selects(d))
+            .count();
         assert_eq!(picked, again);
-        assert_eq!(digests.iter().filter(|d| ReadData::Full.selects(d)).count(), 2000);
-        assert_eq!(digests.iter().filter(|d| ReadData::Layout.selects(d)).count(), 0);
+        assert_eq!(
+            digests.iter().filter(|d| ReadData::Full.selects(d)).count(),
+            2000
+        );
+        assert_eq!(
+            digests
+                .iter()
+                .filter(|d| ReadData::Layout.selects(d))
+                .count(),
+            0
+        );
     }
 }

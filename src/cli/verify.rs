@@ -63,7 +63,16 @@ pub fn run(args: &Args) -> Exit {
         match manifest::list_complete(store) {
             Ok(list) => match list.last() {
                 Some(m) => m.backup_id.clone(),
-                None => return fail(format!("plan {} has no complete backup at {}", plan.name, store.describe()), Exit::VerifyFailed),
+                None => {
+                    return fail(
+                        format!(
+                            "plan {} has no complete backup at {}",
+                            plan.name,
+                            store.describe()
+                        ),
+                        Exit::VerifyFailed,
+                    );
+                }
             },
             Err(e) => return fail(e.to_string(), Exit::VerifyFailed),
         }
@@ -79,14 +88,20 @@ pub fn run(args: &Args) -> Exit {
     let manifest_path = format!("{id}/{}", manifest::FILE);
     let manifest = match store.get(&manifest_path) {
         Ok(Some(bytes)) => Manifest::parse(&bytes, &manifest_path).map_err(|e| e.to_string()),
-        Ok(None) => Err(format!("{manifest_path} does not exist: no complete backup {id}")),
+        Ok(None) => Err(format!(
+            "{manifest_path} does not exist: no complete backup {id}"
+        )),
         Err(e) => Err(e.to_string()),
     };
     checks.push(Check {
         name: "manifest.json exists and parses".into(),
         ok: manifest.is_ok(),
         detail: match &manifest {
-            Ok(m) => format!("{} artifacts, finished {}", m.artifacts.len(), m.finished_at),
+            Ok(m) => format!(
+                "{} artifacts, finished {}",
+                m.artifacts.len(),
+                m.finished_at
+            ),
             Err(e) => e.clone(),
         },
     });
@@ -102,7 +117,13 @@ pub fn run(args: &Args) -> Exit {
                 detail: "the artifacts are encrypted to recipients and the plan has no verify.key: set it to the secret key".into(),
             });
         }
-        checks.extend(verify::check_backup(store, m, dec.as_ref(), read_data, &Cancel::new()));
+        checks.extend(verify::check_backup(
+            store,
+            m,
+            dec.as_ref(),
+            read_data,
+            &Cancel::new(),
+        ));
     }
     let ok = checks.iter().all(|c| c.ok);
     match args.output {
@@ -113,7 +134,12 @@ pub fn run(args: &Args) -> Exit {
         Output::Text => {
             println!("verify {} backup {id}", plan.name);
             for c in &checks {
-                println!("  {} {}: {}", if c.ok { "PASS" } else { "FAIL" }, c.name, short(&c.detail));
+                println!(
+                    "  {} {}: {}",
+                    if c.ok { "PASS" } else { "FAIL" },
+                    c.name,
+                    short(&c.detail)
+                );
             }
             let failed: Vec<&Check> = checks.iter().filter(|c| !c.ok).collect();
             if failed.is_empty() {

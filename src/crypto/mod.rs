@@ -13,9 +13,9 @@ use std::io::{self, Read, Write};
 
 use sequoia_openpgp as openpgp;
 
+use openpgp::cert::CertParser;
 use openpgp::crypto::{Password, SessionKey};
 use openpgp::packet::{PKESK, SKESK};
-use openpgp::cert::CertParser;
 use openpgp::parse::Parse;
 use openpgp::parse::stream::{
     DecryptionHelper, DecryptorBuilder, MessageStructure, VerificationHelper,
@@ -96,7 +96,10 @@ pub fn load_recipients(paths: &[std::path::PathBuf]) -> Result<Vec<Cert>> {
     let mut all = Vec::new();
     for path in paths {
         let bytes = std::fs::read(path).map_err(|e| {
-            Error::failed(format!("cannot read the recipient key {}: {e}", path.display()))
+            Error::failed(format!(
+                "cannot read the recipient key {}: {e}",
+                path.display()
+            ))
         })?;
         for cert in parse_certs(&bytes, &path.display().to_string())? {
             if encryption_keys(&cert).is_empty() {
@@ -121,9 +124,15 @@ pub fn for_plan(plan: &crate::plan::Plan) -> Result<(Encryption, Option<Decrypti
         EncryptionCfg::None => (Encryption::None, Some(Decryption::None)),
         EncryptionCfg::Passphrase(r) => {
             let s = resolve(r)?;
-            (Encryption::Passphrase(s.clone()), Some(Decryption::Passphrase(s)))
+            (
+                Encryption::Passphrase(s.clone()),
+                Some(Decryption::Passphrase(s)),
+            )
         }
-        EncryptionCfg::Recipients(paths) => (Encryption::Recipients(load_recipients(paths)?), key_decryption(plan)?),
+        EncryptionCfg::Recipients(paths) => (
+            Encryption::Recipients(load_recipients(paths)?),
+            key_decryption(plan)?,
+        ),
     })
 }
 
@@ -133,14 +142,21 @@ fn key_decryption(plan: &crate::plan::Plan) -> Result<Option<Decryption>> {
         return Ok(None);
     };
     let secret = resolve(key)?;
-    let certs = parse_certs(secret.expose().as_bytes(), &format!("verify.key ({})", key.describe()))?;
+    let certs = parse_certs(
+        secret.expose().as_bytes(),
+        &format!("verify.key ({})", key.describe()),
+    )?;
     if !certs.iter().any(Cert::is_tsk) {
         return Err(Error::failed(format!(
             "verify.key ({}) holds a public key only; export the secret key (gpg --export-secret-keys --armor)",
             key.describe()
         )));
     }
-    let passphrase = plan.verify_key_passphrase.as_ref().map(resolve).transpose()?;
+    let passphrase = plan
+        .verify_key_passphrase
+        .as_ref()
+        .map(resolve)
+        .transpose()?;
     Ok(Some(Decryption::Keys { certs, passphrase }))
 }
 
@@ -293,7 +309,9 @@ impl Helper {
                             }
                         };
                     }
-                    let Ok(mut pair) = key.into_keypair() else { continue };
+                    let Ok(mut pair) = key.into_keypair() else {
+                        continue;
+                    };
                     if let Some((algo, sk)) = pkesk.decrypt(&mut pair, sym_algo)
                         && decrypt(algo, &sk)
                     {

@@ -40,7 +40,8 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
             })?,
         };
         let m = Manifest::parse(&bytes, &pending)?;
-        let checks = verify::check_backup(store, &m, dec.as_ref(), verify::ReadData::Layout, &cancel);
+        let checks =
+            verify::check_backup(store, &m, dec.as_ref(), verify::ReadData::Layout, &cancel);
         cancel
             .check()
             .map_err(|e| crate::error::io(e, "verifying"))?;

@@ -86,6 +86,18 @@ impl Bed {
 
     /// Builds the stand-in DTR image from busybox (`docker import`).
     fn standin_image(&self, tag: &str, version: &str, replicas: &[&str], padding: usize) {
+        self.standin_image_referencing(tag, version, replicas, padding, &[]);
+    }
+
+    /// The same, with its metadata also referencing `extra` blob digests.
+    fn standin_image_referencing(
+        &self,
+        tag: &str,
+        version: &str,
+        replicas: &[&str],
+        padding: usize,
+        extra: &[&str],
+    ) {
         let mut b = tar::Builder::new(Vec::new());
         let dir = |b: &mut tar::Builder<Vec<u8>>, p: &str, mode: u32| {
             let mut h = tar::Header::new_gnu();
@@ -141,10 +153,12 @@ impl Bed {
             (replicas.join("\n") + "\n").as_bytes(),
             0o644,
         );
+        let mut digests = blob_digests();
+        digests.extend(extra.iter().map(|d| d.to_string()));
         file(
             &mut b,
             "etc/standin/digests",
-            (blob_digests().join("\n") + "\n").as_bytes(),
+            (digests.join("\n") + "\n").as_bytes(),
             0o644,
         );
         file(
@@ -828,4 +842,78 @@ fn sigterm_during_the_metadata_stream_removes_the_container() {
         "the container was not removed on SIGTERM"
     );
     assert!(complete_backups(&dir).is_empty());
+}
+
+#[test]
+fn a_blob_referenced_by_metadata_but_missing_fails_verification() {
+    let Some(bed) = bed() else { return };
+    let ghost = "f".repeat(64);
+    bed.standin_image_referencing(IMAGE, VERSION, &[R1], 0, &[&ghost]);
+    bed.replica(R1, VERSION);
+    let dir = TempDir::new("docker-ghost");
+    let plan = write_plan(&bed, &dir, &Setup::default());
+    let out = run(&mut apply(&bed, &dir, &plan));
+    assert_eq!(out.status.code(), Some(5), "{}", stdout(&out));
+    let err = error_of(&out);
+    assert!(
+        err.contains("restorable") && err.contains(&format!("sha256:{ghost}")),
+        "{err}"
+    );
+    assert!(
+        complete_backups(&dir).is_empty(),
+        "a backup that fails verification is not complete"
+    );
+}
+
+#[test]
+fn verify_command_checks_metadata_and_catches_a_flipped_byte() {
+    let Some(bed) = bed() else { return };
+    bed.standin_image(IMAGE, VERSION, &[R1], 0);
+    bed.replica(R1, VERSION);
+    let dir = TempDir::new("docker-verify");
+    let plan = write_plan(&bed, &dir, &Setup::default());
+    assert_eq!(run(&mut apply(&bed, &dir, &plan)).status.code(), Some(0));
+    let verify = || {
+        run(dtr_backup(dir.path())
+            .env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
+            .args(["verify", "--output", "json", "--read-data", "full"])
+            .arg(&plan))
+    };
+    let out = verify();
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let text = doc["checks"].to_string();
+    assert!(
+        text.contains(&format!("dtr-backup-v{VERSION}-online/ with")),
+        "{text}"
+    );
+    assert!(text.contains("restorable"), "{text}");
+
+    let meta = complete_backups(&dir)[0].join(format!("dtr-backup-v{VERSION}.tar.gz.gpg"));
+    let mut bytes = std::fs::read(&meta).expect("read");
+    let at = bytes.len() - 40;
+    bytes[at] ^= 0x80;
+    std::fs::write(&meta, bytes).expect("write");
+    let out = verify();
+    assert_eq!(out.status.code(), Some(5));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let failed: Vec<String> = doc["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| c["name"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert!(
+        failed
+            .iter()
+            .any(|n| n.contains("dtr-backup-v") && n.contains("sha256")),
+        "{failed:?}"
+    );
+    assert!(
+        failed
+            .iter()
+            .any(|n| n.contains("dtr-backup-v") && n.contains("decrypts")),
+        "{failed:?}"
+    );
 }

@@ -10,3 +10,4 @@ mod fuzz;
 mod schema;
 mod show;
 mod validate;
+mod verify;
