@@ -18,6 +18,7 @@ use regex::Regex;
 use serde::Serialize;
 
 use crate::archive::HashReader;
+use crate::archive::pipe;
 use crate::cancel::Cancel;
 use crate::crypto::{self, Decryption};
 use crate::manifest::{Artifact, ArtifactKind, Manifest};
@@ -183,15 +184,24 @@ fn check_artifact(
             return (checks, None);
         }
     };
-    // One pass: hash the stored bytes while decrypting and walking the archive.
-    let mut hashed = HashReader::new(Guard {
-        inner: reader,
-        cancel,
+    // Two threads: one reads the stored bytes and hashes them, the other decrypts and walks
+    // the archive. Each artifact is read once.
+    let (tx, mut stored) = pipe::pipe();
+    let reading_cancel = cancel.clone();
+    let reading = std::thread::spawn(move || -> io::Result<(String, u64)> {
+        let mut hashed = HashReader::new(Guard {
+            inner: reader,
+            cancel: &reading_cancel,
+        });
+        let mut tx = tx;
+        io::copy(&mut hashed, &mut tx)?;
+        tx.close()?;
+        hashed.finish()
     });
     let walk = {
         let plain: Result<Box<dyn Read + Send + Sync + '_>, String> = match (a.encrypted, dec) {
-            (false, _) => Ok(Box::new(&mut hashed)),
-            (true, Some(dec)) => crypto::decrypt(&mut hashed, dec).map_err(|e| e.to_string()),
+            (false, _) => Ok(Box::new(&mut stored)),
+            (true, Some(dec)) => crypto::decrypt(&mut stored, dec).map_err(|e| e.to_string()),
             // No key: only the stored bytes can be checked (size and sha256 below).
             (true, None) => Err(String::new()),
         };
@@ -252,9 +262,14 @@ fn check_artifact(
             }
         }
     };
+    // Whatever the walk did, let the reader finish so that the hash covers every byte.
+    let _ = io::copy(&mut stored, &mut io::sink());
+    let hashed = reading
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the reading thread panicked")));
     checks.push(Check::new(
         format!("{}: sha256", a.path),
-        match hashed.finish() {
+        match hashed {
             Ok((sha, n)) if sha == a.sha256 && n == a.size => Ok(sha),
             Ok((sha, n)) => Err(format!(
                 "{n} bytes with sha256 {sha}; the manifest records {} bytes with {}",

@@ -2,6 +2,7 @@
 //! `CHUNKS` chunks behind, so memory stays bounded whatever the size of the stream.
 
 use std::io::{self, Read, Write};
+use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 /// Bytes per chunk.
@@ -18,14 +19,16 @@ pub fn pipe() -> (PipeWriter, PipeReader) {
             buf: Vec::with_capacity(CHUNK),
         },
         PipeReader {
-            rx,
+            rx: Mutex::new(rx),
             cur: Vec::new(),
             pos: 0,
         },
     )
 }
 
-/// The sending end. Dropping it (or `close`) ends the stream for the reader.
+/// The sending end. Dropping it (or `close`) ends the stream for the reader, after what was
+/// buffered; whether the stream was complete is for the stages to tell each other (a stage
+/// that fails returns its error, and nothing downstream is committed then).
 pub struct PipeWriter {
     tx: Option<SyncSender<Vec<u8>>>,
     buf: Vec<u8>,
@@ -53,6 +56,12 @@ impl PipeWriter {
     }
 }
 
+impl Drop for PipeWriter {
+    fn drop(&mut self) {
+        let _ = self.send();
+    }
+}
+
 impl Write for PipeWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let room = CHUNK - self.buf.len();
@@ -68,9 +77,10 @@ impl Write for PipeWriter {
     }
 }
 
-/// The receiving end.
+/// The receiving end. (The mutex is never contended: it only makes the reader `Sync`, which
+/// the OpenPGP decryptor requires of its source.)
 pub struct PipeReader {
-    rx: Receiver<Vec<u8>>,
+    rx: Mutex<Receiver<Vec<u8>>>,
     cur: Vec<u8>,
     pos: usize,
 }
@@ -78,12 +88,12 @@ pub struct PipeReader {
 impl Read for PipeReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         while self.pos == self.cur.len() {
-            match self.rx.recv() {
-                Ok(chunk) => {
+            match self.rx.get_mut().map(|rx| rx.recv()) {
+                Ok(Ok(chunk)) => {
                     self.cur = chunk;
                     self.pos = 0;
                 }
-                Err(_) => return Ok(0),
+                _ => return Ok(0),
             }
         }
         let n = out.len().min(self.cur.len() - self.pos);
@@ -102,7 +112,7 @@ impl PipeReader {
             self.pos = 0;
             return Some(rest);
         }
-        self.rx.recv().ok()
+        self.rx.get_mut().ok().and_then(|rx| rx.recv().ok())
     }
 }
 

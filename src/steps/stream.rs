@@ -1,12 +1,12 @@
-//! The artifact pipeline shared by the steps that write archives:
+//! The artifact pipeline shared by the steps that write archives, three threads joined by
+//! bounded pipes (1 MiB chunks, `pipe::CHUNKS` in flight each):
 //!
 //! ```text
-//! producer thread ──(bounded pipe, 1 MiB chunks)──▶ OpenPGP encryption ─▶ sha256 + count ─▶ store object
+//! producer (tar of a tree, a container's stdout) ─▶ OpenPGP encryption ─▶ sha256 + write to the store
 //! ```
 //!
-//! The producer (a tar writer, a container's stdout) and the encryption run on two threads,
-//! so the two cores overlap reading and encrypting. At most `pipe::CHUNKS` chunks are in flight.
-//! Plaintext never touches the disk; the object becomes visible only after the producer
+//! On two cores, reading and archiving, encrypting, and hashing and writing overlap.
+//! Plaintext never touches the disk; the object becomes visible only after every stage
 //! finished cleanly and everything is durable.
 
 use std::io::{self, Write};
@@ -19,7 +19,7 @@ use crate::cancel::Cancel;
 use crate::crypto::{self, Encryption};
 use crate::error::{Error, Result, io};
 use crate::failpoint;
-use crate::storage::Store;
+use crate::storage::{ObjectWriter, Store};
 
 /// Size and sha256 of a written object.
 pub struct Written {
@@ -42,26 +42,44 @@ pub fn store_stream(
         .spawn(move || produce(tx))
         .map_err(|e| io(e, "starting the archive thread"))?;
 
-    let consumed = (|| -> Result<(Box<dyn crate::storage::ObjectWriter>, String, u64)> {
-        let object = store.create(path)?;
-        let mut hashed = HashWriter::new(object);
-        let what = format!("writing {}/{path}", store.describe());
-        {
-            let mut sealed = crypto::encrypt(&mut hashed, encryption).map_err(|e| io(e, &what))?;
-            let mut chunks = 0u64;
-            while let Some(chunk) = rx.next_chunk() {
-                cancel.check().map_err(|e| io(e, &what))?;
-                sealed.write_all(&chunk).map_err(|e| io(e, &what))?;
-                progress.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                chunks += 1;
-                if chunks == 2 {
-                    failpoint::hit("stream.middle");
+    let object = store.create(path)?;
+    let what = format!("writing {}/{path}", store.describe());
+    let (enc_tx, mut enc_rx) = pipe::pipe();
+    let writer = std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(
+            move || -> io::Result<(Box<dyn ObjectWriter>, String, u64)> {
+                let mut hashed = HashWriter::new(object);
+                while let Some(chunk) = enc_rx.next_chunk() {
+                    hashed.write_all(&chunk)?;
                 }
+                Ok(hashed.finish())
+            },
+        )
+        .map_err(|e| io(e, "starting the writer thread"))?;
+
+    let encrypted = (|| -> Result<()> {
+        let mut sealed = crypto::encrypt(enc_tx, encryption).map_err(|e| io(e, &what))?;
+        let mut chunks = 0u64;
+        while let Some(chunk) = rx.next_chunk() {
+            cancel.check().map_err(|e| io(e, &what))?;
+            sealed.write_all(&chunk).map_err(|e| io(e, &what))?;
+            progress.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            chunks += 1;
+            if chunks == 2 {
+                failpoint::hit("stream.middle");
             }
-            sealed.finish().map_err(|e| io(e, &what))?;
         }
-        Ok(hashed.finish())
+        sealed.finish().map_err(|e| io(e, &what))
     })();
+    let written = writer
+        .join()
+        .map_err(|_| Error::failed("the writer thread panicked"))?
+        .map_err(|e| io(e, &what));
+    let consumed = match (encrypted, written) {
+        (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+        (Ok(()), Ok(done)) => Ok(done),
+    };
     // Stop the producer if we stopped reading, then learn how it ended: a producer error
     // means the stream is incomplete even if the consumer saw a clean end.
     drop(rx);
