@@ -6,6 +6,7 @@
 //! The interface is blocking on purpose: pipelines run on their own threads.
 
 pub mod local;
+pub mod s3;
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -40,7 +41,7 @@ pub trait Store: Send + Sync {
 }
 
 /// An object being written.
-pub trait ObjectWriter: Write + Send + Sync {
+pub trait ObjectWriter: Write + Send {
     /// Makes the object durable and visible under its final name.
     fn commit(self: Box<Self>) -> Result<()>;
 }
@@ -52,26 +53,29 @@ pub struct Stores {
     pub state: Arc<dyn Store>,
 }
 
-/// Opens the stores of a plan. Creates nothing yet.
+/// Opens the stores of a plan. Creates nothing yet; S3 credentials are resolved here.
 pub fn open(plan: &Plan) -> Result<Stores> {
-    let backups: Arc<dyn Store> = match &plan.destination {
-        DestinationCfg::Local { path } => {
-            Arc::new(local::LocalStore::new(path.join(plan.name.as_str())))
-        }
-        DestinationCfg::S3(_) => {
-            return Err(crate::error::Error::failed(
-                "destination type s3 is not available in this build yet; use `type: local`",
-            ));
+    let name = plan.name.as_str();
+    let (backups, default_state): (Arc<dyn Store>, Arc<dyn Store>) = match &plan.destination {
+        DestinationCfg::Local { path } => (
+            Arc::new(local::LocalStore::new(path.join(name))),
+            Arc::new(local::LocalStore::new(path.join(name).join(".state"))),
+        ),
+        DestinationCfg::S3(cfg) => {
+            let root = if cfg.prefix.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{}/{name}", cfg.prefix)
+            };
+            (
+                Arc::new(s3::S3Store::new(cfg, &root)?),
+                Arc::new(s3::S3Store::new(cfg, &format!("{root}/.state"))?),
+            )
         }
     };
     let state: Arc<dyn Store> = match &plan.state_path {
-        Some(path) => Arc::new(local::LocalStore::new(path.join(plan.name.as_str()))),
-        None => match &plan.destination {
-            DestinationCfg::Local { path } => Arc::new(local::LocalStore::new(
-                path.join(plan.name.as_str()).join(".state"),
-            )),
-            DestinationCfg::S3(_) => unreachable!("returned above"),
-        },
+        Some(path) => Arc::new(local::LocalStore::new(path.join(name))),
+        None => default_state,
     };
     Ok(Stores { backups, state })
 }
