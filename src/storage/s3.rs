@@ -250,12 +250,14 @@ impl Store for S3Store {
             mode: PutMode::Create,
             ..Default::default()
         };
-        match self
-            .exec
-            .run(self.store.put_opts(&self.key(rel), PutPayload::from(bytes.to_vec()), opts))
-        {
+        match self.exec.run(self.store.put_opts(
+            &self.key(rel),
+            PutPayload::from(bytes.to_vec()),
+            opts,
+        )) {
             Ok(_) => Ok(true),
-            Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => Ok(false),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(false),
             Err(e) => Err(self.fail("creating", rel, e)),
         }
     }
