@@ -40,6 +40,11 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
     let plan = ctx.plan.clone();
     let root = match &plan.images {
         Some(ImagesCfg::Path { path, .. }) => path.clone(),
+        Some(ImagesCfg::Nfs { path, server, .. }) => {
+            // Checked again right before reading: the mount may have dropped since preflight.
+            crate::storage::nfs::check_mounted(path, server)?;
+            path.clone()
+        }
         Some(ImagesCfg::Volume { helper_image, .. }) => {
             return from_volume(ctx, helper_image.clone()).await;
         }

@@ -69,10 +69,9 @@ pub async fn run(plan: &Plan, stores: &Stores) -> Result<Secrets> {
             ImagesCfg::Path {
                 path, allow_empty, ..
             } => check_registry_tree(path, *allow_empty)?,
-            ImagesCfg::Nfs { .. } => {
-                return Err(Error::failed(
-                    "images type `nfs` is not available in this build yet; use `type: path` on the mount point",
-                ));
+            ImagesCfg::Nfs { path, server, .. } => {
+                crate::storage::nfs::check_mounted(path, server)?;
+                check_registry_tree(path, false)?;
             }
             ImagesCfg::S3(_) => {
                 return Err(Error::failed(

@@ -6,6 +6,7 @@
 //! The interface is blocking on purpose: pipelines run on their own threads.
 
 pub mod local;
+pub mod nfs;
 pub mod s3;
 
 use std::io::{Read, Write};

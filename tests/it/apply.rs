@@ -569,3 +569,25 @@ fn retention_keeps_the_newest_and_removes_incomplete_runs() {
     assert_eq!(newest.len(), 2);
     assert!(!newest.contains(&complete[0]), "the oldest was deleted");
 }
+
+#[test]
+fn nfs_images_on_a_folder_that_is_not_the_mount_are_refused() {
+    let fx = Fixture::new("nfs", 0, "");
+    let text = std::fs::read_to_string(&fx.plan).expect("plan").replace(
+        "images: {type: path, path: registry,",
+        "images: {type: nfs, path: registry, server: \"nfs.example.com:/exports/dtr\",",
+    );
+    std::fs::write(&fx.plan, text).expect("plan");
+    let out = run(&mut fx.apply());
+    assert_eq!(out.status.code(), Some(1));
+    let err = events(&out).last().expect("event")["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        err.contains("is not a mount point") && err.contains("nfs.example.com:/exports/dtr"),
+        "{err}"
+    );
+    assert_eq!(steps_with(&events(&out), "step_failed"), ["preflight"]);
+    assert!(fx.backup_dirs().is_empty(), "nothing was backed up");
+}
