@@ -26,6 +26,33 @@ pub struct Manifest {
     /// `passphrase`, `recipients` or `none`.
     pub encryption: String,
     pub artifacts: Vec<Artifact>,
+    /// Image content kept object by object (images in S3): every object of the snapshot.
+    /// Blobs live in the plan's shared blob store (`blobs/sha256/<ab>/<digest>`), the other
+    /// objects in the images artifact.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<SnapshotObject>,
+}
+
+/// One object of an image-content snapshot.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotObject {
+    /// Key under the registry root, e.g. `docker/registry/v2/blobs/sha256/ab/<digest>/data`.
+    pub key: String,
+    pub size: u64,
+    /// sha256 of the content.
+    pub sha256: String,
+    /// Where it is kept: the blob store path (relative to the plan root), or `None` when it is
+    /// a member of the images artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<String>,
+    /// Size of the stored blob object (differs from `size` when encrypted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_size: Option<u64>,
+}
+
+/// Where the blob store keeps a blob.
+pub fn blob_path(digest: &str) -> String {
+    format!("blobs/sha256/{}/{digest}", &digest[..2.min(digest.len())])
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand. Parsing and printing only.
 
 mod backups_list;
+mod backups_prune;
 mod plan_apply;
 mod plan_show;
 mod plan_unlock;
@@ -41,6 +42,8 @@ pub enum Command {
 pub enum BackupsCommand {
     /// List the complete backups at the plan's destination.
     List(backups_list::Args),
+    /// Apply the plan's retention now (under the plan's lock).
+    Prune(backups_prune::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +90,7 @@ pub fn run(cli: Cli) -> Exit {
         Command::Plan(PlanCommand::Apply(args)) => plan_apply::run(&args),
         Command::Plan(PlanCommand::Unlock(args)) => plan_unlock::run(&args),
         Command::Backups(BackupsCommand::List(args)) => backups_list::run(&args),
+        Command::Backups(BackupsCommand::Prune(args)) => backups_prune::run(&args),
         Command::Verify(args) => verify::run(&args),
         Command::Schema => schema::run(),
     }

@@ -178,6 +178,16 @@ impl Reporter for Human {
                 ));
             }
             Event::Log { step, message } => self.line(&format!("  {step}: {message}")),
+            Event::ObjectsCopied {
+                step,
+                copied,
+                already_present,
+                bytes_copied,
+                small_objects,
+            } => self.line(&format!(
+                "  {step}: {copied} new blobs copied ({}), {already_present} already in the blob store, {small_objects} small objects archived",
+                human_bytes(*bytes_copied)
+            )),
         }
     }
 }

@@ -43,6 +43,15 @@ pub enum Event {
     Warning {
         message: String,
     },
+    /// Image content copied object by object: how many objects were copied and how many were
+    /// already in the blob store.
+    ObjectsCopied {
+        step: String,
+        copied: u64,
+        already_present: u64,
+        bytes_copied: u64,
+        small_objects: u64,
+    },
     /// A line of output from a step (for example the `dtr backup` container's log).
     Log {
         step: String,

@@ -122,6 +122,7 @@ async fn run(
         step_id: String::new(),
         facts: BTreeMap::new(),
         artifacts: Vec::new(),
+        objects: Vec::new(),
     };
 
     for step in &graph.steps {
@@ -197,6 +198,7 @@ async fn run(
             artifacts: outcome.artifacts,
             files: outcome.files,
             facts: outcome.facts,
+            objects: outcome.objects,
         };
         absorb(&mut ctx, &record);
         run.steps.insert(step.id.clone(), record);
@@ -210,6 +212,7 @@ async fn run(
 /// Adds a completed step's results to what later steps see.
 fn absorb(ctx: &mut Ctx, record: &StepRecord) {
     ctx.artifacts.extend(record.artifacts.iter().cloned());
+    ctx.objects.extend(record.objects.iter().cloned());
     ctx.facts
         .extend(record.facts.iter().map(|(k, v)| (k.clone(), v.clone())));
 }

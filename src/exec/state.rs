@@ -40,6 +40,9 @@ pub struct StepRecord {
     pub files: Vec<FileRef>,
     /// What the step learned (replica, version, ...), for later steps.
     pub facts: BTreeMap<String, String>,
+    /// Image-content objects kept by the step (images in S3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<crate::manifest::SnapshotObject>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -379,6 +379,8 @@ fn s3_cfg(s3: &raw::S3, dir: &Path) -> S3Cfg {
         secret_access_key: s3.secret_access_key.as_ref().map(|s| secret(&s.value, dir)),
         allow_http: s3.allow_http.as_ref().is_some_and(|a| a.value),
         path_style: s3.path_style.as_ref().is_some_and(|a| a.value),
+        parallel: s3.parallel.as_ref().map(|p| p.value),
+        allow_empty: s3.allow_empty.as_ref().is_some_and(|a| a.value),
     }
 }
 

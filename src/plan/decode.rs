@@ -897,6 +897,21 @@ impl Decoder<'_> {
         let secret_access_key = opt!(self, *f, "secret_access_key", secret);
         let allow_http = opt!(self, *f, "allow_http", boolean);
         let path_style = opt!(self, *f, "path_style", boolean);
+        let parallel = opt!(self, *f, "parallel", count);
+        let allow_empty = opt!(self, *f, "allow_empty", boolean);
+        if let Some(p) = &parallel
+            && !(1..=64).contains(&p.value)
+        {
+            self.push(
+                Diag::error(
+                    "plan::bad-parallel",
+                    p.span,
+                    "`parallel` must be between 1 and 64",
+                )
+                .label("out of range")
+                .help("copy 4 to 16 objects at once; more rarely helps"),
+            );
+        }
         if access_key_id.is_some() != secret_access_key.is_some() {
             self.push(
                 Diag::error(
@@ -931,6 +946,8 @@ impl Decoder<'_> {
             secret_access_key,
             allow_http,
             path_style,
+            parallel,
+            allow_empty,
         })
     }
 

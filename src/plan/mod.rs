@@ -118,6 +118,9 @@ pub struct S3Cfg {
     pub secret_access_key: Option<SecretRef>,
     pub allow_http: bool,
     pub path_style: bool,
+    /// Image content in S3: objects copied at once.
+    pub parallel: Option<u32>,
+    pub allow_empty: bool,
 }
 
 #[derive(Clone, Debug)]

@@ -177,6 +177,11 @@ pub struct S3 {
     pub allow_http: Option<Sp<bool>>,
     /// Use path-style requests (`endpoint/bucket/key`).
     pub path_style: Option<Sp<bool>>,
+    /// Image content in S3: objects copied at once (default 4).
+    #[schemars(range(min = 1, max = 64))]
+    pub parallel: Option<Sp<u32>>,
+    /// Image content in S3: accept a prefix without `docker/registry/v2` objects.
+    pub allow_empty: Option<Sp<bool>>,
 }
 
 /// Where backups go.

@@ -48,12 +48,7 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
         Some(ImagesCfg::Volume { helper_image, .. }) => {
             return from_volume(ctx, helper_image.clone()).await;
         }
-        Some(other) => {
-            return Err(Error::failed(format!(
-                "images type `{}` is not available in this build yet; use `type: path`",
-                other.kind()
-            )));
-        }
+        Some(ImagesCfg::S3(cfg)) => return super::images_s3::run(ctx, cfg.clone()).await,
         None => return Err(Error::failed("the plan has no images section")),
     };
     let volume = graph::images_volume_name(&plan)
@@ -103,6 +98,7 @@ fn outcome(ctx: &Ctx, name: String, path: String, written: Written, volume: &str
         }],
         files: vec![FileRef::new(path, written.size)],
         facts: facts_of(volume, &ctx.plan),
+        objects: Vec::new(),
     }
 }
 

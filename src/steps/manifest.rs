@@ -47,6 +47,7 @@ pub fn build(ctx: &Ctx) -> Manifest {
         }
         .into(),
         artifacts: ctx.artifacts.clone(),
+        objects: ctx.objects.clone(),
     }
 }
 

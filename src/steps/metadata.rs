@@ -138,6 +138,7 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
         }],
         files: vec![FileRef::new(path, written.size)],
         facts: BTreeMap::from([("metadata_version".to_owned(), version)]),
+        objects: Vec::new(),
     })
 }
 

@@ -4,6 +4,7 @@
 
 mod discover;
 mod images;
+mod images_s3;
 mod manifest;
 mod metadata;
 pub mod preflight;
@@ -22,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::exec::events::{Event, Reporter};
 use crate::exec::state::FileRef;
 use crate::graph::{Step, StepKind};
-use crate::manifest::Artifact;
+use crate::manifest::{Artifact, SnapshotObject};
 use crate::plan::Plan;
 use crate::storage::Stores;
 
@@ -44,6 +45,8 @@ pub struct Ctx {
     pub facts: BTreeMap<String, String>,
     /// What earlier steps wrote.
     pub artifacts: Vec<Artifact>,
+    /// Image-content objects earlier steps kept (images in S3).
+    pub objects: Vec<SnapshotObject>,
 }
 
 impl Ctx {
@@ -99,6 +102,8 @@ pub struct Outcome {
     /// Files left (relative to the plan root) whose presence and size prove the step done.
     pub files: Vec<FileRef>,
     pub facts: BTreeMap<String, String>,
+    /// Image content kept object by object (see `manifest::SnapshotObject`).
+    pub objects: Vec<SnapshotObject>,
 }
 
 /// Runs one step.

@@ -73,12 +73,7 @@ pub async fn run(plan: &Plan, stores: &Stores) -> Result<Secrets> {
                 crate::storage::nfs::check_mounted(path, server)?;
                 check_registry_tree(path, false)?;
             }
-            ImagesCfg::S3(_) => {
-                return Err(Error::failed(
-                    "images type `s3` is not available in this build yet",
-                ));
-            }
-            ImagesCfg::Volume { .. } => {}
+            ImagesCfg::S3(_) | ImagesCfg::Volume { .. } => {}
         }
     }
     let ucp_password = match (&plan.ucp, plan.metadata) {

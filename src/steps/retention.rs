@@ -56,8 +56,26 @@ pub fn select(backups: &[(String, i64)], cfg: &RetentionCfg) -> BTreeSet<String>
     keep
 }
 
-/// Applies the plan's retention to the store; returns the deleted backup ids.
-pub fn prune(store: &dyn Store, cfg: &RetentionCfg, current: &str) -> Result<Vec<String>> {
+/// What retention removes (or, in a dry run, would remove).
+#[derive(Debug, Default)]
+pub struct Pruned {
+    /// Complete backups not kept by any rule.
+    pub backups: Vec<String>,
+    /// Folders of incomplete runs older than the newest complete backup.
+    pub incomplete: Vec<String>,
+    /// Blob-store objects that no kept backup lists.
+    pub blobs: Vec<String>,
+}
+
+/// Applies the plan's retention to the store. `current` (the running or unfinished run) and
+/// `protected` (its blob-store objects) are never removed. Must run under the plan's lock.
+pub fn prune(
+    store: &dyn Store,
+    cfg: &RetentionCfg,
+    current: &str,
+    protected: &BTreeSet<String>,
+    dry_run: bool,
+) -> Result<Pruned> {
     let complete = manifest::list_complete(store)?;
     let dated: Vec<(String, i64)> = complete
         .iter()
@@ -65,11 +83,13 @@ pub fn prune(store: &dyn Store, cfg: &RetentionCfg, current: &str) -> Result<Vec
         .collect();
     let mut keep = select(&dated, cfg);
     keep.insert(current.to_owned());
-    let mut deleted = Vec::new();
+    let mut pruned = Pruned::default();
     for (id, _) in &dated {
         if !keep.contains(id) {
-            store.delete_all(id)?;
-            deleted.push(id.clone());
+            if !dry_run {
+                store.delete_all(id)?;
+            }
+            pruned.backups.push(id.clone());
         }
     }
     let newest = dated.iter().map(|(id, _)| id.clone()).max();
@@ -79,11 +99,26 @@ pub fn prune(store: &dyn Store, cfg: &RetentionCfg, current: &str) -> Result<Vec
             && !dated.iter().any(|(d, _)| *d == id)
             && newest.as_ref().is_some_and(|n| id < *n);
         if incomplete {
-            store.delete_all(&id)?;
-            deleted.push(id);
+            if !dry_run {
+                store.delete_all(&id)?;
+            }
+            pruned.incomplete.push(id);
         }
     }
-    Ok(deleted)
+    // Blobs: kept while any kept backup lists them.
+    let mut referenced: BTreeSet<String> = protected.clone();
+    for m in complete.iter().filter(|m| keep.contains(&m.backup_id)) {
+        referenced.extend(m.objects.iter().filter_map(|o| o.blob.clone()));
+    }
+    for (path, _) in store.list_sized("blobs")? {
+        if !referenced.contains(&path) {
+            if !dry_run {
+                store.delete(&path)?;
+            }
+            pruned.blobs.push(path);
+        }
+    }
+    Ok(pruned)
 }
 
 pub async fn run(ctx: Ctx) -> Result<Outcome> {
@@ -91,11 +126,19 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
         return Ok(Outcome::default());
     };
     let (stores, current) = (ctx.stores.clone(), ctx.backup_id.clone());
-    let deleted = blocking(move || prune(stores.backups.as_ref(), &cfg, &current)).await?;
-    for id in &deleted {
+    let protected: BTreeSet<String> = ctx.objects.iter().filter_map(|o| o.blob.clone()).collect();
+    let pruned =
+        blocking(move || prune(stores.backups.as_ref(), &cfg, &current, &protected, false)).await?;
+    for id in pruned.backups.iter().chain(&pruned.incomplete) {
         ctx.reporter.emit(&Event::Log {
             step: ctx.step_id.clone(),
             message: format!("deleted {id}"),
+        });
+    }
+    if !pruned.blobs.is_empty() {
+        ctx.reporter.emit(&Event::Log {
+            step: ctx.step_id.clone(),
+            message: format!("deleted {} blobs no kept backup lists", pruned.blobs.len()),
         });
     }
     Ok(Outcome::default())

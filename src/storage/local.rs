@@ -204,7 +204,7 @@ impl Store for LocalStore {
         Ok(out)
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+    fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
         let mut out = Vec::new();
         let mut stack = vec![prefix.trim_end_matches('/').to_owned()];
         while let Some(rel) = stack.pop() {
@@ -222,10 +222,13 @@ impl Store for LocalStore {
                 } else {
                     format!("{rel}/{name}")
                 };
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                let meta = e
+                    .metadata()
+                    .map_err(|e| io(e, format!("listing {}", p.display())))?;
+                if meta.is_dir() {
                     stack.push(child);
                 } else {
-                    out.push(child);
+                    out.push((child, meta.len()));
                 }
             }
         }

@@ -34,7 +34,15 @@ pub trait Store: Send + Sync {
     /// Names of the folders directly under `prefix` (`""` for the root).
     fn list_dirs(&self, prefix: &str) -> Result<Vec<String>>;
     /// Paths of every object under `prefix`, recursively.
-    fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .list_sized(prefix)?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect())
+    }
+    /// Paths and sizes of every object under `prefix`, recursively.
+    fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>>;
     /// Removes an object; absent is fine.
     fn delete(&self, path: &str) -> Result<()>;
     /// Removes everything under `prefix`.

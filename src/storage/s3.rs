@@ -314,14 +314,14 @@ impl Store for S3Store {
         Ok(out)
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+    fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
         let key = self.key(prefix);
         let metas: Vec<object_store::Result<object_store::ObjectMeta>> =
             self.exec.run(self.store.list(Some(&key)).collect());
         let mut out = Vec::new();
         for m in metas {
             let m = m.map_err(|e| self.fail("listing", prefix, e))?;
-            out.push(self.rel(&m.location));
+            out.push((self.rel(&m.location), m.size));
         }
         out.sort();
         Ok(out)

@@ -215,3 +215,154 @@ fn server_stopped_mid_upload_then_rerun_completes() {
     assert_eq!(complete(&bed, &prefix).len(), 1);
     assert_final_keys_complete(&bed, &prefix);
 }
+
+/// Writes a blob into a registry tree on disk; returns its digest.
+fn add_blob(v2: &std::path::Path, content: &[u8]) -> String {
+    let digest = dtr_backup::archive::sha256_hex(content);
+    let dir = v2.join(format!("blobs/sha256/{}/{digest}", &digest[..2]));
+    std::fs::create_dir_all(&dir).expect("blob dir");
+    std::fs::write(dir.join("data"), content).expect("blob");
+    digest
+}
+
+/// Keys of the objects under a folder served by s3s-fs (its own bookkeeping files excluded).
+fn keys_under(root: &std::path::Path) -> std::collections::BTreeSet<String> {
+    snapshot(root)
+        .into_iter()
+        .filter(|(p, _)| p.is_file())
+        .map(|(p, _)| {
+            p.strip_prefix(root)
+                .expect("under root")
+                .display()
+                .to_string()
+        })
+        .filter(|k| !k.split('/').any(|part| part.starts_with('.')))
+        .collect()
+}
+
+#[test]
+fn s3_image_content_is_copied_incrementally_and_restores_from_the_manifest() {
+    let Some(bed) = s3_bed() else { return };
+    let (fx, prefix) = s3_fixture(&bed, "s3-images", 0);
+    // DTR's S3 storage: the registry tree under a root directory of the `registry` bucket.
+    let src_prefix = format!("{prefix}-src");
+    let src_root = bed.data.join("registry").join(&src_prefix);
+    let v2 = src_root.join("docker/registry/v2");
+    std::fs::create_dir_all(&v2).expect("mkdir");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(root().join("plans/quickstart/registry/docker/registry/v2/."))
+        .arg(&v2)
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    for i in 0..92u32 {
+        add_blob(
+            &v2,
+            format!("layer {i} {}", "x".repeat(1000 + i as usize)).as_bytes(),
+        );
+    }
+    let text = std::fs::read_to_string(&fx.plan).expect("plan").replace(
+        "images: {type: path, path: registry, name: dtr-registry-0a1b2c3d4e5f}",
+        &format!(
+            "images:\n  type: s3\n  bucket: registry\n  prefix: {src_prefix}\n  endpoint: {}\n  allow_http: true\n  \
+             access_key_id: {{env: TEST_S3_KEY}}\n  secret_access_key: {{env: TEST_S3_SECRET}}\n  parallel: 8\n\
+             dtr: {{replica: \"0a1b2c3d4e5f\"}}\nretention: {{keep_last: 1}}",
+            bed.endpoint
+        ),
+    );
+    std::fs::write(&fx.plan, text).expect("plan");
+    let copied = |out: &Output| {
+        let ev = events(out);
+        let e = ev
+            .iter()
+            .find(|e| e["event"] == "objects_copied")
+            .expect("objects_copied event")
+            .clone();
+        (
+            e["copied"].as_u64().expect("copied"),
+            e["already_present"].as_u64().expect("present"),
+        )
+    };
+
+    let out = run(with_keys(&mut fx.apply()));
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let total = 100u64; // 8 blobs of the sample tree + 92
+    assert_eq!(copied(&out), (total, 0));
+    let first = complete(&bed, &prefix);
+    assert_eq!(first.len(), 1);
+
+    // 1% new blobs, and one blob gone from the registry (garbage-collected by DTR).
+    let new_digest = add_blob(&v2, b"a new layer pushed between the two backups");
+    let gone = add_blob(&v2, format!("layer 0 {}", "x".repeat(1000)).as_bytes());
+    std::fs::remove_dir_all(v2.join(format!("blobs/sha256/{}/{gone}", &gone[..2]))).expect("rm");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = run(with_keys(&mut fx.apply()));
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(copied(&out), (1, total - 1), "only the new blob is copied");
+
+    // Retention (keep_last: 1) removed the first backup and the blob only it listed.
+    let backups = complete(&bed, &prefix);
+    assert_eq!(backups.len(), 1);
+    assert_ne!(backups[0], first[0]);
+    let store = plan_dir(&bed, &prefix);
+    let blob_file = |d: &str| store.join(format!("blobs/sha256/{}/{d}", &d[..2]));
+    assert!(!blob_file(&gone).exists(), "an unreferenced blob was kept");
+    assert!(blob_file(&new_digest).exists());
+
+    // Restore from the second backup's manifest alone plus the blob store: every object.
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(backups[0].join("manifest.json")).expect("manifest"))
+            .expect("json");
+    let objects = m["objects"].as_array().expect("objects");
+    let listed: std::collections::BTreeSet<String> = objects
+        .iter()
+        .map(|o| o["key"].as_str().expect("key").to_owned())
+        .collect();
+    assert_eq!(
+        listed,
+        keys_under(&src_root),
+        "the manifest lists exactly the registry's objects"
+    );
+    let tar_names = tar_list(&gpg_decrypt(
+        &backups[0].join("dtr-images-0a1b2c3d4e5f.tar.gpg"),
+        PASSPHRASE,
+    ));
+    for o in objects {
+        let key = o["key"].as_str().expect("key");
+        match o["blob"].as_str() {
+            Some(blob) => {
+                let plain = gpg_decrypt(&store.join(blob), PASSPHRASE);
+                assert_eq!(
+                    dtr_backup::archive::sha256_hex(&plain),
+                    o["sha256"].as_str().expect("sha"),
+                    "{key}"
+                );
+                assert_eq!(plain.len() as u64, o["size"].as_u64().expect("size"));
+            }
+            None => assert!(
+                tar_names.contains(&format!("{VOLUME}/_data/{key}")),
+                "{key} not in the archive"
+            ),
+        }
+    }
+    let out = run(with_keys(
+        dtr_backup(fx.dir.path())
+            .env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
+            .args(["verify", "--read-data", "full"])
+            .arg(&fx.plan),
+    ));
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    // Nothing left for retention to do.
+    let out = run(with_keys(
+        dtr_backup(fx.dir.path())
+            .args(["backups", "prune", "--dry-run"])
+            .arg(&fx.plan),
+    ));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("would delete 0 backups, 0 incomplete runs, 0 unreferenced blobs"),
+        "{}",
+        stdout(&out)
+    );
+}

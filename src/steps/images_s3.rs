@@ -1,0 +1,306 @@
+//! Images kept by DTR in S3: an incremental copy, object by object.
+//!
+//! Registry blobs (`docker/registry/v2/blobs/sha256/<ab>/<digest>/data`) are content-addressed
+//! and immutable: they go to the plan's shared blob store at the destination
+//! (`<plan>/blobs/sha256/<ab>/<digest>`), and only the ones not already there are copied, each
+//! checked against its digest on the way and encrypted on its own. Everything else
+//! (repositories, `_manifests`, links: small and mutable) is copied in full, as the images
+//! artifact of the backup (a tar laid out like the other image sources). The backup's manifest
+//! lists every object of the snapshot, so that it restores on its own with the blob store.
+//!
+//! Blobs are copied by `images.parallel` threads at once (default 4). A killed run resumes at
+//! object granularity: blobs already in the blob store are not copied again.
+
+use std::collections::BTreeSet;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use regex::Regex;
+
+use super::stream::store_stream;
+use super::{Ctx, Outcome, blocking};
+use crate::archive::HashReader;
+use crate::crypto::{self, Encryption};
+use crate::error::{Error, Result, io};
+use crate::exec::events::Event;
+use crate::exec::state::FileRef;
+use crate::graph;
+use crate::manifest::{self, Artifact, ArtifactKind, SnapshotObject};
+use crate::plan::S3Cfg;
+use crate::storage::Store;
+use crate::storage::s3::S3Store;
+
+/// Blobs copied at once unless `images.parallel` says otherwise.
+pub const DEFAULT_PARALLEL: usize = 4;
+
+fn blob_key() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        Regex::new(r"^docker/registry/v2/blobs/sha256/([0-9a-f]{2})/([0-9a-f]{64})/data$")
+            .expect("valid regex")
+    })
+}
+
+/// Copies one blob into the blob store, checking its digest; returns (size, stored size).
+fn copy_blob(
+    source: &dyn Store,
+    dest: &dyn Store,
+    key: &str,
+    digest: &str,
+    enc: &Encryption,
+    cancel: &crate::cancel::Cancel,
+) -> Result<(u64, u64)> {
+    let target = manifest::blob_path(digest);
+    let mut reader = HashReader::new(source.open(key)?);
+    let mut object = crate::archive::HashWriter::new(SyncWrite(Mutex::new(dest.create(&target)?)));
+    {
+        let mut sealed =
+            crypto::encrypt(&mut object, enc).map_err(|e| io(e, format!("encrypting {key}")))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            cancel.check().map_err(|e| io(e, "copying blobs"))?;
+            let n = io::Read::read(&mut reader, &mut buf)
+                .map_err(|e| io(e, format!("reading {key}")))?;
+            if n == 0 {
+                break;
+            }
+            sealed
+                .write_all(&buf[..n])
+                .map_err(|e| io(e, format!("writing {target}")))?;
+        }
+        sealed
+            .finish()
+            .map_err(|e| io(e, format!("writing {target}")))?;
+    }
+    let (sha, size) = reader
+        .finish()
+        .map_err(|e| io(e, format!("reading {key}")))?;
+    if sha != digest {
+        // Dropping the object aborts the upload: nothing lands under the digest's name.
+        return Err(Error::failed(format!(
+            "the source blob {key} hashes to {sha}, not to its digest: the registry storage is damaged"
+        )));
+    }
+    let (object, _, stored) = object.finish();
+    object
+        .0
+        .into_inner()
+        .map_err(|_| Error::failed("a blob writer was poisoned"))?
+        .commit()?;
+    Ok((size, stored))
+}
+
+pub async fn run(ctx: Ctx, cfg: S3Cfg) -> Result<Outcome> {
+    let plan = ctx.plan.clone();
+    let volume = ctx
+        .facts
+        .get("volume")
+        .cloned()
+        .or_else(|| graph::images_volume_name(&plan))
+        .ok_or_else(|| Error::failed("the volume name of the image content is unknown"))?;
+    let name = graph::images_artifact(&plan, &volume);
+    let path = ctx.backup_path(&name);
+    let progress = ctx.progress(None);
+    let counter = progress.bytes.clone();
+    let parallel = cfg.parallel.map_or(DEFAULT_PARALLEL, |p| p.max(1) as usize);
+    let worker = ctx.clone();
+    let (artifact_path, volume2) = (path.clone(), volume.clone());
+    let outcome = blocking(move || {
+        let ctx = worker;
+        let source: Arc<dyn Store> = Arc::new(S3Store::new(&cfg, &cfg.prefix)?);
+        let dest = ctx.stores.backups.clone();
+        let enc = Arc::new(ctx.secrets.encryption.clone());
+        let listed = source.list_sized("docker/registry/v2")?;
+        if listed.is_empty() && !cfg.allow_empty {
+            return Err(Error::failed(format!(
+                "{} holds no docker/registry/v2 objects: check images.bucket and images.prefix (DTR's rootdirectory)",
+                source.describe()
+            )));
+        }
+        let present: BTreeSet<String> = dest
+            .list_sized("blobs")?
+            .into_iter()
+            .filter_map(|(p, _)| p.rsplit('/').next().map(str::to_owned))
+            .collect();
+        let mut blobs = Vec::new();
+        let mut small = Vec::new();
+        for (key, size) in listed {
+            match blob_key().captures(&key) {
+                Some(c) => blobs.push((key.clone(), c[2].to_owned(), size)),
+                None => small.push((key, size)),
+            }
+        }
+        let missing: Vec<(String, String)> = blobs
+            .iter()
+            .filter(|(_, d, _)| !present.contains(d))
+            .map(|(k, d, _)| (k.clone(), d.clone()))
+            .collect();
+
+        // Blobs: bounded parallel copies.
+        let queue = Mutex::new(missing.clone());
+        let copied: Mutex<Vec<(String, u64, u64)>> = Mutex::new(Vec::new());
+        let first_error: Mutex<Option<Error>> = Mutex::new(None);
+        let bytes = AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..parallel.min(missing.len().max(1)) {
+                scope.spawn(|| {
+                    loop {
+                        if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                            return;
+                        }
+                        let Some((key, digest)) = queue.lock().ok().and_then(|mut q| q.pop()) else {
+                            return;
+                        };
+                        match copy_blob(source.as_ref(), dest.as_ref(), &key, &digest, &enc, &ctx.cancel) {
+                            Ok((size, stored)) => {
+                                bytes.fetch_add(size, Ordering::Relaxed);
+                                counter.fetch_add(size, Ordering::Relaxed);
+                                if let Ok(mut c) = copied.lock() {
+                                    c.push((digest, size, stored));
+                                }
+                            }
+                            Err(e) => {
+                                if let Ok(mut f) = first_error.lock() {
+                                    f.get_or_insert(e);
+                                }
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = first_error.into_inner().unwrap_or(None) {
+            return Err(e);
+        }
+        let copied = copied.into_inner().unwrap_or_default();
+
+        // Stored sizes of every blob of the snapshot (the new ones are known).
+        let stored_sizes: std::collections::BTreeMap<String, u64> = dest
+            .list_sized("blobs")?
+            .into_iter()
+            .filter_map(|(p, s)| p.rsplit('/').next().map(|d| (d.to_owned(), s)))
+            .collect();
+        let mut objects: Vec<SnapshotObject> = blobs
+            .iter()
+            .map(|(key, digest, size)| SnapshotObject {
+                key: key.clone(),
+                size: *size,
+                sha256: digest.clone(),
+                blob: Some(manifest::blob_path(digest)),
+                stored_size: stored_sizes.get(digest).copied(),
+            })
+            .collect();
+
+        // Everything else: one tar artifact, each object hashed on the way.
+        let small_objects: Arc<Mutex<Vec<SnapshotObject>>> = Arc::new(Mutex::new(Vec::new()));
+        let recorded = small_objects.clone();
+        let src = source.clone();
+        let prefix = format!("{volume2}/_data");
+        let tar_cancel = ctx.cancel.clone();
+        let written = store_stream(
+            move |pipe| {
+                let mut b = tar::Builder::new(pipe);
+                let now = crate::clock::now_unix().max(0) as u64;
+                let dir = |b: &mut tar::Builder<_>, p: &str| -> io::Result<()> {
+                    let mut h = tar::Header::new_gnu();
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_mode(0o755);
+                    h.set_mtime(now);
+                    h.set_size(0);
+                    b.append_data(&mut h, p, io::empty())
+                };
+                dir(&mut b, volume_of(&prefix))?;
+                dir(&mut b, &prefix)?;
+                for (key, size) in small {
+                    tar_cancel.check()?;
+                    let reader = src.open(&key).map_err(|e| io::Error::other(e.to_string()))?;
+                    let mut hashed = HashReader::new(io::Read::take(reader, size));
+                    let mut h = tar::Header::new_gnu();
+                    h.set_mode(0o644);
+                    h.set_mtime(now);
+                    h.set_size(size);
+                    b.append_data(&mut h, format!("{prefix}/{key}"), &mut hashed)?;
+                    let (sha, n) = hashed.finish()?;
+                    if n != size {
+                        return Err(io::Error::other(format!("{key} changed while it was read; run again")));
+                    }
+                    if let Ok(mut r) = recorded.lock() {
+                        r.push(SnapshotObject {
+                            key,
+                            size,
+                            sha256: sha,
+                            blob: None,
+                            stored_size: None,
+                        });
+                    }
+                }
+                b.into_inner()?.close()
+            },
+            dest.as_ref(),
+            &artifact_path,
+            &enc,
+            &ctx.cancel,
+            Arc::new(AtomicU64::new(0)),
+        )?;
+        let small_objects = std::mem::take(&mut *small_objects.lock().map_err(|_| Error::failed("poisoned"))?);
+        ctx.reporter.emit(&Event::ObjectsCopied {
+            step: ctx.step_id.clone(),
+            copied: copied.len() as u64,
+            already_present: (blobs.len() - copied.len()) as u64,
+            bytes_copied: bytes.load(Ordering::Relaxed),
+            small_objects: small_objects.len() as u64,
+        });
+        objects.extend(small_objects);
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok((written, objects))
+    })
+    .await?;
+    drop(progress);
+    let (written, objects) = outcome;
+    let mut facts = std::collections::BTreeMap::from([
+        ("volume".to_owned(), volume.clone()),
+        ("storage".to_owned(), "s3".to_owned()),
+    ]);
+    if let Some(id) = volume.strip_prefix("dtr-registry-")
+        && id.parse::<crate::plan::ReplicaId>().is_ok()
+    {
+        facts.insert("replica".to_owned(), id.to_owned());
+    }
+    Ok(Outcome {
+        artifacts: vec![Artifact {
+            kind: ArtifactKind::Images,
+            path: name,
+            size: written.size,
+            sha256: written.sha256,
+            encrypted: ctx.secrets.encryption.is_encrypted(),
+        }],
+        files: vec![FileRef::new(path, written.size)],
+        facts,
+        objects,
+    })
+}
+
+/// A writer made `Sync` (the OpenPGP writer requires it of its sink); never contended.
+struct SyncWrite<W>(Mutex<W>);
+
+impl<W: Write> Write for SyncWrite<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .get_mut()
+            .map_err(|_| io::Error::other("poisoned"))?
+            .write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0
+            .get_mut()
+            .map_err(|_| io::Error::other("poisoned"))?
+            .flush()
+    }
+}
+
+/// `dtr-registry-x` of `dtr-registry-x/_data`.
+fn volume_of(prefix: &str) -> &str {
+    prefix.split('/').next().unwrap_or(prefix)
+}
