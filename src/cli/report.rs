@@ -132,6 +132,7 @@ impl Reporter for Human {
                 bytes,
                 total_bytes,
                 step,
+                ..
             } => {
                 if let Ok(b) = self.bar.lock() {
                     match b.as_ref() {
@@ -184,6 +185,7 @@ impl Reporter for Human {
                 already_present,
                 bytes_copied,
                 small_objects,
+                ..
             } => self.line(&format!(
                 "  {step}: {copied} new blobs copied ({}), {already_present} already in the blob store, {small_objects} small objects archived",
                 human_bytes(*bytes_copied)

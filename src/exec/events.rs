@@ -29,6 +29,9 @@ pub enum Event {
         step: String,
         bytes: u64,
         total_bytes: Option<u64>,
+        /// Objects done, for steps that copy object by object.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        objects: Option<u64>,
     },
     StepFinished {
         step: String,
@@ -51,6 +54,8 @@ pub enum Event {
         already_present: u64,
         bytes_copied: u64,
         small_objects: u64,
+        /// Copied by the S3 server itself (same bucket, no encryption).
+        server_side: bool,
     },
     /// A line of output from a step (for example the `dtr backup` container's log).
     Log {

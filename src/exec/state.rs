@@ -81,7 +81,7 @@ pub fn load(store: &dyn Store) -> Result<Option<RunState>> {
 pub fn save(store: &dyn Store, state: &RunState) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(&StateFile::V1(state.clone()))
         .map_err(|e| Error::failed(format!("encoding the run state: {e}")))?;
-    store.put(FILE, &bytes)
+    store.replace(FILE, &bytes)
 }
 
 pub fn clear(store: &dyn Store) -> Result<()> {

@@ -8,7 +8,9 @@
 //! artifact of the backup (a tar laid out like the other image sources). The backup's manifest
 //! lists every object of the snapshot, so that it restores on its own with the blob store.
 //!
-//! Blobs are copied by `images.parallel` threads at once (default 4). A killed run resumes at
+//! When the destination is the same bucket behind the same endpoint and credentials and the
+//! plan does not encrypt, blobs are copied server-side (no bytes through this machine).
+//! Otherwise they stream, `images.parallel` at once (default 4). A killed run resumes at
 //! object granularity: blobs already in the blob store are not copied again.
 
 use std::collections::BTreeSet;
@@ -103,12 +105,28 @@ pub async fn run(ctx: Ctx, cfg: S3Cfg) -> Result<Outcome> {
     let path = ctx.backup_path(&name);
     let progress = ctx.progress(None);
     let counter = progress.bytes.clone();
+    let objects_done = progress.objects.clone();
     let parallel = cfg.parallel.map_or(DEFAULT_PARALLEL, |p| p.max(1) as usize);
     let worker = ctx.clone();
     let (artifact_path, volume2) = (path.clone(), volume.clone());
     let outcome = blocking(move || {
         let ctx = worker;
-        let source: Arc<dyn Store> = Arc::new(S3Store::new(&cfg, &cfg.prefix)?);
+        let source_s3 = Arc::new(S3Store::new(&cfg, &cfg.prefix)?);
+        let source: Arc<dyn Store> = source_s3.clone();
+        // Same bucket, endpoint and credentials, and nothing to encrypt: the server copies.
+        let server_side: Option<S3Store> = match &ctx.plan.destination {
+            crate::plan::DestinationCfg::S3(d)
+                if !ctx.secrets.encryption.is_encrypted() && S3Store::same_bucket(&cfg, d) =>
+            {
+                let root = if d.prefix.is_empty() {
+                    ctx.plan.name.to_string()
+                } else {
+                    format!("{}/{}", d.prefix, ctx.plan.name)
+                };
+                Some(S3Store::new(d, &root)?)
+            }
+            _ => None,
+        };
         let dest = ctx.stores.backups.clone();
         let enc = Arc::new(ctx.secrets.encryption.clone());
         let listed = source.list_sized("docker/registry/v2")?;
@@ -152,10 +170,18 @@ pub async fn run(ctx: Ctx, cfg: S3Cfg) -> Result<Outcome> {
                         let Some((key, digest)) = queue.lock().ok().and_then(|mut q| q.pop()) else {
                             return;
                         };
-                        match copy_blob(source.as_ref(), dest.as_ref(), &key, &digest, &enc, &ctx.cancel) {
+                        let result = match &server_side {
+                            Some(d) => source_s3
+                                .copy_to(&key, d, &manifest::blob_path(&digest))
+                                .and_then(|()| d.size(&manifest::blob_path(&digest)))
+                                .map(|s| (s.unwrap_or(0), s.unwrap_or(0))),
+                            None => copy_blob(source.as_ref(), dest.as_ref(), &key, &digest, &enc, &ctx.cancel),
+                        };
+                        match result {
                             Ok((size, stored)) => {
                                 bytes.fetch_add(size, Ordering::Relaxed);
                                 counter.fetch_add(size, Ordering::Relaxed);
+                                objects_done.fetch_add(1, Ordering::Relaxed);
                                 if let Ok(mut c) = copied.lock() {
                                     c.push((digest, size, stored));
                                 }
@@ -251,6 +277,7 @@ pub async fn run(ctx: Ctx, cfg: S3Cfg) -> Result<Outcome> {
             already_present: (blobs.len() - copied.len()) as u64,
             bytes_copied: bytes.load(Ordering::Relaxed),
             small_objects: small_objects.len() as u64,
+            server_side: server_side.is_some(),
         });
         objects.extend(small_objects);
         objects.sort_by(|a, b| a.key.cmp(&b.key));

@@ -64,7 +64,9 @@ impl Ctx {
     /// Emits progress events every half second while the returned guard lives.
     pub fn progress(&self, total: Option<u64>) -> Progress {
         let bytes = Arc::new(AtomicU64::new(0));
+        let objects = Arc::new(AtomicU64::new(0));
         let counter = bytes.clone();
+        let done = objects.clone();
         let reporter = self.reporter.clone();
         let step = self.step_id.clone();
         let task = tokio::spawn(async move {
@@ -72,20 +74,27 @@ impl Ctx {
             tick.tick().await;
             loop {
                 tick.tick().await;
+                let n = done.load(Ordering::Relaxed);
                 reporter.emit(&Event::StepProgress {
                     step: step.clone(),
                     bytes: counter.load(Ordering::Relaxed),
                     total_bytes: total,
+                    objects: (n > 0).then_some(n),
                 });
             }
         });
-        Progress { bytes, task }
+        Progress {
+            bytes,
+            objects,
+            task,
+        }
     }
 }
 
 /// A byte counter reported as progress; stops reporting when dropped.
 pub struct Progress {
     pub bytes: Arc<AtomicU64>,
+    pub objects: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 

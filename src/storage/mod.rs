@@ -23,6 +23,11 @@ pub trait Store: Send + Sync {
     fn create(&self, path: &str) -> Result<Box<dyn ObjectWriter>>;
     /// Writes a small object atomically, replacing any previous one.
     fn put(&self, path: &str, bytes: &[u8]) -> Result<()>;
+    /// Replaces a small object that this store last read or wrote, only if nobody changed it
+    /// since (a conditional update where the backend supports it; a plain `put` otherwise).
+    fn replace(&self, path: &str, bytes: &[u8]) -> Result<()> {
+        self.put(path, bytes)
+    }
     /// Writes a small object only if none exists under `path`; `false` when one does.
     fn put_new(&self, path: &str, bytes: &[u8]) -> Result<bool>;
     /// Reads a small object; `None` when absent.

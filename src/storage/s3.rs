@@ -72,6 +72,8 @@ impl Exec {
 
 pub struct S3Store {
     store: Arc<AmazonS3>,
+    /// ETags of the small objects this store last read or wrote (for conditional updates).
+    versions: std::sync::Mutex<std::collections::HashMap<String, object_store::UpdateVersion>>,
     /// Key prefix of this store (`<prefix>/<plan>`), without a trailing `/`.
     root: String,
     describe: String,
@@ -108,6 +110,7 @@ impl S3Store {
         let root = root.trim_matches('/').to_owned();
         Ok(S3Store {
             store: Arc::new(store),
+            versions: Default::default(),
             describe: format!("s3://{}/{root}", cfg.bucket),
             root,
             exec: Exec::new()?,
@@ -135,6 +138,38 @@ impl S3Store {
 
     fn fail(&self, doing: &str, rel: &str, e: object_store::Error) -> Error {
         Error::failed(format!("{doing} {}/{rel}: {e}", self.describe))
+    }
+}
+
+impl S3Store {
+    fn remember(&self, rel: &str, e_tag: Option<String>, version: Option<String>) {
+        if let Ok(mut v) = self.versions.lock() {
+            if e_tag.is_some() || version.is_some() {
+                v.insert(
+                    rel.to_owned(),
+                    object_store::UpdateVersion { e_tag, version },
+                );
+            } else {
+                v.remove(rel);
+            }
+        }
+    }
+
+    /// Whether `other` is the same bucket behind the same endpoint and credentials, so that
+    /// objects can be copied server-side between the two stores.
+    pub fn same_bucket(a: &S3Cfg, b: &S3Cfg) -> bool {
+        a.bucket == b.bucket
+            && a.endpoint == b.endpoint
+            && a.region == b.region
+            && a.access_key_id == b.access_key_id
+            && a.secret_access_key == b.secret_access_key
+    }
+
+    /// Copies `from` (of this store) to `to` (of `dest`, in the same bucket) on the server.
+    pub fn copy_to(&self, from: &str, dest: &S3Store, to: &str) -> Result<()> {
+        self.exec
+            .run(self.store.copy(&self.key(from), &dest.key(to)))
+            .map_err(|e| self.fail("copying", from, e))
     }
 }
 
@@ -239,10 +274,40 @@ impl Store for S3Store {
 
     fn put(&self, rel: &str, bytes: &[u8]) -> Result<()> {
         let payload = PutPayload::from(bytes.to_vec());
-        self.exec
+        let put = self
+            .exec
             .run(self.store.put(&self.key(rel), payload))
-            .map(|_| ())
-            .map_err(|e| self.fail("writing", rel, e))
+            .map_err(|e| self.fail("writing", rel, e))?;
+        self.remember(rel, put.e_tag, put.version);
+        Ok(())
+    }
+
+    fn replace(&self, rel: &str, bytes: &[u8]) -> Result<()> {
+        let known = self.versions.lock().ok().and_then(|v| v.get(rel).cloned());
+        let Some(version) = known else {
+            return self.put(rel, bytes);
+        };
+        let opts = PutOptions {
+            mode: PutMode::Update(version),
+            ..Default::default()
+        };
+        match self.exec.run(self.store.put_opts(
+            &self.key(rel),
+            PutPayload::from(bytes.to_vec()),
+            opts,
+        )) {
+            Ok(put) => {
+                self.remember(rel, put.e_tag, put.version);
+                Ok(())
+            }
+            Err(object_store::Error::Precondition { .. }) => Err(Error::failed(format!(
+                "{}/{rel} was changed by someone else since this run read it: is another runner using this destination without the lock?",
+                self.describe
+            ))),
+            // A server without conditional updates: the lock alone keeps writers apart.
+            Err(object_store::Error::NotImplemented { .. }) => self.put(rel, bytes),
+            Err(e) => Err(self.fail("writing", rel, e)),
+        }
     }
 
     fn put_new(&self, rel: &str, bytes: &[u8]) -> Result<bool> {
@@ -266,13 +331,21 @@ impl Store for S3Store {
         let key = self.key(rel);
         let got = self.exec.run(async {
             match self.store.get(&key).await {
-                Ok(r) => r.bytes().await.map(Some),
+                Ok(r) => {
+                    let meta = r.meta.clone();
+                    r.bytes().await.map(|b| Some((b, meta)))
+                }
                 Err(e) if not_found(&e) => Ok(None),
                 Err(e) => Err(e),
             }
         });
-        got.map(|b| b.map(|b| b.to_vec()))
-            .map_err(|e| self.fail("reading", rel, e))
+        match got.map_err(|e| self.fail("reading", rel, e))? {
+            Some((bytes, meta)) => {
+                self.remember(rel, meta.e_tag, meta.version);
+                Ok(Some(bytes.to_vec()))
+            }
+            None => Ok(None),
+        }
     }
 
     fn open(&self, rel: &str) -> Result<Box<dyn Read + Send + Sync>> {
@@ -328,6 +401,7 @@ impl Store for S3Store {
     }
 
     fn delete(&self, rel: &str) -> Result<()> {
+        self.remember(rel, None, None);
         match self.exec.run(self.store.delete(&self.key(rel))) {
             Ok(()) => Ok(()),
             Err(e) if not_found(&e) => Ok(()),

@@ -366,3 +366,113 @@ fn s3_image_content_is_copied_incrementally_and_restores_from_the_manifest() {
         stdout(&out)
     );
 }
+
+#[test]
+fn same_bucket_without_encryption_copies_server_side() {
+    let Some(bed) = s3_bed() else { return };
+    let (fx, prefix) = s3_fixture(&bed, "s3-copy", 0);
+    let src_prefix = format!("{prefix}-src");
+    let v2 = bed
+        .data
+        .join("registry")
+        .join(&src_prefix)
+        .join("docker/registry/v2");
+    std::fs::create_dir_all(&v2).expect("mkdir");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(root().join("plans/quickstart/registry/docker/registry/v2/."))
+        .arg(&v2)
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    let text = std::fs::read_to_string(&fx.plan)
+        .expect("plan")
+        .replace("bucket: backups", "bucket: registry")
+        .replace(
+            "images: {type: path, path: registry, name: dtr-registry-0a1b2c3d4e5f}",
+            &format!(
+                "images:\n  type: s3\n  bucket: registry\n  prefix: {src_prefix}\n  endpoint: {}\n  allow_http: true\n  \
+                 access_key_id: {{env: TEST_S3_KEY}}\n  secret_access_key: {{env: TEST_S3_SECRET}}\n\
+                 dtr: {{replica: \"0a1b2c3d4e5f\"}}",
+                bed.endpoint
+            ),
+        )
+        .replace("encryption: {type: passphrase, passphrase: {env: DTR_BACKUP_PASSPHRASE}}", "encryption: {type: none}");
+    std::fs::write(&fx.plan, text).expect("plan");
+    let out = run(with_keys(&mut fx.apply()));
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let ev = events(&out);
+    let e = ev
+        .iter()
+        .find(|e| e["event"] == "objects_copied")
+        .expect("objects_copied");
+    assert_eq!(e["server_side"], true);
+    assert_eq!(e["copied"], 8);
+    // The copies are byte for byte the registry's blobs.
+    let store = bed.data.join("registry").join(&prefix).join("qs");
+    for (path, bytes) in snapshot(&v2.join("blobs")) {
+        if path.is_file() {
+            let digest = path
+                .parent()
+                .expect("dir")
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
+            let copy = std::fs::read(store.join(format!("blobs/sha256/{}/{digest}", &digest[..2])))
+                .expect("copied blob");
+            assert_eq!(copy, bytes);
+        }
+    }
+    let out = run(with_keys(
+        dtr_backup(fx.dir.path())
+            .args(["verify", "--read-data", "full"])
+            .arg(&fx.plan),
+    ));
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+}
+
+#[test]
+fn state_updates_are_conditional_on_s3() {
+    use dtr_backup::storage::Store;
+    let Some(bed) = s3_bed() else { return };
+    let cfg = dtr_backup::plan::S3Cfg {
+        bucket: "backups".into(),
+        prefix: String::new(),
+        region: None,
+        endpoint: Some(bed.endpoint.clone()),
+        access_key_id: Some(dtr_backup::plan::SecretRef::Command(vec![
+            "printf".into(),
+            "dtr-backup-test".into(),
+        ])),
+        secret_access_key: Some(dtr_backup::plan::SecretRef::Command(vec![
+            "printf".into(),
+            "dtr-backup-test-secret".into(),
+        ])),
+        allow_http: true,
+        path_style: true,
+        parallel: None,
+        allow_empty: false,
+    };
+    let root = format!("cond-{}", std::process::id());
+    let a = dtr_backup::storage::s3::S3Store::new(&cfg, &root).expect("store a");
+    let b = dtr_backup::storage::s3::S3Store::new(&cfg, &root).expect("store b");
+    a.put("run.json", b"{\"v\":1}").expect("a writes");
+    a.replace("run.json", b"{\"v\":2}")
+        .expect("a replaces its own version");
+    assert_eq!(
+        b.get("run.json").expect("b reads"),
+        Some(b"{\"v\":2}".to_vec())
+    );
+    b.replace("run.json", b"{\"v\":3}")
+        .expect("b replaces what it read");
+    let err = a
+        .replace("run.json", b"{\"v\":4}")
+        .expect_err("a's version is stale");
+    assert!(err.to_string().contains("changed by someone else"), "{err}");
+    assert_eq!(
+        a.get("run.json").expect("read"),
+        Some(b"{\"v\":3}".to_vec())
+    );
+    a.delete("run.json").expect("delete");
+}
