@@ -87,7 +87,14 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
     Ok(outcome(&ctx, name, path, written, &volume))
 }
 
-fn outcome(ctx: &Ctx, name: String, path: String, written: Written, volume: &str) -> Outcome {
+/// The outcome of an images step that wrote the artifact `name` at `path`.
+pub(super) fn outcome(
+    ctx: &Ctx,
+    name: String,
+    path: String,
+    written: Written,
+    volume: &str,
+) -> Outcome {
     Outcome {
         artifacts: vec![Artifact {
             kind: ArtifactKind::Images,

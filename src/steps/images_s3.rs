@@ -26,9 +26,8 @@ use crate::archive::HashReader;
 use crate::crypto::{self, Encryption};
 use crate::error::{Error, Result, io};
 use crate::exec::events::Event;
-use crate::exec::state::FileRef;
 use crate::graph;
-use crate::manifest::{self, Artifact, ArtifactKind, SnapshotObject};
+use crate::manifest::{self, SnapshotObject};
 use crate::plan::S3Cfg;
 use crate::storage::Store;
 use crate::storage::s3::S3Store;
@@ -286,27 +285,9 @@ pub async fn run(ctx: Ctx, cfg: S3Cfg) -> Result<Outcome> {
     .await?;
     drop(progress);
     let (written, objects) = outcome;
-    let mut facts = std::collections::BTreeMap::from([
-        ("volume".to_owned(), volume.clone()),
-        ("storage".to_owned(), "s3".to_owned()),
-    ]);
-    if let Some(id) = volume.strip_prefix("dtr-registry-")
-        && id.parse::<crate::plan::ReplicaId>().is_ok()
-    {
-        facts.insert("replica".to_owned(), id.to_owned());
-    }
-    Ok(Outcome {
-        artifacts: vec![Artifact {
-            kind: ArtifactKind::Images,
-            path: name,
-            size: written.size,
-            sha256: written.sha256,
-            encrypted: ctx.secrets.encryption.is_encrypted(),
-        }],
-        files: vec![FileRef::new(path, written.size)],
-        facts,
-        objects,
-    })
+    let mut done = super::images::outcome(&ctx, name, path, written, &volume);
+    done.objects = objects;
+    Ok(done)
 }
 
 /// A writer made `Sync` (the OpenPGP writer requires it of its sink); never contended.
