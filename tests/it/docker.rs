@@ -917,3 +917,23 @@ fn verify_command_checks_metadata_and_catches_a_flipped_byte() {
         "{failed:?}"
     );
 }
+
+#[test]
+fn an_archive_of_another_version_fails_the_metadata_step() {
+    let Some(bed) = bed() else { return };
+    // The image is tagged 2.9.4 but writes a 2.9.5 archive: the stream's first member is
+    // checked, and the step fails without an artifact.
+    bed.standin_image(IMAGE, "2.9.5", &[R1], 0);
+    bed.replica(R1, VERSION);
+    let dir = TempDir::new("docker-sniff");
+    let plan = write_plan(&bed, &dir, &Setup::default());
+    let out = run(&mut apply(&bed, &dir, &plan));
+    assert_eq!(out.status.code(), Some(1));
+    let err = error_of(&out);
+    assert!(
+        err.contains("dtr-backup-v2.9.5-online/") && err.contains("not dtr-backup-v2.9.4"),
+        "{err}"
+    );
+    assert!(complete_backups(&dir).is_empty());
+    assert!(bed.our_containers().is_empty());
+}
