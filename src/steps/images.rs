@@ -51,9 +51,7 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
         Some(ImagesCfg::S3(cfg)) => return super::images_s3::run(ctx, cfg.clone()).await,
         None => return Err(Error::failed("the plan has no images section")),
     };
-    let volume = graph::images_volume_name(&plan)
-        .or_else(|| ctx.facts.get("volume").cloned())
-        .ok_or_else(|| Error::failed("the volume name of the image content is unknown"))?;
+    let volume = volume_name(&ctx)?;
     let name = graph::images_artifact(&plan, &volume);
     let path = ctx.backup_path(&name);
 
@@ -87,6 +85,16 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
     Ok(outcome(&ctx, name, path, written, &volume))
 }
 
+/// The folder name of the image content in the archive: what discovery found, else what the
+/// plan says (see `graph::images_volume_name`).
+pub(super) fn volume_name(ctx: &Ctx) -> Result<String> {
+    ctx.facts
+        .get("volume")
+        .cloned()
+        .or_else(|| graph::images_volume_name(&ctx.plan))
+        .ok_or_else(|| Error::failed("the volume name of the image content is unknown"))
+}
+
 /// The outcome of an images step that wrote the artifact `name` at `path`.
 pub(super) fn outcome(
     ctx: &Ctx,
@@ -114,12 +122,7 @@ pub(super) fn outcome(
 /// re-rooted to `<volume>/_data/...`. The helper is always removed.
 async fn from_volume(ctx: Ctx, helper_image: Option<String>) -> Result<Outcome> {
     let plan = ctx.plan.clone();
-    let volume = ctx
-        .facts
-        .get("volume")
-        .cloned()
-        .or_else(|| graph::images_volume_name(&plan))
-        .ok_or_else(|| Error::failed("the volume of the image content is unknown"))?;
+    let volume = volume_name(&ctx)?;
     let image = helper_image
         .or_else(|| plan.dtr.image.clone())
         .ok_or_else(|| Error::failed("set `images.helper_image` or `dtr.image`: the volume is read through a container of that image"))?;

@@ -94,12 +94,7 @@ fn copy_blob(
 
 pub async fn run(ctx: Ctx, cfg: S3Cfg) -> Result<Outcome> {
     let plan = ctx.plan.clone();
-    let volume = ctx
-        .facts
-        .get("volume")
-        .cloned()
-        .or_else(|| graph::images_volume_name(&plan))
-        .ok_or_else(|| Error::failed("the volume name of the image content is unknown"))?;
+    let volume = super::images::volume_name(&ctx)?;
     let name = graph::images_artifact(&plan, &volume);
     let path = ctx.backup_path(&name);
     let progress = ctx.progress(None);
