@@ -57,12 +57,6 @@ pub struct StepGraph {
     pub steps: Vec<Step>,
 }
 
-impl StepGraph {
-    pub fn step(&self, id: &str) -> Option<&Step> {
-        self.steps.iter().find(|s| s.id == id)
-    }
-}
-
 /// File name of the metadata artifact.
 pub fn metadata_artifact(plan: &Plan) -> String {
     let version = plan.dtr.version.as_deref().unwrap_or("unknown");
