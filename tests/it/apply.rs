@@ -123,13 +123,7 @@ fn shipped_quickstart_plan_runs_from_the_readme_command() {
         plans.join("quickstart.yaml"),
     )
     .expect("copy");
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(root().join("plans/quickstart"))
-        .arg(plans.join("quickstart"))
-        .status()
-        .expect("cp");
-    assert!(status.success());
+    copy_tree(&root().join("plans/quickstart"), &plans.join("quickstart"));
     let out = run(dtr_backup(dir.path())
         .env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
         .args(["plan", "apply", "plans/quickstart.yaml"]));
@@ -243,12 +237,7 @@ fn sigterm_stops_promptly_and_leaves_a_resumable_run() {
         "failpoint stream.middle",
     );
     let started = std::time::Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let out = child.wait_with_output().expect("wait");
+    let out = terminate(child);
     assert_eq!(out.status.code(), Some(130));
     assert!(
         started.elapsed().as_secs() < 10,

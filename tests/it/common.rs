@@ -42,6 +42,32 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// `cp -a src dst`.
+pub fn copy_tree(src: &Path, dst: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(src)
+        .arg(dst)
+        .status()
+        .expect("cp runs");
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        src.display(),
+        dst.display()
+    );
+}
+
+/// Sends SIGTERM to a child and waits for it to end.
+pub fn terminate(child: std::process::Child) -> Output {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    child.wait_with_output().expect("wait")
+}
+
 /// A temporary folder removed on drop.
 pub struct TempDir(PathBuf);
 
@@ -92,13 +118,10 @@ impl Fixture {
     /// so that the archive stream spans several pipe chunks.
     pub fn new(tag: &str, big_blob_mib: usize, extra: &str) -> Fixture {
         let dir = TempDir::new(tag);
-        let status = Command::new("cp")
-            .arg("-a")
-            .arg(root().join("plans/quickstart/registry"))
-            .arg(dir.path().join("registry"))
-            .status()
-            .expect("cp runs");
-        assert!(status.success());
+        copy_tree(
+            &root().join("plans/quickstart/registry"),
+            &dir.path().join("registry"),
+        );
         if big_blob_mib > 0 {
             let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
             let data: Vec<u8> = (0..big_blob_mib << 20)

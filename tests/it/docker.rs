@@ -201,13 +201,10 @@ impl Bed {
         let mount = self
             .lines(&["volume", "inspect", "-f", "{{.Mountpoint}}", &volume])
             .remove(0);
-        let status = Command::new("cp")
-            .arg("-a")
-            .arg(root().join("plans/quickstart/registry/docker"))
-            .arg(&mount)
-            .status()
-            .expect("cp");
-        assert!(status.success());
+        copy_tree(
+            &root().join("plans/quickstart/registry/docker"),
+            Path::new(&mount),
+        );
         for (name, env) in [
             (format!("dtr-rethinkdb-{id}"), vec![]),
             (
@@ -830,12 +827,7 @@ fn sigterm_during_the_metadata_stream_removes_the_container() {
         "failpoint stream.middle",
     );
     assert_eq!(bed.our_containers().len(), 1);
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let out = child.wait_with_output().expect("wait");
+    let out = terminate(child);
     assert_eq!(out.status.code(), Some(130));
     assert!(
         bed.our_containers().is_empty(),

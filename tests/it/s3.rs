@@ -249,13 +249,10 @@ fn s3_image_content_is_copied_incrementally_and_restores_from_the_manifest() {
     let src_root = bed.data.join("registry").join(&src_prefix);
     let v2 = src_root.join("docker/registry/v2");
     std::fs::create_dir_all(&v2).expect("mkdir");
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(root().join("plans/quickstart/registry/docker/registry/v2/."))
-        .arg(&v2)
-        .status()
-        .expect("cp");
-    assert!(status.success());
+    copy_tree(
+        &root().join("plans/quickstart/registry/docker/registry/v2/."),
+        &v2,
+    );
     for i in 0..92u32 {
         add_blob(
             &v2,
@@ -378,13 +375,10 @@ fn same_bucket_without_encryption_copies_server_side() {
         .join(&src_prefix)
         .join("docker/registry/v2");
     std::fs::create_dir_all(&v2).expect("mkdir");
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(root().join("plans/quickstart/registry/docker/registry/v2/."))
-        .arg(&v2)
-        .status()
-        .expect("cp");
-    assert!(status.success());
+    copy_tree(
+        &root().join("plans/quickstart/registry/docker/registry/v2/."),
+        &v2,
+    );
     let text = std::fs::read_to_string(&fx.plan)
         .expect("plan")
         .replace("bucket: backups", "bucket: registry")
