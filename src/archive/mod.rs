@@ -5,8 +5,6 @@ pub mod pipe;
 pub mod tree;
 
 use std::io::{self, Read, Write};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -15,7 +13,6 @@ pub struct HashWriter<W> {
     inner: W,
     hasher: Sha256,
     count: u64,
-    progress: Option<Arc<AtomicU64>>,
 }
 
 impl<W: Write> HashWriter<W> {
@@ -24,14 +21,7 @@ impl<W: Write> HashWriter<W> {
             inner,
             hasher: Sha256::new(),
             count: 0,
-            progress: None,
         }
-    }
-
-    /// Also adds every written byte count to `progress`.
-    pub fn with_progress(mut self, progress: Arc<AtomicU64>) -> Self {
-        self.progress = Some(progress);
-        self
     }
 
     /// The inner writer, the hex sha256 and the byte count.
@@ -49,9 +39,6 @@ impl<W: Write> Write for HashWriter<W> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.count += n as u64;
-        if let Some(p) = &self.progress {
-            p.fetch_add(n as u64, Ordering::Relaxed);
-        }
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {

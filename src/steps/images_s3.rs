@@ -13,7 +13,7 @@
 //! Otherwise they stream, `images.parallel` at once (default 4). A killed run resumes at
 //! object granularity: blobs already in the blob store are not copied again.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -130,10 +130,11 @@ pub async fn run(ctx: Ctx, cfg: S3Cfg) -> Result<Outcome> {
                 source.describe()
             )));
         }
-        let present: BTreeSet<String> = dest
+        // Digest -> stored size of every blob already in the blob store (listed once).
+        let mut stored_sizes: BTreeMap<String, u64> = dest
             .list_sized("blobs")?
             .into_iter()
-            .filter_map(|(p, _)| p.rsplit('/').next().map(str::to_owned))
+            .filter_map(|(p, s)| p.rsplit('/').next().map(|d| (d.to_owned(), s)))
             .collect();
         let mut blobs = Vec::new();
         let mut small = Vec::new();
@@ -145,7 +146,7 @@ pub async fn run(ctx: Ctx, cfg: S3Cfg) -> Result<Outcome> {
         }
         let missing: Vec<(String, String)> = blobs
             .iter()
-            .filter(|(_, d, _)| !present.contains(d))
+            .filter(|(_, d, _)| !stored_sizes.contains_key(d))
             .map(|(k, d, _)| (k.clone(), d.clone()))
             .collect();
 
@@ -196,12 +197,7 @@ pub async fn run(ctx: Ctx, cfg: S3Cfg) -> Result<Outcome> {
         }
         let copied = copied.into_inner().unwrap_or_default();
 
-        // Stored sizes of every blob of the snapshot (the new ones are known).
-        let stored_sizes: std::collections::BTreeMap<String, u64> = dest
-            .list_sized("blobs")?
-            .into_iter()
-            .filter_map(|(p, s)| p.rsplit('/').next().map(|d| (d.to_owned(), s)))
-            .collect();
+        stored_sizes.extend(copied.iter().map(|(d, _, stored)| (d.clone(), *stored)));
         let mut objects: Vec<SnapshotObject> = blobs
             .iter()
             .map(|(key, digest, size)| SnapshotObject {

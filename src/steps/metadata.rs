@@ -121,7 +121,6 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
         },
     )
     .await?;
-    crate::failpoint::hit("metadata.created");
     let result = stream_metadata(&ctx, &engine, &id, &version, password.expose().to_owned()).await;
     if let Err(e) = container::remove(&engine, &id).await {
         ctx.warn(e);
