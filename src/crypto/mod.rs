@@ -8,6 +8,7 @@
 //! layers; compressing again costs CPU for nothing).
 
 pub mod secret;
+mod seipd;
 
 use std::io::{self, Read, Write};
 
@@ -15,13 +16,15 @@ use sequoia_openpgp as openpgp;
 
 use openpgp::cert::CertParser;
 use openpgp::crypto::{Password, SessionKey};
-use openpgp::packet::{PKESK, SKESK};
+use openpgp::packet::key::{PublicParts, UnspecifiedRole};
+use openpgp::packet::prelude::{PKESK3, SKESK4};
+use openpgp::packet::{Key, PKESK, SKESK};
 use openpgp::parse::Parse;
 use openpgp::parse::stream::{
     DecryptionHelper, DecryptorBuilder, MessageStructure, VerificationHelper,
 };
 use openpgp::policy::StandardPolicy;
-use openpgp::serialize::stream::{Encryptor, LiteralWriter, Message, Recipient};
+use openpgp::serialize::Serialize;
 use openpgp::types::SymmetricAlgorithm;
 use openpgp::{Cert, KeyHandle};
 
@@ -67,7 +70,7 @@ pub enum Decryption {
 }
 
 /// The keys of `cert` that may encrypt (storage or transport), valid now.
-fn encryption_keys(cert: &Cert) -> Vec<Recipient<'_>> {
+fn encryption_keys(cert: &Cert) -> Vec<Key<PublicParts, UnspecifiedRole>> {
     cert.keys()
         .with_policy(&POLICY, None)
         .supported()
@@ -75,7 +78,7 @@ fn encryption_keys(cert: &Cert) -> Vec<Recipient<'_>> {
         .revoked(false)
         .for_storage_encryption()
         .for_transport_encryption()
-        .map(Recipient::from)
+        .map(|ka| ka.key().clone())
         .collect()
 }
 
@@ -167,27 +170,47 @@ fn to_io(e: openpgp::anyhow::Error) -> io::Error {
     io::Error::other(e.to_string())
 }
 
+/// The cipher of every artifact written.
+const CIPHER: SymmetricAlgorithm = SymmetricAlgorithm::AES256;
+
+/// The key packets that give the session key to the passphrase or to the recipients.
+fn key_packets(enc: &Encryption, session_key: &SessionKey) -> openpgp::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    match enc {
+        Encryption::None => {}
+        Encryption::Passphrase(secret) => {
+            let skesk = SKESK4::with_password(
+                CIPHER,
+                CIPHER,
+                Default::default(),
+                session_key,
+                &Password::from(secret.expose()),
+            )?;
+            openpgp::Packet::SKESK(skesk.into()).serialize(&mut out)?;
+        }
+        Encryption::Recipients(certs) => {
+            for key in certs.iter().flat_map(encryption_keys) {
+                let mut pkesk = PKESK3::for_recipient(CIPHER, session_key, &key)?;
+                pkesk.set_recipient(Some(key.keyid()));
+                openpgp::Packet::PKESK(pkesk.into()).serialize(&mut out)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Wraps `sink` so that what is written comes out encrypted; `finish` ends the message.
 pub fn encrypt<'a, W: Write + Send + Sync + 'a>(
     sink: W,
     enc: &'a Encryption,
 ) -> io::Result<Box<dyn FinishWrite + 'a>> {
-    let encryptor = match enc {
-        Encryption::None => return Ok(Box::new(Plain(sink))),
-        Encryption::Passphrase(secret) => {
-            Encryptor::with_passwords(Message::new(sink), Some(Password::from(secret.expose())))
-        }
-        Encryption::Recipients(certs) => {
-            let recipients: Vec<Recipient> = certs.iter().flat_map(encryption_keys).collect();
-            Encryptor::for_recipients(Message::new(sink), recipients)
-        }
-    };
-    let message = encryptor
-        .symmetric_algo(SymmetricAlgorithm::AES256)
-        .build()
-        .map_err(to_io)?;
-    let literal = LiteralWriter::new(message).build().map_err(to_io)?;
-    Ok(Box::new(Sealed(Some(literal))))
+    if !enc.is_encrypted() {
+        return Ok(Box::new(Plain(sink)));
+    }
+    let session_key = SessionKey::new(CIPHER.key_size().map_err(to_io)?).map_err(to_io)?;
+    let esk = key_packets(enc, &session_key).map_err(to_io)?;
+    let writer = seipd::Writer::new(sink, &esk, CIPHER, &session_key)?;
+    Ok(Box::new(Sealed(Some(writer))))
 }
 
 /// A writer whose end must be marked (OpenPGP messages have trailers).
@@ -212,9 +235,9 @@ impl<W: Write + Send + Sync> FinishWrite for Plain<W> {
     }
 }
 
-struct Sealed<'a>(Option<Message<'a>>);
+struct Sealed<W: Write>(Option<seipd::Writer<W>>);
 
-impl Write for Sealed<'_> {
+impl<W: Write> Write for Sealed<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match &mut self.0 {
             Some(m) => m.write(buf),
@@ -222,17 +245,14 @@ impl Write for Sealed<'_> {
         }
     }
     fn flush(&mut self) -> io::Result<()> {
-        match &mut self.0 {
-            Some(m) => m.flush(),
-            None => Ok(()),
-        }
+        Ok(())
     }
 }
 
-impl FinishWrite for Sealed<'_> {
+impl<W: Write + Send + Sync> FinishWrite for Sealed<W> {
     fn finish(mut self: Box<Self>) -> io::Result<()> {
         match self.0.take() {
-            Some(m) => m.finalize().map_err(to_io),
+            Some(m) => m.finish().map(drop),
             None => Ok(()),
         }
     }
@@ -240,6 +260,9 @@ impl FinishWrite for Sealed<'_> {
 
 /// Wraps `source` so that reading yields the plaintext. Reading to the end checks the
 /// integrity protection: a modified message fails there.
+///
+/// SEIPD v1 messages holding one literal data packet under AES (ours, and gpg's without
+/// compression) are read by [`seipd`]; anything else by sequoia's general parser.
 pub fn decrypt<'a, R: Read + Send + Sync + 'a>(
     source: R,
     dec: &Decryption,
@@ -257,6 +280,25 @@ pub fn decrypt<'a, R: Read + Send + Sync + 'a>(
             key_password: passphrase.as_ref().map(|p| Password::from(p.expose())),
         },
     };
+    let pending = match seipd::open(source)? {
+        seipd::Opened::Other(whole) => return decrypt_general(whole, helper),
+        seipd::Opened::Seipd(p) => p,
+    };
+    let (algo, key) = match helper.session_key(&pending)? {
+        Some(found) => found,
+        None => return decrypt_general(pending.put_back(), helper),
+    };
+    match pending.decrypt(algo, &key)? {
+        seipd::Decrypted::Literal(reader) => Ok(reader),
+        seipd::Decrypted::Other(whole) => decrypt_general(whole, helper),
+    }
+}
+
+/// Sequoia's decryptor, for what [`seipd`] does not read.
+fn decrypt_general<'a, R: Read + Send + Sync + 'a>(
+    source: R,
+    helper: Helper,
+) -> io::Result<Box<dyn Read + Send + Sync + 'a>> {
     let reader = DecryptorBuilder::from_reader(source)
         .map_err(to_io)?
         .buffer_size(DECRYPT_BUFFER)
@@ -272,6 +314,62 @@ struct Helper {
 }
 
 impl Helper {
+    /// Finds the session key of a SEIPD v1 message with the passphrase or the keys. `None`
+    /// when it is under a cipher that [`seipd`] does not read (sequoia's parser then does).
+    fn session_key<R: Read>(
+        &self,
+        pending: &seipd::Pending<R>,
+    ) -> io::Result<Option<(SymmetricAlgorithm, SessionKey)>> {
+        let found = std::cell::RefCell::new(None);
+        let unsupported = std::cell::Cell::new(false);
+        let mut try_key = |algo: Option<SymmetricAlgorithm>, key: &SessionKey| {
+            let Some(algo) = algo else { return false };
+            match pending.quick_check(algo, key) {
+                Some(true) => {
+                    *found.borrow_mut() = Some((algo, key.clone()));
+                    true
+                }
+                Some(false) => false,
+                None => {
+                    unsupported.set(true);
+                    true
+                }
+            }
+        };
+        let settled = || found.borrow().is_some() || unsupported.get();
+        if let Some(password) = &self.password {
+            for skesk in &pending.skesks {
+                if let Ok((algo, key)) = skesk.decrypt(password)
+                    && try_key(algo, &key)
+                {
+                    break;
+                }
+            }
+            if !settled() && !pending.skesks.is_empty() {
+                return Err(io::Error::other(format!(
+                    "cannot decrypt: {}",
+                    wrong_passphrase(pending.skesks.len())
+                )));
+            }
+        }
+        if !settled() {
+            match self.with_keys(&pending.pkesks, None, &mut try_key) {
+                Ok(_) => {}
+                Err(problem) => return Err(io::Error::other(format!("cannot decrypt: {problem}"))),
+            }
+        }
+        if unsupported.get() {
+            return Ok(None);
+        }
+        match found.into_inner() {
+            Some(found) => Ok(Some(found)),
+            None => Err(io::Error::other(format!(
+                "cannot decrypt: {}",
+                no_key(&pending.pkesks)
+            ))),
+        }
+    }
+
     /// Tries each secret key that matches a PKESK's recipient.
     fn with_keys(
         &self,
@@ -350,10 +448,7 @@ impl DecryptionHelper for Helper {
                 }
             }
             if !skesks.is_empty() {
-                return Err(openpgp::anyhow::anyhow!(
-                    "wrong passphrase: none of the message's {} password packets opens with it",
-                    skesks.len()
-                ));
+                return Err(openpgp::anyhow::anyhow!(wrong_passphrase(skesks.len())));
             }
         }
         match self.with_keys(pkesks, sym_algo, decrypt) {
@@ -361,18 +456,26 @@ impl DecryptionHelper for Helper {
             Err(problem) => return Err(openpgp::anyhow::anyhow!(problem)),
             Ok(false) => {}
         }
-        let to: Vec<String> = pkesks
-            .iter()
-            .filter_map(|p| p.recipient().map(|r| r.to_string()))
-            .collect();
-        Err(openpgp::anyhow::anyhow!(if to.is_empty() {
-            "no passphrase or key given opens this message".to_owned()
-        } else {
-            format!(
-                "no key given opens this message: it is encrypted to {}",
-                to.join(", ")
-            )
-        }))
+        Err(openpgp::anyhow::anyhow!(no_key(pkesks)))
+    }
+}
+
+fn wrong_passphrase(skesks: usize) -> String {
+    format!("wrong passphrase: none of the message's {skesks} password packets opens with it")
+}
+
+fn no_key(pkesks: &[PKESK]) -> String {
+    let to: Vec<String> = pkesks
+        .iter()
+        .filter_map(|p| p.recipient().map(|r| r.to_string()))
+        .collect();
+    if to.is_empty() {
+        "no passphrase or key given opens this message".to_owned()
+    } else {
+        format!(
+            "no key given opens this message: it is encrypted to {}",
+            to.join(", ")
+        )
     }
 }
 
@@ -405,5 +508,118 @@ mod tests {
         let tampered = decrypt(&out[..], &Decryption::Passphrase(secret))
             .and_then(|mut r| r.read_to_end(&mut Vec::new()));
         assert!(tampered.is_err(), "a flipped byte must fail");
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    fn seal(data: &[u8], enc: &Encryption) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut w = encrypt(&mut out, enc).unwrap();
+        // Odd write sizes, to cross chunk boundaries anywhere.
+        for piece in data.chunks(777_777) {
+            w.write_all(piece).unwrap();
+        }
+        w.finish().unwrap();
+        out
+    }
+
+    fn open_with(cipher: &[u8], dec: &Decryption) -> io::Result<Vec<u8>> {
+        let mut back = Vec::new();
+        decrypt(cipher, dec)?.read_to_end(&mut back)?;
+        Ok(back)
+    }
+
+    /// Sizes around the 1 MiB partial-body chunks of both the literal and the encrypted
+    /// packet (the literal body carries 6 octets of header).
+    const SIZES: [usize; 8] = [
+        0,
+        1,
+        191,
+        8_400,
+        (1 << 20) - 6,
+        1 << 20,
+        (1 << 20) + 1,
+        3 << 20,
+    ];
+
+    #[test]
+    fn round_trips_at_chunk_boundaries_and_sequoia_reads_what_we_write() {
+        let secret = Secret::for_test("chunks");
+        let enc = Encryption::Passphrase(secret.clone());
+        for len in SIZES {
+            let data = pattern(len);
+            let cipher = seal(&data, &enc);
+            let dec = Decryption::Passphrase(secret.clone());
+            assert_eq!(open_with(&cipher, &dec).unwrap(), data, "ours, {len} bytes");
+            // Sequoia's general parser, which shares no code with ours.
+            let helper = Helper {
+                password: Some(Password::from("chunks")),
+                certs: Vec::new(),
+                key_password: None,
+            };
+            let mut back = Vec::new();
+            decrypt_general(&cipher[..], helper)
+                .unwrap()
+                .read_to_end(&mut back)
+                .unwrap();
+            assert_eq!(back, data, "sequoia, {len} bytes");
+        }
+    }
+
+    #[test]
+    fn reads_what_sequoia_writes() {
+        use openpgp::serialize::stream::{Encryptor, LiteralWriter, Message};
+        for len in SIZES {
+            let data = pattern(len);
+            let mut cipher = Vec::new();
+            let message = Encryptor::with_passwords(Message::new(&mut cipher), Some("sq"))
+                .symmetric_algo(SymmetricAlgorithm::AES128)
+                .build()
+                .unwrap();
+            let mut w = LiteralWriter::new(message).build().unwrap();
+            w.write_all(&data).unwrap();
+            w.finalize().unwrap();
+            let dec = Decryption::Passphrase(Secret::for_test("sq"));
+            assert_eq!(open_with(&cipher, &dec).unwrap(), data, "{len} bytes");
+            assert!(
+                open_with(&cipher, &Decryption::Passphrase(Secret::for_test("qs"))).is_err(),
+                "a wrong passphrase must fail"
+            );
+        }
+    }
+
+    #[test]
+    fn every_flipped_or_missing_byte_fails() {
+        let secret = Secret::for_test("tamper");
+        let data = pattern((2 << 20) + 12_345);
+        let cipher = seal(&data, &Encryption::Passphrase(secret.clone()));
+        let dec = Decryption::Passphrase(secret);
+        // Flip octets in the key packet, the framing, the prefix, the data and the MDC.
+        let len = cipher.len();
+        for at in [
+            5,
+            60,
+            70,
+            1 << 19,
+            1 << 20,
+            (1 << 20) + 70,
+            len - 30,
+            len - 1,
+        ] {
+            let mut bad = cipher.clone();
+            bad[at] ^= 0x10;
+            assert!(
+                open_with(&bad, &dec).is_err(),
+                "flipped octet {at} of {len}"
+            );
+        }
+        for cut in [len - 1, len - 22, len / 2, 100] {
+            assert!(open_with(&cipher[..cut], &dec).is_err(), "cut at {cut}");
+        }
+        let mut longer = cipher.clone();
+        longer.push(0);
+        assert!(open_with(&longer, &dec).is_err(), "an octet appended");
     }
 }

@@ -452,42 +452,54 @@ fn verify_reads_what_gpg_encrypted() {
     assert!(tar_file.display().to_string().ends_with(".tar"));
     let gpg_file = backup.join("dtr-images-0a1b2c3d4e5f.tar.gpg");
 
-    // gpg --symmetric with its defaults (compressed), read back with the passphrase.
-    ops.run(&[
-        "--passphrase",
-        PASSPHRASE,
-        "--symmetric",
-        "--output",
-        &gpg_file.display().to_string(),
-        &tar_file.display().to_string(),
-    ]);
-    rewrite_manifest(&backup, &gpg_file, true);
-    std::fs::write(&fx.plan, &passphrase_plan).expect("plan");
-    let out = verify_cmd(&fx, &["--read-data", "full"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "gpg --symmetric: {:?}",
-        failed(&out)
-    );
-
-    // gpg -e -r, read back with the secret key.
-    std::fs::remove_file(&gpg_file).expect("rm");
-    ops.run(&[
-        "--trust-model",
-        "always",
-        "-e",
-        "-r",
-        "ops@example.com",
-        "--output",
-        &gpg_file.display().to_string(),
-        &tar_file.display().to_string(),
-    ]);
-    rewrite_manifest(&backup, &gpg_file, true);
-    std::fs::write(&fx.plan, passphrase_plan.replace(
+    let recipients_plan = passphrase_plan.replace(
         "encryption: {type: passphrase, passphrase: {env: DTR_BACKUP_PASSPHRASE}}",
         "encryption: {type: recipients, recipients: [ops.asc]}\nverify: {key: {file: ops-secret.asc}}",
-    )).expect("plan");
-    let out = verify_cmd(&fx, &["--read-data", "full"]);
-    assert_eq!(out.status.code(), Some(0), "gpg -e -r: {:?}", failed(&out));
+    );
+    let (gpg_path, tar_path) = (
+        gpg_file.display().to_string(),
+        tar_file.display().to_string(),
+    );
+    // gpg's defaults (compressed: read by sequoia's general parser) and without compression
+    // (a single literal packet: read by our own SEIPD reader).
+    for compression in [&[][..], &["--compress-algo", "none"][..]] {
+        // gpg --symmetric, read back with the passphrase.
+        let _ = std::fs::remove_file(&gpg_file);
+        let mut args = vec!["--passphrase", PASSPHRASE];
+        args.extend_from_slice(compression);
+        args.extend(["--symmetric", "--output", &gpg_path, &tar_path]);
+        ops.run(&args);
+        rewrite_manifest(&backup, &gpg_file, true);
+        std::fs::write(&fx.plan, &passphrase_plan).expect("plan");
+        let out = verify_cmd(&fx, &["--read-data", "full"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "gpg --symmetric {compression:?}: {:?}",
+            failed(&out)
+        );
+
+        // gpg -e -r, read back with the secret key.
+        std::fs::remove_file(&gpg_file).expect("rm");
+        let mut args = vec!["--trust-model", "always"];
+        args.extend_from_slice(compression);
+        args.extend([
+            "-e",
+            "-r",
+            "ops@example.com",
+            "--output",
+            &gpg_path,
+            &tar_path,
+        ]);
+        ops.run(&args);
+        rewrite_manifest(&backup, &gpg_file, true);
+        std::fs::write(&fx.plan, &recipients_plan).expect("plan");
+        let out = verify_cmd(&fx, &["--read-data", "full"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "gpg -e -r {compression:?}: {:?}",
+            failed(&out)
+        );
+    }
 }
