@@ -199,18 +199,104 @@ fn key_packets(enc: &Encryption, session_key: &SessionKey) -> openpgp::Result<Ve
     Ok(out)
 }
 
-/// Wraps `sink` so that what is written comes out encrypted; `finish` ends the message.
+/// The encryption of one artifact, in two stages that may run on two threads (on two cores,
+/// hashing for the MDC and the cipher then overlap):
+///
+/// ```text
+/// plaintext ─▶ frame (literal packet framing, SHA-1 for the MDC) ─▶ seal (AES-CFB, key packets) ─▶ ciphertext
+/// ```
+///
+/// Without encryption both stages pass bytes through.
+pub struct Session(Option<(Vec<u8>, SessionKey)>);
+
+impl Session {
+    /// A fresh session key, given to the passphrase or the recipients.
+    pub fn new(enc: &Encryption) -> io::Result<Session> {
+        if !enc.is_encrypted() {
+            return Ok(Session(None));
+        }
+        let key = SessionKey::new(CIPHER.key_size().map_err(to_io)?).map_err(to_io)?;
+        let esk = key_packets(enc, &key).map_err(to_io)?;
+        Ok(Session(Some((esk, key))))
+    }
+
+    /// The plaintext stage, writing into `sink`.
+    pub fn frame<W: Write>(&self, sink: W) -> io::Result<Framed<W>> {
+        Ok(match self.0 {
+            None => Framed::Clear(sink),
+            Some(_) => Framed::Framer(seipd::Framer::new(sink)?),
+        })
+    }
+
+    /// The cipher stage, writing into `sink`; reads what [`Session::frame`] wrote.
+    pub fn seal<'a, W: Write + Send + Sync + 'a>(
+        &self,
+        sink: W,
+    ) -> io::Result<Box<dyn FinishWrite + 'a>> {
+        Ok(match &self.0 {
+            None => Box::new(Plain(sink)),
+            Some((esk, key)) => Box::new(Sealed(Some(seipd::Sealer::new(sink, esk, CIPHER, key)?))),
+        })
+    }
+}
+
+/// The plaintext stage of a [`Session`].
+pub enum Framed<W: Write> {
+    Clear(W),
+    Framer(seipd::Framer<W>),
+}
+
+impl<W: Write> Framed<W> {
+    /// Ends the plaintext; returns the sink.
+    pub fn finish(self) -> io::Result<W> {
+        match self {
+            Framed::Clear(w) => Ok(w),
+            Framed::Framer(f) => f.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Framed<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Framed::Clear(w) => w.write(buf),
+            Framed::Framer(f) => f.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Framed::Clear(w) => w.flush(),
+            Framed::Framer(f) => f.flush(),
+        }
+    }
+}
+
+impl<W: FinishWriteBox> FinishWrite for Framed<W> {
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        (*self).finish()?.finish_box()
+    }
+}
+
+/// A boxed [`FinishWrite`], which [`Framed`] can sit on.
+pub trait FinishWriteBox: Write + Send + Sync {
+    fn finish_box(self) -> io::Result<()>;
+}
+
+impl FinishWriteBox for Box<dyn FinishWrite + '_> {
+    fn finish_box(self) -> io::Result<()> {
+        self.finish()
+    }
+}
+
+/// Wraps `sink` so that what is written comes out encrypted, both stages on the calling
+/// thread; `finish` ends the message.
 pub fn encrypt<'a, W: Write + Send + Sync + 'a>(
     sink: W,
-    enc: &'a Encryption,
+    enc: &Encryption,
 ) -> io::Result<Box<dyn FinishWrite + 'a>> {
-    if !enc.is_encrypted() {
-        return Ok(Box::new(Plain(sink)));
-    }
-    let session_key = SessionKey::new(CIPHER.key_size().map_err(to_io)?).map_err(to_io)?;
-    let esk = key_packets(enc, &session_key).map_err(to_io)?;
-    let writer = seipd::Writer::new(sink, &esk, CIPHER, &session_key)?;
-    Ok(Box::new(Sealed(Some(writer))))
+    let session = Session::new(enc)?;
+    let sealed = session.seal(sink)?;
+    Ok(Box::new(session.frame(sealed)?))
 }
 
 /// A writer whose end must be marked (OpenPGP messages have trailers).
@@ -235,7 +321,7 @@ impl<W: Write + Send + Sync> FinishWrite for Plain<W> {
     }
 }
 
-struct Sealed<W: Write>(Option<seipd::Writer<W>>);
+struct Sealed<W: Write>(Option<seipd::Sealer<W>>);
 
 impl<W: Write> Write for Sealed<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {

@@ -24,7 +24,7 @@
 use std::io::{self, Read, Write};
 
 use aes::cipher::consts::U16;
-use aes::cipher::{BlockEncrypt, BlockSizeUser, KeyInit};
+use aes::cipher::{BlockBackend, BlockClosure, BlockEncrypt, BlockSizeUser, KeyInit};
 use sequoia_openpgp as openpgp;
 use sha1::{Digest, Sha1};
 
@@ -80,10 +80,11 @@ macro_rules! with_aes {
     };
 }
 
-fn xor_block(data: &mut [u8], ks: &[u8]) {
-    for (d, k) in data.iter_mut().zip(ks) {
-        *d ^= k;
-    }
+/// `a ^ b` for 16-byte blocks.
+fn xor16(a: &[u8], b: &[u8]) -> [u8; 16] {
+    let a = u128::from_ne_bytes(a.try_into().expect("a block"));
+    let b = u128::from_ne_bytes(b.try_into().expect("a block"));
+    (a ^ b).to_ne_bytes()
 }
 
 /// OpenPGP CFB (zero IV, no resynchronisation), encrypting: inherently one block after the
@@ -104,8 +105,9 @@ impl CfbEncrypt {
         }
     }
 
-    fn apply(&mut self, data: &mut [u8]) {
-        with_aes!(&self.aes, c => cfb_encrypt(c.as_ref(), &mut self.iv, &mut self.pos, data))
+    /// Encrypts `input` into `out` (of the same length).
+    fn encrypt(&mut self, input: &[u8], out: &mut [u8]) {
+        with_aes!(&self.aes, c => cfb_encrypt(c.as_ref(), &mut self.iv, &mut self.pos, input, out))
     }
 }
 
@@ -113,32 +115,62 @@ fn cfb_encrypt<C: BlockEncrypt + BlockSizeUser<BlockSize = U16>>(
     c: &C,
     iv: &mut aes::Block,
     pos: &mut usize,
-    mut data: &mut [u8],
+    mut input: &[u8],
+    mut out: &mut [u8],
 ) {
+    debug_assert_eq!(input.len(), out.len());
     if *pos > 0 {
-        let n = (BLOCK - *pos).min(data.len());
-        let (head, rest) = data.split_at_mut(n);
-        for (d, k) in head.iter_mut().zip(&mut iv[*pos..]) {
-            *d ^= *k;
-            *k = *d;
+        let n = (BLOCK - *pos).min(input.len());
+        for ((o, i), k) in out[..n].iter_mut().zip(&input[..n]).zip(&mut iv[*pos..]) {
+            *k ^= *i;
+            *o = *k;
         }
         *pos = (*pos + n) % BLOCK;
-        data = rest;
+        (input, out) = (&input[n..], &mut out[n..]);
     }
-    let mut blocks = data.chunks_exact_mut(BLOCK);
-    for block in &mut blocks {
+    let full = input.len() / BLOCK * BLOCK;
+    // All whole blocks inside one call of the cipher's backend (AES-NI when present): the
+    // backend is chosen once, not per block.
+    c.encrypt_with_backend(CfbBlocks {
+        iv: &mut *iv,
+        input: &input[..full],
+        out: &mut out[..full],
+    });
+    let (input, out) = (&input[full..], &mut out[full..]);
+    if !input.is_empty() {
         c.encrypt_block(iv);
-        xor_block(block, iv);
-        iv.copy_from_slice(block);
-    }
-    let tail = blocks.into_remainder();
-    if !tail.is_empty() {
-        c.encrypt_block(iv);
-        for (d, k) in tail.iter_mut().zip(iv.iter_mut()) {
-            *d ^= *k;
-            *k = *d;
+        for ((o, i), k) in out.iter_mut().zip(input).zip(iv.iter_mut()) {
+            *k ^= *i;
+            *o = *k;
         }
-        *pos = tail.len();
+        *pos = input.len();
+    }
+}
+
+/// CFB encryption of whole blocks, run by the cipher's backend.
+struct CfbBlocks<'a> {
+    iv: &'a mut aes::Block,
+    input: &'a [u8],
+    out: &'a mut [u8],
+}
+
+impl BlockSizeUser for CfbBlocks<'_> {
+    type BlockSize = U16;
+}
+
+impl BlockClosure for CfbBlocks<'_> {
+    fn call<B: BlockBackend<BlockSize = U16>>(self, backend: &mut B) {
+        for (i, o) in self
+            .input
+            .chunks_exact(BLOCK)
+            .zip(self.out.chunks_exact_mut(BLOCK))
+        {
+            backend.proc_block_inplace(self.iv);
+            // One 128-bit XOR (byte-wise, the stores stall the next block's load).
+            let c = xor16(self.iv, i);
+            o.copy_from_slice(&c);
+            *self.iv = c.into();
+        }
     }
 }
 
@@ -186,7 +218,8 @@ impl CfbDecrypt {
             self.iv.copy_from_slice(&run[run.len() - BLOCK..]);
             with_aes!(&self.aes, c => c.encrypt_blocks(&mut self.scratch));
             for (d, k) in run.chunks_exact_mut(BLOCK).zip(&self.scratch) {
-                xor_block(d, k);
+                let p = xor16(d, k);
+                d.copy_from_slice(&p);
             }
         }
         if !tail.is_empty() {
@@ -216,19 +249,92 @@ fn definite_len(len: usize, out: &mut Vec<u8>) {
 
 const PARTIAL: u8 = 0xE0 | CHUNK_POW;
 
-/// Writes the SEIPD v1 packet around what is written to it, after `esk` (the serialized key
-/// packets). `finish` writes the MDC and the last chunk.
-pub struct Writer<W: Write> {
+/// The plaintext side of a SEIPD v1 message: frames what is written to it as a literal data
+/// packet behind the random prefix, hashes it all for the MDC and, at `finish`, appends the
+/// MDC packet. Its output goes to a [`Sealer`] (on this thread or another).
+pub struct Framer<W: Write> {
     sink: W,
-    cfb: CfbEncrypt,
     mdc: Sha1,
-    /// Literal body not yet framed (at most one chunk).
-    literal: Vec<u8>,
-    /// SEIPD body not yet framed: the version octet, then ciphertext.
-    body: Vec<u8>,
+    /// Literal body held back (at most one chunk): the last chunk of a packet must have a
+    /// definite length, so a chunk is framed as partial only once more data follows it.
+    pending: Vec<u8>,
 }
 
-impl<W: Write> Writer<W> {
+impl<W: Write> Framer<W> {
+    pub fn new(sink: W) -> io::Result<Self> {
+        let mut f = Framer {
+            sink,
+            mdc: Sha1::new(),
+            pending: Vec::with_capacity(CHUNK),
+        };
+        let mut prefix = [0u8; BLOCK + 2];
+        openpgp::crypto::random(&mut prefix[..BLOCK])
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        prefix.copy_within(BLOCK - 2..BLOCK, BLOCK);
+        f.emit(&prefix)?;
+        f.emit(&[0xC0 | TAG_LITERAL])?;
+        // Literal body: binary, no file name, no date.
+        f.pending.extend_from_slice(&[b'b', 0, 0, 0, 0, 0]);
+        Ok(f)
+    }
+
+    fn emit(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.mdc.update(bytes);
+        self.sink.write_all(bytes)
+    }
+
+    /// Ends the literal packet and appends the MDC; returns the sink.
+    pub fn finish(mut self) -> io::Result<W> {
+        let mut header = Vec::with_capacity(5);
+        definite_len(self.pending.len(), &mut header);
+        self.emit(&header)?;
+        let pending = std::mem::take(&mut self.pending);
+        self.emit(&pending)?;
+        self.mdc.update(MDC_HEADER);
+        let digest = self.mdc.clone().finalize();
+        self.sink.write_all(&MDC_HEADER)?;
+        self.sink.write_all(&digest)?;
+        Ok(self.sink)
+    }
+}
+
+impl<W: Write> Write for Framer<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            if self.pending.len() + buf.len() <= CHUNK {
+                self.pending.extend_from_slice(buf);
+                return Ok(buf.len());
+            }
+            // More than a chunk in hand: one chunk goes out as partial, straight from `buf`
+            // where it can (no copy).
+            let take = CHUNK - self.pending.len();
+            self.emit(&[PARTIAL])?;
+            let pending = std::mem::take(&mut self.pending);
+            self.emit(&pending)?;
+            self.pending = pending;
+            self.pending.clear();
+            self.emit(&buf[..take])?;
+            if take > 0 {
+                return Ok(take);
+            }
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The cipher side of a SEIPD v1 message: writes the key packets `esk`, then the encrypted
+/// packet around what a [`Framer`] produced, in partial body chunks.
+pub struct Sealer<W: Write> {
+    sink: W,
+    cfb: CfbEncrypt,
+    /// The packet body not yet written (`len` octets): the version octet, then ciphertext.
+    body: Vec<u8>,
+    len: usize,
+}
+
+impl<W: Write> Sealer<W> {
     pub fn new(
         mut sink: W,
         esk: &[u8],
@@ -239,92 +345,42 @@ impl<W: Write> Writer<W> {
             .ok_or_else(|| io::Error::other(format!("{algo} is not supported for writing")))?;
         sink.write_all(esk)?;
         sink.write_all(&[0xC0 | TAG_SEIPD])?;
-        let mut w = Writer {
+        let mut body = vec![0u8; CHUNK];
+        body[0] = 1;
+        Ok(Sealer {
             sink,
             cfb: CfbEncrypt::new(aes),
-            mdc: Sha1::new(),
-            literal: Vec::with_capacity(CHUNK),
-            body: Vec::with_capacity(CHUNK),
-        };
-        w.body.push(1);
-        let mut prefix = [0u8; BLOCK + 2];
-        openpgp::crypto::random(&mut prefix[..BLOCK])
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        prefix.copy_within(BLOCK - 2..BLOCK, BLOCK);
-        w.seal(&prefix)?;
-        w.seal(&[0xC0 | TAG_LITERAL])?;
-        // Literal body: binary, no file name, no date.
-        w.literal.extend_from_slice(&[b'b', 0, 0, 0, 0, 0]);
-        Ok(w)
+            body,
+            len: 1,
+        })
     }
 
-    /// Hashes, encrypts and frames plaintext of the encrypted container.
-    fn seal(&mut self, mut plain: &[u8]) -> io::Result<()> {
-        self.mdc.update(plain);
-        self.encrypt_into_body(&mut plain)
-    }
-
-    fn encrypt_into_body(&mut self, plain: &mut &[u8]) -> io::Result<()> {
-        while !plain.is_empty() {
-            let start = self.body.len();
-            let n = (CHUNK - start).min(plain.len());
-            self.body.extend_from_slice(&plain[..n]);
-            self.cfb.apply(&mut self.body[start..]);
-            *plain = &plain[n..];
-            // The MDC always follows, so a full chunk is never the last one.
-            if self.body.len() == CHUNK {
-                self.sink.write_all(&[PARTIAL])?;
-                self.sink.write_all(&self.body)?;
-                self.body.clear();
-            }
-        }
-        Ok(())
-    }
-
-    fn flush_literal(&mut self, last: bool) -> io::Result<()> {
-        let mut header = Vec::with_capacity(5);
-        if last {
-            definite_len(self.literal.len(), &mut header);
-        } else {
-            header.push(PARTIAL);
-        }
-        self.seal(&header)?;
-        let literal = std::mem::take(&mut self.literal);
-        self.seal(&literal)?;
-        self.literal = literal;
-        self.literal.clear();
-        Ok(())
-    }
-
-    /// Ends the message; returns the sink.
+    /// Writes the last chunk; returns the sink.
     pub fn finish(mut self) -> io::Result<W> {
-        self.flush_literal(true)?;
-        self.mdc.update(MDC_HEADER);
-        let digest = self.mdc.clone().finalize();
-        let mut trailer = MDC_HEADER.to_vec();
-        trailer.extend_from_slice(&digest);
-        self.encrypt_into_body(&mut &trailer[..])?;
         let mut header = Vec::with_capacity(5);
-        definite_len(self.body.len(), &mut header);
+        definite_len(self.len, &mut header);
         self.sink.write_all(&header)?;
-        self.sink.write_all(&self.body)?;
+        self.sink.write_all(&self.body[..self.len])?;
         self.sink.flush()?;
         Ok(self.sink)
     }
 }
 
-impl<W: Write> Write for Writer<W> {
+impl<W: Write> Write for Sealer<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
         }
-        // A full literal chunk is framed as partial only once more data comes: the last
-        // chunk of a packet must have a definite length.
-        if self.literal.len() == CHUNK {
-            self.flush_literal(false)?;
+        // A full chunk is written as partial once more data follows.
+        if self.len == CHUNK {
+            self.sink.write_all(&[PARTIAL])?;
+            self.sink.write_all(&self.body)?;
+            self.len = 0;
         }
-        let n = (CHUNK - self.literal.len()).min(buf.len());
-        self.literal.extend_from_slice(&buf[..n]);
+        let n = (CHUNK - self.len).min(buf.len());
+        self.cfb
+            .encrypt(&buf[..n], &mut self.body[self.len..self.len + n]);
+        self.len += n;
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {

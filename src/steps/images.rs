@@ -72,7 +72,7 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
     let written = blocking(move || {
         let tar_cancel = cancel.clone();
         store_stream(
-            move |pipe| tree::write_tar(&tree, &prefix, pipe, &tar_cancel)?.close(),
+            move |pipe| tree::write_tar(&tree, &prefix, pipe, &tar_cancel).map(drop),
             stores.backups.as_ref(),
             &object_path,
             &encryption,
@@ -172,7 +172,7 @@ async fn from_volume(ctx: Ctx, helper_image: Option<String>) -> Result<Outcome> 
         let reader = feed.into_reader(Vec::new(), None);
         let tar_cancel = cancel.clone();
         store_stream(
-            move |pipe| tree::reroot(reader, "storage", &root, pipe, &tar_cancel)?.close(),
+            move |pipe| tree::reroot(reader, "storage", &root, pipe, &tar_cancel).map(drop),
             stores.backups.as_ref(),
             &object,
             &encryption,

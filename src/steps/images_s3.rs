@@ -252,7 +252,7 @@ pub async fn run(ctx: Ctx, cfg: S3Cfg) -> Result<Outcome> {
                         });
                     }
                 }
-                b.into_inner()?.close()
+                b.into_inner().map(drop)
             },
             dest.as_ref(),
             &artifact_path,

@@ -207,10 +207,7 @@ async fn stream_metadata(
     let written = blocking(move || {
         let mut reader = feed.into_reader(prefix, ended);
         store_stream(
-            move |mut pipe| {
-                std::io::copy(&mut reader, &mut pipe)?;
-                pipe.close()
-            },
+            move |pipe| std::io::copy(&mut reader, pipe).map(drop),
             stores.backups.as_ref(),
             &path,
             &encryption,

@@ -2,10 +2,13 @@
 //! bounded pipes (1 MiB chunks, `pipe::CHUNKS` in flight each):
 //!
 //! ```text
-//! producer (tar of a tree, a container's stdout) ─▶ OpenPGP encryption ─▶ sha256 + write to the store
+//! producer (tar of a tree, a container's stdout) + OpenPGP framing and MDC hash (SHA-1)
+//!   ─▶ AES-CFB ─▶ sha256 + write to the store
 //! ```
 //!
-//! On two cores, reading and archiving, encrypting, and hashing and writing overlap.
+//! On two cores, reading, archiving and hashing the plaintext; encrypting; and hashing and
+//! writing the ciphertext overlap. The cipher, which cannot be parallelised (CFB), has a
+//! thread to itself.
 //! Plaintext never touches the disk; the object becomes visible only after every stage
 //! finished cleanly and everything is durable.
 
@@ -16,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::archive::HashWriter;
 use crate::archive::pipe::{self, PipeWriter};
 use crate::cancel::Cancel;
-use crate::crypto::{self, Encryption};
+use crate::crypto::{self, Encryption, Framed};
 use crate::error::{Error, Result, io};
 use crate::failpoint;
 use crate::storage::{ObjectWriter, Store};
@@ -29,17 +32,24 @@ pub struct Written {
 
 /// Runs `produce` on its own thread and stores what it writes, encrypted, under `path`.
 pub fn store_stream(
-    produce: impl FnOnce(PipeWriter) -> io::Result<()> + Send + 'static,
+    produce: impl FnOnce(&mut Framed<PipeWriter>) -> io::Result<()> + Send + 'static,
     store: &dyn Store,
     path: &str,
     encryption: &Encryption,
     cancel: &Cancel,
     progress: Arc<AtomicU64>,
 ) -> Result<Written> {
+    let session = crypto::Session::new(encryption).map_err(|e| io(e, "starting encryption"))?;
     let (tx, mut rx) = pipe::pipe();
+    let mut framed = session
+        .frame(tx)
+        .map_err(|e| io(e, "starting encryption"))?;
     let producer = std::thread::Builder::new()
         .name("archive".into())
-        .spawn(move || produce(tx))
+        .spawn(move || {
+            produce(&mut framed)?;
+            framed.finish()?.close()
+        })
         .map_err(|e| io(e, "starting the archive thread"))?;
 
     let object = store.create(path)?;
@@ -59,7 +69,7 @@ pub fn store_stream(
         .map_err(|e| io(e, "starting the writer thread"))?;
 
     let encrypted = (|| -> Result<()> {
-        let mut sealed = crypto::encrypt(enc_tx, encryption).map_err(|e| io(e, &what))?;
+        let mut sealed = session.seal(enc_tx).map_err(|e| io(e, &what))?;
         let mut chunks = 0u64;
         while let Some(chunk) = rx.next_chunk() {
             cancel.check().map_err(|e| io(e, &what))?;

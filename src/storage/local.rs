@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use super::{ObjectWriter, Store};
+use super::{ObjectWriter, Store, direct};
 use crate::error::{Error, Result, io};
 
 pub struct LocalStore {
@@ -24,6 +24,13 @@ impl LocalStore {
         } else {
             self.root.join(rel)
         }
+    }
+
+    /// A temporary name next to the final name of `rel`, whose folder exists.
+    fn temp_for(&self, rel: &str) -> Result<(PathBuf, PathBuf)> {
+        let final_path = self.path(rel);
+        self.ensure_parent(&final_path)?;
+        Ok((temp_name(&final_path), final_path))
     }
 
     fn ensure_parent(&self, p: &Path) -> Result<()> {
@@ -70,8 +77,14 @@ fn publish(file: &File, temp: &Path, final_path: &Path) -> io::Result<()> {
     sync_dir(final_path.parent().unwrap_or(Path::new("/")))
 }
 
+/// Small files (state, manifests) go through the cache; streamed artifacts use direct I/O.
+enum Sink {
+    Buffered(io::BufWriter<File>),
+    Direct(direct::DirectWriter),
+}
+
 struct LocalWriter {
-    file: Option<io::BufWriter<File>>,
+    file: Option<Sink>,
     temp: PathBuf,
     final_path: PathBuf,
 }
@@ -79,27 +92,29 @@ struct LocalWriter {
 impl Write for LocalWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match &mut self.file {
-            Some(f) => f.write(buf),
+            Some(Sink::Buffered(f)) => f.write(buf),
+            Some(Sink::Direct(f)) => f.write(buf),
             None => Err(io::Error::other("object already committed")),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match &mut self.file {
-            Some(f) => f.flush(),
-            None => Ok(()),
+            Some(Sink::Buffered(f)) => f.flush(),
+            Some(Sink::Direct(_)) | None => Ok(()),
         }
     }
 }
 
 impl ObjectWriter for LocalWriter {
     fn commit(mut self: Box<Self>) -> Result<()> {
-        let Some(buffered) = self.file.take() else {
+        let Some(sink) = self.file.take() else {
             return Ok(());
         };
         let what = format!("writing {}", self.final_path.display());
-        let file = buffered
-            .into_inner()
-            .map_err(|e| io(e.into_error(), &what))?;
+        let file = match sink {
+            Sink::Buffered(b) => b.into_inner().map_err(|e| io(e.into_error(), &what))?,
+            Sink::Direct(d) => d.finish().map_err(|e| io(e, &what))?,
+        };
         publish(&file, &self.temp, &self.final_path).map_err(|e| io(e, &what))
     }
 }
@@ -118,20 +133,25 @@ impl Store for LocalStore {
     }
 
     fn create(&self, rel: &str) -> Result<Box<dyn ObjectWriter>> {
-        let final_path = self.path(rel);
-        self.ensure_parent(&final_path)?;
-        let temp = temp_name(&final_path);
+        let (temp, final_path) = self.temp_for(rel)?;
         let file =
-            new_private_file(&temp).map_err(|e| io(e, format!("creating {}", temp.display())))?;
+            direct::create(&temp).map_err(|e| io(e, format!("creating {}", temp.display())))?;
         Ok(Box::new(LocalWriter {
-            file: Some(io::BufWriter::with_capacity(1 << 20, file)),
+            file: Some(Sink::Direct(file)),
             temp,
             final_path,
         }))
     }
 
     fn put(&self, rel: &str, bytes: &[u8]) -> Result<()> {
-        let mut w = self.create(rel)?;
+        let (temp, final_path) = self.temp_for(rel)?;
+        let file =
+            new_private_file(&temp).map_err(|e| io(e, format!("creating {}", temp.display())))?;
+        let mut w = Box::new(LocalWriter {
+            file: Some(Sink::Buffered(io::BufWriter::new(file))),
+            temp,
+            final_path,
+        });
         w.write_all(bytes)
             .map_err(|e| io(e, format!("writing {}", self.path(rel).display())))?;
         w.commit()
@@ -172,8 +192,7 @@ impl Store for LocalStore {
 
     fn open(&self, rel: &str) -> Result<Box<dyn Read + Send + Sync>> {
         let p = self.path(rel);
-        let f = File::open(&p).map_err(|e| io(e, format!("opening {}", p.display())))?;
-        Ok(Box::new(io::BufReader::with_capacity(1 << 20, f)))
+        direct::open(&p).map_err(|e| io(e, format!("opening {}", p.display())))
     }
 
     fn size(&self, rel: &str) -> Result<Option<u64>> {

@@ -5,6 +5,7 @@
 //! [`ObjectWriter::commit`] publishes it, dropping the writer discards it.
 //! The interface is blocking on purpose: pipelines run on their own threads.
 
+mod direct;
 pub mod local;
 pub mod nfs;
 pub mod s3;
