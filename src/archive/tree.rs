@@ -85,20 +85,29 @@ pub fn scan(root: &Path) -> io::Result<Tree> {
     })
 }
 
-/// Reads, checking for cancellation at every call and counting.
-struct Guarded<'a, R> {
-    inner: R,
-    cancel: &'a Cancel,
-    read: u64,
-}
-
-impl<R: Read> Read for Guarded<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.cancel.check()?;
-        let n = self.inner.read(buf)?;
-        self.read += n as u64;
-        Ok(n)
+/// Copies the `size` bytes of `file` into `out` in 1 MiB reads, checking for cancellation at
+/// each, and pads to the tar block size. Returns the bytes read, which are fewer than `size`
+/// if the file shrank meanwhile.
+///
+/// (`tar::Builder::append_data` copies through an 8 KiB buffer: two more copies and many
+/// more system calls per byte, on the path that carries the image content.)
+fn copy_member(file: &mut fs::File, size: u64, out: &mut dyn Write, buf: &mut [u8], cancel: &Cancel) -> io::Result<u64> {
+    let mut done = 0u64;
+    while done < size {
+        cancel.check()?;
+        let want = buf.len().min(usize::try_from(size - done).unwrap_or(usize::MAX));
+        let n = match file.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        out.write_all(&buf[..n])?;
+        done += n as u64;
     }
+    let pad = (512 - (done % 512) as usize) % 512;
+    out.write_all(&[0u8; 512][..pad])?;
+    Ok(done)
 }
 
 /// Writes `tree` as a tar stream into `out`, every member under `prefix` (e.g.
@@ -107,6 +116,7 @@ pub fn write_tar<W: Write>(tree: &Tree, prefix: &str, out: W, cancel: &Cancel) -
     let mut b = tar::Builder::new(out);
     b.follow_symlinks(false);
     b.mode(tar::HeaderMode::Complete);
+    let mut buf = vec![0u8; 1 << 20];
     let root_meta = fs::metadata(&tree.root)?;
     let mut acc = PathBuf::new();
     for part in Path::new(prefix).components() {
@@ -124,23 +134,20 @@ pub fn write_tar<W: Write>(tree: &Tree, prefix: &str, out: W, cancel: &Cancel) -
         match e.kind {
             Kind::Dir | Kind::Symlink => b.append_path_with_name(&src, &name)?,
             Kind::File => {
-                let file = fs::File::open(&src)?;
+                let mut file = fs::File::open(&src)?;
                 let meta = file.metadata()?;
                 let size = meta.len();
                 let mut h = tar::Header::new_gnu();
                 h.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
                 h.set_size(size);
-                let mut reader = Guarded {
-                    inner: io::BufReader::with_capacity(1 << 20, file).take(size),
-                    cancel,
-                    read: 0,
-                };
-                b.append_data(&mut h, &name, &mut reader)?;
-                if reader.read != size {
+                // The header (with GNU long-name records where needed) from the tar crate,
+                // which writes no data and no padding for an empty reader; then the data.
+                b.append_data(&mut h, &name, io::empty())?;
+                let read = copy_member(&mut file, size, b.get_mut(), &mut buf, cancel)?;
+                if read != size {
                     return Err(io::Error::other(format!(
-                        "{} shrank while it was read ({} of {size} bytes); run the backup again",
+                        "{} shrank while it was read ({read} of {size} bytes); run the backup again",
                         src.display(),
-                        reader.read
                     )));
                 }
             }
