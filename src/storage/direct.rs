@@ -57,7 +57,8 @@ fn refused(e: &io::Error) -> bool {
 }
 
 /// Creates `path` (mode 0600, truncated) for direct writes, or for ordinary writes where the
-/// filesystem refuses direct I/O.
+/// filesystem refuses direct I/O. Blocks are written behind, on a thread of their own, so that
+/// the caller computes while the device works.
 pub fn create(path: &Path) -> io::Result<DirectWriter> {
     let open = |flags: i32| {
         OpenOptions::new()
@@ -73,64 +74,118 @@ pub fn create(path: &Path) -> io::Result<DirectWriter> {
         Err(e) if refused(&e) => (open(0)?, false),
         Err(e) => return Err(e),
     };
-    Ok(DirectWriter {
+    let mut target = Target {
         file,
         direct,
         path: path.to_owned(),
-        buf: Aligned::new(BLOCK),
+    };
+    let (to_io, blocks) = sync_channel::<(Aligned, usize, u64)>(1);
+    let (give_back, from_io) = sync_channel::<Aligned>(WRITE_BUFFERS);
+    let io = std::thread::Builder::new()
+        .name("write-behind".into())
+        .spawn(move || -> io::Result<Target> {
+            while let Ok((buf, len, offset)) = blocks.recv() {
+                target.write_at(buf.get(len), offset)?;
+                let _ = give_back.send(buf);
+            }
+            Ok(target)
+        })?;
+    Ok(DirectWriter {
+        buf: Some(Aligned::new(BLOCK)),
+        spare: (1..WRITE_BUFFERS).map(|_| Aligned::new(BLOCK)).collect(),
         filled: 0,
         offset: 0,
+        to_io: Some(to_io),
+        from_io,
+        io: Some(io),
     })
 }
 
-/// Writes whole blocks with direct I/O; the tail at [`DirectWriter::finish`].
-pub struct DirectWriter {
+/// Buffers of a writer: one being filled, the others being written.
+const WRITE_BUFFERS: usize = 3;
+
+/// The file being written, on the write-behind thread.
+struct Target {
     file: File,
     direct: bool,
     path: PathBuf,
-    buf: Aligned,
+}
+
+impl Target {
+    /// Writes `bytes` (a multiple of [`ALIGN`] long when direct) at `offset`.
+    fn write_at(&mut self, bytes: &[u8], offset: u64) -> io::Result<()> {
+        match self.file.write_all_at(bytes, offset) {
+            // Accepted at open, refused at write (some filesystems): go through the cache.
+            Err(e) if self.direct && refused(&e) => {
+                self.file = OpenOptions::new().write(true).open(&self.path)?;
+                self.direct = false;
+                self.file.write_all_at(bytes, offset)
+            }
+            other => other,
+        }
+    }
+}
+
+/// Writes whole blocks with direct I/O, behind the caller; the tail at
+/// [`DirectWriter::finish`].
+pub struct DirectWriter {
+    buf: Option<Aligned>,
+    spare: Vec<Aligned>,
     filled: usize,
-    /// Where the next block goes.
+    /// Where the block being filled goes.
     offset: u64,
+    to_io: Option<SyncSender<(Aligned, usize, u64)>>,
+    from_io: Receiver<Aligned>,
+    io: Option<std::thread::JoinHandle<io::Result<Target>>>,
 }
 
 impl DirectWriter {
-    /// Writes the first `len` bytes of the buffer (a multiple of [`ALIGN`] when direct).
-    fn write_block(&mut self, len: usize) -> io::Result<()> {
-        if self.direct {
-            match self.file.write_all_at(self.buf.get(len), self.offset) {
-                Ok(()) => {}
-                // Accepted at open, refused at write (some filesystems): go through the cache.
-                Err(e) if refused(&e) => {
-                    self.file = OpenOptions::new().write(true).open(&self.path)?;
-                    self.direct = false;
-                    self.file.write_all_at(self.buf.get(len), self.offset)?;
-                }
-                Err(e) => return Err(e),
-            }
-        } else {
-            self.file.write_all_at(self.buf.get(len), self.offset)?;
+    /// Hands the first `len` bytes of the current buffer to the write-behind thread.
+    fn send(&mut self, len: usize) -> io::Result<()> {
+        let buf = self.buf.take().expect("a buffer");
+        let sent = self
+            .to_io
+            .as_ref()
+            .is_some_and(|tx| tx.send((buf, len, self.offset)).is_ok());
+        if !sent {
+            return Err(self.stopped());
         }
         self.offset += len as u64;
         Ok(())
     }
 
+    /// The write-behind thread's error, once it has stopped.
+    fn stopped(&mut self) -> io::Error {
+        self.to_io = None;
+        match self.io.take().map(|h| h.join()) {
+            Some(Ok(Err(e))) => e,
+            _ => io::Error::other("the write-behind thread stopped"),
+        }
+    }
+
     /// Writes what is buffered and makes the file durable (data and size).
     pub fn finish(mut self) -> io::Result<File> {
         let whole = self.filled / ALIGN * ALIGN;
-        if whole > 0 {
-            self.write_block(whole)?;
-        }
-        let tail = self.filled - whole;
-        let file = if self.direct {
-            // The tail is shorter than a block: an ordinary handle writes it.
-            OpenOptions::new().write(true).open(&self.path)?
-        } else {
-            self.file
+        let tail = match &self.buf {
+            Some(b) if self.filled > 0 => b.get(self.filled)[whole..].to_vec(),
+            _ => Vec::new(),
         };
-        if tail > 0 {
-            let bytes = &self.buf.get(self.filled)[whole..];
-            file.write_all_at(bytes, self.offset)?;
+        if whole > 0 {
+            self.send(whole)?;
+        }
+        self.to_io = None;
+        let target = match self.io.take().map(|h| h.join()) {
+            Some(Ok(result)) => result?,
+            _ => return Err(io::Error::other("the write-behind thread stopped")),
+        };
+        let file = if target.direct {
+            // The tail is shorter than a block: an ordinary handle writes it.
+            OpenOptions::new().write(true).open(&target.path)?
+        } else {
+            target.file
+        };
+        if !tail.is_empty() {
+            file.write_all_at(&tail, self.offset)?;
         }
         file.sync_all()?;
         Ok(file)
@@ -139,17 +194,37 @@ impl DirectWriter {
 
 impl Write for DirectWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.is_none() {
+            self.buf = match self.spare.pop() {
+                Some(b) => Some(b),
+                None => match self.from_io.recv() {
+                    Ok(b) => Some(b),
+                    Err(_) => return Err(self.stopped()),
+                },
+            };
+        }
+        let buf = self.buf.as_mut().expect("a buffer");
         let n = (BLOCK - self.filled).min(data.len());
-        self.buf.get_mut(BLOCK)[self.filled..self.filled + n].copy_from_slice(&data[..n]);
+        buf.get_mut(BLOCK)[self.filled..self.filled + n].copy_from_slice(&data[..n]);
         self.filled += n;
         if self.filled == BLOCK {
-            self.write_block(BLOCK)?;
+            self.send(BLOCK)?;
             self.filled = 0;
         }
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+impl Drop for DirectWriter {
+    /// Abandoned (an error upstream): stop the thread before the caller removes the file.
+    fn drop(&mut self) {
+        self.to_io = None;
+        if let Some(h) = self.io.take() {
+            let _ = h.join();
+        }
     }
 }
 
