@@ -293,7 +293,7 @@ fn check_artifact(
             cancel: &reading_cancel,
         });
         let mut tx = tx;
-        io::copy(&mut hashed, &mut tx)?;
+        crate::archive::copy_large(&mut hashed, &mut tx)?;
         tx.close()?;
         hashed.finish()
     });
@@ -317,7 +317,7 @@ fn check_artifact(
                 };
                 let walk = walk_archive(&mut plain, a.kind, manifest, read_data);
                 // Reading to the end checks the OpenPGP integrity protection (MDC).
-                let rest = io::copy(&mut plain, &mut io::sink());
+                let rest = crate::archive::copy_large(&mut plain, &mut io::sink());
                 let first_error = plain.first_error.take();
                 drop(plain);
                 if a.encrypted {

@@ -46,6 +46,22 @@ impl<W: Write> Write for HashWriter<W> {
     }
 }
 
+/// `io::copy` in 1 MiB steps (it copies through 8 KiB), for the paths that carry archives.
+pub fn copy_large(from: &mut dyn Read, to: &mut dyn Write) -> io::Result<u64> {
+    let mut buf = vec![0u8; pipe::CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+}
+
 /// Passes reads through, hashing (sha256) and counting them.
 pub struct HashReader<R> {
     inner: R,
@@ -64,7 +80,7 @@ impl<R: Read> HashReader<R> {
 
     /// Reads what is left, then returns the hex sha256 and byte count of everything read.
     pub fn finish(mut self) -> io::Result<(String, u64)> {
-        io::copy(&mut self, &mut io::sink())?;
+        copy_large(&mut self, &mut io::sink())?;
         Ok((crate::plan::hex(&self.hasher.finalize()), self.count))
     }
 }

@@ -91,11 +91,19 @@ pub fn scan(root: &Path) -> io::Result<Tree> {
 ///
 /// (`tar::Builder::append_data` copies through an 8 KiB buffer: two more copies and many
 /// more system calls per byte, on the path that carries the image content.)
-fn copy_member(file: &mut fs::File, size: u64, out: &mut dyn Write, buf: &mut [u8], cancel: &Cancel) -> io::Result<u64> {
+fn copy_member(
+    file: &mut fs::File,
+    size: u64,
+    out: &mut dyn Write,
+    buf: &mut [u8],
+    cancel: &Cancel,
+) -> io::Result<u64> {
     let mut done = 0u64;
     while done < size {
         cancel.check()?;
-        let want = buf.len().min(usize::try_from(size - done).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(size - done).unwrap_or(usize::MAX));
         let n = match file.read(&mut buf[..want]) {
             Ok(0) => break,
             Ok(n) => n,
