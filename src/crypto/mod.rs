@@ -1,11 +1,12 @@
 //! OpenPGP streams: encryption of artifacts on their way out (to a passphrase or to public
 //! keys), decryption for verification (with the passphrase or a secret key).
 //!
-//! Backend: sequoia-openpgp with its pure-Rust crypto (`crypto-rust`), so that building needs
-//! no system libraries (nettle and OpenSSL backends need libclang for bindgen). Its AES uses
-//! AES-NI where the CPU has it. Messages are what `gpg --symmetric` reads: SKESK v4 + SEIPD v1
-//! (with MDC), AES-256, no OpenPGP compression (artifacts are tar files of mostly compressed
-//! layers; compressing again costs CPU for nothing).
+//! Messages are what gpg 2.2 reads: SKESK v4 or PKESK v3 key packets, then SEIPD v1 (with
+//! MDC), AES-256, no OpenPGP compression (artifacts are tar files of mostly compressed layers;
+//! compressing again costs CPU for nothing). The key packets are built and opened by
+//! sequoia-openpgp (pure-Rust crypto, `crypto-rust`: building needs no system libraries); the
+//! bulk, framing and cipher, is [`seipd`]'s, for speed (see there). Messages that `seipd` does
+//! not read (compressed, signed, SEIPD v2, other ciphers) go to sequoia's general parser.
 
 pub mod secret;
 mod seipd;
