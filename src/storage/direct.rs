@@ -23,7 +23,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 /// Alignment of buffers, lengths and offsets.
 pub const ALIGN: usize = 4096;
 /// Bytes per direct write or read.
-const BLOCK: usize = 2 << 20;
+const BLOCK: usize = 1 << 20;
 
 /// `O_DIRECT` (Linux); elsewhere no flag, so files go through the cache.
 #[cfg(target_os = "linux")]
@@ -102,7 +102,7 @@ pub fn create(path: &Path) -> io::Result<DirectWriter> {
 }
 
 /// Buffers of a writer: one being filled, the others being written.
-const WRITE_BUFFERS: usize = 3;
+const WRITE_BUFFERS: usize = 2;
 
 /// The file being written, on the write-behind thread.
 struct Target {
