@@ -22,6 +22,8 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 /// Alignment of buffers, lengths and offsets.
 pub const ALIGN: usize = 4096;
+/// Files smaller than this are read through the page cache.
+const SMALL: u64 = 4 << 20;
 /// Bytes per direct write or read.
 const BLOCK: usize = 1 << 20;
 
@@ -232,6 +234,11 @@ impl Drop for DirectWriter {
 /// that the device works while the caller computes); or, where the filesystem refuses direct
 /// I/O, an ordinary buffered reader.
 pub fn open(path: &Path) -> io::Result<Box<dyn Read + Send + Sync>> {
+    // Small files (blobs of manifests and configs, kept one per object) are not worth a
+    // thread and the aligned buffers.
+    if std::fs::metadata(path)?.len() < SMALL {
+        return Ok(Box::new(io::BufReader::new(File::open(path)?)));
+    }
     let file = match OpenOptions::new()
         .read(true)
         .custom_flags(O_DIRECT)
@@ -379,6 +386,10 @@ mod tests {
             BLOCK,
             BLOCK + 4097,
             3 * BLOCK + 10,
+            // Read back directly from here on (smaller files go through the cache).
+            SMALL as usize,
+            SMALL as usize + ALIGN + 7,
+            6 * BLOCK + 1,
         ] {
             let path = dir.join(format!("direct-{len}"));
             let data = pattern(len);
