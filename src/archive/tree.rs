@@ -169,6 +169,53 @@ pub fn write_tar<W: Write>(tree: &Tree, prefix: &str, out: W, cancel: &Cancel) -
 mod tests {
     use super::*;
 
+    /// The members of a tar stream: name and content.
+    fn members(tar_bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let mut archive = tar::Archive::new(tar_bytes);
+        archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let name = e.path().unwrap().display().to_string();
+                let mut data = Vec::new();
+                e.read_to_end(&mut data).unwrap();
+                (name, data)
+            })
+            .collect()
+    }
+
+    pub(super) fn names(tar_bytes: &[u8]) -> Vec<String> {
+        members(tar_bytes).into_iter().map(|(n, _)| n).collect()
+    }
+
+    #[test]
+    fn member_data_is_exact_under_long_names_and_odd_sizes() {
+        let dir = std::env::temp_dir().join(format!("dtr-backup-data-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let deep = dir.join("d".repeat(120)).join("e".repeat(60));
+        fs::create_dir_all(&deep).unwrap();
+        let big: Vec<u8> = (0..(3 << 20) + 513).map(|i| (i % 251) as u8).collect();
+        fs::write(deep.join("data"), &big).unwrap();
+        fs::write(dir.join("small"), b"abc").unwrap();
+        fs::write(dir.join("empty"), b"").unwrap();
+
+        let tree = scan(&dir).unwrap();
+        let tar_bytes = write_tar(&tree, "v/_data", Vec::new(), &Cancel::new()).unwrap();
+        let got = members(&tar_bytes);
+        let find = |suffix: &str| {
+            got.iter()
+                .find(|(n, _)| n.ends_with(suffix))
+                .unwrap_or_else(|| panic!("{suffix} missing from {:?}", names(&tar_bytes)))
+                .1
+                .clone()
+        };
+        assert_eq!(find(&format!("{}/data", "e".repeat(60))), big);
+        assert_eq!(find("/small"), b"abc");
+        assert_eq!(find("/empty"), b"");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn symlinks_are_kept_not_followed_and_layout_is_prefixed() {
         let dir = std::env::temp_dir().join(format!("dtr-backup-tree-{}", std::process::id()));
@@ -188,12 +235,7 @@ mod tests {
             tar_bytes.len() < 20_000,
             "the symlink target must not be archived"
         );
-        let mut archive = tar::Archive::new(&tar_bytes[..]);
-        let names: Vec<String> = archive
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().display().to_string())
-            .collect();
+        let names = names(&tar_bytes);
         assert_eq!(names[0], "dtr-registry-x");
         assert_eq!(names[1], "dtr-registry-x/_data");
         assert!(names.contains(&"dtr-registry-x/_data/docker/registry/v2/blobs/data".to_owned()));
@@ -289,6 +331,7 @@ pub fn reroot<R: Read, W: Write>(
 
 #[cfg(test)]
 mod reroot_tests {
+    use super::tests::names;
     use super::*;
 
     #[test]
@@ -321,12 +364,7 @@ mod reroot_tests {
             &Cancel::new(),
         )
         .unwrap();
-        let mut a = tar::Archive::new(&out[..]);
-        let names: Vec<String> = a
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().display().to_string())
-            .collect();
+        let names = names(&out);
         assert_eq!(names[0], "dtr-registry-x");
         assert_eq!(names[1], "dtr-registry-x/_data");
         assert!(

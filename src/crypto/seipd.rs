@@ -16,6 +16,10 @@
 //! SKESK/PKESK…  SEIPD{ P 1 | CFB( prefix(16+2) Literal{ P 'b' 0 date(0) data… } MDC(0xD3 0x14 sha1) ) }
 //! ```
 //!
+//! Writing is two stages, which may run on two threads: [`Framer`] (the plaintext side: the
+//! literal packet's framing and the MDC) and [`Sealer`] (the cipher side: key packets,
+//! AES-CFB, the encrypted packet's framing).
+//!
 //! The reader takes any SEIPD v1 message whose payload is a single literal data packet
 //! (ours, `gpg --symmetric --compress-algo none`, `gpg -e` without compression) with AES; it
 //! returns [`Opened::Other`] for anything else (compressed or signed payloads, SEIPD v2, other
