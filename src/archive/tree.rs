@@ -85,14 +85,14 @@ pub fn scan(root: &Path) -> io::Result<Tree> {
     })
 }
 
-/// Copies the `size` bytes of `file` into `out` in 1 MiB reads, checking for cancellation at
-/// each, and pads to the tar block size. Returns the bytes read, which are fewer than `size`
-/// if the file shrank meanwhile.
+/// Copies the `size` bytes of a member's data from `from` into `out` in 1 MiB reads, checking
+/// for cancellation at each, and pads to the tar block size. Returns the bytes read, which are
+/// fewer than `size` if the source ended early (a file that shrank, a truncated archive).
 ///
 /// (`tar::Builder::append_data` copies through an 8 KiB buffer: two more copies and many
 /// more system calls per byte, on the path that carries the image content.)
 fn copy_member(
-    file: &mut fs::File,
+    from: &mut dyn Read,
     size: u64,
     out: &mut dyn Write,
     buf: &mut [u8],
@@ -104,7 +104,7 @@ fn copy_member(
         let want = buf
             .len()
             .min(usize::try_from(size - done).unwrap_or(usize::MAX));
-        let n = match file.read(&mut buf[..want]) {
+        let n = match from.read(&mut buf[..want]) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -170,7 +170,7 @@ mod tests {
     use super::*;
 
     /// The members of a tar stream: name and content.
-    fn members(tar_bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+    pub(super) fn members(tar_bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
         let mut archive = tar::Archive::new(tar_bytes);
         archive
             .entries()
@@ -273,6 +273,7 @@ pub fn reroot<R: Read, W: Write>(
 ) -> io::Result<W> {
     let mut archive = tar::Archive::new(input);
     let mut b = tar::Builder::new(out);
+    let mut buf = vec![0u8; 1 << 20];
     let mut wrote_parents = false;
     let map = |p: &str| -> Option<String> {
         let p = p.trim_end_matches('/');
@@ -323,7 +324,17 @@ pub fn reroot<R: Read, W: Write>(
                 })?;
                 b.append_link(&mut header, &new_path, target)?;
             }
-            _ => b.append_data(&mut header, &new_path, &mut entry)?,
+            _ => {
+                let size = header.size()?;
+                // As in `write_tar`: the header from the tar crate, then the data.
+                b.append_data(&mut header, &new_path, io::empty())?;
+                let read = copy_member(&mut entry, size, b.get_mut(), &mut buf, cancel)?;
+                if read != size {
+                    return Err(io::Error::other(format!(
+                        "the archive ends inside {path:?} ({read} of {size} bytes)"
+                    )));
+                }
+            }
         }
     }
     b.into_inner()
@@ -331,7 +342,7 @@ pub fn reroot<R: Read, W: Write>(
 
 #[cfg(test)]
 mod reroot_tests {
-    use super::tests::names;
+    use super::tests::{members, names};
     use super::*;
 
     #[test]
@@ -372,5 +383,13 @@ mod reroot_tests {
                 && names[2].starts_with("dtr-registry-x/_data/docker/registry/v2/")
         );
         assert_eq!(names[3], "dtr-registry-x/_data/link");
+        assert_eq!(members(&out)[2].1, b"abc", "member data is carried over");
+
+        // An input cut inside a member's data (2 of its 3 bytes; then come a symlink header
+        // and the two end blocks) is an error, not a shorter member.
+        let cut = &input[..input.len() - 1024 - 512 - 512 + 2];
+        let err = reroot(cut, "storage", "x/_data", Vec::new(), &Cancel::new())
+            .expect_err("a truncated input must fail");
+        assert!(err.to_string().contains("ends inside"), "{err}");
     }
 }

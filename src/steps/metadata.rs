@@ -207,7 +207,7 @@ async fn stream_metadata(
     let written = blocking(move || {
         let mut reader = feed.into_reader(prefix, ended);
         store_stream(
-            move |pipe| std::io::copy(&mut reader, pipe).map(drop),
+            move |pipe| crate::archive::copy_large(&mut reader, pipe).map(drop),
             stores.backups.as_ref(),
             &path,
             &encryption,
