@@ -1,5 +1,9 @@
 //! A bounded pipe of byte chunks between two threads: the writer blocks when the reader is
 //! `CHUNKS` chunks behind, so memory stays bounded whatever the size of the stream.
+//!
+//! Chunks travel by ownership: a stage that fills whole buffers hands them over
+//! ([`PipeWriter::put_chunk`]) instead of copying them, and buffers the reader is done with go
+//! back to the writer ([`PipeReader::recycle`]) to be filled again.
 
 use std::io::{self, Read, Write};
 use std::sync::Mutex;
@@ -13,15 +17,18 @@ pub const CHUNKS: usize = 4;
 /// Creates a pipe.
 pub fn pipe() -> (PipeWriter, PipeReader) {
     let (tx, rx) = sync_channel(CHUNKS);
+    let (back_tx, back_rx) = sync_channel(CHUNKS);
     (
         PipeWriter {
             tx: Some(tx),
             buf: Vec::with_capacity(CHUNK),
+            back: Mutex::new(back_rx),
         },
         PipeReader {
             rx: Mutex::new(rx),
             cur: Vec::new(),
             pos: 0,
+            back: back_tx,
         },
     )
 }
@@ -32,20 +39,39 @@ pub fn pipe() -> (PipeWriter, PipeReader) {
 pub struct PipeWriter {
     tx: Option<SyncSender<Vec<u8>>>,
     buf: Vec<u8>,
+    /// Buffers the reader gave back. (The mutex is never contended: it makes the writer
+    /// `Sync`.)
+    back: Mutex<Receiver<Vec<u8>>>,
 }
 
 impl PipeWriter {
-    fn send(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+    /// A buffer of at least `CHUNK` octets' capacity, with stale contents: one the reader gave
+    /// back, or a new (empty) one.
+    fn spare(&mut self) -> Vec<u8> {
+        self.back
+            .get_mut()
+            .ok()
+            .and_then(|back| back.try_recv().ok())
+            .unwrap_or_else(|| Vec::with_capacity(CHUNK))
+    }
+
+    fn send_vec(&mut self, chunk: Vec<u8>) -> io::Result<()> {
         match &self.tx {
             Some(tx) => tx.send(chunk).map_err(|_| {
                 io::Error::new(io::ErrorKind::BrokenPipe, "the reading stage stopped")
             }),
             None => Err(io::Error::new(io::ErrorKind::BrokenPipe, "pipe closed")),
         }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let mut next = self.spare();
+        next.clear();
+        let chunk = std::mem::replace(&mut self.buf, next);
+        self.send_vec(chunk)
     }
 
     /// Sends what is buffered and ends the stream.
@@ -77,12 +103,50 @@ impl Write for PipeWriter {
     }
 }
 
+/// A writer that can also take whole buffers by ownership.
+pub trait ChunkSink: Write {
+    /// Writes `chunk` (handed over where the sink can, else copied); returns a buffer of at
+    /// least `CHUNK` octets' capacity, with stale contents, to fill next.
+    fn put_chunk(&mut self, chunk: Vec<u8>) -> io::Result<Vec<u8>>;
+}
+
+impl ChunkSink for PipeWriter {
+    /// Sends what is buffered, then `chunk` as it is (no copy).
+    fn put_chunk(&mut self, chunk: Vec<u8>) -> io::Result<Vec<u8>> {
+        self.send()?;
+        if !chunk.is_empty() {
+            self.send_vec(chunk)?;
+        }
+        Ok(self.spare())
+    }
+}
+
+/// Any writer as a [`ChunkSink`]: chunks are copied, and the same buffer comes back.
+pub struct Copying<W>(pub W);
+
+impl<W: Write> Write for Copying<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<W: Write> ChunkSink for Copying<W> {
+    fn put_chunk(&mut self, chunk: Vec<u8>) -> io::Result<Vec<u8>> {
+        self.0.write_all(&chunk)?;
+        Ok(chunk)
+    }
+}
+
 /// The receiving end. (The mutex is never contended: it only makes the reader `Sync`, which
 /// the OpenPGP decryptor requires of its source.)
 pub struct PipeReader {
     rx: Mutex<Receiver<Vec<u8>>>,
     cur: Vec<u8>,
     pos: usize,
+    back: SyncSender<Vec<u8>>,
 }
 
 impl Read for PipeReader {
@@ -90,7 +154,8 @@ impl Read for PipeReader {
         while self.pos == self.cur.len() {
             match self.rx.get_mut().map(|rx| rx.recv()) {
                 Ok(Ok(chunk)) => {
-                    self.cur = chunk;
+                    let done = std::mem::replace(&mut self.cur, chunk);
+                    self.recycle(done);
                     self.pos = 0;
                 }
                 _ => return Ok(0),
@@ -114,6 +179,14 @@ impl PipeReader {
         }
         self.rx.get_mut().ok().and_then(|rx| rx.recv().ok())
     }
+
+    /// Gives a chunk the reader is done with back to the writer, to be filled again (dropped
+    /// if the writer has enough, or is gone, or the buffer is a small one).
+    pub fn recycle(&self, chunk: Vec<u8>) {
+        if chunk.capacity() >= CHUNK {
+            let _ = self.back.try_send(chunk);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -135,6 +208,32 @@ mod tests {
         assert_eq!(all.len(), 3000 * 4 * 333);
         assert_eq!(&all[..4], &0u32.to_le_bytes());
         assert_eq!(&all[all.len() - 4..], &2999u32.to_le_bytes());
+    }
+
+    #[test]
+    fn whole_chunks_pass_as_they_are_after_buffered_bytes_and_buffers_come_back() {
+        let (mut w, mut r) = pipe();
+        let first = vec![7u8; CHUNK + 1];
+        let first_at = first.as_ptr();
+        w.write_all(b"head").unwrap();
+        let spare = w.put_chunk(first).unwrap();
+        assert!(spare.capacity() >= CHUNK);
+        assert_eq!(r.next_chunk().unwrap(), b"head");
+        let got = r.next_chunk().unwrap();
+        assert_eq!(
+            (got.len(), got.as_ptr()),
+            (CHUNK + 1, first_at),
+            "moved, not copied"
+        );
+        r.recycle(got);
+        let again = w.put_chunk(vec![1u8; CHUNK]).unwrap();
+        assert_eq!(again.as_ptr(), first_at, "the reader's buffer came back");
+        // Small buffers are not worth keeping.
+        r.recycle(vec![0u8; 10]);
+        assert_ne!(w.put_chunk(Vec::new()).unwrap().capacity(), 10);
+        w.close().unwrap();
+        assert_eq!(r.next_chunk().unwrap(), vec![1u8; CHUNK]);
+        assert!(r.next_chunk().is_none());
     }
 
     #[test]

@@ -29,6 +29,7 @@ use openpgp::serialize::Serialize;
 use openpgp::types::SymmetricAlgorithm;
 use openpgp::{Cert, KeyHandle};
 
+use crate::archive::pipe::{ChunkSink, Copying};
 use crate::error::{Error, Result};
 
 pub use secret::{Secret, resolve};
@@ -230,7 +231,7 @@ impl Session {
     }
 
     /// The cipher stage, writing into `sink`; reads what [`Session::frame`] wrote.
-    pub fn seal<'a, W: Write + Send + Sync + 'a>(
+    pub fn seal<'a, W: ChunkSink + Send + Sync + 'a>(
         &self,
         sink: W,
     ) -> io::Result<Box<dyn FinishWrite + 'a>> {
@@ -296,7 +297,7 @@ pub fn encrypt<'a, W: Write + Send + Sync + 'a>(
     enc: &Encryption,
 ) -> io::Result<Box<dyn FinishWrite + 'a>> {
     let session = Session::new(enc)?;
-    let sealed = session.seal(sink)?;
+    let sealed = session.seal(Copying(sink))?;
     Ok(Box::new(session.frame(sealed)?))
 }
 
@@ -322,9 +323,9 @@ impl<W: Write + Send + Sync> FinishWrite for Plain<W> {
     }
 }
 
-struct Sealed<W: Write>(Option<seipd::Sealer<W>>);
+struct Sealed<W: ChunkSink>(Option<seipd::Sealer<W>>);
 
-impl<W: Write> Write for Sealed<W> {
+impl<W: ChunkSink> Write for Sealed<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match &mut self.0 {
             Some(m) => m.write(buf),
@@ -336,7 +337,7 @@ impl<W: Write> Write for Sealed<W> {
     }
 }
 
-impl<W: Write + Send + Sync> FinishWrite for Sealed<W> {
+impl<W: ChunkSink + Send + Sync> FinishWrite for Sealed<W> {
     fn finish(mut self: Box<Self>) -> io::Result<()> {
         match self.0.take() {
             Some(m) => m.finish().map(drop),
@@ -612,6 +613,39 @@ mod tests {
         out
     }
 
+    /// As `seal`, but in two stages joined by pipes, as artifacts are written (full chunks
+    /// handed down the pipe, not copied).
+    fn seal_piped(data: &[u8], enc: &Encryption) -> Vec<u8> {
+        use crate::archive::pipe;
+        let session = Session::new(enc).unwrap();
+        let (tx, mut rx) = pipe::pipe();
+        let mut framed = session.frame(tx).unwrap();
+        let data = data.to_vec();
+        let producer = std::thread::spawn(move || {
+            for piece in data.chunks(777_777) {
+                framed.write_all(piece).unwrap();
+            }
+            framed.finish().unwrap().close().unwrap();
+        });
+        let (enc_tx, mut enc_rx) = pipe::pipe();
+        let collector = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            while let Some(chunk) = enc_rx.next_chunk() {
+                out.extend_from_slice(&chunk);
+                enc_rx.recycle(chunk);
+            }
+            out
+        });
+        let mut sealed = session.seal(enc_tx).unwrap();
+        while let Some(chunk) = rx.next_chunk() {
+            sealed.write_all(&chunk).unwrap();
+            rx.recycle(chunk);
+        }
+        sealed.finish().unwrap();
+        producer.join().unwrap();
+        collector.join().unwrap()
+    }
+
     fn open_with(cipher: &[u8], dec: &Decryption) -> io::Result<Vec<u8>> {
         let mut back = Vec::new();
         decrypt(cipher, dec)?.read_to_end(&mut back)?;
@@ -635,11 +669,19 @@ mod tests {
     fn round_trips_at_chunk_boundaries_and_sequoia_reads_what_we_write() {
         let secret = Secret::for_test("chunks");
         let enc = Encryption::Passphrase(secret.clone());
-        for len in SIZES {
+        for (len, piped) in SIZES.into_iter().flat_map(|l| [(l, false), (l, true)]) {
             let data = pattern(len);
-            let cipher = seal(&data, &enc);
+            let cipher = if piped {
+                seal_piped(&data, &enc)
+            } else {
+                seal(&data, &enc)
+            };
             let dec = Decryption::Passphrase(secret.clone());
-            assert_eq!(open_with(&cipher, &dec).unwrap(), data, "ours, {len} bytes");
+            assert_eq!(
+                open_with(&cipher, &dec).unwrap(),
+                data,
+                "ours, {len} bytes, piped: {piped}"
+            );
             // Sequoia's general parser, which shares no code with ours.
             let helper = Helper {
                 password: Some(Password::from("chunks")),
@@ -651,7 +693,7 @@ mod tests {
                 .unwrap()
                 .read_to_end(&mut back)
                 .unwrap();
-            assert_eq!(back, data, "sequoia, {len} bytes");
+            assert_eq!(back, data, "sequoia, {len} bytes, piped: {piped}");
         }
     }
 

@@ -27,6 +27,7 @@
 
 use std::io::{self, Read, Write};
 
+use crate::archive::pipe::ChunkSink;
 use aes::cipher::consts::U16;
 use aes::cipher::{BlockBackend, BlockClosure, BlockEncrypt, BlockSizeUser, KeyInit};
 use sequoia_openpgp as openpgp;
@@ -329,16 +330,19 @@ impl<W: Write> Write for Framer<W> {
 }
 
 /// The cipher side of a SEIPD v1 message: writes the key packets `esk`, then the encrypted
-/// packet around what a [`Framer`] produced, in partial body chunks.
-pub struct Sealer<W: Write> {
+/// packet around what a [`Framer`] produced, in partial body chunks. Each full chunk is
+/// encrypted into a buffer that goes to the sink whole, with its length octet in front (a
+/// pipe takes it without a copy).
+pub struct Sealer<W: ChunkSink> {
     sink: W,
     cfb: CfbEncrypt,
-    /// The packet body not yet written (`len` octets): the version octet, then ciphertext.
+    /// The partial length octet, then the packet body not yet written (`len` octets: the
+    /// version octet, then ciphertext).
     body: Vec<u8>,
     len: usize,
 }
 
-impl<W: Write> Sealer<W> {
+impl<W: ChunkSink> Sealer<W> {
     pub fn new(
         mut sink: W,
         esk: &[u8],
@@ -349,8 +353,9 @@ impl<W: Write> Sealer<W> {
             .ok_or_else(|| io::Error::other(format!("{algo} is not supported for writing")))?;
         sink.write_all(esk)?;
         sink.write_all(&[0xC0 | TAG_SEIPD])?;
-        let mut body = vec![0u8; CHUNK];
-        body[0] = 1;
+        let mut body = vec![0u8; 1 + CHUNK];
+        body[0] = PARTIAL;
+        body[1] = 1;
         Ok(Sealer {
             sink,
             cfb: CfbEncrypt::new(aes),
@@ -364,26 +369,28 @@ impl<W: Write> Sealer<W> {
         let mut header = Vec::with_capacity(5);
         definite_len(self.len, &mut header);
         self.sink.write_all(&header)?;
-        self.sink.write_all(&self.body[..self.len])?;
+        self.sink.write_all(&self.body[1..1 + self.len])?;
         self.sink.flush()?;
         Ok(self.sink)
     }
 }
 
-impl<W: Write> Write for Sealer<W> {
+impl<W: ChunkSink> Write for Sealer<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
         }
         // A full chunk is written as partial once more data follows.
         if self.len == CHUNK {
-            self.sink.write_all(&[PARTIAL])?;
-            self.sink.write_all(&self.body)?;
+            let full = std::mem::take(&mut self.body);
+            self.body = self.sink.put_chunk(full)?;
+            self.body.resize(1 + CHUNK, 0);
+            self.body[0] = PARTIAL;
             self.len = 0;
         }
         let n = (CHUNK - self.len).min(buf.len());
-        self.cfb
-            .encrypt(&buf[..n], &mut self.body[self.len..self.len + n]);
+        let at = 1 + self.len;
+        self.cfb.encrypt(&buf[..n], &mut self.body[at..at + n]);
         self.len += n;
         Ok(n)
     }

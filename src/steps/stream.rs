@@ -7,7 +7,8 @@
 //! ```
 //!
 //! On two cores, reading, archiving and hashing the plaintext; encrypting; and hashing and
-//! writing the ciphertext overlap. The cipher, which cannot be parallelised (CFB), has a
+//! writing the ciphertext overlap. The cipher encrypts each chunk into a buffer that goes down
+//! the pipe as it is; buffers come back up for reuse. The cipher, which cannot be parallelised (CFB), has a
 //! thread to itself.
 //! Plaintext never touches the disk; the object becomes visible only after every stage
 //! finished cleanly and everything is durable.
@@ -62,6 +63,7 @@ pub fn store_stream(
                 let mut hashed = HashWriter::new(object);
                 while let Some(chunk) = enc_rx.next_chunk() {
                     hashed.write_all(&chunk)?;
+                    enc_rx.recycle(chunk);
                 }
                 Ok(hashed.finish())
             },
@@ -75,6 +77,7 @@ pub fn store_stream(
             cancel.check().map_err(|e| io(e, &what))?;
             sealed.write_all(&chunk).map_err(|e| io(e, &what))?;
             progress.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            rx.recycle(chunk);
             chunks += 1;
             if chunks == 2 {
                 failpoint::hit("stream.middle");
