@@ -9,6 +9,8 @@
 //! 5. restorability: every blob digest the metadata references is in the image content.
 //!
 //! Each artifact is read once: hashing, decryption and the archive walk share one pass.
+//! `apply`'s read-back ([`Rehash::Undecrypted`]) does not hash again what it decrypts: the
+//! integrity protection already covers every stored octet.
 
 use std::collections::BTreeSet;
 use std::io::{self, Read};
@@ -72,6 +74,17 @@ impl ReadData {
     }
 }
 
+/// Whether the stored octets of an artifact that is decrypted are hashed again (sha256).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rehash {
+    /// Every artifact: the manifest's sha256 is checked (`verify`).
+    Always,
+    /// Only artifacts that are not decrypted (`apply`'s read-back). Decryption checks the
+    /// OpenPGP integrity protection (MDC), which any changed, missing or added octet breaks;
+    /// a second hash of the same octets would prove nothing more about what is stored.
+    Undecrypted,
+}
+
 /// What one artifact's walk found.
 #[derive(Default)]
 struct Walk {
@@ -104,13 +117,14 @@ pub fn check_backup(
     manifest: &Manifest,
     dec: Option<&Decryption>,
     read_data: ReadData,
+    rehash: Rehash,
     cancel: &Cancel,
 ) -> Vec<Check> {
     let mut checks = Vec::new();
     let mut references = None;
     let mut blobs: Option<BTreeSet<String>> = None;
     for a in &manifest.artifacts {
-        let (mut c, walk) = check_artifact(store, manifest, a, dec, read_data, cancel);
+        let (mut c, walk) = check_artifact(store, manifest, a, dec, read_data, rehash, cancel);
         checks.append(&mut c);
         if let Some(w) = walk {
             match a.kind {
@@ -252,6 +266,7 @@ fn check_artifact(
     a: &Artifact,
     dec: Option<&Decryption>,
     read_data: ReadData,
+    rehash: Rehash,
     cancel: &Cancel,
 ) -> (Vec<Check>, Option<Walk>) {
     let path = format!("{}/{}", manifest.backup_id, a.path);
@@ -283,19 +298,28 @@ fn check_artifact(
             return (checks, None);
         }
     };
-    // Two threads: one reads the stored bytes and hashes them, the other decrypts and walks
-    // the archive. Each artifact is read once.
+    // Two threads: one reads the stored bytes (and hashes them), the other decrypts and walks
+    // the archive (and the decryptor hashes for the MDC on a third). Each artifact is read
+    // once.
+    let hash = rehash == Rehash::Always || !(a.encrypted && dec.is_some());
     let (tx, mut stored) = pipe::pipe();
     let reading_cancel = cancel.clone();
-    let reading = std::thread::spawn(move || -> io::Result<(String, u64)> {
-        let mut hashed = HashReader::new(Guard {
+    let reading = std::thread::spawn(move || -> io::Result<(Option<String>, u64)> {
+        let mut src = Guard {
             inner: reader,
             cancel: &reading_cancel,
-        });
+        };
         let mut tx = tx;
-        crate::archive::copy_large(&mut hashed, &mut tx)?;
-        tx.close()?;
-        hashed.finish()
+        if hash {
+            let mut hashed = HashReader::new(src);
+            pipe::pump(&mut hashed, &mut tx)?;
+            tx.close()?;
+            hashed.finish().map(|(sha, n)| (Some(sha), n))
+        } else {
+            let n = pipe::pump(&mut src, &mut tx)?;
+            tx.close()?;
+            Ok((None, n))
+        }
     });
     let walk = {
         let plain: Result<Box<dyn Read + Send + Sync + '_>, String> = match (a.encrypted, dec) {
@@ -366,13 +390,21 @@ fn check_artifact(
     let hashed = reading
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("the reading thread panicked")));
+    let name = if hash { "sha256" } else { "read back whole" };
     checks.push(Check::new(
-        format!("{}: sha256", a.path),
+        format!("{}: {name}", a.path),
         match hashed {
-            Ok((sha, n)) if sha == a.sha256 && n == a.size => Ok(sha),
-            Ok((sha, n)) => Err(format!(
+            Ok((Some(sha), n)) if sha == a.sha256 && n == a.size => Ok(sha),
+            Ok((Some(sha), n)) => Err(format!(
                 "{n} bytes with sha256 {sha}; the manifest records {} bytes with {}",
                 a.size, a.sha256
+            )),
+            Ok((None, n)) if n == a.size => Ok(format!(
+                "{n} bytes; not hashed again: the integrity protection covers every octet"
+            )),
+            Ok((None, n)) => Err(format!(
+                "{n} bytes read back; the manifest records {}",
+                a.size
             )),
             Err(e) => Err(e.to_string()),
         },

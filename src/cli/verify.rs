@@ -122,6 +122,7 @@ pub fn run(args: &Args) -> Exit {
             m,
             dec.as_ref(),
             read_data,
+            verify::Rehash::Always,
             &Cancel::new(),
         ));
     }

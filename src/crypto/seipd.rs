@@ -25,7 +25,12 @@
 //! returns [`Opened::Other`] for anything else (compressed or signed payloads, SEIPD v2, other
 //! ciphers), with the bytes it consumed put back, for sequoia's general parser.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::thread::JoinHandle;
 
 use crate::archive::pipe::ChunkSink;
 use aes::cipher::consts::U16;
@@ -612,10 +617,12 @@ impl<R: Read> Pending<R> {
         let mut r = Reader {
             body: self.body,
             cfb,
-            mdc,
-            buf: vec![0; 256 * 1024],
+            mdc: MdcHasher::new(mdc)?,
+            buf: Arc::new(Vec::new()),
+            used: VecDeque::new(),
             start: 0,
             end: 0,
+            hashed: 0,
             eof: false,
             left: Len::Definite(0),
             last: true,
@@ -644,15 +651,77 @@ pub enum Decrypted<R> {
     Other(io::Chain<io::Cursor<Vec<u8>>, R>),
 }
 
+/// Octets decrypted at a time.
+const FILL: usize = 256 * 1024;
+/// Decrypted buffers queued for the MDC hasher at most.
+const HASH_QUEUE: usize = 4;
+
+/// Decrypted octets for the hasher: a buffer and the part of it to hash.
+type ToHash = (Arc<Vec<u8>>, Range<usize>);
+
+/// The SHA-1 of the MDC, computed on a thread of its own: it costs as much CPU as decryption
+/// and the archive walk together, which run meanwhile on the reading thread.
+struct MdcHasher {
+    tx: Option<SyncSender<ToHash>>,
+    done: Option<JoinHandle<Sha1>>,
+}
+
+impl MdcHasher {
+    /// Starts from `state` (what was hashed so far).
+    fn new(state: Sha1) -> io::Result<Self> {
+        let (tx, rx) = sync_channel::<ToHash>(HASH_QUEUE);
+        let done = std::thread::Builder::new()
+            .name("mdc".into())
+            .spawn(move || {
+                let mut h = state;
+                for (buf, range) in rx {
+                    h.update(&buf[range]);
+                }
+                h
+            })?;
+        Ok(MdcHasher {
+            tx: Some(tx),
+            done: Some(done),
+        })
+    }
+
+    /// Hashes `buf[range]` next.
+    fn hash(&self, buf: &Arc<Vec<u8>>, range: Range<usize>) -> io::Result<()> {
+        let stopped = || io::Error::other("the MDC hashing thread stopped");
+        match &self.tx {
+            Some(tx) if !range.is_empty() => tx.send((buf.clone(), range)).map_err(|_| stopped()),
+            Some(_) => Ok(()),
+            None => Err(stopped()),
+        }
+    }
+
+    /// The hash of everything passed to [`MdcHasher::hash`].
+    fn finish(&mut self) -> io::Result<Sha1> {
+        self.tx = None;
+        self.done
+            .take()
+            .ok_or_else(|| io::Error::other("the MDC was already checked"))?
+            .join()
+            .map_err(|_| io::Error::other("the MDC hashing thread panicked"))
+    }
+}
+
 /// Reads the literal data of a SEIPD v1 message; at its end, checks the MDC.
+///
+/// Decrypted data is hashed for the MDC as soon as it is known not to be the MDC packet itself
+/// (all but the last 22 octets decrypted so far), in the order decrypted, on the hashing
+/// thread; consuming it (packet headers, literal data) is independent of hashing.
 pub struct Reader<R> {
     body: Body<Recorder<R>>,
     cfb: CfbDecrypt,
-    mdc: Sha1,
-    /// Decrypted octets `start..end` not yet consumed.
-    buf: Vec<u8>,
+    mdc: MdcHasher,
+    /// Decrypted octets; `start..end` not yet consumed; `..hashed` given to the hasher.
+    buf: Arc<Vec<u8>>,
     start: usize,
     end: usize,
+    hashed: usize,
+    /// Earlier buffers, reused once the hasher is done with them.
+    used: VecDeque<Arc<Vec<u8>>>,
     eof: bool,
     /// What is left of the current literal chunk.
     left: Len,
@@ -661,26 +730,55 @@ pub struct Reader<R> {
 }
 
 impl<R: Read> Reader<R> {
-    /// Decrypts more; `false` at the end of the encrypted packet.
+    /// A buffer of `len` octets (stale contents): an earlier one the hasher is done with, or
+    /// a new one.
+    fn spare(&mut self, len: usize) -> Vec<u8> {
+        let mut v = match self.used.pop_front().map(Arc::try_unwrap) {
+            Some(Ok(v)) => v,
+            Some(Err(busy)) => {
+                self.used.push_front(busy);
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        if v.len() < len {
+            v.resize(len, 0);
+        }
+        v
+    }
+
+    /// Decrypts more (into a new buffer, after what is not consumed yet); `false` at the end
+    /// of the encrypted packet.
     fn fill(&mut self) -> io::Result<bool> {
         if self.eof {
             return Ok(false);
         }
-        if self.start > 0 {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
+        let keep = self.end - self.start;
+        let mut next = self.spare(FILL.max(2 * keep));
+        next[..keep].copy_from_slice(&self.buf[self.start..self.end]);
+        let mut end = keep;
+        while end < next.len() {
+            let n = self.body.read(&mut next[end..])?;
+            if n == 0 {
+                self.eof = true;
+                break;
+            }
+            self.cfb.apply(&mut next[end..end + n]);
+            end += n;
         }
-        if self.end == self.buf.len() {
-            return Err(bad("data follows the literal data packet"));
-        }
-        let n = self.body.read(&mut self.buf[self.end..])?;
-        if n == 0 {
-            self.eof = true;
+        if end == keep {
             return Ok(false);
         }
-        self.cfb.apply(&mut self.buf[self.end..self.end + n]);
-        self.end += n;
+        // Octets consumed are always hashed already (only hashed octets are available).
+        let hashed = self.hashed - self.start;
+        let old = std::mem::replace(&mut self.buf, Arc::new(next));
+        if self.used.len() < HASH_QUEUE + 2 {
+            self.used.push_back(old);
+        }
+        (self.start, self.end) = (0, end);
+        let upto = end.saturating_sub(MDC_LEN).max(hashed);
+        self.mdc.hash(&self.buf, hashed..upto)?;
+        self.hashed = upto;
         Ok(true)
     }
 
@@ -699,7 +797,6 @@ impl<R: Read> Reader<R> {
         }
         let s = self.start;
         self.start += n;
-        self.mdc.update(&self.buf[s..s + n]);
         Ok(&self.buf[s..s + n])
     }
 
@@ -724,16 +821,21 @@ impl<R: Read> Reader<R> {
 
     /// Checks that the MDC packet, and nothing else, follows the literal data.
     fn check_mdc(&mut self) -> io::Result<()> {
-        while self.fill()? {}
-        if self.end - self.start != MDC_LEN {
-            return Err(bad("data follows the literal data packet"));
+        loop {
+            if self.end - self.start > MDC_LEN {
+                return Err(bad("data follows the literal data packet"));
+            }
+            if !self.fill()? {
+                break;
+            }
         }
-        let tail = &self.buf[self.start..self.end];
-        if tail[..2] != MDC_HEADER {
+        if self.end - self.start < MDC_LEN || self.buf[self.start..self.start + 2] != MDC_HEADER {
             return Err(bad("the modification detection code packet is missing"));
         }
-        self.mdc.update(MDC_HEADER);
-        let digest = self.mdc.clone().finalize();
+        let mut mdc = self.mdc.finish()?;
+        mdc.update(MDC_HEADER);
+        let digest = mdc.finalize();
+        let tail = &self.buf[self.start..self.end];
         if digest.as_slice() != &tail[2..] {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -783,7 +885,6 @@ impl<R: Read> Read for Reader<R> {
             }
             let s = self.start;
             out[..n].copy_from_slice(&self.buf[s..s + n]);
-            self.mdc.update(&self.buf[s..s + n]);
             self.start += n;
             self.left = match self.left {
                 Len::Definite(k) => Len::Definite(k - n as u64),

@@ -1,5 +1,6 @@
-//! Verify: reads the new backup back (sizes, sha256, decryption, layout). Only when every
-//! check passes is `manifest.json` published: a backup that fails is never complete.
+//! Verify: reads the new backup back (sizes, decryption with its integrity protection, layout;
+//! sha256 where an artifact cannot be decrypted). Only when every check passes is
+//! `manifest.json` published: a backup that fails is never complete.
 
 use crate::error::{Error, Result};
 use crate::exec::state::FileRef;
@@ -11,7 +12,7 @@ use super::{Ctx, Outcome, blocking};
 
 pub fn describe(_plan: &Plan) -> Vec<String> {
     vec![
-        "read every artifact back: size, sha256, decryption (integrity protection), tar layout"
+        "read every artifact back: size, decryption (integrity protection, which covers every octet), tar layout; sha256 of artifacts not decrypted"
             .into(),
         format!(
             "publish <backup-id>/{} when all checks pass",
@@ -40,8 +41,14 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
             })?,
         };
         let m = Manifest::parse(&bytes, &pending)?;
-        let checks =
-            verify::check_backup(store, &m, dec.as_ref(), verify::ReadData::Layout, &cancel);
+        let checks = verify::check_backup(
+            store,
+            &m,
+            dec.as_ref(),
+            verify::ReadData::Layout,
+            verify::Rehash::Undecrypted,
+            &cancel,
+        );
         cancel
             .check()
             .map_err(|e| crate::error::io(e, "verifying"))?;

@@ -15,7 +15,7 @@
 //! read and written through the page cache instead, with the same results.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -259,37 +259,54 @@ pub fn open(path: &Path) -> io::Result<Box<dyn Read + Send + Sync>> {
         }
         Err(e) => return Err(e),
     };
-    const IN_FLIGHT: usize = 3;
-    let (full_tx, full_rx) = sync_channel::<io::Result<(Aligned, usize)>>(IN_FLIGHT);
-    let (empty_tx, empty_rx) = sync_channel::<Aligned>(IN_FLIGHT);
-    for _ in 0..IN_FLIGHT {
-        empty_tx
-            .send(Aligned::new(BLOCK))
-            .map_err(|_| io::Error::other("read-ahead"))?;
+    // Several reads in flight: on the benchmark machine's virtual disk, one 1 MiB read at a
+    // time gave 1.2 GB/s and four at a time 1.6 GB/s (`dd iflag=direct`).
+    let mut lanes = Vec::with_capacity(LANES);
+    for lane in 0..LANES {
+        let (full_tx, full_rx) = sync_channel::<io::Result<(Aligned, usize)>>(PER_LANE);
+        let (empty_tx, empty_rx) = sync_channel::<Aligned>(PER_LANE);
+        for _ in 0..PER_LANE {
+            empty_tx
+                .send(Aligned::new(BLOCK))
+                .map_err(|_| io::Error::other("read-ahead"))?;
+        }
+        let (file, path) = (file.try_clone()?, path.to_owned());
+        std::thread::Builder::new()
+            .name("read-ahead".into())
+            .spawn(move || read_ahead(file, &path, lane, &full_tx, &empty_rx))?;
+        lanes.push(Lane {
+            full: std::sync::Mutex::new(full_rx),
+            empty: empty_tx,
+        });
     }
-    let path = path.to_owned();
-    std::thread::Builder::new()
-        .name("read-ahead".into())
-        .spawn(move || read_ahead(file, &path, &full_tx, &empty_rx))?;
     Ok(Box::new(DirectReader {
-        full: std::sync::Mutex::new(full_rx),
-        empty: empty_tx,
+        lanes,
+        next: 0,
         cur: None,
         pos: 0,
         len: 0,
+        end: false,
     }))
 }
 
-/// Reads blocks until the end of the file, an error, or the reader goes away.
+/// Threads reading ahead; block `i` of the file is read by lane `i % LANES`.
+const LANES: usize = 4;
+/// Blocks read ahead per lane at most.
+const PER_LANE: usize = 2;
+
+/// Reads the blocks of one lane until the end of the file, an error, or the reader goes
+/// away.
 fn read_ahead(
     mut file: File,
     path: &Path,
+    lane: usize,
     full: &SyncSender<io::Result<(Aligned, usize)>>,
     empty: &Receiver<Aligned>,
 ) {
     let mut direct = true;
-    let mut offset = 0u64;
+    let mut block = lane as u64;
     while let Ok(mut buf) = empty.recv() {
+        let offset = block * BLOCK as u64;
         let mut n = 0;
         // Fill the block (reads may return less); a short block means the end of the file.
         let result = loop {
@@ -306,10 +323,7 @@ fn read_ahead(
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if direct && refused(&e) => {
                     // Accepted at open, refused at read: go through the cache.
-                    match File::open(path).and_then(|mut f| {
-                        f.seek(SeekFrom::Start(offset + n as u64))?;
-                        Ok(f)
-                    }) {
+                    match File::open(path) {
                         Ok(f) => (file, direct) = (f, false),
                         Err(e) => break Err(e),
                     }
@@ -317,7 +331,7 @@ fn read_ahead(
                 Err(e) => break Err(e),
             }
         };
-        offset += n as u64;
+        block += LANES as u64;
         let end = n < BLOCK;
         let failed = result.is_err();
         if full.send(result.map(|()| (buf, n))).is_err() || end || failed {
@@ -326,30 +340,49 @@ fn read_ahead(
     }
 }
 
-struct DirectReader {
+/// One read-ahead thread's blocks, full and empty.
+struct Lane {
     full: std::sync::Mutex<Receiver<io::Result<(Aligned, usize)>>>,
     empty: SyncSender<Aligned>,
+}
+
+struct DirectReader {
+    lanes: Vec<Lane>,
+    /// The lane of the next block.
+    next: usize,
+    /// The block being consumed, from lane `next - 1`.
     cur: Option<Aligned>,
     pos: usize,
     len: usize,
+    end: bool,
 }
 
 impl Read for DirectReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.pos == self.len {
+            let lanes = self.lanes.len();
             if let Some(done) = self.cur.take() {
-                let _ = self.empty.send(done);
+                let _ = self.lanes[(self.next + lanes - 1) % lanes].empty.send(done);
             }
-            let next = self
+            if self.end {
+                return Ok(0);
+            }
+            let next = self.lanes[self.next]
                 .full
                 .get_mut()
                 .map_err(|_| io::Error::other("read-ahead"))?
                 .recv();
+            self.next = (self.next + 1) % lanes;
             match next {
-                // The read-ahead thread ended: the end of the file was reached.
-                Err(_) => return Ok(0),
+                // The lane's thread ended: the end of the file was reached.
+                Err(_) => {
+                    self.end = true;
+                    return Ok(0);
+                }
                 Ok(Err(e)) => return Err(e),
                 Ok(Ok((buf, n))) => {
+                    // A short block is the last one.
+                    self.end = n < BLOCK;
                     self.cur = Some(buf);
                     (self.pos, self.len) = (0, n);
                     if n == 0 {
@@ -390,6 +423,11 @@ mod tests {
             SMALL as usize,
             SMALL as usize + ALIGN + 7,
             6 * BLOCK + 1,
+            // Every lane ending the file, with a short block or an empty one.
+            8 * BLOCK,
+            9 * BLOCK + 5,
+            10 * BLOCK + ALIGN,
+            11 * BLOCK - 1,
         ] {
             let path = dir.join(format!("direct-{len}"));
             let data = pattern(len);
