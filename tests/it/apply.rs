@@ -580,3 +580,43 @@ fn nfs_images_on_a_folder_that_is_not_the_mount_are_refused() {
     assert_eq!(steps_with(&events(&out), "step_failed"), ["preflight"]);
     assert!(fx.backup_dirs().is_empty(), "nothing was backed up");
 }
+
+#[test]
+fn damage_between_writing_and_reading_back_is_caught_and_nothing_is_published() {
+    // apply's read-back does not hash what it decrypts again: the integrity protection must
+    // catch a changed octet anywhere (key packets, data, MDC).
+    for at in ["start", "middle", "end"] {
+        let fx = Fixture::new("damage", 5, "");
+        let point = "step.manifest.journaled";
+        let mut child = spawn_until(
+            fx.apply().env("DTR_BACKUP_FAILPOINT", point),
+            &format!("failpoint {point}"),
+        );
+        child.kill().expect("kill -9");
+        child.wait().expect("reaped");
+        let dirs = fx.backup_dirs();
+        assert_eq!(dirs.len(), 1);
+        let file = dirs[0].join("dtr-images-0a1b2c3d4e5f.tar.gpg");
+        let mut bytes = std::fs::read(&file).expect("artifact");
+        assert!(bytes.len() > 5 << 20, "read back through direct I/O");
+        let i = match at {
+            "start" => 40,
+            "middle" => bytes.len() / 2,
+            _ => bytes.len() - 5,
+        };
+        bytes[i] ^= 0x01;
+        std::fs::write(&file, &bytes).expect("damaged");
+
+        let out = run(&mut fx.apply());
+        assert_eq!(out.status.code(), Some(5), "{at}: {}", stderr(&out));
+        let err = error_of(&out);
+        assert!(
+            err.contains("failed verification") && err.contains("decrypts"),
+            "{at}: {err}"
+        );
+        assert!(
+            !dirs[0].join("manifest.json").exists(),
+            "{at}: a damaged backup was published"
+        );
+    }
+}

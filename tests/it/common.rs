@@ -179,6 +179,14 @@ impl Fixture {
     }
 }
 
+/// The error of the last event (`--output json`), if it has one.
+pub fn error_of(out: &Output) -> String {
+    events(out)
+        .last()
+        .and_then(|e| e["error"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 /// The JSON events of an `--output json` run.
 pub fn events(o: &Output) -> Vec<serde_json::Value> {
     stdout(o)

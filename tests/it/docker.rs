@@ -336,13 +336,6 @@ fn complete_backups(dir: &TempDir) -> Vec<PathBuf> {
     v
 }
 
-fn error_of(out: &Output) -> String {
-    events(out)
-        .last()
-        .and_then(|e| e["error"].as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 /// A complete backup of replica `id`: metadata decrypts with gpg to DTR's layout, and the
 /// images archive holds every blob of the volume under the canonical folder.
 fn assert_full_backup(backup: &Path, id: &str, offline: bool) {
