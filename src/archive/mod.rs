@@ -62,6 +62,45 @@ pub fn copy_large(from: &mut dyn Read, to: &mut dyn Write) -> io::Result<u64> {
     }
 }
 
+/// Reads at most `max` octets from `from` through `buf` into `to`; returns how many (0 at the
+/// end of `from`).
+pub fn copy_some(
+    from: &mut dyn Read,
+    max: usize,
+    to: &mut dyn Write,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    let want = max.min(buf.len());
+    let n = from.read(&mut buf[..want])?;
+    to.write_all(&buf[..n])?;
+    Ok(n)
+}
+
+/// Where tar member data goes: a writer that may also read it straight from the source.
+pub trait MemberSink: Write {
+    /// Moves at most `max` octets from `from` (through `buf`, unless the sink reads straight
+    /// into its own buffer); returns how many (0 at the end of `from`).
+    fn read_from(&mut self, from: &mut dyn Read, max: usize, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+impl MemberSink for Vec<u8> {
+    fn read_from(&mut self, from: &mut dyn Read, max: usize, buf: &mut [u8]) -> io::Result<usize> {
+        copy_some(from, max, self, buf)
+    }
+}
+
+impl<W: pipe::ChunkSink> MemberSink for crate::crypto::Framed<W> {
+    fn read_from(&mut self, from: &mut dyn Read, max: usize, buf: &mut [u8]) -> io::Result<usize> {
+        crate::crypto::Framed::read_from(self, from, max, buf)
+    }
+}
+
+impl<T: MemberSink + ?Sized> MemberSink for &mut T {
+    fn read_from(&mut self, from: &mut dyn Read, max: usize, buf: &mut [u8]) -> io::Result<usize> {
+        (**self).read_from(from, max, buf)
+    }
+}
+
 /// Passes reads through, hashing (sha256) and counting them.
 pub struct HashReader<R> {
     inner: R,

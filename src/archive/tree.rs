@@ -5,9 +5,10 @@
 //! backups of the same tree list the same members in the same order.
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
+use crate::archive::MemberSink;
 use crate::cancel::Cancel;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,8 +86,9 @@ pub fn scan(root: &Path) -> io::Result<Tree> {
     })
 }
 
-/// Copies the `size` bytes of a member's data from `from` into `out` in 1 MiB reads, checking
-/// for cancellation at each, and pads to the tar block size. Returns the bytes read, which are
+/// Copies the `size` bytes of a member's data from `from` into `out` in 1 MiB reads (straight
+/// into the OpenPGP framing's buffer when encrypting), checking for cancellation at each, and
+/// pads to the tar block size. Returns the bytes read, which are
 /// fewer than `size` if the source ended early (a file that shrank, a truncated archive).
 ///
 /// (`tar::Builder::append_data` copies through an 8 KiB buffer: two more copies and many
@@ -94,7 +96,7 @@ pub fn scan(root: &Path) -> io::Result<Tree> {
 fn copy_member(
     from: &mut dyn Read,
     size: u64,
-    out: &mut dyn Write,
+    out: &mut dyn MemberSink,
     buf: &mut [u8],
     cancel: &Cancel,
 ) -> io::Result<u64> {
@@ -104,13 +106,12 @@ fn copy_member(
         let want = buf
             .len()
             .min(usize::try_from(size - done).unwrap_or(usize::MAX));
-        let n = match from.read(&mut buf[..want]) {
+        let n = match out.read_from(from, want, buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        out.write_all(&buf[..n])?;
         done += n as u64;
     }
     let pad = (512 - (done % 512) as usize) % 512;
@@ -120,7 +121,12 @@ fn copy_member(
 
 /// Writes `tree` as a tar stream into `out`, every member under `prefix` (e.g.
 /// `dtr-registry-a1640e1c15b6/_data`). The folders of `prefix` come first.
-pub fn write_tar<W: Write>(tree: &Tree, prefix: &str, out: W, cancel: &Cancel) -> io::Result<W> {
+pub fn write_tar<W: MemberSink>(
+    tree: &Tree,
+    prefix: &str,
+    out: W,
+    cancel: &Cancel,
+) -> io::Result<W> {
     let mut b = tar::Builder::new(out);
     b.follow_symlinks(false);
     b.mode(tar::HeaderMode::Complete);
@@ -264,7 +270,7 @@ mod tests {
 
 /// Re-roots a tar stream: members `from` and `from/...` become `to` and `to/...`; the folders
 /// of `to` that lie above it come first. Symlinks stay symlinks; hard-link targets move too.
-pub fn reroot<R: Read, W: Write>(
+pub fn reroot<R: Read, W: MemberSink>(
     input: R,
     from: &str,
     to: &str,

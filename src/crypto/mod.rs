@@ -223,7 +223,7 @@ impl Session {
     }
 
     /// The plaintext stage, writing into `sink`.
-    pub fn frame<W: Write>(&self, sink: W) -> io::Result<Framed<W>> {
+    pub fn frame<W: ChunkSink>(&self, sink: W) -> io::Result<Framed<W>> {
         Ok(match self.0 {
             None => Framed::Clear(sink),
             Some(_) => Framed::Framer(seipd::Framer::new(sink)?),
@@ -243,12 +243,26 @@ impl Session {
 }
 
 /// The plaintext stage of a [`Session`].
-pub enum Framed<W: Write> {
+pub enum Framed<W: ChunkSink> {
     Clear(W),
     Framer(seipd::Framer<W>),
 }
 
-impl<W: Write> Framed<W> {
+impl<W: ChunkSink> Framed<W> {
+    /// Reads at most `max` octets from `from` into the stream (straight into the OpenPGP
+    /// framing's buffer when encrypting; through `buf` otherwise); returns how many.
+    pub fn read_from(
+        &mut self,
+        from: &mut dyn Read,
+        max: usize,
+        buf: &mut [u8],
+    ) -> io::Result<usize> {
+        match self {
+            Framed::Clear(w) => crate::archive::copy_some(from, max, w, buf),
+            Framed::Framer(f) => f.read_from(from, max),
+        }
+    }
+
     /// Ends the plaintext; returns the sink.
     pub fn finish(self) -> io::Result<W> {
         match self {
@@ -258,7 +272,7 @@ impl<W: Write> Framed<W> {
     }
 }
 
-impl<W: Write> Write for Framed<W> {
+impl<W: ChunkSink> Write for Framed<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Framed::Clear(w) => w.write(buf),
@@ -273,7 +287,7 @@ impl<W: Write> Write for Framed<W> {
     }
 }
 
-impl<W: FinishWriteBox> FinishWrite for Framed<W> {
+impl<W: FinishWriteBox + ChunkSink> FinishWrite for Framed<W> {
     fn finish(self: Box<Self>) -> io::Result<()> {
         (*self).finish()?.finish_box()
     }
@@ -290,6 +304,12 @@ impl FinishWriteBox for Box<dyn FinishWrite + '_> {
     }
 }
 
+impl<W: FinishWriteBox> FinishWriteBox for Copying<W> {
+    fn finish_box(self) -> io::Result<()> {
+        self.0.finish_box()
+    }
+}
+
 /// Wraps `sink` so that what is written comes out encrypted, both stages on the calling
 /// thread; `finish` ends the message.
 pub fn encrypt<'a, W: Write + Send + Sync + 'a>(
@@ -298,7 +318,7 @@ pub fn encrypt<'a, W: Write + Send + Sync + 'a>(
 ) -> io::Result<Box<dyn FinishWrite + 'a>> {
     let session = Session::new(enc)?;
     let sealed = session.seal(Copying(sink))?;
-    Ok(Box::new(session.frame(sealed)?))
+    Ok(Box::new(session.frame(Copying(sealed))?))
 }
 
 /// A writer whose end must be marked (OpenPGP messages have trailers).
@@ -613,17 +633,38 @@ mod tests {
         out
     }
 
-    /// As `seal`, but in two stages joined by pipes, as artifacts are written (full chunks
-    /// handed down the pipe, not copied).
-    fn seal_piped(data: &[u8], enc: &Encryption) -> Vec<u8> {
+    /// How the plaintext goes in.
+    #[derive(Clone, Copy, Debug)]
+    enum Feed {
+        /// `write_all` on one thread (both stages there).
+        Write,
+        /// `write_all`, the two stages on two threads joined by pipes, as artifacts are written
+        /// (full chunks handed down the pipe, not copied).
+        Piped,
+        /// As `Piped`, read straight from the source into the framing's buffer (as tar member
+        /// data is), with one more read after the source's end.
+        PipedRead,
+    }
+
+    fn seal_fed(data: &[u8], enc: &Encryption, feed: Feed) -> Vec<u8> {
         use crate::archive::pipe;
+        if let Feed::Write = feed {
+            return seal(data, enc);
+        }
         let session = Session::new(enc).unwrap();
         let (tx, mut rx) = pipe::pipe();
         let mut framed = session.frame(tx).unwrap();
         let data = data.to_vec();
         let producer = std::thread::spawn(move || {
-            for piece in data.chunks(777_777) {
-                framed.write_all(piece).unwrap();
+            if let Feed::PipedRead = feed {
+                let mut src = io::Cursor::new(data);
+                let mut buf = vec![0u8; 1 << 20];
+                while framed.read_from(&mut src, 777_777, &mut buf).unwrap() > 0 {}
+                assert_eq!(framed.read_from(&mut src, 777_777, &mut buf).unwrap(), 0);
+            } else {
+                for piece in data.chunks(777_777) {
+                    framed.write_all(piece).unwrap();
+                }
             }
             framed.finish().unwrap().close().unwrap();
         });
@@ -654,7 +695,7 @@ mod tests {
 
     /// Sizes around the 1 MiB partial-body chunks of both the literal and the encrypted
     /// packet (the literal body carries 6 octets of header).
-    const SIZES: [usize; 8] = [
+    const SIZES: [usize; 9] = [
         0,
         1,
         191,
@@ -662,6 +703,7 @@ mod tests {
         (1 << 20) - 6,
         1 << 20,
         (1 << 20) + 1,
+        (2 << 20) - 6,
         3 << 20,
     ];
 
@@ -669,18 +711,15 @@ mod tests {
     fn round_trips_at_chunk_boundaries_and_sequoia_reads_what_we_write() {
         let secret = Secret::for_test("chunks");
         let enc = Encryption::Passphrase(secret.clone());
-        for (len, piped) in SIZES.into_iter().flat_map(|l| [(l, false), (l, true)]) {
+        let feeds = [Feed::Write, Feed::Piped, Feed::PipedRead];
+        for (len, feed) in SIZES.into_iter().flat_map(|l| feeds.map(|f| (l, f))) {
             let data = pattern(len);
-            let cipher = if piped {
-                seal_piped(&data, &enc)
-            } else {
-                seal(&data, &enc)
-            };
+            let cipher = seal_fed(&data, &enc, feed);
             let dec = Decryption::Passphrase(secret.clone());
             assert_eq!(
                 open_with(&cipher, &dec).unwrap(),
                 data,
-                "ours, {len} bytes, piped: {piped}"
+                "ours, {len} bytes, {feed:?}"
             );
             // Sequoia's general parser, which shares no code with ours.
             let helper = Helper {
@@ -693,7 +732,7 @@ mod tests {
                 .unwrap()
                 .read_to_end(&mut back)
                 .unwrap();
-            assert_eq!(back, data, "sequoia, {len} bytes, piped: {piped}");
+            assert_eq!(back, data, "sequoia, {len} bytes, {feed:?}");
         }
     }
 

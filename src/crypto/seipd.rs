@@ -262,20 +262,30 @@ const PARTIAL: u8 = 0xE0 | CHUNK_POW;
 /// The plaintext side of a SEIPD v1 message: frames what is written to it as a literal data
 /// packet behind the random prefix, hashes it all for the MDC and, at `finish`, appends the
 /// MDC packet. Its output goes to a [`Sealer`] (on this thread or another).
-pub struct Framer<W: Write> {
+///
+/// The literal body collects in a chunk buffer whose first octet is the partial length header;
+/// a full chunk goes to the sink whole (a pipe takes it without a copy).
+/// [`Framer::read_from`] reads a source straight into that buffer.
+pub struct Framer<W: ChunkSink> {
     sink: W,
     mdc: Sha1,
-    /// Literal body held back (at most one chunk): the last chunk of a packet must have a
-    /// definite length, so a chunk is framed as partial only once more data follows it.
+    /// The partial length octet, then literal body held back (`fill` octets, at most one
+    /// chunk): the last chunk of a packet must have a definite length, so a chunk goes out as
+    /// partial only once more data is in hand.
     pending: Vec<u8>,
+    fill: usize,
+    /// A second chunk buffer, to read into while `pending` is full.
+    next: Vec<u8>,
 }
 
-impl<W: Write> Framer<W> {
+impl<W: ChunkSink> Framer<W> {
     pub fn new(sink: W) -> io::Result<Self> {
         let mut f = Framer {
             sink,
             mdc: Sha1::new(),
-            pending: Vec::with_capacity(CHUNK),
+            pending: vec![0u8; 1 + CHUNK],
+            fill: 0,
+            next: Vec::new(),
         };
         let mut prefix = [0u8; BLOCK + 2];
         openpgp::crypto::random(&mut prefix[..BLOCK])
@@ -284,7 +294,9 @@ impl<W: Write> Framer<W> {
         f.emit(&prefix)?;
         f.emit(&[0xC0 | TAG_LITERAL])?;
         // Literal body: binary, no file name, no date.
-        f.pending.extend_from_slice(&[b'b', 0, 0, 0, 0, 0]);
+        let header = [b'b', 0, 0, 0, 0, 0];
+        f.pending[1..1 + header.len()].copy_from_slice(&header);
+        f.fill = header.len();
         Ok(f)
     }
 
@@ -293,13 +305,51 @@ impl<W: Write> Framer<W> {
         self.sink.write_all(bytes)
     }
 
+    /// Sends the full chunk `full` as partial; returns a buffer to fill next.
+    fn send_partial(&mut self, mut full: Vec<u8>) -> io::Result<Vec<u8>> {
+        full[0] = PARTIAL;
+        self.mdc.update(&full[..1 + CHUNK]);
+        let mut spare = self.sink.put_chunk(full)?;
+        if spare.len() < 1 + CHUNK {
+            spare.resize(1 + CHUNK, 0);
+        }
+        Ok(spare)
+    }
+
+    /// Reads at most `max` octets of literal data from `from` straight into the chunk buffer
+    /// (no copy in between); returns how many (0 at the end of `from`).
+    pub fn read_from(&mut self, from: &mut dyn Read, max: usize) -> io::Result<usize> {
+        if max == 0 {
+            return Ok(0);
+        }
+        if self.fill < CHUNK {
+            let n = (CHUNK - self.fill).min(max);
+            let k = from.read(&mut self.pending[1 + self.fill..1 + self.fill + n])?;
+            self.fill += k;
+            return Ok(k);
+        }
+        // The chunk in hand is full: read into the second buffer, and send the full one as
+        // partial only if data came.
+        if self.next.len() < 1 + CHUNK {
+            self.next.resize(1 + CHUNK, 0);
+        }
+        let n = CHUNK.min(max);
+        let k = from.read(&mut self.next[1..1 + n])?;
+        if k > 0 {
+            let full = std::mem::replace(&mut self.pending, std::mem::take(&mut self.next));
+            self.next = self.send_partial(full)?;
+            self.fill = k;
+        }
+        Ok(k)
+    }
+
     /// Ends the literal packet and appends the MDC; returns the sink.
     pub fn finish(mut self) -> io::Result<W> {
         let mut header = Vec::with_capacity(5);
-        definite_len(self.pending.len(), &mut header);
+        definite_len(self.fill, &mut header);
         self.emit(&header)?;
         let pending = std::mem::take(&mut self.pending);
-        self.emit(&pending)?;
+        self.emit(&pending[1..1 + self.fill])?;
         self.mdc.update(MDC_HEADER);
         let digest = self.mdc.clone().finalize();
         self.sink.write_all(&MDC_HEADER)?;
@@ -308,26 +358,23 @@ impl<W: Write> Framer<W> {
     }
 }
 
-impl<W: Write> Write for Framer<W> {
+impl<W: ChunkSink> Write for Framer<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        loop {
-            if self.pending.len() + buf.len() <= CHUNK {
-                self.pending.extend_from_slice(buf);
-                return Ok(buf.len());
-            }
-            // More than a chunk in hand: one chunk goes out as partial, straight from `buf`
-            // where it can (no copy).
-            let take = CHUNK - self.pending.len();
-            self.emit(&[PARTIAL])?;
-            let pending = std::mem::take(&mut self.pending);
-            self.emit(&pending)?;
-            self.pending = pending;
-            self.pending.clear();
-            self.emit(&buf[..take])?;
-            if take > 0 {
-                return Ok(take);
-            }
+        if buf.is_empty() {
+            return Ok(0);
         }
+        if self.fill == CHUNK {
+            if self.next.len() < 1 + CHUNK {
+                self.next.resize(1 + CHUNK, 0);
+            }
+            let full = std::mem::replace(&mut self.pending, std::mem::take(&mut self.next));
+            self.next = self.send_partial(full)?;
+            self.fill = 0;
+        }
+        let n = (CHUNK - self.fill).min(buf.len());
+        self.pending[1 + self.fill..1 + self.fill + n].copy_from_slice(&buf[..n]);
+        self.fill += n;
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
