@@ -259,7 +259,7 @@ pub fn compile(plan: &Plan) -> StepGraph {
             id: "verify".into(),
             kind: StepKind::Verify,
             inputs: vec![format!("{dest}manifest.json")],
-            outputs: vec!["sizes, sha256, decryption, layout checked".into()],
+            outputs: vec!["sizes, decryption (integrity protection), layout checked".into()],
             depends_on: vec![last.clone()],
         });
         last = "verify".into();
