@@ -305,15 +305,23 @@ impl<W: ChunkSink> Framer<W> {
         self.sink.write_all(bytes)
     }
 
-    /// Sends the full chunk `full` as partial; returns a buffer to fill next.
-    fn send_partial(&mut self, mut full: Vec<u8>) -> io::Result<Vec<u8>> {
+    /// The second chunk buffer, ready to be read or written into.
+    fn next_buf(&mut self) -> &mut [u8] {
+        if self.next.len() < 1 + CHUNK {
+            self.next.resize(1 + CHUNK, 0);
+        }
+        &mut self.next[1..]
+    }
+
+    /// Sends the full chunk in hand as partial (more data is in hand: `k` octets already in
+    /// the second buffer, which becomes the one in hand).
+    fn rotate(&mut self, k: usize) -> io::Result<()> {
+        let mut full = std::mem::replace(&mut self.pending, std::mem::take(&mut self.next));
         full[0] = PARTIAL;
         self.mdc.update(&full[..1 + CHUNK]);
-        let mut spare = self.sink.put_chunk(full)?;
-        if spare.len() < 1 + CHUNK {
-            spare.resize(1 + CHUNK, 0);
-        }
-        Ok(spare)
+        self.next = self.sink.put_chunk(full)?;
+        self.fill = k;
+        Ok(())
     }
 
     /// Reads at most `max` octets of literal data from `from` straight into the chunk buffer
@@ -330,15 +338,10 @@ impl<W: ChunkSink> Framer<W> {
         }
         // The chunk in hand is full: read into the second buffer, and send the full one as
         // partial only if data came.
-        if self.next.len() < 1 + CHUNK {
-            self.next.resize(1 + CHUNK, 0);
-        }
         let n = CHUNK.min(max);
-        let k = from.read(&mut self.next[1..1 + n])?;
+        let k = from.read(&mut self.next_buf()[..n])?;
         if k > 0 {
-            let full = std::mem::replace(&mut self.pending, std::mem::take(&mut self.next));
-            self.next = self.send_partial(full)?;
-            self.fill = k;
+            self.rotate(k)?;
         }
         Ok(k)
     }
@@ -364,12 +367,10 @@ impl<W: ChunkSink> Write for Framer<W> {
             return Ok(0);
         }
         if self.fill == CHUNK {
-            if self.next.len() < 1 + CHUNK {
-                self.next.resize(1 + CHUNK, 0);
-            }
-            let full = std::mem::replace(&mut self.pending, std::mem::take(&mut self.next));
-            self.next = self.send_partial(full)?;
-            self.fill = 0;
+            let n = CHUNK.min(buf.len());
+            self.next_buf()[..n].copy_from_slice(&buf[..n]);
+            self.rotate(n)?;
+            return Ok(n);
         }
         let n = (CHUNK - self.fill).min(buf.len());
         self.pending[1 + self.fill..1 + self.fill + n].copy_from_slice(&buf[..n]);
