@@ -259,69 +259,102 @@ fn definite_len(len: usize, out: &mut Vec<u8>) {
 
 const PARTIAL: u8 = 0xE0 | CHUNK_POW;
 
-/// The plaintext side of a SEIPD v1 message: frames what is written to it as a literal data
-/// packet behind the random prefix, hashes it all for the MDC and, at `finish`, appends the
-/// MDC packet. Its output goes to a [`Sealer`] (on this thread or another).
-///
-/// The literal body collects in a chunk buffer whose first octet is the partial length header;
-/// a full chunk goes to the sink whole (a pipe takes it without a copy).
-/// [`Framer::read_from`] reads a source straight into that buffer.
-pub struct Framer<W: ChunkSink> {
-    sink: W,
-    mdc: Sha1,
-    /// The partial length octet, then literal body held back (`fill` octets, at most one
-    /// chunk): the last chunk of a packet must have a definite length, so a chunk goes out as
-    /// partial only once more data is in hand.
-    pending: Vec<u8>,
-    fill: usize,
-    /// A second chunk buffer, to read into while `pending` is full.
+/// A packet body sent to a [`ChunkSink`] in partial-length chunks of 2^20 octets. The body
+/// collects in a chunk buffer whose first octet is the partial length header; a full chunk goes
+/// to the sink whole (a pipe takes it without a copy), and only once more data is in hand: the
+/// last chunk of a packet must have a definite length.
+struct PartialBody {
+    /// The length octet, then `len` octets of body held back (at most one chunk).
+    cur: Vec<u8>,
+    len: usize,
+    /// A second chunk buffer, filled while `cur` is full.
     next: Vec<u8>,
 }
 
-impl<W: ChunkSink> Framer<W> {
-    pub fn new(sink: W) -> io::Result<Self> {
-        let mut f = Framer {
-            sink,
-            mdc: Sha1::new(),
-            pending: vec![0u8; 1 + CHUNK],
-            fill: 0,
+impl PartialBody {
+    /// A body that starts with `start`.
+    fn new(start: &[u8]) -> Self {
+        let mut cur = vec![0u8; 1 + CHUNK];
+        cur[1..1 + start.len()].copy_from_slice(start);
+        PartialBody {
+            cur,
+            len: start.len(),
             next: Vec::new(),
-        };
+        }
+    }
+
+    /// Where at most `max` octets of body go next: after the body in hand, or at the start of
+    /// the second buffer when the chunk in hand is full.
+    fn room(&mut self, max: usize) -> &mut [u8] {
+        if self.len < CHUNK {
+            let n = (CHUNK - self.len).min(max);
+            return &mut self.cur[1 + self.len..1 + self.len + n];
+        }
+        if self.next.len() < 1 + CHUNK {
+            self.next.resize(1 + CHUNK, 0);
+        }
+        &mut self.next[1..1 + CHUNK.min(max)]
+    }
+
+    /// Counts `n` octets put into [`PartialBody::room`]. When they went into the second
+    /// buffer, the full chunk in hand goes to `sink` first, as partial, after `sent` has seen
+    /// it (length octet included).
+    fn commit(
+        &mut self,
+        n: usize,
+        sink: &mut impl ChunkSink,
+        sent: impl FnOnce(&[u8]),
+    ) -> io::Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        if self.len < CHUNK {
+            self.len += n;
+            return Ok(());
+        }
+        let mut full = std::mem::replace(&mut self.cur, std::mem::take(&mut self.next));
+        full[0] = PARTIAL;
+        sent(&full[..1 + CHUNK]);
+        self.next = sink.put_chunk(full)?;
+        self.len = n;
+        Ok(())
+    }
+
+    /// The last chunk: its definite length header, and the body in hand.
+    fn last(&self) -> (Vec<u8>, &[u8]) {
+        let mut header = Vec::with_capacity(5);
+        definite_len(self.len, &mut header);
+        (header, &self.cur[1..1 + self.len])
+    }
+}
+
+/// The plaintext side of a SEIPD v1 message: frames what is written to it as a literal data
+/// packet behind the random prefix, hashes it all for the MDC and, at `finish`, appends the
+/// MDC packet. Its output goes to a [`Sealer`] (on this thread or another).
+/// [`Framer::read_from`] reads a source straight into the literal body's chunk buffer.
+pub struct Framer<W: ChunkSink> {
+    sink: W,
+    mdc: Sha1,
+    body: PartialBody,
+}
+
+impl<W: ChunkSink> Framer<W> {
+    pub fn new(mut sink: W) -> io::Result<Self> {
+        let mut mdc = Sha1::new();
         let mut prefix = [0u8; BLOCK + 2];
         openpgp::crypto::random(&mut prefix[..BLOCK])
             .map_err(|e| io::Error::other(e.to_string()))?;
         prefix.copy_within(BLOCK - 2..BLOCK, BLOCK);
-        f.emit(&prefix)?;
-        f.emit(&[0xC0 | TAG_LITERAL])?;
-        // Literal body: binary, no file name, no date.
-        let header = [b'b', 0, 0, 0, 0, 0];
-        f.pending[1..1 + header.len()].copy_from_slice(&header);
-        f.fill = header.len();
-        Ok(f)
-    }
-
-    fn emit(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.mdc.update(bytes);
-        self.sink.write_all(bytes)
-    }
-
-    /// The second chunk buffer, ready to be read or written into.
-    fn next_buf(&mut self) -> &mut [u8] {
-        if self.next.len() < 1 + CHUNK {
-            self.next.resize(1 + CHUNK, 0);
+        for bytes in [&prefix[..], &[0xC0 | TAG_LITERAL]] {
+            mdc.update(bytes);
+            sink.write_all(bytes)?;
         }
-        &mut self.next[1..]
-    }
-
-    /// Sends the full chunk in hand as partial (more data is in hand: `k` octets already in
-    /// the second buffer, which becomes the one in hand).
-    fn rotate(&mut self, k: usize) -> io::Result<()> {
-        let mut full = std::mem::replace(&mut self.pending, std::mem::take(&mut self.next));
-        full[0] = PARTIAL;
-        self.mdc.update(&full[..1 + CHUNK]);
-        self.next = self.sink.put_chunk(full)?;
-        self.fill = k;
-        Ok(())
+        Ok(Framer {
+            sink,
+            mdc,
+            // Literal body: binary, no file name, no date.
+            body: PartialBody::new(&[b'b', 0, 0, 0, 0, 0]),
+        })
     }
 
     /// Reads at most `max` octets of literal data from `from` straight into the chunk buffer
@@ -330,31 +363,21 @@ impl<W: ChunkSink> Framer<W> {
         if max == 0 {
             return Ok(0);
         }
-        if self.fill < CHUNK {
-            let n = (CHUNK - self.fill).min(max);
-            let k = from.read(&mut self.pending[1 + self.fill..1 + self.fill + n])?;
-            self.fill += k;
-            return Ok(k);
-        }
-        // The chunk in hand is full: read into the second buffer, and send the full one as
-        // partial only if data came.
-        let n = CHUNK.min(max);
-        let k = from.read(&mut self.next_buf()[..n])?;
-        if k > 0 {
-            self.rotate(k)?;
-        }
+        let k = from.read(self.body.room(max))?;
+        let mdc = &mut self.mdc;
+        self.body.commit(k, &mut self.sink, |c| mdc.update(c))?;
         Ok(k)
     }
 
     /// Ends the literal packet and appends the MDC; returns the sink.
     pub fn finish(mut self) -> io::Result<W> {
-        let mut header = Vec::with_capacity(5);
-        definite_len(self.fill, &mut header);
-        self.emit(&header)?;
-        let pending = std::mem::take(&mut self.pending);
-        self.emit(&pending[1..1 + self.fill])?;
+        let (header, tail) = self.body.last();
+        for bytes in [&header[..], tail] {
+            self.mdc.update(bytes);
+            self.sink.write_all(bytes)?;
+        }
         self.mdc.update(MDC_HEADER);
-        let digest = self.mdc.clone().finalize();
+        let digest = self.mdc.finalize();
         self.sink.write_all(&MDC_HEADER)?;
         self.sink.write_all(&digest)?;
         Ok(self.sink)
@@ -363,18 +386,11 @@ impl<W: ChunkSink> Framer<W> {
 
 impl<W: ChunkSink> Write for Framer<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        if self.fill == CHUNK {
-            let n = CHUNK.min(buf.len());
-            self.next_buf()[..n].copy_from_slice(&buf[..n]);
-            self.rotate(n)?;
-            return Ok(n);
-        }
-        let n = (CHUNK - self.fill).min(buf.len());
-        self.pending[1 + self.fill..1 + self.fill + n].copy_from_slice(&buf[..n]);
-        self.fill += n;
+        let room = self.body.room(buf.len());
+        let n = room.len();
+        room.copy_from_slice(&buf[..n]);
+        let mdc = &mut self.mdc;
+        self.body.commit(n, &mut self.sink, |c| mdc.update(c))?;
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -383,16 +399,13 @@ impl<W: ChunkSink> Write for Framer<W> {
 }
 
 /// The cipher side of a SEIPD v1 message: writes the key packets `esk`, then the encrypted
-/// packet around what a [`Framer`] produced, in partial body chunks. Each full chunk is
-/// encrypted into a buffer that goes to the sink whole, with its length octet in front (a
-/// pipe takes it without a copy).
+/// packet around what a [`Framer`] produced, each chunk encrypted straight into the buffer
+/// that goes to the sink.
 pub struct Sealer<W: ChunkSink> {
     sink: W,
     cfb: CfbEncrypt,
-    /// The partial length octet, then the packet body not yet written (`len` octets: the
-    /// version octet, then ciphertext).
-    body: Vec<u8>,
-    len: usize,
+    /// The version octet, then ciphertext.
+    body: PartialBody,
 }
 
 impl<W: ChunkSink> Sealer<W> {
@@ -406,23 +419,18 @@ impl<W: ChunkSink> Sealer<W> {
             .ok_or_else(|| io::Error::other(format!("{algo} is not supported for writing")))?;
         sink.write_all(esk)?;
         sink.write_all(&[0xC0 | TAG_SEIPD])?;
-        let mut body = vec![0u8; 1 + CHUNK];
-        body[0] = PARTIAL;
-        body[1] = 1;
         Ok(Sealer {
             sink,
             cfb: CfbEncrypt::new(aes),
-            body,
-            len: 1,
+            body: PartialBody::new(&[1]),
         })
     }
 
     /// Writes the last chunk; returns the sink.
     pub fn finish(mut self) -> io::Result<W> {
-        let mut header = Vec::with_capacity(5);
-        definite_len(self.len, &mut header);
+        let (header, tail) = self.body.last();
         self.sink.write_all(&header)?;
-        self.sink.write_all(&self.body[1..1 + self.len])?;
+        self.sink.write_all(tail)?;
         self.sink.flush()?;
         Ok(self.sink)
     }
@@ -430,21 +438,10 @@ impl<W: ChunkSink> Sealer<W> {
 
 impl<W: ChunkSink> Write for Sealer<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        // A full chunk is written as partial once more data follows.
-        if self.len == CHUNK {
-            let full = std::mem::take(&mut self.body);
-            self.body = self.sink.put_chunk(full)?;
-            self.body.resize(1 + CHUNK, 0);
-            self.body[0] = PARTIAL;
-            self.len = 0;
-        }
-        let n = (CHUNK - self.len).min(buf.len());
-        let at = 1 + self.len;
-        self.cfb.encrypt(&buf[..n], &mut self.body[at..at + n]);
-        self.len += n;
+        let room = self.body.room(buf.len());
+        let n = room.len();
+        self.cfb.encrypt(&buf[..n], room);
+        self.body.commit(n, &mut self.sink, |_| ())?;
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
