@@ -13,6 +13,42 @@ pub fn process_cancelled() -> bool {
 
 use tokio::sync::Notify;
 
+/// The error a blocking stage returns when the run is cancelled, inside an `io::Error` of
+/// kind `Other`. Not `ErrorKind::Interrupted`: that kind means EINTR, which std's
+/// `read_exact`, `write_all` and `io::copy` (and this crate's copy loops) retry, so a
+/// cancellation reported that way would be retried forever.
+#[derive(Debug, Clone, Copy)]
+pub struct Cancelled;
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("dtr-backup: interrupted")
+    }
+}
+
+impl std::error::Error for Cancelled {}
+
+/// Whether `e` is (or wraps, at any depth) a [`Cancelled`].
+pub fn is_cancellation(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<Cancelled>() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+        {
+            if inner.is::<Cancelled>() {
+                return true;
+            }
+            cur = Some(inner);
+            continue;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// Set once by Ctrl-C or SIGTERM; every step and pipeline stage checks it.
 #[derive(Clone, Default)]
 pub struct Cancel(Arc<Inner>);
@@ -38,13 +74,10 @@ impl Cancel {
         self.0.flag.load(Ordering::SeqCst)
     }
 
-    /// An I/O error to return from a blocking stage when cancelled.
+    /// An I/O error to return from a blocking stage when cancelled ([`Cancelled`]).
     pub fn check(&self) -> std::io::Result<()> {
         if self.is_cancelled() {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::Interrupted,
-                crate::error::INTERRUPTED,
-            ))
+            Err(std::io::Error::other(Cancelled))
         } else {
             Ok(())
         }

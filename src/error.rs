@@ -42,13 +42,10 @@ impl Error {
 
 /// Adds what was being done to an I/O error: `io(e, "writing /x")`.
 pub fn io(e: std::io::Error, doing: impl fmt::Display) -> Error {
-    if e.kind() == std::io::ErrorKind::Interrupted && e.to_string() == INTERRUPTED {
+    if crate::cancel::is_cancellation(&e) {
         return Error::Interrupted;
     }
     Error::Failed(format!("{doing}: {e}"))
 }
-
-/// The text of the I/O error a pipeline stage returns when the run is cancelled.
-pub const INTERRUPTED: &str = "dtr-backup: interrupted";
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -90,14 +90,48 @@ impl Manifest {
         v
     }
 
-    pub fn parse(bytes: &[u8], what: &str) -> Result<Manifest> {
-        let m: Manifest = serde_json::from_slice(bytes)
-            .map_err(|e| Error::Verify(format!("{what} is not a valid manifest: {e}")))?;
-        if m.format_version != 1 {
+    /// Reads the manifest of the backup `id` (its folder's name). Beyond the JSON, it must be
+    /// this dtr-backup's format, name its own folder, and keep every file inside it: artifact
+    /// paths are plain file names and blob paths are the blob store's, so that a damaged or
+    /// tampered manifest can never send a reader (or a delete) outside the backup.
+    pub fn parse(bytes: &[u8], id: &str, what: &str) -> Result<Manifest> {
+        let bad = |why: String| Error::Verify(format!("{what} is not a valid manifest: {why}"));
+        // The format first: a newer release's manifest is named as such, not as corrupt.
+        #[derive(Deserialize)]
+        struct Format {
+            format_version: u32,
+        }
+        let format: Format = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+        if format.format_version != 1 {
             return Err(Error::Verify(format!(
-                "{what} has format_version {}; this dtr-backup reads 1",
-                m.format_version
+                "{what} has format_version {}; this dtr-backup reads 1: use the dtr-backup release that wrote it",
+                format.format_version
             )));
+        }
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+        if m.backup_id != id {
+            return Err(bad(format!(
+                "it names backup {:?}, but lies in the folder {id:?}",
+                m.backup_id
+            )));
+        }
+        for a in &m.artifacts {
+            if !is_plain_name(&a.path) {
+                return Err(bad(format!(
+                    "artifact path {:?} is not a file name in the backup's folder",
+                    a.path
+                )));
+            }
+        }
+        for o in &m.objects {
+            if let Some(b) = &o.blob
+                && !(is_digest(&o.sha256) && *b == blob_path(&o.sha256))
+            {
+                return Err(bad(format!(
+                    "blob path {b:?} is not the blob store's path for sha256 {:?}",
+                    o.sha256
+                )));
+            }
         }
         Ok(m)
     }
@@ -107,18 +141,137 @@ impl Manifest {
     }
 }
 
-/// The complete backups in a store, oldest first: folders that hold a readable manifest.
-pub fn list_complete(store: &dyn Store) -> Result<Vec<Manifest>> {
-    let mut out = Vec::new();
+/// A file name with no folder in it: not empty, no `/`, not `.` or `..`.
+fn is_plain_name(p: &str) -> bool {
+    !p.is_empty() && p != "." && p != ".." && !p.contains('/') && !p.contains('\\')
+}
+
+/// 64 lowercase hex digits.
+pub fn is_digest(d: &str) -> bool {
+    d.len() == 64
+        && d.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A backup folder whose `manifest.json` exists but cannot be read: corrupt, half-copied,
+/// written by a newer dtr-backup, or naming another backup. It is never listed, picked as
+/// latest, counted as complete, or deleted.
+#[derive(Clone, Debug, Serialize)]
+pub struct Unreadable {
+    pub backup_id: String,
+    pub reason: String,
+}
+
+impl Unreadable {
+    /// The warning that names it and says what to do.
+    pub fn warning(&self) -> String {
+        format!(
+            "skipping backup folder {}: {}; it is not listed, counted or deleted: inspect it, then repair or remove it by hand",
+            self.backup_id, self.reason
+        )
+    }
+}
+
+/// The backups in a store: complete ones, oldest first, and the folders whose manifest
+/// cannot be read.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub complete: Vec<Manifest>,
+    pub unreadable: Vec<Unreadable>,
+}
+
+impl Listing {
+    /// Whether `id` is a folder with an unreadable manifest.
+    pub fn is_unreadable(&self, id: &str) -> bool {
+        self.unreadable.iter().any(|u| u.backup_id == id)
+    }
+}
+
+/// Lists the backups in a store: folders named like backup ids that hold a manifest.
+/// A manifest that cannot be read does not stop the listing (see [`Unreadable`]).
+pub fn list(store: &dyn Store) -> Result<Listing> {
+    let mut out = Listing::default();
     for id in store.list_dirs("")? {
         if crate::clock::backup_id_time(&id).is_none() {
             continue;
         }
         if let Some(bytes) = store.get(&format!("{id}/{FILE}"))? {
-            let m = Manifest::parse(&bytes, &format!("{id}/{FILE}"))?;
-            out.push(m);
+            match Manifest::parse(&bytes, &id, &format!("{id}/{FILE}")) {
+                Ok(m) => out.complete.push(m),
+                Err(e) => out.unreadable.push(Unreadable {
+                    backup_id: id,
+                    reason: e.to_string(),
+                }),
+            }
         }
     }
-    out.sort_by(|a, b| a.backup_id.cmp(&b.backup_id));
+    out.complete.sort_by(|a, b| a.backup_id.cmp(&b.backup_id));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        let digest = "ab".repeat(32);
+        Manifest {
+            format_version: 1,
+            plan: "p".into(),
+            plan_digest: "d".into(),
+            backup_id: "20261124T164428Z-4a2a".into(),
+            started_at: String::new(),
+            finished_at: String::new(),
+            dtr: DtrInfo::default(),
+            ucp_url: None,
+            storage: "path".into(),
+            encryption: "none".into(),
+            artifacts: vec![Artifact {
+                kind: ArtifactKind::Images,
+                path: "dtr-images-x.tar".into(),
+                size: 1,
+                sha256: digest.clone(),
+                encrypted: false,
+            }],
+            objects: vec![SnapshotObject {
+                key: format!("docker/registry/v2/blobs/sha256/ab/{digest}/data"),
+                size: 1,
+                sha256: digest.clone(),
+                blob: Some(blob_path(&digest)),
+                stored_size: None,
+            }],
+        }
+    }
+
+    fn parse(m: &Manifest) -> std::result::Result<Manifest, String> {
+        Manifest::parse(&m.to_json(), "20261124T164428Z-4a2a", "m.json").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_manifest_keeps_every_path_inside_its_backup() {
+        assert!(parse(&sample()).is_ok());
+        let mut m = sample();
+        m.backup_id = "20261124T164428Z-ffff".into();
+        assert!(parse(&m).unwrap_err().contains("lies in the folder"));
+        for p in ["../../etc/passwd", "/etc/passwd", "a/b", "..", ""] {
+            let mut m = sample();
+            m.artifacts[0].path = p.into();
+            assert!(parse(&m).unwrap_err().contains("not a file name"), "{p}");
+        }
+        let mut m = sample();
+        m.objects[0].blob = Some("../../other/blobs/sha256/ab/x".into());
+        assert!(parse(&m).unwrap_err().contains("blob store's path"));
+        let mut m = sample();
+        m.objects[0].sha256 = "../x".into();
+        m.objects[0].blob = Some(blob_path("../x"));
+        assert!(parse(&m).unwrap_err().contains("blob store's path"));
+    }
+
+    #[test]
+    fn a_newer_format_is_named_as_such() {
+        let err = Manifest::parse(b"{\"format_version\": 2}", "x", "x/manifest.json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("format_version 2"), "{err}");
+    }
 }

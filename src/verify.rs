@@ -569,6 +569,7 @@ struct Guard<'a, R> {
 
 impl<R: Read> Read for Guard<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        crate::failpoint::hit("verify.read");
         self.cancel.check()?;
         self.inner.read(buf)
     }

@@ -21,17 +21,20 @@ pub fn run(args: &Args) -> Exit {
         Ok(p) => p,
         Err(exit) => return exit,
     };
-    let backups =
-        match storage::open(&plan).and_then(|s| manifest::list_complete(s.backups.as_ref())) {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return e.exit();
-            }
-        };
+    let listing = match storage::open(&plan).and_then(|s| manifest::list(s.backups.as_ref())) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return e.exit();
+        }
+    };
+    for u in &listing.unreadable {
+        eprintln!("warning: {}", u.warning());
+    }
+    let backups = &listing.complete;
     match args.output {
         Output::Json => {
-            let doc = serde_json::json!({"format_version": 1, "plan": plan.name.to_string(), "backups": backups});
+            let doc = serde_json::json!({"format_version": 1, "plan": plan.name.to_string(), "backups": backups, "unreadable": listing.unreadable});
             println!("{doc}");
         }
         Output::Text => {
@@ -39,7 +42,7 @@ pub fn run(args: &Args) -> Exit {
                 "{:<22} {:<20} {:<16} {:>10} {:<12} VERSION",
                 "ID", "FINISHED", "PARTS", "SIZE", "REPLICA"
             );
-            for m in &backups {
+            for m in backups {
                 let parts: Vec<&str> = m
                     .artifacts
                     .iter()

@@ -74,6 +74,9 @@ pub fn run(args: &Args) -> Exit {
     });
     match result {
         Ok(p) => {
+            for u in &p.unreadable {
+                eprintln!("warning: {}", u.warning());
+            }
             let verb = if args.dry_run {
                 "would delete"
             } else {

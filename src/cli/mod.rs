@@ -120,7 +120,9 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
         })
 }
 
-/// Ctrl-C and SIGTERM cancel the run: it stops promptly and stays resumable.
+/// Ctrl-C and SIGTERM cancel the run: it stops promptly and stays resumable. A second one
+/// ends the process at once (exit 130): the journal is kept, and the lock, left by a process
+/// that no longer runs, is taken over by the next run on this host.
 pub fn cancel_on_signals(cancel: crate::cancel::Cancel) {
     tokio::spawn(async move {
         let mut term =
@@ -133,6 +135,14 @@ pub fn cancel_on_signals(cancel: crate::cancel::Cancel) {
             _ = term.recv() => {}
         }
         cancel.cancel();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!(
+            "error: a second signal: stopping now; run the same command again to resume (the lock left behind is taken over)"
+        );
+        std::process::exit(i32::from(Exit::Interrupted.code()));
     });
 }
 

@@ -60,22 +60,36 @@ pub fn run(args: &Args) -> Exit {
     };
     let store = stores.backups.as_ref();
     let id = if args.backup == "latest" {
-        match manifest::list_complete(store) {
-            Ok(list) => match list.last() {
-                Some(m) => m.backup_id.clone(),
-                None => {
-                    return fail(
-                        format!(
-                            "plan {} has no complete backup at {}",
-                            plan.name,
-                            store.describe()
-                        ),
-                        Exit::VerifyFailed,
-                    );
+        match manifest::list(store) {
+            Ok(listing) => {
+                for u in &listing.unreadable {
+                    eprintln!("warning: {}", u.warning());
                 }
-            },
-            Err(e) => return fail(e.to_string(), Exit::VerifyFailed),
+                match listing.complete.last() {
+                    Some(m) => m.backup_id.clone(),
+                    None => {
+                        return fail(
+                            format!(
+                                "plan {} has no complete backup at {}",
+                                plan.name,
+                                store.describe()
+                            ),
+                            Exit::VerifyFailed,
+                        );
+                    }
+                }
+            }
+            Err(e) => return fail(e.to_string(), e.exit()),
         }
+    } else if crate::clock::backup_id_time(&args.backup).is_none() {
+        return fail(
+            format!(
+                "--backup {:?} is not a backup id (like 20261124T164428Z-4a2a) or `latest`: `dtr-backup backups list {}` shows the ids",
+                args.backup,
+                args.plan.display()
+            ),
+            Exit::Usage,
+        );
     } else {
         args.backup.clone()
     };
@@ -87,7 +101,7 @@ pub fn run(args: &Args) -> Exit {
     let mut checks = Vec::new();
     let manifest_path = format!("{id}/{}", manifest::FILE);
     let manifest = match store.get(&manifest_path) {
-        Ok(Some(bytes)) => Manifest::parse(&bytes, &manifest_path).map_err(|e| e.to_string()),
+        Ok(Some(bytes)) => Manifest::parse(&bytes, &id, &manifest_path).map_err(|e| e.to_string()),
         Ok(None) => Err(format!(
             "{manifest_path} does not exist: no complete backup {id}"
         )),

@@ -152,6 +152,9 @@ async fn run(
         }
 
         failpoint::hit(&format!("step.{}.before", step.id));
+        if cancel.is_cancelled() {
+            return Err(Error::Interrupted);
+        }
         reporter.emit(&Event::StepStarted {
             step: step.id.clone(),
             kind: step.kind.as_str().into(),

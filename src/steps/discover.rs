@@ -27,8 +27,12 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
     let engine = docker::connect(&plan.docker)?;
     let found = docker::replicas(&engine).await?;
     let stores = ctx.stores.clone();
-    let last = blocking(move || manifest::list_complete(stores.backups.as_ref()))
-        .await?
+    let listing = blocking(move || manifest::list(stores.backups.as_ref())).await?;
+    for u in &listing.unreadable {
+        ctx.warn(u.warning());
+    }
+    let last = listing
+        .complete
         .into_iter()
         .rev()
         .find_map(|m| m.dtr.replica.map(|r| (m.backup_id, r)));

@@ -60,6 +60,7 @@ fn copy_blob(
             crypto::encrypt(&mut object, enc).map_err(|e| io(e, format!("encrypting {key}")))?;
         let mut buf = vec![0u8; 1 << 20];
         loop {
+            crate::failpoint::hit("blob.copy");
             cancel.check().map_err(|e| io(e, "copying blobs"))?;
             let n = io::Read::read(&mut reader, &mut buf)
                 .map_err(|e| io(e, format!("reading {key}")))?;

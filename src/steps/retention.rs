@@ -65,6 +65,8 @@ pub struct Pruned {
     pub incomplete: Vec<String>,
     /// Blob-store objects that no kept backup lists.
     pub blobs: Vec<String>,
+    /// Folders whose manifest cannot be read: left alone.
+    pub unreadable: Vec<manifest::Unreadable>,
 }
 
 /// Applies the plan's retention to the store. `current` (the running or unfinished run) and
@@ -76,7 +78,8 @@ pub fn prune(
     protected: &BTreeSet<String>,
     dry_run: bool,
 ) -> Result<Pruned> {
-    let complete = manifest::list_complete(store)?;
+    let listing = manifest::list(store)?;
+    let complete = &listing.complete;
     let dated: Vec<(String, i64)> = complete
         .iter()
         .filter_map(|m| clock::backup_id_time(&m.backup_id).map(|t| (m.backup_id.clone(), t)))
@@ -87,6 +90,11 @@ pub fn prune(
     for (id, _) in &dated {
         if !keep.contains(id) {
             if !dry_run {
+                // The manifest first: a backup interrupted while it is deleted is then an
+                // incomplete run (never listed, removed by a later retention), not a
+                // "complete" backup with missing files.
+                store.delete(&format!("{id}/{}", manifest::FILE))?;
+                crate::failpoint::hit("retention.manifest-deleted");
                 store.delete_all(id)?;
             }
             pruned.backups.push(id.clone());
@@ -97,6 +105,7 @@ pub fn prune(
         let incomplete = clock::backup_id_time(&id).is_some()
             && id != current
             && !dated.iter().any(|(d, _)| *d == id)
+            && !listing.is_unreadable(&id)
             && newest.as_ref().is_some_and(|n| id < *n);
         if incomplete {
             if !dry_run {
@@ -105,7 +114,12 @@ pub fn prune(
             pruned.incomplete.push(id);
         }
     }
-    // Blobs: kept while any kept backup lists them.
+    // Blobs: kept while any kept backup lists them. A folder with an unreadable manifest may
+    // list blobs too: with one of those, no blob is deleted.
+    if !listing.unreadable.is_empty() {
+        pruned.unreadable = listing.unreadable;
+        return Ok(pruned);
+    }
     let mut referenced: BTreeSet<String> = protected.clone();
     for m in complete.iter().filter(|m| keep.contains(&m.backup_id)) {
         referenced.extend(m.objects.iter().filter_map(|o| o.blob.clone()));
@@ -129,6 +143,9 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
     let protected: BTreeSet<String> = ctx.objects.iter().filter_map(|o| o.blob.clone()).collect();
     let pruned =
         blocking(move || prune(stores.backups.as_ref(), &cfg, &current, &protected, false)).await?;
+    for u in &pruned.unreadable {
+        ctx.warn(u.warning());
+    }
     for id in pruned.backups.iter().chain(&pruned.incomplete) {
         ctx.reporter.emit(&Event::Log {
             step: ctx.step_id.clone(),

@@ -30,7 +30,11 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
             "no verify.key in the plan: the artifacts are checked by size and sha256, not decrypted",
         );
     }
-    let (stores, cancel) = (ctx.stores.clone(), ctx.cancel.clone());
+    let (stores, cancel, backup_id) = (
+        ctx.stores.clone(),
+        ctx.cancel.clone(),
+        ctx.backup_id.clone(),
+    );
     let size = blocking(move || {
         let store = stores.backups.as_ref();
         // After a kill between publishing and journaling, only the final name exists.
@@ -40,7 +44,7 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
                 Error::failed(format!("{pending} is missing; start over with --fresh"))
             })?,
         };
-        let m = Manifest::parse(&bytes, &pending)?;
+        let m = Manifest::parse(&bytes, &backup_id, &pending)?;
         let checks = verify::check_backup(
             store,
             &m,
@@ -64,6 +68,9 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
             )));
         }
         crate::failpoint::hit("verify.before-publish");
+        cancel
+            .check()
+            .map_err(|e| crate::error::io(e, "publishing the manifest"))?;
         store.put(&final_path, &bytes)?;
         store.delete(&pending)?;
         Ok(bytes.len() as u64)

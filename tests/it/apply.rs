@@ -259,6 +259,86 @@ fn sigterm_stops_promptly_and_leaves_a_resumable_run() {
     assert_eq!(ev[0]["resumed"], true);
 }
 
+/// SIGTERM before each step and inside each streaming loop (the tar producer, the encrypted
+/// stream, apply's read-back) ends the run within seconds: exit 130, lock released, journal
+/// kept, nothing partial under a final name.
+#[test]
+fn sigterm_at_every_step_and_streaming_loop_exits_promptly() {
+    let fx = Fixture::new("term-all", 5, "retention:\n  keep_last: 2\n");
+    for point in [
+        "step.preflight.before",
+        "step.images.before",
+        "tar.member",
+        "stream.middle",
+        "step.manifest.before",
+        "step.verify.before",
+        "verify.read",
+        "verify.before-publish",
+        "step.retention.before",
+    ] {
+        let child = spawn_until(
+            fx.apply().env("DTR_BACKUP_FAILPOINT", point),
+            &format!("failpoint {point}"),
+        );
+        let started = std::time::Instant::now();
+        let out = terminate(child);
+        let took = started.elapsed();
+        assert_eq!(out.status.code(), Some(130), "{point}");
+        assert!(took.as_secs_f64() < 5.0, "{point}: took {took:?}");
+        assert!(
+            !fx.plan_root().join(".state/lock.json").exists(),
+            "{point}: lock released"
+        );
+        assert!(
+            fx.plan_root().join(".state/run.json").exists(),
+            "{point}: journal kept"
+        );
+        assert_no_partial_final_files(&fx);
+    }
+    let out = run(&mut fx.apply());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(events(&out)[0]["resumed"], true);
+}
+
+/// A second SIGTERM ends a run that is stuck where cancellation cannot reach (here a point
+/// that sleeps a minute), at once, with exit 130; the next apply resumes it.
+#[test]
+fn a_second_sigterm_ends_the_process_at_once() {
+    let fx = Fixture::new("term-twice", 0, "");
+    let mut cmd = fx.apply();
+    cmd.env("DTR_BACKUP_FAILPOINT", "step.images.before")
+        .env("DTR_BACKUP_FAILPOINT_PAUSE_MS", "60000");
+    let child = spawn_until(&mut cmd, "failpoint step.images.before");
+    let kill = |pid: u32| {
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill runs")
+    };
+    assert!(kill(child.id()).success());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let out = terminate(child);
+    assert_eq!(out.status.code(), Some(130));
+    assert!(
+        started.elapsed().as_secs() < 5,
+        "took {:?}",
+        started.elapsed()
+    );
+    let out = run(&mut fx.apply());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let ev = events(&out);
+    let started = ev.iter().find(|e| e["event"] == "run_started");
+    assert_eq!(started.expect("run_started")["resumed"], true);
+    assert!(
+        ev.iter().any(|e| e["event"] == "warning"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("stale lock"))),
+        "the lock left behind was taken over"
+    );
+}
+
 #[test]
 fn second_apply_exits_4_and_waits_with_lock_timeout() {
     let fx = Fixture::new("lock", 0, "");
@@ -557,6 +637,95 @@ fn retention_keeps_the_newest_and_removes_incomplete_runs() {
     let newest = fx.backup_dirs();
     assert_eq!(newest.len(), 2);
     assert!(!newest.contains(&complete[0]), "the oldest was deleted");
+}
+
+/// A manifest that cannot be read (corrupt, half-copied, from a newer release) does not block
+/// listing, verification or retention: its folder is skipped with a warning that names it,
+/// never listed, never picked as latest, never counted, never deleted.
+#[test]
+fn an_unreadable_manifest_is_skipped_never_picked_counted_or_deleted() {
+    let fx = Fixture::new("unreadable", 0, "retention: {keep_last: 2}\n");
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let out = run(&mut fx.apply());
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        ids.push(
+            events(&out)[0]["backup_id"]
+                .as_str()
+                .expect("id")
+                .to_owned(),
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let (old, newer) = (&ids[0], &ids[1]);
+    let old_manifest = fx.plan_root().join(old).join("manifest.json");
+    std::fs::write(&old_manifest, "{\"format_version\":2}\n").expect("write");
+
+    // The next apply keeps the two readable newest (keep_last: 2) and leaves the other alone.
+    let out = run(&mut fx.apply());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let warned = |out: &std::process::Output, id: &str| {
+        events(out).iter().any(|e| {
+            e["event"] == "warning"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(id) && m.contains("format_version 2"))
+        })
+    };
+    assert!(
+        warned(&out, old),
+        "no warning naming {old}: {}",
+        stdout(&out)
+    );
+    let newest = events(&out)[0]["backup_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert!(old_manifest.exists(), "the unreadable backup was deleted");
+    assert!(fx.plan_root().join(newer).join("manifest.json").exists());
+
+    // The newest one unreadable too: `latest` is the newest readable one.
+    std::fs::write(
+        fx.plan_root().join(&newest).join("manifest.json"),
+        "{\"format_version\": 1, \"plan\": \"qs\"",
+    )
+    .expect("write");
+    let out = run(dtr_backup(fx.dir.path())
+        .args(["backups", "list", "--output", "json"])
+        .arg(&fx.plan));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let listed: Vec<&str> = doc["backups"]
+        .as_array()
+        .expect("backups")
+        .iter()
+        .map(|b| b["backup_id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(listed, [newer.as_str()]);
+    let skipped: Vec<&str> = doc["unreadable"]
+        .as_array()
+        .expect("unreadable")
+        .iter()
+        .map(|b| b["backup_id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(skipped, [old.as_str(), newest.as_str()]);
+    let err = stderr(&out);
+    assert!(err.contains(old) && err.contains(&newest), "{err}");
+
+    let out = run(dtr_backup(fx.dir.path())
+        .env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
+        .args(["verify", "--output", "json"])
+        .arg(&fx.plan));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["backup_id"], newer.as_str());
+
+    // Asked for by id, an unreadable backup fails verification.
+    let out = run(dtr_backup(fx.dir.path())
+        .env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
+        .args(["verify", "--backup", old])
+        .arg(&fx.plan));
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
 }
 
 #[test]

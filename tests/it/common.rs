@@ -58,13 +58,23 @@ pub fn copy_tree(src: &Path, dst: &Path) {
     );
 }
 
-/// Sends SIGTERM to a child and waits for it to end.
-pub fn terminate(child: std::process::Child) -> Output {
+/// Sends SIGTERM to a child and waits for it to end; a child still running 30 s later is
+/// killed and the test fails (a cancellation that hangs must not hang the suite).
+pub fn terminate(mut child: std::process::Child) -> Output {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .expect("kill runs");
     assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().expect("try_wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running 30 s after SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     child.wait_with_output().expect("wait")
 }
 
@@ -256,12 +266,16 @@ pub fn spawn_until(cmd: &mut Command, marker: &str) -> std::process::Child {
     std::thread::spawn(move || {
         let marker = wanted;
         let mut seen = Vec::new();
-        for line in std::io::BufReader::new(stderr).lines() {
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        for line in lines.by_ref() {
             let Ok(line) = line else { break };
             let hit = line.contains(&marker);
             seen.push(line);
             if hit {
                 let _ = tx.send(Ok(()));
+                // Keep draining, so that the child never writes to a closed pipe (an
+                // `eprintln!` that fails panics, which would end it for the wrong reason).
+                for _ in lines {}
                 return;
             }
         }

@@ -503,3 +503,46 @@ fn verify_reads_what_gpg_encrypted() {
         );
     }
 }
+
+/// `--backup` is a backup id or `latest`: anything else (a path) is a usage error, and a
+/// manifest whose artifact paths leave the backup's folder is never followed.
+#[test]
+fn backup_ids_and_manifest_paths_stay_inside_the_destination() {
+    let fx = Fixture::new("verify-paths", 0, "");
+    let out = run(&mut fx.apply());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let backup = only_backup(&fx);
+    // A file outside the destination that a crafted id or path would reach.
+    std::fs::write(fx.dir.path().join("outside"), b"not a backup").expect("write");
+    for id in [
+        "../../outside",
+        "../qs",
+        "latest/..",
+        "20261124T164428Z-4a2a/..",
+    ] {
+        let out = verify_cmd(&fx, &["--backup", id]);
+        assert_eq!(out.status.code(), Some(2), "{id}: {}", stdout(&out));
+        assert!(
+            stdout(&out).contains("is not a backup id"),
+            "{id}: {}",
+            stdout(&out)
+        );
+    }
+    let p = backup.join("manifest.json");
+    let text = std::fs::read_to_string(&p).expect("read");
+    let mut m: serde_json::Value = serde_json::from_str(&text).expect("json");
+    m["artifacts"][0]["path"] = "../../../outside".into();
+    std::fs::write(&p, serde_json::to_vec(&m).expect("json")).expect("write");
+    let id = backup
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    let out = verify_cmd(&fx, &["--backup", &id]);
+    assert_eq!(out.status.code(), Some(5));
+    let failures = failed(&out);
+    assert!(
+        failures.len() == 1 && failures[0].contains("is not a file name in the backup's folder"),
+        "{failures:?}"
+    );
+}
