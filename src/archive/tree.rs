@@ -301,7 +301,13 @@ pub fn reroot<R: Read, W: MemberSink>(
         let new_path = map(&path).ok_or_else(|| {
             io::Error::other(format!("unexpected member {path:?} outside {from}/"))
         })?;
+        // PAX records (Go's tar writer, and so Docker's archive endpoint, puts sizes of 8 GiB
+        // and more in a `size` record with 0 in the header) go across, but for the names,
+        // which are rewritten here.
+        let pax = carried_pax(&mut entry)?;
+        let size = entry.size();
         let mut header = entry.header().clone();
+        header.set_size(size);
         if !wrote_parents {
             let mut acc = PathBuf::new();
             for part in Path::new(to)
@@ -316,6 +322,9 @@ pub fn reroot<R: Read, W: MemberSink>(
                 b.append_data(&mut h, &acc, io::empty())?;
             }
             wrote_parents = true;
+        }
+        if !pax.is_empty() {
+            b.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
         }
         match header.entry_type() {
             tar::EntryType::Symlink => {
@@ -334,7 +343,6 @@ pub fn reroot<R: Read, W: MemberSink>(
                 b.append_link(&mut header, &new_path, target)?;
             }
             _ => {
-                let size = header.size()?;
                 // As in `write_tar`: the header from the tar crate, then the data.
                 b.append_data(&mut header, &new_path, io::empty())?;
                 let read = copy_member(&mut entry, size, b.get_mut(), &mut buf, cancel)?;
@@ -347,6 +355,25 @@ pub fn reroot<R: Read, W: MemberSink>(
         }
     }
     b.into_inner()
+}
+
+/// The PAX records of a member that a re-rooted copy keeps: all but `path` and `linkpath`
+/// (the names are written anew). A malformed record is an error, not a dropped one.
+fn carried_pax<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(String, Vec<u8>)>> {
+    let Some(records) = entry.pax_extensions()? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for r in records {
+        let r = r?;
+        let key = r
+            .key()
+            .map_err(|e| io::Error::other(format!("a PAX record's key is not UTF-8: {e}")))?;
+        if key != "path" && key != "linkpath" {
+            out.push((key.to_owned(), r.value_bytes().to_vec()));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -400,5 +427,63 @@ mod reroot_tests {
         let err = reroot(cut, "storage", "x/_data", Vec::new(), &Cancel::new())
             .expect_err("a truncated input must fail");
         assert!(err.to_string().contains("ends inside"), "{err}");
+    }
+
+    /// As Go's tar writer writes a member of 8 GiB or more: the size in a PAX `size` record,
+    /// 0 in the header's size field (and here a PAX `path` and an xattr record too).
+    #[test]
+    fn a_size_in_a_pax_record_is_carried_with_the_data() {
+        use std::io::Write;
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 253) as u8).collect();
+        let long = format!(
+            "storage/docker/registry/v2/blobs/sha256/ab/{}/data",
+            "a".repeat(64)
+        );
+        let mut b = tar::Builder::new(Vec::new());
+        let size = data.len().to_string();
+        b.append_pax_extensions([
+            ("size", size.as_bytes()),
+            ("path", long.as_bytes()),
+            ("SCHILY.xattr.user.k", &b"v"[..]),
+        ])
+        .unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_path("storage/short").unwrap();
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_cksum();
+        let raw = b.get_mut();
+        raw.extend_from_slice(h.as_bytes());
+        raw.write_all(&data).unwrap();
+        raw.extend_from_slice(&vec![0u8; (512 - data.len() % 512) % 512]);
+        let input = b.into_inner().unwrap();
+        assert_eq!(members(&input)[0].1, data, "the input is what Go writes");
+
+        let out = reroot(&input[..], "storage", "v/_data", Vec::new(), &Cancel::new()).unwrap();
+        let mut archive = tar::Archive::new(&out[..]);
+        let mut found = None;
+        for e in archive.entries().unwrap() {
+            let mut e = e.unwrap();
+            if e.path().unwrap().to_string_lossy().ends_with("/data") {
+                let name = e.path().unwrap().to_string_lossy().into_owned();
+                let xattr: Vec<(String, Vec<u8>)> = e
+                    .pax_extensions()
+                    .unwrap()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| r.unwrap())
+                    .map(|r| (r.key().unwrap().to_owned(), r.value_bytes().to_vec()))
+                    .filter(|(k, _)| k.starts_with("SCHILY"))
+                    .collect();
+                let mut got = Vec::new();
+                e.read_to_end(&mut got).unwrap();
+                found = Some((name, got, xattr));
+            }
+        }
+        let (name, got, xattr) = found.expect("the blob is in the output");
+        assert_eq!(name, format!("v/_data{}", &long["storage".len()..]));
+        assert_eq!(got.len(), data.len());
+        assert!(got == data);
+        assert_eq!(xattr, [("SCHILY.xattr.user.k".to_owned(), b"v".to_vec())]);
     }
 }
