@@ -270,8 +270,8 @@ pub async fn run_streaming(
             };
             match item {
                 Some(Ok(LogOutput::StdOut { message })) => {
-                    if tx.send(Msg::Data(message)).await.is_err() {
-                        break Err("the pipeline stopped reading".to_owned());
+                    if let Err(e) = send(&tx, Msg::Data(message), &cancel).await {
+                        break Err(e);
                     }
                 }
                 Some(Ok(LogOutput::StdErr { message })) => {
@@ -296,9 +296,8 @@ pub async fn run_streaming(
                         code, ..
                     })) => code,
                     Some(Err(e)) => {
-                        let _ = tx
-                            .send(Msg::End(Err(format!("waiting for the container: {e}"))))
-                            .await;
+                        let end = Msg::End(Err(format!("waiting for the container: {e}")));
+                        let _ = send(&tx, end, &cancel).await;
                         return;
                     }
                     None => -1,
@@ -314,9 +313,22 @@ pub async fn run_streaming(
                 }
             }
         };
-        let _ = tx.send(Msg::End(end)).await;
+        let _ = send(&tx, Msg::End(end), &cancel).await;
     });
     Ok((feed, task))
+}
+
+/// Sends down the feed, giving up when the run is cancelled (a reader that stopped reading
+/// must never leave the sender blocked) or the reader is gone.
+async fn send(
+    tx: &mpsc::Sender<Msg>,
+    msg: Msg,
+    cancel: &Cancel,
+) -> std::result::Result<(), String> {
+    tokio::select! {
+        sent = tx.send(msg) => sent.map_err(|_| "the pipeline stopped reading".to_owned()),
+        _ = cancel.cancelled() => Err("interrupted".to_owned()),
+    }
 }
 
 /// Streams the tar archive of `path` inside a (created, not started) container.
@@ -344,15 +356,15 @@ pub fn download(
             };
             match item {
                 Some(Ok(bytes)) => {
-                    if tx.send(Msg::Data(bytes)).await.is_err() {
-                        break Err("the pipeline stopped reading".to_owned());
+                    if let Err(e) = send(&tx, Msg::Data(bytes), &cancel).await {
+                        break Err(e);
                     }
                 }
                 Some(Err(e)) => break Err(format!("reading the volume through {endpoint}: {e}")),
                 None => break Ok(()),
             }
         };
-        let _ = tx.send(Msg::End(end)).await;
+        let _ = send(&tx, Msg::End(end), &cancel).await;
     });
     (feed, task)
 }

@@ -20,6 +20,7 @@ pub struct CrossView<'a> {
     pub encryption: Option<Option<&'a Sp<raw::Encryption>>>,
     pub destination: Option<&'a Sp<raw::Destination>>,
     pub order: Option<&'a Sp<Order>>,
+    pub state: Option<&'a Sp<raw::StateCfg>>,
 }
 
 /// Which parts a plan backs up: `parts`, or both by default.
@@ -148,6 +149,21 @@ pub fn cross(v: &CrossView, diags: &mut Vec<Diag>) {
             )
             .label("images-first")
             .help("keep the default `metadata-first` (the copy of images is then a superset), or make the registry read-only during the backup"),
+        );
+    }
+
+    if let (Some(dest), Some(state)) = (v.destination, v.state)
+        && matches!(dest.value, raw::Destination::S3(_))
+        && let Some(path) = &state.value.path
+    {
+        diags.push(
+            Diag::warning(
+                "plan::local-state",
+                path.span,
+                "with `state.path`, the lock and journal are on this machine: runs of this plan on other machines do not see them",
+            )
+            .label("local to this machine")
+            .help("remove `state.path` to keep them in the bucket beside the backups, or run this plan from one machine only"),
         );
     }
 

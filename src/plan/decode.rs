@@ -364,7 +364,7 @@ impl<'s> Decoder<'s> {
             Value::Str(_) | Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
                 self.push(
                     Diag::error(
-                        "plan::literal-secret",
+                        super::diag::LITERAL_SECRET,
                         at.span(),
                         format!(
                             "`{}` holds a secret in the plan itself: secrets in plan files end up in git",
@@ -592,6 +592,7 @@ impl Decoder<'_> {
                 },
                 destination: destination.as_ref(),
                 order: order.as_ref(),
+                state: state.as_ref(),
             },
             &mut self.diags,
         );

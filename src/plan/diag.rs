@@ -83,11 +83,22 @@ pub struct FileReport {
 }
 
 impl FileReport {
+    /// The source kept for rendering has every literal secret masked: a snippet (of that
+    /// diagnostic or any other) never shows it on stderr, which CI jobs log.
     pub fn new(file: &Path, source: Arc<str>, mut diags: Vec<Diag>) -> FileReport {
         diags.sort_by_key(|d| (d.span.offset, d.span.line, d.span.column));
+        let secrets: Vec<Span> = diags
+            .iter()
+            .filter(|d| d.code == LITERAL_SECRET)
+            .map(|d| d.span)
+            .collect();
         FileReport {
             file: file.to_path_buf(),
-            source,
+            source: if secrets.is_empty() {
+                source
+            } else {
+                mask(&source, &secrets).into()
+            },
             diags,
         }
     }
@@ -130,6 +141,25 @@ impl FileReport {
             })
             .collect()
     }
+}
+
+/// The code of a secret written in the plan itself; its span is masked when rendered.
+pub const LITERAL_SECRET: &str = "plan::literal-secret";
+
+/// `source` with every character inside `spans` replaced by `*` (one per octet, so that
+/// offsets, lines and columns of ASCII text stay as they were).
+fn mask(source: &str, spans: &[Span]) -> String {
+    let mut bytes = source.as_bytes().to_vec();
+    for s in spans {
+        let end = (s.offset + s.len).min(bytes.len());
+        for b in &mut bytes[s.offset.min(end)..end] {
+            if *b != b'\n' {
+                *b = b'*';
+            }
+        }
+    }
+    // Whole characters were replaced octet by octet: the result is ASCII there.
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// A diagnostic as it appears in JSON output.

@@ -165,6 +165,7 @@ async fn stream_metadata(
     .await?;
     let (prefix, ended) = feed.prefix(SNIFF).await;
     if let Some(Err(e)) = &ended {
+        drop(feed);
         let _ = pump.await;
         return Err(if ctx.cancel.is_cancelled() {
             Error::Interrupted
@@ -180,6 +181,8 @@ async fn stream_metadata(
     let expected = format!("dtr-backup-v{version}");
     let rest = sniffed.first_member.strip_prefix(&expected);
     if !rest.is_some_and(|r| r.is_empty() || r.starts_with('/') || r.starts_with('-')) {
+        // Stop reading first: the pump may be blocked on a full feed.
+        drop(feed);
         let _ = pump.await;
         return Err(Error::failed(format!(
             "the archive's first member is {:?}, not {expected}...: the image {} does not back up DTR {version}",

@@ -174,6 +174,58 @@ mod tests {
             .collect()
     }
 
+    /// A store holding complete backups of the given ids (a manifest and one artifact each).
+    fn store_with(ids: &[String]) -> crate::storage::memory::MemoryStore {
+        let store = crate::storage::memory::MemoryStore::new();
+        for id in ids {
+            let m = manifest::Manifest {
+                format_version: 1,
+                plan: "p".into(),
+                plan_digest: String::new(),
+                backup_id: id.clone(),
+                started_at: String::new(),
+                finished_at: String::new(),
+                dtr: Default::default(),
+                ucp_url: None,
+                storage: "path".into(),
+                encryption: "none".into(),
+                artifacts: vec![manifest::Artifact {
+                    kind: manifest::ArtifactKind::Images,
+                    path: "dtr-images-x.tar".into(),
+                    size: 1,
+                    sha256: String::new(),
+                    encrypted: false,
+                }],
+                objects: Vec::new(),
+            };
+            store.put(&format!("{id}/dtr-images-x.tar"), b"x").unwrap();
+            store
+                .put(&format!("{id}/{}", manifest::FILE), &m.to_json())
+                .unwrap();
+        }
+        store
+    }
+
+    #[test]
+    fn a_backup_loses_its_manifest_before_anything_else() {
+        let b: Vec<String> = ids(&[0, 1, 2]).into_iter().map(|(id, _)| id).collect();
+        let store = store_with(&b);
+        let cfg = RetentionCfg {
+            keep_last: 1,
+            ..Default::default()
+        };
+        let pruned = prune(&store, &cfg, "", &BTreeSet::new(), false).unwrap();
+        assert_eq!(pruned.backups, [b[0].clone(), b[1].clone()]);
+        let log = store.log();
+        for id in &b[..2] {
+            let at = |what: &str| log.iter().position(|l| l == what);
+            let manifest = at(&format!("delete {id}/{}", manifest::FILE)).expect("deleted");
+            let rest = at(&format!("delete_all {id}")).expect("deleted");
+            assert!(manifest < rest, "{log:?}");
+        }
+        assert!(store.paths().iter().all(|p| p.starts_with(&b[2])));
+    }
+
     #[test]
     fn keep_last_and_daily() {
         let b = ids(&[0, 1, 2, 3, 4, 5]);

@@ -39,6 +39,37 @@ impl LocalStore {
     }
 }
 
+impl LocalStore {
+    /// Moves the small file `rel` out of the way if it holds exactly `old`: a rename to a name
+    /// of our own first (of several callers, only one can rename it), then the comparison on
+    /// what was moved; a file that holds something else goes back under its name.
+    fn take_if(&self, rel: &str, old: &[u8]) -> Result<bool> {
+        let p = self.path(rel);
+        let moved = temp_name(&p);
+        let what = format!("taking {}", p.display());
+        match fs::rename(&p, &moved) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io(e, &what)),
+        }
+        let held = fs::read(&moved).map_err(|e| io(e, &what));
+        if held.as_ref().is_ok_and(|h| h == old) {
+            fs::remove_file(&moved).map_err(|e| io(e, &what))?;
+            sync_dir(p.parent().unwrap_or(&self.root)).map_err(|e| io(e, &what))?;
+            return Ok(true);
+        }
+        // Not the one we were after: put it back (unless a new one took the name meanwhile).
+        let back = fs::hard_link(&moved, &p);
+        let _ = fs::remove_file(&moved);
+        match back {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(e, &what)),
+        }
+        held.map(|_| false)
+    }
+}
+
 /// The temporary name of `final_path` while it is written.
 fn temp_name(final_path: &Path) -> PathBuf {
     let name = final_path
@@ -253,6 +284,14 @@ impl Store for LocalStore {
         }
         out.sort();
         Ok(out)
+    }
+
+    fn swap(&self, rel: &str, old: &[u8], new: &[u8]) -> Result<bool> {
+        Ok(self.take_if(rel, old)? && self.put_new(rel, new)?)
+    }
+
+    fn delete_if(&self, rel: &str, old: &[u8]) -> Result<bool> {
+        self.take_if(rel, old)
     }
 
     fn delete(&self, rel: &str) -> Result<()> {

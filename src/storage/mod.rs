@@ -7,6 +7,7 @@
 
 mod direct;
 pub mod local;
+pub mod memory;
 pub mod nfs;
 pub mod s3;
 
@@ -49,6 +50,13 @@ pub trait Store: Send + Sync {
     }
     /// Paths and sizes of every object under `prefix`, recursively.
     fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>>;
+    /// Replaces the small object at `path` by `new` only if it still holds exactly `old`:
+    /// of several callers that read the same `old`, at most one succeeds (`true`); the others
+    /// get `false`, as they do when the object holds something else or is gone.
+    fn swap(&self, path: &str, old: &[u8], new: &[u8]) -> Result<bool>;
+    /// Removes the small object at `path` only if it still holds exactly `old`; `false`
+    /// (and nothing removed) otherwise.
+    fn delete_if(&self, path: &str, old: &[u8]) -> Result<bool>;
     /// Removes an object; absent is fine.
     fn delete(&self, path: &str) -> Result<()>;
     /// Removes everything under `prefix`.

@@ -400,6 +400,56 @@ impl Store for S3Store {
         Ok(out)
     }
 
+    /// A conditional put (`If-Match` the ETag of the GET that read `old`): S3 lets one of
+    /// several such writers win.
+    fn swap(&self, rel: &str, old: &[u8], new: &[u8]) -> Result<bool> {
+        let key = self.key(rel);
+        let got = self.exec.run(async {
+            match self.store.get(&key).await {
+                Ok(r) => {
+                    let meta = r.meta.clone();
+                    r.bytes().await.map(|b| Some((b, meta)))
+                }
+                Err(e) if not_found(&e) => Ok(None),
+                Err(e) => Err(e),
+            }
+        });
+        let Some((held, meta)) = got.map_err(|e| self.fail("reading", rel, e))? else {
+            return Ok(false);
+        };
+        if held.as_ref() != old {
+            return Ok(false);
+        }
+        let opts = PutOptions {
+            mode: PutMode::Update(object_store::UpdateVersion {
+                e_tag: meta.e_tag,
+                version: meta.version,
+            }),
+            ..Default::default()
+        };
+        match self.exec.run(
+            self.store
+                .put_opts(&key, PutPayload::from(new.to_vec()), opts),
+        ) {
+            Ok(put) => {
+                self.remember(rel, put.e_tag, put.version);
+                Ok(true)
+            }
+            Err(object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(self.fail("replacing", rel, e)),
+        }
+    }
+
+    /// S3 has no conditional delete that object_store sends: the object is read and compared,
+    /// then deleted. (The window between the two is a round trip; a lock is only ever deleted
+    /// by its holder or by `plan unlock`.)
+    fn delete_if(&self, rel: &str, old: &[u8]) -> Result<bool> {
+        match self.get(rel)? {
+            Some(held) if held == old => self.delete(rel).map(|()| true),
+            _ => Ok(false),
+        }
+    }
+
     fn delete(&self, rel: &str) -> Result<()> {
         self.remember(rel, None, None);
         match self.exec.run(self.store.delete(&self.key(rel))) {

@@ -210,6 +210,13 @@ const CASES: &[Case] = &[
         8,
         13,
     ),
+    warn(
+        "local_state_with_s3",
+        "version: 1\nname: p\nparts: [images]\nimages: {type: path, path: /r}\ndestination:\n  type: s3\n  bucket: backups\nstate:\n  path: /var/lib/dtr-backup\n",
+        "plan::local-state",
+        9,
+        9,
+    ),
     err(
         "retention_keeps_nothing",
         "version: 1\nname: p\nparts: [images]\nimages: {type: path, path: /r}\ndestination: {type: local, path: /b}\nretention:\n  keep_last: 0\n",

@@ -905,12 +905,14 @@ fn verify_command_checks_metadata_and_catches_a_flipped_byte() {
 fn an_archive_of_another_version_fails_the_metadata_step() {
     let Some(bed) = bed() else { return };
     // The image is tagged 2.9.4 but writes a 2.9.5 archive: the stream's first member is
-    // checked, and the step fails without an artifact.
-    bed.standin_image(IMAGE, "2.9.5", &[R1], 0);
+    // checked, and the step fails without an artifact. The archive (12 MiB of incompressible
+    // padding) is larger than every buffer between the container and the check, so the
+    // container is still writing when the step gives up: it must not wait for it.
+    bed.standin_image(IMAGE, "2.9.5", &[R1], 12 << 20);
     bed.replica(R1, VERSION);
     let dir = TempDir::new("docker-sniff");
     let plan = write_plan(&bed, &dir, &Setup::default());
-    let out = run(&mut apply(&bed, &dir, &plan));
+    let out = run_within(&mut apply(&bed, &dir, &plan), 60);
     assert_eq!(out.status.code(), Some(1));
     let err = error_of(&out);
     assert!(

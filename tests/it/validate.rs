@@ -134,3 +134,31 @@ fn usage_errors_exit_2() {
     let out = run(dtr_backup(&root()).args(["plan", "frobnicate"]));
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A secret written in the plan itself is reported, and never shown: not in the snippet of
+/// its own diagnostic, not in another's, not in JSON.
+#[test]
+fn a_literal_secret_is_masked_in_every_output() {
+    let dir = TempDir::new("literal");
+    let plan = dir.write(
+        "p.yaml",
+        "version: 1\nname: p\nparts: [images]\nimages: {type: path, path: /r}\ndestination: {type: local, path: /b}\nencryption:\n  type: passphrase\n  passphrase: hunter2-s3cr3t-ünï\nretention: {keep_lsat: 3}\n",
+    );
+    for args in [
+        &["plan", "validate"][..],
+        &["plan", "validate", "--output", "json"],
+    ] {
+        let out = run(dtr_backup(dir.path()).args(args).arg(&plan));
+        assert_eq!(out.status.code(), Some(3));
+        let all = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(all.contains("plan::literal-secret"), "{all}");
+        assert!(!all.contains("hunter2"), "{all}");
+        assert!(!all.contains("s3cr3t"), "{all}");
+    }
+    let out = run(dtr_backup(dir.path()).args(["plan", "validate"]).arg(&plan));
+    assert!(
+        stderr(&out).contains("passphrase: ********"),
+        "{}",
+        stderr(&out)
+    );
+}
