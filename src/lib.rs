@@ -10,7 +10,8 @@
 //!   manifest → verify → retention) and renders it.
 //! - [`exec`] runs the graph: lock, journal of completed steps (resume), events, cancellation.
 //! - [`steps`] holds one file per step kind; [`verify`] checks a stored backup; [`manifest`]
-//!   is the record of a backup.
+//!   is the record of a backup; [`blob_store`] keeps blobs object by object, one folder per
+//!   encryption identity.
 //! - Adapters, which know nothing of plans' steps: [`storage`] (where backups go),
 //!   [`crypto`] (OpenPGP streams, secrets), [`archive`] (tar, pipes, hashing), [`docker`]
 //!   (the Docker API: replicas, containers), [`ucp`] (UCP's HTTPS API).
@@ -18,6 +19,7 @@
 //!   codes in [`exit`]. No backup logic lives there.
 
 pub mod archive;
+pub mod blob_store;
 pub mod cancel;
 pub mod cli;
 pub mod clock;

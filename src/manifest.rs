@@ -27,8 +27,8 @@ pub struct Manifest {
     pub encryption: String,
     pub artifacts: Vec<Artifact>,
     /// Image content kept object by object (images in S3): every object of the snapshot.
-    /// Blobs live in the plan's shared blob store (`blobs/sha256/<ab>/<digest>`), the other
-    /// objects in the images artifact.
+    /// Blobs live in the plan's shared blob store (`blobs/<store>/sha256/<ab>/<digest>`, see
+    /// [`crate::blob_store`]), the other objects in the images artifact.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub objects: Vec<SnapshotObject>,
 }
@@ -48,11 +48,6 @@ pub struct SnapshotObject {
     /// Size of the stored blob object (differs from `size` when encrypted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored_size: Option<u64>,
-}
-
-/// Where the blob store keeps a blob.
-pub fn blob_path(digest: &str) -> String {
-    format!("blobs/sha256/{}/{digest}", &digest[..2.min(digest.len())])
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -125,7 +120,7 @@ impl Manifest {
         }
         for o in &m.objects {
             if let Some(b) = &o.blob
-                && !(is_digest(&o.sha256) && *b == blob_path(&o.sha256))
+                && !crate::blob_store::is_blob_path(b, &o.sha256)
             {
                 return Err(bad(format!(
                     "blob path {b:?} is not the blob store's path for sha256 {:?}",
@@ -237,7 +232,7 @@ mod tests {
                 key: format!("docker/registry/v2/blobs/sha256/ab/{digest}/data"),
                 size: 1,
                 sha256: digest.clone(),
-                blob: Some(blob_path(&digest)),
+                blob: Some(format!("blobs/p-01/sha256/ab/{digest}")),
                 stored_size: None,
             }],
         }
@@ -263,7 +258,7 @@ mod tests {
         assert!(parse(&m).unwrap_err().contains("blob store's path"));
         let mut m = sample();
         m.objects[0].sha256 = "../x".into();
-        m.objects[0].blob = Some(blob_path("../x"));
+        m.objects[0].blob = Some("blobs/sha256/../x".into());
         assert!(parse(&m).unwrap_err().contains("blob store's path"));
     }
 

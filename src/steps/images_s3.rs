@@ -23,11 +23,12 @@ use regex::Regex;
 use super::stream::store_stream;
 use super::{Ctx, Outcome, blocking};
 use crate::archive::HashReader;
+use crate::blob_store::BlobStore;
 use crate::crypto::{self, Encryption};
 use crate::error::{Error, Result, io};
 use crate::exec::events::Event;
 use crate::graph;
-use crate::manifest::{self, SnapshotObject};
+use crate::manifest::SnapshotObject;
 use crate::plan::S3Cfg;
 use crate::storage::Store;
 use crate::storage::s3::S3Store;
@@ -47,14 +48,14 @@ fn blob_key() -> &'static Regex {
 fn copy_blob(
     source: &dyn Store,
     dest: &dyn Store,
+    target: &str,
     key: &str,
     digest: &str,
     enc: &Encryption,
     cancel: &crate::cancel::Cancel,
 ) -> Result<(u64, u64)> {
-    let target = manifest::blob_path(digest);
     let mut reader = HashReader::new(source.open(key)?);
-    let mut object = crate::archive::HashWriter::new(SyncWrite(Mutex::new(dest.create(&target)?)));
+    let mut object = crate::archive::HashWriter::new(SyncWrite(Mutex::new(dest.create(target)?)));
     {
         let mut sealed =
             crypto::encrypt(&mut object, enc).map_err(|e| io(e, format!("encrypting {key}")))?;
@@ -131,12 +132,10 @@ pub async fn run(ctx: Ctx, cfg: S3Cfg) -> Result<Outcome> {
                 source.describe()
             )));
         }
-        // Digest -> stored size of every blob already in the blob store (listed once).
-        let mut stored_sizes: BTreeMap<String, u64> = dest
-            .list_sized("blobs")?
-            .into_iter()
-            .filter_map(|(p, s)| p.rsplit('/').next().map(|d| (d.to_owned(), s)))
-            .collect();
+        // The blob store of the plan's encryption, and the stored size of every blob already
+        // in it (listed once). Blobs encrypted otherwise are not reused.
+        let blob_store = BlobStore::for_encryption(dest.as_ref(), &enc)?;
+        let mut stored_sizes: BTreeMap<String, u64> = blob_store.list(dest.as_ref())?;
         let mut blobs = Vec::new();
         let mut small = Vec::new();
         for (key, size) in listed {
@@ -166,12 +165,13 @@ pub async fn run(ctx: Ctx, cfg: S3Cfg) -> Result<Outcome> {
                         let Some((key, digest)) = queue.lock().ok().and_then(|mut q| q.pop()) else {
                             return;
                         };
+                        let target = blob_store.path(&digest);
                         let result = match &server_side {
                             Some(d) => source_s3
-                                .copy_to(&key, d, &manifest::blob_path(&digest))
-                                .and_then(|()| d.size(&manifest::blob_path(&digest)))
+                                .copy_to(&key, d, &target)
+                                .and_then(|()| d.size(&target))
                                 .map(|s| (s.unwrap_or(0), s.unwrap_or(0))),
-                            None => copy_blob(source.as_ref(), dest.as_ref(), &key, &digest, &enc, &ctx.cancel),
+                            None => copy_blob(source.as_ref(), dest.as_ref(), &target, &key, &digest, &enc, &ctx.cancel),
                         };
                         match result {
                             Ok((size, stored)) => {
@@ -205,7 +205,7 @@ pub async fn run(ctx: Ctx, cfg: S3Cfg) -> Result<Outcome> {
                 key: key.clone(),
                 size: *size,
                 sha256: digest.clone(),
-                blob: Some(manifest::blob_path(digest)),
+                blob: Some(blob_store.path(digest)),
                 stored_size: stored_sizes.get(digest).copied(),
             })
             .collect();

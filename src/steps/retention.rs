@@ -124,11 +124,25 @@ pub fn prune(
     for m in complete.iter().filter(|m| keep.contains(&m.backup_id)) {
         referenced.extend(m.objects.iter().filter_map(|o| o.blob.clone()));
     }
-    for (path, _) in store.list_sized("blobs")? {
-        if !referenced.contains(&path) {
-            if !dry_run {
-                store.delete(&path)?;
-            }
+    let listed = store.list_sized(crate::blob_store::ROOT)?;
+    let mut live_stores = BTreeSet::new();
+    for (path, _) in &listed {
+        if referenced.contains(path) {
+            // `blobs/<store>/...` (the layout before stores had folders: `blobs/sha256/...`).
+            live_stores.insert(path.split('/').nth(1).unwrap_or_default().to_owned());
+        }
+    }
+    for (path, _) in listed {
+        let store_id = path.split('/').nth(1).unwrap_or_default();
+        // A store's key check goes only with its last blob.
+        let key_check = path.ends_with("/key-check") && path.split('/').count() == 3;
+        if referenced.contains(&path) || (key_check && live_stores.contains(store_id)) {
+            continue;
+        }
+        if !dry_run {
+            store.delete(&path)?;
+        }
+        if !key_check {
             pruned.blobs.push(path);
         }
     }

@@ -2,7 +2,7 @@
 //! artifacts, manifest, list and verify; locks between runners; the server going away in the
 //! middle of an upload.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use crate::common::*;
@@ -39,10 +39,16 @@ fn s3_bed() -> Option<S3Bed> {
 /// A fixture whose destination is the test server's `backups` bucket under a unique prefix.
 fn s3_fixture(bed: &S3Bed, tag: &str, big_blob_mib: usize) -> (Fixture, String) {
     let fx = Fixture::new(tag, big_blob_mib, "");
-    let prefix = format!(
-        "{tag}-{}",
-        fx.dir.path().file_name().expect("name").to_string_lossy()
-    );
+    // Short: s3s-fs names a file after each multipart upload's key in base64, which must fit
+    // in 255 bytes (keys of about 128 characters at most; S3 itself takes 1024).
+    let prefix = fx
+        .dir
+        .path()
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .trim_start_matches("dtr-backup-test-")
+        .to_owned();
     let text = std::fs::read_to_string(&fx.plan).expect("plan").replace(
         "destination: {type: local, path: backups}",
         &format!(
@@ -240,6 +246,21 @@ fn keys_under(root: &std::path::Path) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
+/// How many stores of the blob store (`blobs/<store>/sha256/<ab>/<digest>`) hold `digest`.
+fn stored_blobs(plan_root: &Path, digest: &str) -> usize {
+    std::fs::read_dir(plan_root.join("blobs"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| {
+                    e.path()
+                        .join(format!("sha256/{}/{digest}", &digest[..2]))
+                        .is_file()
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 #[test]
 fn s3_image_content_is_copied_incrementally_and_restores_from_the_manifest() {
     let Some(bed) = s3_bed() else { return };
@@ -303,9 +324,12 @@ fn s3_image_content_is_copied_incrementally_and_restores_from_the_manifest() {
     assert_eq!(backups.len(), 1);
     assert_ne!(backups[0], first[0]);
     let store = plan_dir(&bed, &prefix);
-    let blob_file = |d: &str| store.join(format!("blobs/sha256/{}/{d}", &d[..2]));
-    assert!(!blob_file(&gone).exists(), "an unreferenced blob was kept");
-    assert!(blob_file(&new_digest).exists());
+    assert_eq!(
+        stored_blobs(&store, &gone),
+        0,
+        "an unreferenced blob was kept"
+    );
+    assert_eq!(stored_blobs(&store, &new_digest), 1);
 
     // Restore from the second backup's manifest alone plus the blob store: every object.
     let m: serde_json::Value =
@@ -362,6 +386,36 @@ fn s3_image_content_is_copied_incrementally_and_restores_from_the_manifest() {
         "{}",
         stdout(&out)
     );
+
+    // A new passphrase: no blob encrypted with the old one is reused; every blob is copied
+    // again, into a store of its own, and the backup opens with the new passphrase alone.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let rotated = "a rotated passphrase";
+    let out = run(with_keys(fx.apply().env("DTR_BACKUP_PASSPHRASE", rotated)));
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(
+        copied(&out),
+        (total, 0),
+        "blobs under the old passphrase were reused"
+    );
+    assert_eq!(
+        stored_blobs(&store, &new_digest),
+        1,
+        "retention removed the old store's blobs"
+    );
+    let out = run(with_keys(
+        dtr_backup(fx.dir.path())
+            .env("DTR_BACKUP_PASSPHRASE", rotated)
+            .args(["verify", "--read-data", "full"])
+            .arg(&fx.plan),
+    ));
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    // Back to the old passphrase: its store is gone with its last backup, so it starts over
+    // too, and never picks up blobs of the rotated one.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = run(with_keys(&mut fx.apply()));
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(copied(&out), (total, 0));
 }
 
 #[test]
@@ -413,8 +467,9 @@ fn same_bucket_without_encryption_copies_server_side() {
                 .expect("name")
                 .to_string_lossy()
                 .into_owned();
-            let copy = std::fs::read(store.join(format!("blobs/sha256/{}/{digest}", &digest[..2])))
-                .expect("copied blob");
+            let copy =
+                std::fs::read(store.join(format!("blobs/plain/sha256/{}/{digest}", &digest[..2])))
+                    .expect("copied blob");
             assert_eq!(copy, bytes);
         }
     }
