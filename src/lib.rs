@@ -32,6 +32,7 @@ pub mod failpoint;
 pub mod graph;
 pub mod manifest;
 pub mod plan;
+pub mod process;
 pub mod steps;
 pub mod storage;
 pub mod ucp;

@@ -25,7 +25,7 @@ pub fn run(args: &Args) -> Exit {
         Ok(holder) => {
             println!(
                 "removed lock {} of {} on {} (pid {})",
-                holder.id, holder.operation, holder.host, holder.pid
+                holder.id, holder.operation, holder.process.host, holder.process.pid
             );
             Exit::Ok
         }

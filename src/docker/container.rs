@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use super::Engine;
 use crate::cancel::Cancel;
 use crate::error::{Error, Result};
+use crate::process::ProcessId;
 
 /// Label on every container dtr-backup creates: the plan's name.
 pub const LABEL_PLAN: &str = "io.dtr-backup.plan";
@@ -26,6 +27,9 @@ pub const LABEL_PLAN: &str = "io.dtr-backup.plan";
 pub const LABEL_RUN: &str = "io.dtr-backup.run";
 /// Label: what the container is for (`metadata`, `images-helper`).
 pub const LABEL_ROLE: &str = "io.dtr-backup.role";
+/// Label: the process that created the container ([`ProcessId`] as JSON), so that any later
+/// run on the engine can tell a leftover (its creator is gone) from a live run's container.
+pub const LABEL_OWNER: &str = "io.dtr-backup.owner";
 
 /// A message from the async side to a pipeline thread.
 pub enum Msg {
@@ -135,7 +139,14 @@ pub async fn create(engine: &Engine, spec: Spec) -> Result<String> {
         cmd: Some(spec.cmd),
         entrypoint: spec.entrypoint,
         env: Some(env),
-        labels: Some(spec.labels),
+        labels: Some({
+            let mut labels = spec.labels;
+            labels.insert(
+                LABEL_OWNER.to_owned(),
+                serde_json::to_string(&ProcessId::current()).unwrap_or_default(),
+            );
+            labels
+        }),
         tty: Some(false),
         open_stdin: Some(false),
         attach_stdin: Some(false),
@@ -181,9 +192,18 @@ pub async fn remove(engine: &Engine, id: &str) -> std::result::Result<(), String
         .map_err(|e| format!("removing container {id}: {e}"))
 }
 
-/// Removes containers a killed run of this plan left behind. Returns how many.
-pub async fn remove_leftovers(engine: &Engine, plan: &str) -> Result<usize> {
-    let filters = HashMap::from([("label", vec![format!("{LABEL_PLAN}={plan}")])]);
+/// A container dtr-backup created.
+pub struct Ours {
+    pub id: String,
+    pub name: String,
+    pub plan: String,
+    /// Who created it; `None` for containers of releases that did not record it.
+    pub owner: Option<ProcessId>,
+}
+
+/// Every container (running or not) that dtr-backup created on the engine, for any plan.
+pub async fn ours(engine: &Engine) -> Result<Vec<Ours>> {
+    let filters = HashMap::from([("label", vec![LABEL_PLAN.to_owned()])]);
     let list = engine
         .docker
         .list_containers(Some(
@@ -194,14 +214,25 @@ pub async fn remove_leftovers(engine: &Engine, plan: &str) -> Result<usize> {
         ))
         .await
         .map_err(|e| Error::failed(format!("listing containers on {}: {e}", engine.endpoint)))?;
-    let mut n = 0;
-    for c in list {
-        if let Some(id) = c.id {
-            remove(engine, &id).await.map_err(Error::Failed)?;
-            n += 1;
-        }
-    }
-    Ok(n)
+    Ok(list
+        .into_iter()
+        .filter_map(|c| {
+            let labels = c.labels.unwrap_or_default();
+            Some(Ours {
+                id: c.id?,
+                name: c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .unwrap_or_default()
+                    .trim_start_matches('/')
+                    .to_owned(),
+                plan: labels.get(LABEL_PLAN).cloned().unwrap_or_default(),
+                owner: labels
+                    .get(LABEL_OWNER)
+                    .and_then(|o| serde_json::from_str(o).ok()),
+            })
+        })
+        .collect())
 }
 
 /// Replaces each secret in a line by `<redacted>`.

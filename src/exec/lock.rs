@@ -9,116 +9,39 @@ use super::events::{Event, Reporter};
 use crate::cancel::Cancel;
 use crate::clock;
 use crate::error::{Error, Result};
+use crate::process::ProcessId;
 use crate::storage::Store;
 
 pub const FILE: &str = "lock.json";
 
-/// Who holds a lock. Besides the host name, which hosts can share (containers with
-/// `--uts=host`, `hostNetwork` pods, the `unknown-host` fallback), the lock records what tells
-/// a process apart for sure: the kernel's boot id, the pid namespace and the process's start
-/// time. (Locks written without them are judged by host and pid alone.)
+/// Who holds a lock: the lock's id, the operation, and the process (see
+/// [`ProcessId`](crate::process::ProcessId): host, boot id, pid namespace, pid, start time).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LockInfo {
     pub id: String,
-    pub host: String,
-    pub pid: u32,
+    #[serde(flatten)]
+    pub process: ProcessId,
     pub operation: String,
     pub started_at: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub machine_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub boot_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid_ns: Option<String>,
-    /// The process's start time, in clock ticks since boot (`/proc/<pid>/stat`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_ticks: Option<u64>,
 }
 
 impl LockInfo {
     fn describe(&self) -> String {
         format!(
             "lock {} held by {} on host {} (pid {}) since {}",
-            self.id, self.operation, self.host, self.pid, self.started_at
+            self.id, self.operation, self.process.host, self.process.pid, self.started_at
         )
     }
 
     /// This process, holding a lock `id`.
     fn ours(id: String, operation: &str) -> LockInfo {
-        let pid = std::process::id();
-        let read = |p: &str| {
-            std::fs::read_to_string(p)
-                .ok()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-        };
         LockInfo {
             id,
-            host: hostname(),
-            pid,
+            process: ProcessId::current(),
             operation: operation.to_owned(),
             started_at: clock::rfc3339(clock::now_unix()),
-            machine_id: read("/etc/machine-id"),
-            boot_id: read("/proc/sys/kernel/random/boot_id"),
-            pid_ns: pid_namespace(),
-            start_ticks: start_ticks(pid),
         }
     }
-
-    /// Why the holder of this lock is known to be gone, judged from `me`; `None` when it may
-    /// still run (then only `plan unlock` removes the lock).
-    pub fn gone(&self, me: &LockInfo) -> Option<&'static str> {
-        if self.host != me.host {
-            return None;
-        }
-        let Some(boot) = &self.boot_id else {
-            // A lock of an older release: host and pid are all there is.
-            return (!pid_alive(self.pid)).then_some("that process is gone");
-        };
-        if me.boot_id.as_ref() != Some(boot) {
-            // Another boot: this machine restarted since, or another machine has this name.
-            let same_machine = self.machine_id.is_some() && self.machine_id == me.machine_id;
-            return same_machine.then_some("that host restarted since");
-        }
-        if self.pid_ns.is_none() || self.pid_ns != me.pid_ns {
-            // Another container on this kernel: its pids are not ours to look at.
-            return None;
-        }
-        match (start_ticks(self.pid), self.start_ticks) {
-            (None, _) => Some("that process is gone"),
-            (Some(now), Some(then)) if now != then => {
-                Some("that process is gone (its pid belongs to another process now)")
-            }
-            _ => None,
-        }
-    }
-}
-
-/// This machine's name.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown-host".into())
-}
-
-fn pid_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
-fn pid_namespace() -> Option<String> {
-    std::fs::read_link("/proc/self/ns/pid")
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned())
-}
-
-/// Field 22 of `/proc/<pid>/stat` (after the parenthesised command name, which may hold
-/// spaces): when the process started, in clock ticks since boot.
-fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Holds the lock; releases it when dropped.
@@ -179,7 +102,7 @@ pub async fn acquire(
                 store.describe()
             )));
         };
-        if let Some(why) = holder.gone(&info) {
+        if let Some(why) = holder.process.gone(&info.process) {
             // Replace it only if it is still that very lock: of several runs that found it
             // stale, one takes it over and the others see the new holder.
             let s = store.clone();
@@ -302,8 +225,8 @@ mod tests {
     fn stale_lock() -> LockInfo {
         let mut l = LockInfo::ours("dead".into(), "plan apply");
         // A pid no process has (above pid_max): the process is gone.
-        l.pid = 4_000_000_000;
-        l.start_ticks = Some(1);
+        l.process.pid = 4_000_000_000;
+        l.process.start_ticks = Some(1);
         l
     }
 
@@ -348,38 +271,5 @@ mod tests {
         }
         assert_eq!(store.get(FILE).unwrap(), None, "released on drop");
         std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn a_live_holder_is_never_judged_gone_and_identity_tells_processes_apart() {
-        let me = LockInfo::ours("me".into(), "plan apply");
-        assert_eq!(me.gone(&me), None, "this process runs");
-        assert!(me.boot_id.is_some() && me.pid_ns.is_some() && me.start_ticks.is_some());
-        let dead = stale_lock();
-        assert_eq!(dead.gone(&me), Some("that process is gone"));
-        // A reused pid: alive, but started at another time.
-        let mut reused = me.clone();
-        reused.start_ticks = me.start_ticks.map(|t| t + 1);
-        assert!(
-            reused
-                .gone(&me)
-                .is_some_and(|w| w.contains("another process"))
-        );
-        // The same host name on another kernel, or in another pid namespace: not ours to judge.
-        let mut other_kernel = dead.clone();
-        other_kernel.boot_id = Some("another-boot".into());
-        other_kernel.machine_id = Some("another-machine".into());
-        assert_eq!(other_kernel.gone(&me), None);
-        let mut other_container = dead.clone();
-        other_container.pid_ns = Some("pid:[1]".into());
-        assert_eq!(other_container.gone(&me), None);
-        // The same machine after a restart.
-        let mut before_reboot = me.clone();
-        before_reboot.boot_id = Some("an-earlier-boot".into());
-        if me.machine_id.is_some() {
-            assert_eq!(before_reboot.gone(&me), Some("that host restarted since"));
-        } else {
-            assert_eq!(before_reboot.gone(&me), None);
-        }
     }
 }

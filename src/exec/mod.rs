@@ -161,10 +161,13 @@ async fn run(
         });
         let began = Instant::now();
         let outcome = if step.kind == StepKind::Preflight {
-            steps::preflight::run(&plan, &stores).await.map(|secrets| {
-                ctx.secrets = Arc::new(secrets);
-                steps::Outcome::default()
-            })
+            let warn = |message: String| reporter.emit(&Event::Warning { message });
+            steps::preflight::run(&plan, &stores, &warn)
+                .await
+                .map(|secrets| {
+                    ctx.secrets = Arc::new(secrets);
+                    steps::Outcome::default()
+                })
         } else {
             remove_temporaries(stores.backups.as_ref(), &run.backup_id)?;
             steps::run(step, ctx.clone()).await

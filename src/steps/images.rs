@@ -127,12 +127,6 @@ async fn from_volume(ctx: Ctx, helper_image: Option<String>) -> Result<Outcome> 
         .or_else(|| plan.dtr.image.clone())
         .ok_or_else(|| Error::failed("set `images.helper_image` or `dtr.image`: the volume is read through a container of that image"))?;
     let engine = docker::connect(&plan.docker)?;
-    let removed = container::remove_leftovers(&engine, plan.name.as_str()).await?;
-    if removed > 0 {
-        ctx.warn(format!(
-            "removed {removed} container(s) left by an interrupted run"
-        ));
-    }
     engine.docker.inspect_volume(&volume).await.map_err(|e| {
         Error::failed(format!(
             "the volume {volume} cannot be read on {}: {e}; check images.name and the replica",

@@ -98,12 +98,6 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
     }
 
     let engine = docker::connect(&plan.docker)?;
-    let removed = container::remove_leftovers(&engine, plan.name.as_str()).await?;
-    if removed > 0 {
-        ctx.warn(format!(
-            "removed {removed} container(s) left by an interrupted run"
-        ));
-    }
     let id = container::create(
         &engine,
         container::Spec {

@@ -61,8 +61,9 @@ pub fn describe(plan: &Plan) -> Vec<String> {
     out
 }
 
-/// Resolves the secrets and checks the source, the Docker API, UCP and the destination.
-pub async fn run(plan: &Plan, stores: &Stores) -> Result<Secrets> {
+/// Resolves the secrets and checks the source, the Docker API, UCP and the destination;
+/// removes the containers that interrupted runs left on the engine.
+pub async fn run(plan: &Plan, stores: &Stores, warn: &(dyn Fn(String) + Sync)) -> Result<Secrets> {
     let (encryption, decryption) = crypto::for_plan(plan)?;
     if let Some(images) = &plan.images {
         match images {
@@ -81,7 +82,9 @@ pub async fn run(plan: &Plan, stores: &Stores) -> Result<Secrets> {
         _ => None,
     };
     if graph::needs_docker(plan) {
-        docker::connect(&plan.docker)?.check().await?;
+        let engine = docker::connect(&plan.docker)?;
+        engine.check().await?;
+        remove_leftovers(&engine, plan, warn).await?;
     }
     if let (Some(u), Some(pw)) = (&plan.ucp, &ucp_password) {
         ucp::check(u, pw, plan.check_ucp_login).await?;
@@ -99,6 +102,37 @@ pub async fn run(plan: &Plan, stores: &Stores) -> Result<Secrets> {
         ucp_password,
         decryption,
     })
+}
+
+/// Removes the containers dtr-backup created whose creator is gone, of any plan: a `dtr
+/// backup` container holds the UCP password in its environment (readable with `docker
+/// inspect`) for as long as it exists. Containers of a live run are left alone; those of
+/// releases that did not record their creator, only for this plan (whose lock this run holds).
+async fn remove_leftovers(
+    engine: &docker::Engine,
+    plan: &Plan,
+    warn: &(dyn Fn(String) + Sync),
+) -> Result<()> {
+    let me = crate::process::ProcessId::current();
+    for c in docker::container::ours(engine).await? {
+        let why = match &c.owner {
+            Some(owner) => owner.gone(&me),
+            None => (c.plan == plan.name.as_str()).then_some("an earlier run of this plan"),
+        };
+        let Some(why) = why else { continue };
+        match docker::container::remove(engine, &c.id).await {
+            Ok(()) => warn(format!(
+                "removed container {} left by an interrupted run of plan {} ({why}); it held the UCP password in its environment",
+                if c.name.is_empty() { &c.id } else { &c.name },
+                c.plan
+            )),
+            Err(e) => warn(format!(
+                "{e}; remove it by hand (`docker rm -f {}`): it may hold the UCP password in its environment",
+                c.id
+            )),
+        }
+    }
+    Ok(())
 }
 
 /// A registry tree holds `docker/registry/v2`; an empty one is refused unless allowed, so that a

@@ -922,3 +922,74 @@ fn an_archive_of_another_version_fails_the_metadata_step() {
     assert!(complete_backups(&dir).is_empty());
     assert!(bed.our_containers().is_empty());
 }
+
+/// Preflight of any plan on the engine removes the containers that interrupted runs left
+/// (they hold the UCP password in their environment), of every plan, and leaves alone the
+/// containers of runs that are still alive.
+#[test]
+fn preflight_removes_leftovers_of_any_plan_and_spares_live_runs() {
+    let Some(bed) = bed() else { return };
+    bed.standin_image(IMAGE, VERSION, &[R1], 0);
+    bed.replica(R1, VERSION);
+    let read = |p: &str| std::fs::read_to_string(p).expect(p).trim().to_owned();
+    let stat = read("/proc/1/stat");
+    let ticks = stat[stat.rfind(')').expect(")") + 1..]
+        .split_whitespace()
+        .nth(19)
+        .expect("starttime")
+        .to_owned();
+    let owner = |pid: u64, ticks: &str| {
+        serde_json::json!({
+            "host": read("/proc/sys/kernel/hostname"),
+            "pid": pid,
+            "boot_id": read("/proc/sys/kernel/random/boot_id"),
+            "pid_ns": std::fs::read_link("/proc/self/ns/pid").expect("ns").display().to_string(),
+            "start_ticks": ticks.parse::<u64>().expect("ticks"),
+        })
+        .to_string()
+    };
+    let create = |name: &str, plan: &str, owner: Option<String>| {
+        let mut args = vec![
+            "create".to_owned(),
+            "--name".into(),
+            name.into(),
+            "--label".into(),
+            format!("io.dtr-backup.plan={plan}"),
+            "-e".into(),
+            "UCP_PASSWORD=left-behind".into(),
+        ];
+        if let Some(o) = owner {
+            args.extend(["--label".into(), format!("io.dtr-backup.owner={o}")]);
+        }
+        args.push(IMAGE.into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        bed.docker(&args);
+    };
+    // Another plan's run that was killed; another plan's live run (pid 1 runs, since the time
+    // it started); a container of this plan from a release that did not record its creator.
+    create("leftover-dead", "other", Some(owner(4_000_000_000, "1")));
+    create("live-run", "other", Some(owner(1, &ticks)));
+    create("leftover-legacy", "dtr", None);
+    let dir = TempDir::new("docker-leftovers");
+    let plan = write_plan(&bed, &dir, &Setup::default());
+    let out = run(&mut apply(&bed, &dir, &plan));
+    assert_eq!(out.status.code(), Some(0), "{}", error_of(&out));
+    let left = bed.lines(&["ps", "-a", "--format", "{{.Names}}"]);
+    assert!(left.contains(&"live-run".to_owned()), "{left:?}");
+    assert!(!left.contains(&"leftover-dead".to_owned()), "{left:?}");
+    assert!(!left.contains(&"leftover-legacy".to_owned()), "{left:?}");
+    let warnings: Vec<String> = events(&out)
+        .iter()
+        .filter(|e| e["event"] == "warning")
+        .filter_map(|e| e["message"].as_str().map(str::to_owned))
+        .collect();
+    for name in ["leftover-dead", "leftover-legacy"] {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains(name) && w.contains("UCP password")),
+            "{warnings:?}"
+        );
+    }
+    bed.docker(&["rm", "-f", "live-run"]);
+}
