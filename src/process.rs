@@ -3,6 +3,8 @@
 //! A host name alone cannot tell: hosts share names (containers with `--uts=host`,
 //! `hostNetwork` pods, the `unknown-host` fallback). The kernel's boot id, the pid namespace
 //! and the process's start time can. Locks and the containers dtr-backup creates carry this.
+//! Only a process of this very kernel boot and pid namespace is ever judged gone: after a
+//! restart, or from another container, the judgement is left to the operator.
 
 use serde::{Deserialize, Serialize};
 
@@ -11,8 +13,6 @@ use serde::{Deserialize, Serialize};
 pub struct ProcessId {
     pub host: String,
     pub pid: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub machine_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -35,12 +35,11 @@ impl ProcessId {
         ProcessId {
             host: hostname(),
             pid,
-            machine_id: read("/etc/machine-id"),
             boot_id: read("/proc/sys/kernel/random/boot_id"),
             pid_ns: std::fs::read_link("/proc/self/ns/pid")
                 .ok()
                 .map(|p| p.to_string_lossy().into_owned()),
-            start_ticks: start_ticks(pid),
+            start_ticks: start_ticks(pid).ok(),
         }
     }
 
@@ -54,17 +53,19 @@ impl ProcessId {
             return (!pid_alive(self.pid)).then_some("that process is gone");
         };
         if me.boot_id.as_ref() != Some(boot) {
-            // Another boot: this machine restarted since, or another machine has this name.
-            let same_machine = self.machine_id.is_some() && self.machine_id == me.machine_id;
-            return same_machine.then_some("that host restarted since");
+            // Another boot: this machine restarted since, or another machine has this name
+            // (containers of one image share even /etc/machine-id). Not ours to judge.
+            return None;
         }
         if self.pid_ns.is_none() || self.pid_ns != me.pid_ns {
             // Another container on this kernel: its pids are not ours to look at.
             return None;
         }
         match (start_ticks(self.pid), self.start_ticks) {
-            (None, _) => Some("that process is gone"),
-            (Some(now), Some(then)) if now != then => {
+            (Err(e), _) if e.kind() == std::io::ErrorKind::NotFound => Some("that process is gone"),
+            // Unreadable (`hidepid`, a security module): it may well run.
+            (Err(_), _) => None,
+            (Ok(now), Some(then)) if now != then => {
                 Some("that process is gone (its pid belongs to another process now)")
             }
             _ => None,
@@ -87,10 +88,12 @@ fn pid_alive(pid: u32) -> bool {
 
 /// Field 22 of `/proc/<pid>/stat` (after the parenthesised command name, which may hold
 /// spaces): when the process started, in clock ticks since boot.
-fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+fn start_ticks(pid: u32) -> std::io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    stat.rfind(')')
+        .and_then(|at| stat[at + 1..].split_whitespace().nth(19))
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("/proc/{pid}/stat: unexpected format")))
 }
 
 #[cfg(test)]
@@ -110,7 +113,6 @@ mod tests {
     fn a_live_process_is_never_judged_gone_and_identity_tells_processes_apart() {
         let me = ProcessId::current();
         assert_eq!(me.gone(&me), None, "this process runs");
-        assert!(me.boot_id.is_some() && me.pid_ns.is_some() && me.start_ticks.is_some());
         assert_eq!(dead().gone(&me), Some("that process is gone"));
         // A reused pid: alive, but started at another time.
         let mut reused = me.clone();
@@ -120,24 +122,18 @@ mod tests {
                 .gone(&me)
                 .is_some_and(|w| w.contains("another process"))
         );
-        // The same host name on another kernel, or in another pid namespace: not ours.
+        // The same host name on another kernel (or this one before a restart), or in another
+        // pid namespace: not ours to judge.
         let mut other_kernel = dead();
         other_kernel.boot_id = Some("another-boot".into());
-        other_kernel.machine_id = Some("another-machine".into());
         assert_eq!(other_kernel.gone(&me), None);
         let mut other_container = dead();
         other_container.pid_ns = Some("pid:[1]".into());
         assert_eq!(other_container.gone(&me), None);
-        // The same machine after a restart.
-        let mut before_reboot = me.clone();
-        before_reboot.boot_id = Some("an-earlier-boot".into());
-        let want = me.machine_id.as_ref().map(|_| "that host restarted since");
-        assert_eq!(before_reboot.gone(&me), want);
         // A record of an older release: host and pid.
         let legacy = ProcessId {
             host: me.host.clone(),
             pid: 4_000_000_000,
-            machine_id: None,
             boot_id: None,
             pid_ns: None,
             start_ticks: None,

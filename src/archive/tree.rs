@@ -357,8 +357,8 @@ pub fn reroot<R: Read, W: MemberSink>(
     b.into_inner()
 }
 
-/// The PAX records of a member that a re-rooted copy keeps: all but `path` and `linkpath`
-/// (the names are written anew). A malformed record is an error, not a dropped one.
+/// The PAX records of a member that a re-rooted copy keeps: all but `path`, `linkpath` and
+/// GNU sparse records (the names are written anew). A malformed record is an error, not a dropped one.
 fn carried_pax<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(String, Vec<u8>)>> {
     let Some(records) = entry.pax_extensions()? else {
         return Ok(Vec::new());
@@ -369,7 +369,9 @@ fn carried_pax<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(String
         let key = r
             .key()
             .map_err(|e| io::Error::other(format!("a PAX record's key is not UTF-8: {e}")))?;
-        if key != "path" && key != "linkpath" {
+        // GNU sparse records (`GNU.sparse.name` among them) would bring the old name back;
+        // Go's writer, whose archives this re-roots, writes no sparse members.
+        if key != "path" && key != "linkpath" && !key.starts_with("GNU.sparse.") {
             out.push((key.to_owned(), r.value_bytes().to_vec()));
         }
     }

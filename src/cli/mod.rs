@@ -139,8 +139,10 @@ pub fn cancel_on_signals(cancel: crate::cancel::Cancel) {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        eprintln!(
-            "error: a second signal: stopping now; run the same command again to resume (the lock left behind is taken over)"
+        // Not `eprintln!`: it panics on a closed stderr, and this must exit whatever happens.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"error: a second signal: stopping now. Run the same command again to resume; the lock left behind is taken over by the next run in this host's same kernel and pid namespace, else remove it with `dtr-backup plan unlock`\n",
         );
         std::process::exit(i32::from(Exit::Interrupted.code()));
     });

@@ -321,7 +321,14 @@ pub async fn run_streaming(
             Ok(()) => {
                 let mut wait =
                     docker.wait_container(&id, Some(WaitContainerOptionsBuilder::new().build()));
-                let code = match wait.next().await {
+                let waited = tokio::select! {
+                    w = wait.next() => w,
+                    _ = cancel.cancelled() => {
+                        let _ = tx.send(Msg::End(Err("interrupted".to_owned()))).await;
+                        return;
+                    }
+                };
+                let code = match waited {
                     Some(Ok(r)) => r.status_code,
                     Some(Err(bollard::errors::Error::DockerContainerWaitError {
                         code, ..

@@ -17,6 +17,24 @@ use super::yaml::{Entry, Node, Span, Value};
 pub struct Decoder<'s> {
     src: &'s str,
     pub diags: Vec<Diag>,
+    /// Values where a secret reference was expected but something else stands (a literal
+    /// secret, a map of another shape): masked wherever the source is shown.
+    pub masked: Vec<Span>,
+}
+
+/// The spans of a value and of everything in it (a collection's span is its start only).
+fn spans_within(node: &Node, out: &mut Vec<Span>) {
+    out.push(node.span);
+    match &node.value {
+        Value::Map(entries) => {
+            for e in entries {
+                out.push(e.key_span);
+                spans_within(&e.value, out);
+            }
+        }
+        Value::Seq(items) => items.iter().for_each(|n| spans_within(n, out)),
+        _ => {}
+    }
 }
 
 /// A value and where it was found: its dotted path and the span of its key.
@@ -70,6 +88,7 @@ impl<'s> Decoder<'s> {
         Decoder {
             src,
             diags: Vec::new(),
+            masked: Vec::new(),
         }
     }
 
@@ -358,6 +377,16 @@ impl<'s> Decoder<'s> {
 
     /// A secret reference: `{env: NAME}`, `{file: PATH}` or `{command: [argv...]}`.
     fn secret(&mut self, at: At) -> Option<Sp<SecretRef>> {
+        // Anything but `{env|file|command: ...}` may be the secret itself, in some shape.
+        let reference = matches!(&at.node.value, Value::Map(e)
+            if e.len() == 1 && ["env", "file", "command"].contains(&e[0].key.as_str()));
+        if !reference {
+            spans_within(at.node, &mut self.masked);
+        }
+        self.secret_ref(at)
+    }
+
+    fn secret_ref(&mut self, at: At) -> Option<Sp<SecretRef>> {
         const FORMS: &str = "write `{env: NAME}`, `{file: PATH}` or `{command: [program, arg...]}`";
         let entries = match &at.node.value {
             Value::Map(entries) => entries,
@@ -891,7 +920,7 @@ impl Decoder<'_> {
 
     fn s3(&mut self, f: &mut Fields) -> Option<S3> {
         let bucket = req!(self, *f, "bucket", bucket);
-        let prefix = opt!(self, *f, "prefix", string);
+        let prefix = opt!(self, *f, "prefix", s3_prefix);
         let region = opt!(self, *f, "region", string);
         let endpoint = opt!(self, *f, "endpoint", endpoint);
         let access_key_id = opt!(self, *f, "access_key_id", secret);
@@ -971,6 +1000,41 @@ impl Decoder<'_> {
             return None;
         }
         Some(b)
+    }
+
+    /// A key prefix that S3 clients send as written: no character the object store client
+    /// would percent-encode (keys listed back would not match, and deletes would miss), no
+    /// empty, `.` or `..` folder.
+    fn s3_prefix(&mut self, at: At) -> Option<Sp<String>> {
+        let p = self.string(at)?;
+        const ESCAPED: &[char] = &[
+            '~', '%', '#', '[', ']', '{', '}', '^', '|', '<', '>', '*', '?', '"', '`', '\\',
+        ];
+        let bad_char = p
+            .value
+            .chars()
+            .find(|c| ESCAPED.contains(c) || c.is_control());
+        let trimmed = p.value.trim_matches('/');
+        let bad_part = !trimmed.is_empty()
+            && trimmed
+                .split('/')
+                .any(|part| part.is_empty() || part == "." || part == "..");
+        if bad_char.is_some() || bad_part {
+            self.push(
+                Diag::error(
+                    "plan::bad-prefix",
+                    p.span,
+                    match bad_char {
+                        Some(c) => format!("the S3 prefix {:?} holds {c:?}, which S3 clients escape in keys", p.value),
+                        None => format!("the S3 prefix {:?} has an empty, `.` or `..` folder", p.value),
+                    },
+                )
+                .label("not a plain key prefix")
+                .help("use letters, digits and `-_./!'()&$@=;:+, ` in folders separated by single `/`"),
+            );
+            return None;
+        }
+        Some(p)
     }
 
     fn endpoint(&mut self, at: At) -> Option<Sp<String>> {

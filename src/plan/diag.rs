@@ -83,14 +83,16 @@ pub struct FileReport {
 }
 
 impl FileReport {
-    /// The source kept for rendering has every literal secret masked: a snippet (of that
-    /// diagnostic or any other) never shows it on stderr, which CI jobs log.
-    pub fn new(file: &Path, source: Arc<str>, mut diags: Vec<Diag>) -> FileReport {
+    /// The source kept for rendering has `masked` (values that may be secrets written in the
+    /// plan) replaced by `*`: a snippet, of any diagnostic, never shows them on stderr, which
+    /// CI jobs log.
+    pub fn new(file: &Path, source: Arc<str>, mut diags: Vec<Diag>, masked: &[Span]) -> FileReport {
         diags.sort_by_key(|d| (d.span.offset, d.span.line, d.span.column));
         let secrets: Vec<Span> = diags
             .iter()
             .filter(|d| d.code == LITERAL_SECRET)
             .map(|d| d.span)
+            .chain(masked.iter().copied())
             .collect();
         FileReport {
             file: file.to_path_buf(),
@@ -146,20 +148,64 @@ impl FileReport {
 /// The code of a secret written in the plan itself; its span is masked when rendered.
 pub const LITERAL_SECRET: &str = "plan::literal-secret";
 
-/// `source` with every character inside `spans` replaced by `*` (one per octet, so that
-/// offsets, lines and columns of ASCII text stay as they were).
+/// `source` with every character inside `spans` (widened to whole characters) replaced by
+/// `*`, one per octet, so that offsets stay as they were.
 fn mask(source: &str, spans: &[Span]) -> String {
     let mut bytes = source.as_bytes().to_vec();
     for s in spans {
-        let end = (s.offset + s.len).min(bytes.len());
-        for b in &mut bytes[s.offset.min(end)..end] {
-            if *b != b'\n' {
+        let mut start = s.offset.min(source.len());
+        let mut end = (s.offset + s.len).min(source.len());
+        while !source.is_char_boundary(start) {
+            start -= 1;
+        }
+        while !source.is_char_boundary(end) {
+            end += 1;
+        }
+        for b in &mut bytes[start..end] {
+            if *b != b'\n' && *b != b'\r' {
                 *b = b'*';
             }
         }
     }
-    // Whole characters were replaced octet by octet: the result is ASCII there.
+    // Whole characters were replaced by ASCII: still UTF-8.
     String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Keys whose values are secrets (or references to them).
+const SECRET_KEYS: &[&str] = &[
+    "password",
+    "passphrase",
+    "access_key_id",
+    "secret_access_key",
+    "key",
+    "key_passphrase",
+];
+
+/// For a file that is not valid YAML (no values to go by): the plain values of the keys that
+/// hold secrets, line by line (`password: hunter2`, not `password: {env: P}`).
+pub fn secret_lines(source: &str) -> Vec<Span> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    for (n, line) in source.split_inclusive('\n').enumerate() {
+        let body = line.trim_end_matches(['\n', '\r']);
+        let item = body.trim_start().trim_start_matches("- ").trim_start();
+        if let Some((key, value)) = item.split_once(':')
+            && SECRET_KEYS.contains(&key.trim().trim_matches(['"', '\'']))
+        {
+            let v = value.trim();
+            if !v.is_empty() && !v.starts_with('{') {
+                let at = offset + body.len() - value.trim_start().len();
+                out.push(Span {
+                    offset: at,
+                    len: v.len(),
+                    line: n + 1,
+                    column: 0,
+                });
+            }
+        }
+        offset += line.len();
+    }
+    out
 }
 
 /// A diagnostic as it appears in JSON output.

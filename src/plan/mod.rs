@@ -172,7 +172,7 @@ pub fn load_str(file: &Path, source: &str) -> Loaded {
             let diag = syntax_diag(source, &e);
             return Loaded {
                 plan: None,
-                report: FileReport::new(file, shared, vec![diag]),
+                report: FileReport::new(file, shared, vec![diag], &diag::secret_lines(source)),
             };
         }
     };
@@ -183,7 +183,7 @@ pub fn load_str(file: &Path, source: &str) -> Loaded {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     let diags = decoder.diags;
-    let report = FileReport::new(file, shared, diags);
+    let report = FileReport::new(file, shared, diags, &decoder.masked);
     let plan = match raw {
         Some(raw) if !report.has_errors() => {
             let digest = hex(&Sha256::digest(source.as_bytes()));

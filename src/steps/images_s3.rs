@@ -162,6 +162,12 @@ pub async fn run(ctx: Ctx, cfg: S3Cfg) -> Result<Outcome> {
                         if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
                             return;
                         }
+                        if ctx.cancel.is_cancelled() {
+                            if let Ok(mut f) = first_error.lock() {
+                                f.get_or_insert(Error::Interrupted);
+                            }
+                            return;
+                        }
                         let Some((key, digest)) = queue.lock().ok().and_then(|mut q| q.pop()) else {
                             return;
                         };

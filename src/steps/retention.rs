@@ -94,7 +94,6 @@ pub fn prune(
                 // incomplete run (never listed, removed by a later retention), not a
                 // "complete" backup with missing files.
                 store.delete(&format!("{id}/{}", manifest::FILE))?;
-                crate::failpoint::hit("retention.manifest-deleted");
                 store.delete_all(id)?;
             }
             pruned.backups.push(id.clone());
@@ -238,6 +237,31 @@ mod tests {
             assert!(manifest < rest, "{log:?}");
         }
         assert!(store.paths().iter().all(|p| p.starts_with(&b[2])));
+    }
+
+    #[test]
+    fn an_unreadable_manifest_keeps_its_folder_and_every_blob() {
+        let b: Vec<String> = ids(&[0, 1, 2]).into_iter().map(|(id, _)| id).collect();
+        let store = store_with(&b);
+        store
+            .put(
+                &format!("{}/{}", b[0], manifest::FILE),
+                b"{\"format_version\": 2}",
+            )
+            .unwrap();
+        store.put("blobs/plain/sha256/ab/unlisted", b"x").unwrap();
+        let cfg = RetentionCfg {
+            keep_last: 1,
+            ..Default::default()
+        };
+        let pruned = prune(&store, &cfg, "", &BTreeSet::new(), false).unwrap();
+        assert_eq!(pruned.backups, [b[1].clone()], "only the readable old one");
+        assert_eq!(pruned.unreadable.len(), 1);
+        assert!(pruned.blobs.is_empty());
+        let paths = store.paths();
+        assert!(paths.contains(&format!("{}/{}", b[0], manifest::FILE)));
+        assert!(paths.contains(&format!("{}/dtr-images-x.tar", b[0])));
+        assert!(paths.contains(&"blobs/plain/sha256/ab/unlisted".to_owned()));
     }
 
     #[test]

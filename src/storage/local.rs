@@ -40,13 +40,68 @@ impl LocalStore {
 }
 
 impl LocalStore {
-    /// Moves the small file `rel` out of the way if it holds exactly `old`: a rename to a name
-    /// of our own first (of several callers, only one can rename it), then the comparison on
-    /// what was moved; a file that holds something else goes back under its name.
+    /// Holds an exclusive `flock` on `.<name>.mutex` beside `rel` while the returned file
+    /// lives: `put_new`, `swap` and `delete_if` of the same object take turns, between
+    /// processes and machines (NFS locks). The kernel releases it when a process dies, so it
+    /// never goes stale. `None` where the filesystem has no locks: those three then rely on
+    /// their own atomic steps alone.
+    fn exclusive(&self, rel: &str) -> Result<Option<File>> {
+        let p = self.path(rel);
+        self.ensure_parent(&p)?;
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mutex = p.with_file_name(format!(".{name}.mutex"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&mutex)
+            .map_err(|e| io(e, format!("opening {}", mutex.display())))?;
+        Ok(file.lock().ok().map(|()| file))
+    }
+
+    /// Writes `bytes` under `rel` only if nothing is there: written completely under a
+    /// temporary name, then hard-linked to the final name; the link fails if the name
+    /// exists, so exactly one of several writers wins, and a reader never sees a
+    /// half-written object.
+    fn create_new(&self, rel: &str, bytes: &[u8]) -> Result<bool> {
+        let final_path = self.path(rel);
+        self.ensure_parent(&final_path)?;
+        let temp = temp_name(&final_path);
+        let what = format!("creating {}", final_path.display());
+        let mut file = new_private_file(&temp).map_err(|e| io(e, &what))?;
+        let result = file
+            .write_all(bytes)
+            .and_then(|_| file.sync_all())
+            .and_then(|_| fs::hard_link(&temp, &final_path));
+        let _ = fs::remove_file(&temp);
+        match result {
+            Ok(()) => {
+                sync_dir(final_path.parent().unwrap_or(&self.root)).map_err(|e| io(e, &what))?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(io(e, &what)),
+        }
+    }
+
+    /// Moves the small file `rel` out of the way if it holds exactly `old`: compared first,
+    /// then renamed to a name of our own (of several callers, only one can rename it), then
+    /// compared again on what was moved; a file that holds something else goes back.
     fn take_if(&self, rel: &str, old: &[u8]) -> Result<bool> {
         let p = self.path(rel);
-        let moved = temp_name(&p);
         let what = format!("taking {}", p.display());
+        match fs::read(&p) {
+            Ok(held) if held == old => {}
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io(e, &what)),
+        }
+        let moved = temp_name(&p);
         match fs::rename(&p, &moved) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
@@ -58,7 +113,7 @@ impl LocalStore {
             sync_dir(p.parent().unwrap_or(&self.root)).map_err(|e| io(e, &what))?;
             return Ok(true);
         }
-        // Not the one we were after: put it back (unless a new one took the name meanwhile).
+        // Changed between the two reads: put it back (unless a new one took the name).
         let back = fs::hard_link(&moved, &p);
         let _ = fs::remove_file(&moved);
         match back {
@@ -81,6 +136,11 @@ fn temp_name(final_path: &Path) -> PathBuf {
         std::process::id(),
         crate::clock::random_hex(4)
     ))
+}
+
+/// Whether a file name is the `flock` mutex of a small object (never listed).
+fn is_mutex_name(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".mutex")
 }
 
 /// Whether a file name is one of our temporaries (left behind by a killed run).
@@ -189,27 +249,8 @@ impl Store for LocalStore {
     }
 
     fn put_new(&self, rel: &str, bytes: &[u8]) -> Result<bool> {
-        // Written completely under a temporary name, then hard-linked to the final name:
-        // link fails if the name exists, so exactly one of several writers wins, and a
-        // reader never sees a half-written object.
-        let final_path = self.path(rel);
-        self.ensure_parent(&final_path)?;
-        let temp = temp_name(&final_path);
-        let what = format!("creating {}", final_path.display());
-        let mut file = new_private_file(&temp).map_err(|e| io(e, &what))?;
-        let result = file
-            .write_all(bytes)
-            .and_then(|_| file.sync_all())
-            .and_then(|_| fs::hard_link(&temp, &final_path));
-        let _ = fs::remove_file(&temp);
-        match result {
-            Ok(()) => {
-                sync_dir(final_path.parent().unwrap_or(&self.root)).map_err(|e| io(e, &what))?;
-                Ok(true)
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(io(e, &what)),
-        }
+        let _turn = self.exclusive(rel)?;
+        self.create_new(rel, bytes)
     }
 
     fn get(&self, rel: &str) -> Result<Option<Vec<u8>>> {
@@ -277,7 +318,7 @@ impl Store for LocalStore {
                     .map_err(|e| io(e, format!("listing {}", p.display())))?;
                 if meta.is_dir() {
                     stack.push(child);
-                } else {
+                } else if !is_mutex_name(&e.file_name().to_string_lossy()) {
                     out.push((child, meta.len()));
                 }
             }
@@ -287,10 +328,12 @@ impl Store for LocalStore {
     }
 
     fn swap(&self, rel: &str, old: &[u8], new: &[u8]) -> Result<bool> {
-        Ok(self.take_if(rel, old)? && self.put_new(rel, new)?)
+        let _turn = self.exclusive(rel)?;
+        Ok(self.take_if(rel, old)? && self.create_new(rel, new)?)
     }
 
     fn delete_if(&self, rel: &str, old: &[u8]) -> Result<bool> {
+        let _turn = self.exclusive(rel)?;
         self.take_if(rel, old)
     }
 
@@ -345,6 +388,29 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn swap_and_delete_if_act_only_on_what_was_read_and_leave_nothing_behind() {
+        let (s, dir) = store("swap");
+        s.put("lock.json", b"stale").unwrap();
+        assert!(s.swap("lock.json", b"stale", b"mine").unwrap());
+        // A taker that read the stale lock before: it must not touch the new one.
+        assert!(!s.swap("lock.json", b"stale", b"theirs").unwrap());
+        assert!(!s.delete_if("lock.json", b"stale").unwrap());
+        assert_eq!(s.get("lock.json").unwrap().as_deref(), Some(&b"mine"[..]));
+        assert!(!s.put_new("lock.json", b"theirs").unwrap());
+        assert!(s.delete_if("lock.json", b"mine").unwrap());
+        assert_eq!(s.get("lock.json").unwrap(), None);
+        assert!(!s.swap("lock.json", b"mine", b"x").unwrap(), "gone");
+        // No temporary left; the mutex is never listed.
+        let names: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [".lock.json.mutex"]);
+        assert!(s.list("").unwrap().is_empty());
         fs::remove_dir_all(dir).unwrap();
     }
 

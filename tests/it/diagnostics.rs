@@ -210,6 +210,13 @@ const CASES: &[Case] = &[
         8,
         13,
     ),
+    err(
+        "s3_prefix_escaped",
+        "version: 1\nname: p\nparts: [images]\nimages: {type: path, path: /r}\ndestination:\n  type: s3\n  bucket: backups\n  prefix: team~dtr/backups\n",
+        "plan::bad-prefix",
+        8,
+        11,
+    ),
     warn(
         "local_state_with_s3",
         "version: 1\nname: p\nparts: [images]\nimages: {type: path, path: /r}\ndestination:\n  type: s3\n  bucket: backups\nstate:\n  path: /var/lib/dtr-backup\n",
