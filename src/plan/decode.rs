@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use super::diag::{Diag, did_you_mean};
-use super::names::{PlanName, ReplicaSel, SecretRef, check_env_name};
+use super::names::{PlanName, ReplicaSel, SecretRef, VolumeName, check_env_name};
 use super::raw::*;
 use super::yaml::{Entry, Node, Span, Value};
 
@@ -672,6 +672,18 @@ impl Decoder<'_> {
         })
     }
 
+    fn volume_name(&mut self, at: At) -> Option<Sp<String>> {
+        let name = self.parsed::<VolumeName>(
+            at,
+            "plan::bad-volume-name",
+            "give the name of the volume as `docker volume ls` shows it, e.g. `dtr-registry-a1640e1c15b6`",
+        )?;
+        Some(Sp {
+            value: name.value.as_str().to_owned(),
+            span: name.span,
+        })
+    }
+
     fn parts(&mut self, at: At) -> Option<Sp<Vec<Sp<Part>>>> {
         let parts = self.list(at, |d, at| {
             d.choice(
@@ -867,13 +879,13 @@ impl Decoder<'_> {
         let kind = self.tag(&mut f, &["volume", "path", "nfs", "s3"]);
         let value = match kind {
             Some("volume") => {
-                let name = opt!(self, f, "name", string);
+                let name = opt!(self, f, "name", volume_name);
                 let helper_image = opt!(self, f, "helper_image", string);
                 Some(ImageSource::Volume { name, helper_image })
             }
             Some("path") => {
                 let path = req!(self, f, "path", path);
-                let name = opt!(self, f, "name", string);
+                let name = opt!(self, f, "name", volume_name);
                 let allow_empty = opt!(self, f, "allow_empty", boolean);
                 path.map(|path| ImageSource::Path {
                     path,
@@ -884,7 +896,7 @@ impl Decoder<'_> {
             Some("nfs") => {
                 let path = req!(self, f, "path", path);
                 let server = req!(self, f, "server", nfs_server);
-                let name = opt!(self, f, "name", string);
+                let name = opt!(self, f, "name", volume_name);
                 match (path, server) {
                     (Some(path), Some(server)) => Some(ImageSource::Nfs { path, server, name }),
                     _ => None,

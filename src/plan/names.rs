@@ -43,6 +43,43 @@ impl fmt::Display for PlanName {
     }
 }
 
+/// A Docker volume name (Docker's own rule, `[a-zA-Z0-9][a-zA-Z0-9_.-]+`): also the folder
+/// name under `/var/lib/docker/volumes` that image content restores to, so nothing that
+/// could leave that folder (`/`, `..`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeName(String);
+
+impl VolumeName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for VolumeName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut chars = s.chars();
+        match chars.next() {
+            None => return Err("is empty".to_owned()),
+            Some(c) if !c.is_ascii_alphanumeric() => {
+                return Err(format!(
+                    "starts with {c:?}; a volume name starts with a letter or digit"
+                ));
+            }
+            _ => {}
+        }
+        if s.len() < 2 {
+            return Err("has 1 character; a volume name has at least 2".to_owned());
+        }
+        if let Some(c) = chars.find(|c| !(c.is_ascii_alphanumeric() || "_.-".contains(*c))) {
+            return Err(format!(
+                "contains {c:?}; only a-z, A-Z, 0-9, '_', '.' and '-' are allowed"
+            ));
+        }
+        Ok(VolumeName(s.to_owned()))
+    }
+}
+
 /// A DTR replica id: 12 lowercase hexadecimal digits, e.g. `a1640e1c15b6`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ReplicaId(String);

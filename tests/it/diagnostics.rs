@@ -211,6 +211,13 @@ const CASES: &[Case] = &[
         13,
     ),
     err(
+        "volume_name_escapes",
+        "version: 1\nname: p\nparts: [images]\nimages: {type: path, path: /r, name: ../../../escaped}\ndestination: {type: local, path: /b}\n",
+        "plan::bad-volume-name",
+        4,
+        38,
+    ),
+    err(
         "s3_prefix_escaped",
         "version: 1\nname: p\nparts: [images]\nimages: {type: path, path: /r}\ndestination:\n  type: s3\n  bucket: backups\n  prefix: team~dtr/backups\n",
         "plan::bad-prefix",
