@@ -100,6 +100,7 @@ pub fn create(path: &Path) -> io::Result<DirectWriter> {
         to_io: Some(to_io),
         from_io,
         io: Some(io),
+        failed: None,
     })
 }
 
@@ -139,18 +140,50 @@ pub struct DirectWriter {
     to_io: Option<SyncSender<(Aligned, usize, u64)>>,
     from_io: Receiver<Aligned>,
     io: Option<std::thread::JoinHandle<io::Result<Target>>>,
+    /// The first error: every later call returns it again (the file is incomplete).
+    failed: Option<Sticky>,
+}
+
+/// An I/O error kept to be returned again (`io::Error` is not `Clone`).
+struct Sticky(io::ErrorKind, String);
+
+impl Sticky {
+    fn keep(e: io::Error) -> (Sticky, io::Error) {
+        (Sticky(e.kind(), e.to_string()), e)
+    }
+    fn again(&self) -> io::Error {
+        io::Error::new(self.0, self.1.clone())
+    }
 }
 
 impl DirectWriter {
+    /// Records the first error and returns it.
+    fn fail(&mut self, e: io::Error) -> io::Error {
+        let (kept, e) = Sticky::keep(e);
+        self.failed.get_or_insert(kept);
+        e
+    }
+
+    /// The first error, if any.
+    fn check(&self) -> io::Result<()> {
+        self.failed.as_ref().map_or(Ok(()), |f| Err(f.again()))
+    }
+
     /// Hands the first `len` bytes of the current buffer to the write-behind thread.
     fn send(&mut self, len: usize) -> io::Result<()> {
-        let buf = self.buf.take().expect("a buffer");
+        self.check()?;
+        let Some(buf) = self.buf.take() else {
+            return Err(self.fail(io::Error::other(
+                "no buffer to write (an earlier write failed)",
+            )));
+        };
         let sent = self
             .to_io
             .as_ref()
             .is_some_and(|tx| tx.send((buf, len, self.offset)).is_ok());
         if !sent {
-            return Err(self.stopped());
+            let e = self.stopped();
+            return Err(self.fail(e));
         }
         self.offset += len as u64;
         Ok(())
@@ -167,6 +200,7 @@ impl DirectWriter {
 
     /// Writes what is buffered and makes the file durable (data and size).
     pub fn finish(mut self) -> io::Result<File> {
+        self.check()?;
         let whole = self.filled / ALIGN * ALIGN;
         let tail = match &self.buf {
             Some(b) if self.filled > 0 => b.get(self.filled)[whole..].to_vec(),
@@ -196,16 +230,23 @@ impl DirectWriter {
 
 impl Write for DirectWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.buf.is_none() {
-            self.buf = match self.spare.pop() {
-                Some(b) => Some(b),
-                None => match self.from_io.recv() {
-                    Ok(b) => Some(b),
-                    Err(_) => return Err(self.stopped()),
-                },
-            };
-        }
-        let buf = self.buf.as_mut().expect("a buffer");
+        self.check()?;
+        let buf = match &mut self.buf {
+            Some(b) => b,
+            None => {
+                let next = match self.spare.pop() {
+                    Some(b) => b,
+                    None => match self.from_io.recv() {
+                        Ok(b) => b,
+                        Err(_) => {
+                            let e = self.stopped();
+                            return Err(self.fail(e));
+                        }
+                    },
+                };
+                self.buf.insert(next)
+            }
+        };
         let n = (BLOCK - self.filled).min(data.len());
         buf.get_mut(BLOCK)[self.filled..self.filled + n].copy_from_slice(&data[..n]);
         self.filled += n;
@@ -286,6 +327,7 @@ pub fn open(path: &Path) -> io::Result<Box<dyn Read + Send + Sync>> {
         pos: 0,
         len: 0,
         end: false,
+        failed: None,
     }))
 }
 
@@ -355,10 +397,15 @@ struct DirectReader {
     pos: usize,
     len: usize,
     end: bool,
+    /// A lane's error: returned by every later read, never the blocks after it (a hole).
+    failed: Option<Sticky>,
 }
 
 impl Read for DirectReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if let Some(f) = &self.failed {
+            return Err(f.again());
+        }
         if self.pos == self.len {
             let lanes = self.lanes.len();
             if let Some(done) = self.cur.take() {
@@ -379,7 +426,11 @@ impl Read for DirectReader {
                     self.end = true;
                     return Ok(0);
                 }
-                Ok(Err(e)) => return Err(e),
+                Ok(Err(e)) => {
+                    let (kept, e) = Sticky::keep(e);
+                    self.failed = Some(kept);
+                    return Err(e);
+                }
                 Ok(Ok((buf, n))) => {
                     // A short block is the last one.
                     self.end = n < BLOCK;
@@ -447,6 +498,69 @@ mod tests {
             let mut back = Vec::new();
             open(&path).unwrap().read_to_end(&mut back).unwrap();
             assert_eq!(back, data, "{len} bytes, read directly");
+        }
+    }
+
+    /// A write that fails (here: a device that is full) fails every later write and
+    /// `finish` too, with the same error, and never panics.
+    #[test]
+    fn a_write_error_is_sticky() {
+        let full = Path::new("/dev/full");
+        if !full.exists() {
+            eprintln!("no /dev/full here");
+            return;
+        }
+        let mut w = create(full).unwrap();
+        let block = vec![7u8; BLOCK];
+        let mut first = None;
+        for _ in 0..8 {
+            if let Err(e) = w.write_all(&block) {
+                first = Some(e.to_string());
+                break;
+            }
+        }
+        let first = first.expect("writing to /dev/full fails");
+        assert!(first.contains("No space left"), "{first}");
+        assert_eq!(w.write(&block).unwrap_err().to_string(), first);
+        assert_eq!(w.finish().unwrap_err().to_string(), first);
+    }
+
+    /// After a lane's error the reader returns that error again, never the blocks of the
+    /// lanes after it.
+    #[test]
+    fn a_read_error_is_sticky() {
+        let mut lanes = Vec::new();
+        for lane in 0..3 {
+            let (full_tx, full_rx) = sync_channel::<io::Result<(Aligned, usize)>>(1);
+            let (empty_tx, _empty_rx) = sync_channel::<Aligned>(4);
+            let block = if lane == 1 {
+                Err(io::Error::other("bad sector"))
+            } else {
+                let mut b = Aligned::new(BLOCK);
+                b.get_mut(BLOCK).fill(lane as u8 + 1);
+                Ok((b, BLOCK))
+            };
+            full_tx.send(block).unwrap();
+            std::mem::forget(full_tx);
+            lanes.push(Lane {
+                full: std::sync::Mutex::new(full_rx),
+                empty: empty_tx,
+            });
+        }
+        let mut r = DirectReader {
+            lanes,
+            next: 0,
+            cur: None,
+            pos: 0,
+            len: 0,
+            end: false,
+            failed: None,
+        };
+        let mut buf = vec![0u8; BLOCK];
+        assert_eq!(r.read(&mut buf).unwrap(), BLOCK);
+        assert!(buf.iter().all(|&b| b == 1));
+        for _ in 0..3 {
+            assert_eq!(r.read(&mut buf).unwrap_err().to_string(), "bad sector");
         }
     }
 
