@@ -3,12 +3,15 @@
 use std::fmt;
 use std::process::{Command, Stdio};
 
+use zeroize::Zeroizing;
+
 use crate::error::{Error, Result};
 use crate::plan::SecretRef;
 
-/// A secret value. `Debug` and `Display` show nothing of it.
+/// A secret value. `Debug` and `Display` show nothing of it; its memory (the whole
+/// allocation) is overwritten with zeros when it is dropped, clones included.
 #[derive(Clone)]
-pub struct Secret(String);
+pub struct Secret(Zeroizing<String>);
 
 impl Secret {
     pub fn expose(&self) -> &str {
@@ -20,7 +23,7 @@ impl Secret {
     /// A secret from a literal, for tests of this crate.
     #[cfg(test)]
     pub fn for_test(s: &str) -> Secret {
-        Secret(s.to_owned())
+        Secret(Zeroizing::new(s.to_owned()))
     }
 }
 
@@ -80,7 +83,8 @@ pub fn resolve(r: &SecretRef) -> Result<Secret> {
                     out.status
                 )));
             }
-            let text = String::from_utf8(out.stdout).map_err(|_| {
+            let text = String::from_utf8(out.stdout).map_err(|e| {
+                zeroize::Zeroize::zeroize(&mut e.into_bytes());
                 Error::failed(format!(
                     "the secret command {} printed non-UTF-8 output",
                     r.describe()
@@ -95,7 +99,7 @@ pub fn resolve(r: &SecretRef) -> Result<Secret> {
             r.describe()
         )));
     }
-    Ok(Secret(value))
+    Ok(Secret(Zeroizing::new(value)))
 }
 
 #[cfg(test)]

@@ -881,7 +881,7 @@ impl<R: Read> Reader<R> {
         mdc.update(MDC_HEADER);
         let digest = mdc.finalize();
         let tail = &self.buf[self.start..self.end];
-        if digest.as_slice() != &tail[2..] {
+        if !constant_time_eq(digest.as_slice(), &tail[2..]) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "the integrity check (MDC) fails: the data was modified",
@@ -893,6 +893,13 @@ impl<R: Read> Reader<R> {
         }
         Ok(())
     }
+}
+
+/// Whether `a == b`, in a time that depends on their length only (no early exit at the
+/// first differing octet).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len()
+        && std::hint::black_box(a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y))) == 0
 }
 
 impl<R: Read> Read for Reader<R> {
@@ -938,5 +945,23 @@ impl<R: Read> Read for Reader<R> {
             };
             return Ok(n);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn the_mdc_comparison_compares_every_octet() {
+        let a = [7u8; 20];
+        assert!(constant_time_eq(&a, &a));
+        for i in 0..20 {
+            let mut b = a;
+            b[i] ^= 0x80;
+            assert!(!constant_time_eq(&a, &b), "octet {i}");
+        }
+        assert!(!constant_time_eq(&a, &a[..19]));
+        assert!(constant_time_eq(&[], &[]));
     }
 }

@@ -15,6 +15,7 @@ use bollard::query_parameters::{
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
+use zeroize::Zeroizing;
 
 use super::Engine;
 use crate::cancel::Cancel;
@@ -236,7 +237,7 @@ pub async fn ours(engine: &Engine) -> Result<Vec<Ours>> {
 }
 
 /// Replaces each secret in a line by `<redacted>`.
-pub fn redact(line: &str, secrets: &[String]) -> String {
+pub fn redact(line: &str, secrets: &[Zeroizing<String>]) -> String {
     secrets
         .iter()
         .filter(|s| !s.is_empty())
@@ -249,7 +250,7 @@ pub fn redact(line: &str, secrets: &[String]) -> String {
 pub async fn run_streaming(
     engine: &Engine,
     id: &str,
-    secrets: Vec<String>,
+    secrets: Vec<Zeroizing<String>>,
     on_stderr: impl Fn(String) + Send + Sync + 'static,
     cancel: Cancel,
 ) -> Result<(Feed, tokio::task::JoinHandle<()>)> {

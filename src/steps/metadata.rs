@@ -104,6 +104,8 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
             image,
             cmd,
             entrypoint: None,
+            // Handed to the Docker API (which keeps its own copies): see the README on the
+            // password in the container's environment.
             env: vec![format!("UCP_PASSWORD={}", password.expose())],
             labels: HashMap::from([
                 (container::LABEL_PLAN.to_owned(), plan.name.to_string()),
@@ -115,7 +117,14 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
         },
     )
     .await?;
-    let result = stream_metadata(&ctx, &engine, &id, &version, password.expose().to_owned()).await;
+    let result = stream_metadata(
+        &ctx,
+        &engine,
+        &id,
+        &version,
+        zeroize::Zeroizing::new(password.expose().to_owned()),
+    )
+    .await;
     if let Err(e) = container::remove(&engine, &id).await {
         ctx.warn(e);
     }
@@ -140,7 +149,7 @@ async fn stream_metadata(
     engine: &docker::Engine,
     id: &str,
     version: &str,
-    password: String,
+    password: zeroize::Zeroizing<String>,
 ) -> Result<(String, super::stream::Written)> {
     let reporter = ctx.reporter.clone();
     let step = ctx.step_id.clone();
