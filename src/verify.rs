@@ -436,7 +436,7 @@ fn walk_archive(
     } else {
         Box::new(buffered)
     };
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(crate::archive::records::CappedRecords::new(reader));
     let entries = archive
         .entries()
         .map_err(|e| format!("not a tar archive: {e}"))?;

@@ -2,6 +2,7 @@
 //! tar layout of registry trees.
 
 pub mod pipe;
+pub mod records;
 pub mod tree;
 
 use std::io::{self, Read, Write};

@@ -280,7 +280,7 @@ pub fn reroot<R: Read, W: MemberSink>(
     out: W,
     cancel: &Cancel,
 ) -> io::Result<W> {
-    let mut archive = tar::Archive::new(input);
+    let mut archive = tar::Archive::new(super::records::CappedRecords::new(input));
     let mut b = tar::Builder::new(out);
     let mut buf = vec![0u8; 1 << 20];
     let mut wrote_parents = false;

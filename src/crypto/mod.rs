@@ -445,6 +445,9 @@ impl Helper {
             }
         };
         let settled = || found.borrow().is_some() || unsupported.get();
+        affordable(pending.pkesks.len(), &pending.skesks).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("cannot decrypt: {e}"))
+        })?;
         if let Some(password) = &self.password {
             for skesk in &pending.skesks {
                 if let Ok((algo, key)) = skesk.decrypt(password)
@@ -547,6 +550,7 @@ impl DecryptionHelper for Helper {
         sym_algo: Option<SymmetricAlgorithm>,
         decrypt: &mut dyn FnMut(Option<SymmetricAlgorithm>, &SessionKey) -> bool,
     ) -> openpgp::Result<Option<Cert>> {
+        affordable(pkesks.len(), skesks).map_err(|e| openpgp::anyhow::anyhow!(e))?;
         if let Some(password) = &self.password {
             for skesk in skesks {
                 if let Ok((algo, key)) = skesk.decrypt(password)
@@ -566,6 +570,39 @@ impl DecryptionHelper for Helper {
         }
         Err(openpgp::anyhow::anyhow!(no_key(pkesks)))
     }
+}
+
+/// Key packets a message may carry: far more than anyone encrypts to, few enough that a
+/// damaged or crafted file cannot make reading it cost a key derivation per packet without end.
+pub const MAX_KEY_PACKETS: usize = 32;
+
+/// Refuses key packets that would cost too much to try: more than [`MAX_KEY_PACKETS`], or a
+/// password packet whose Argon2 key derivation asks for more than 2 GiB or 16 passes
+/// (RFC 9580 recommends 2 GiB and 1 pass, or 64 MiB and 3). Iterated-and-salted derivations
+/// are bounded by their encoding (at most 62 MiB hashed).
+fn affordable(pkesks: usize, skesks: &[SKESK]) -> std::result::Result<(), String> {
+    if pkesks + skesks.len() > MAX_KEY_PACKETS {
+        return Err(format!(
+            "the message has {} key packets (at most {MAX_KEY_PACKETS} are read): it is damaged or was crafted",
+            pkesks + skesks.len()
+        ));
+    }
+    for skesk in skesks {
+        let s2k = match skesk {
+            SKESK::V4(s) => s.s2k(),
+            SKESK::V6(s) => s.s2k(),
+            // A version this release does not know: sequoia refuses it when it is tried.
+            _ => continue,
+        };
+        if let openpgp::crypto::S2K::Argon2 { t, m, .. } = s2k
+            && (*m > 21 || *t > 16)
+        {
+            return Err(format!(
+                "a password packet asks for an Argon2 derivation of 2^{m} KiB and {t} passes: it is damaged or was crafted"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn wrong_passphrase(skesks: usize) -> String {
@@ -590,6 +627,39 @@ fn no_key(pkesks: &[PKESK]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A message (damaged or crafted) with more key packets than any of ours: refused before
+    /// a key derivation is paid for each, by our reader and by sequoia's.
+    #[test]
+    fn too_many_key_packets_are_refused() {
+        let seal = |pass: &str| {
+            let mut out = Vec::new();
+            let mut w = encrypt(&mut out, &Encryption::Passphrase(Secret::for_test(pass))).unwrap();
+            w.write_all(b"payload").unwrap();
+            w.finish().unwrap();
+            out
+        };
+        let other = seal("another passphrase");
+        // Our SKESK packets have a new-format header with a one-octet length.
+        assert_eq!(other[0], 0xC3);
+        let skesk = &other[..2 + other[1] as usize];
+        let mut crafted = skesk.repeat(MAX_KEY_PACKETS);
+        crafted.extend_from_slice(&seal("the passphrase"));
+        let dec = Decryption::Passphrase(Secret::for_test("the passphrase"));
+        let err = match decrypt(&crafted[..], &dec) {
+            Ok(mut r) => r.read_to_end(&mut Vec::new()).unwrap_err(),
+            Err(e) => e,
+        };
+        assert!(err.to_string().contains("key packets"), "{err}");
+        // One fewer is a message like any other.
+        let fine = [skesk.repeat(MAX_KEY_PACKETS - 1), seal("the passphrase")].concat();
+        let mut back = Vec::new();
+        decrypt(&fine[..], &dec)
+            .unwrap()
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, b"payload");
+    }
 
     #[test]
     fn passphrase_round_trip_and_tamper_detection() {

@@ -582,6 +582,7 @@ pub fn open<R: Read>(src: R) -> io::Result<Opened<R>> {
     };
     let mut skesks = Vec::new();
     let mut pkesks = Vec::new();
+    let mut packets = 0usize;
     loop {
         let mut first = [0u8];
         if rec.read(&mut first)? == 0 {
@@ -590,6 +591,10 @@ pub fn open<R: Read>(src: R) -> io::Result<Opened<R>> {
         let (tag, len) = header(first[0], || read_byte(&mut rec))?;
         match (tag, len) {
             (TAG_PKESK | TAG_SKESK | TAG_MARKER, Len::Definite(n)) if n <= 1 << 16 => {
+                packets += 1;
+                if packets > super::MAX_KEY_PACKETS {
+                    return Err(bad("more key packets than any message of ours has"));
+                }
                 let mut body = vec![0u8; n as usize];
                 rec.read_exact(&mut body)?;
                 if tag == TAG_MARKER {

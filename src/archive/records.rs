@@ -1,0 +1,300 @@
+//! A guard in front of a tar reader: the records that describe the next member (GNU long
+//! names and link names, PAX headers) are read whole into memory by the tar crate, whatever
+//! size their header claims. A damaged or crafted archive could so make verification read
+//! gigabytes into memory; [`CappedRecords`] fails such an archive as soon as the header that
+//! claims it passes.
+//!
+//! It follows the archive block by block as the bytes go through (no copy, no buffering but
+//! one header): member data sizes come from the header, or from the PAX `size` record before
+//! it (how Go's tar writer, and so Docker and DTR, write members of 8 GiB and more).
+
+use std::io::{self, Read};
+
+/// The most a long-name or PAX record may hold (Go's tar reader has the same limit).
+pub const MAX_RECORD: u64 = 1 << 20;
+
+const BLOCK: usize = 512;
+
+enum State {
+    /// Collecting a header block.
+    Header { have: usize },
+    /// Inside a member's data, then its padding: `left` octets before the next header.
+    Data { left: u64 },
+    /// GNU sparse extension headers (old GNU format) follow: each says if another does.
+    SparseExt { have: usize, then: u64 },
+}
+
+/// Passes `inner` through, checking the records of the tar stream it carries.
+pub struct CappedRecords<R> {
+    inner: R,
+    state: State,
+    header: [u8; BLOCK],
+    /// The data of the PAX header being passed (at most [`MAX_RECORD`]), and how much of it
+    /// is data (not padding).
+    pax: Option<(Vec<u8>, u64)>,
+    /// The size of the next member, from a PAX record.
+    next_size: Option<u64>,
+}
+
+impl<R: Read> CappedRecords<R> {
+    pub fn new(inner: R) -> CappedRecords<R> {
+        CappedRecords {
+            inner,
+            state: State::Header { have: 0 },
+            header: [0u8; BLOCK],
+            pax: None,
+            next_size: None,
+        }
+    }
+
+    fn observe(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            match self.state {
+                State::Header { have } => {
+                    let n = (BLOCK - have).min(bytes.len());
+                    self.header[have..have + n].copy_from_slice(&bytes[..n]);
+                    bytes = &bytes[n..];
+                    if have + n < BLOCK {
+                        self.state = State::Header { have: have + n };
+                    } else {
+                        self.state = self.next_member()?;
+                    }
+                }
+                State::Data { left } => {
+                    let n = left.min(bytes.len() as u64) as usize;
+                    if let Some((buf, data)) = &mut self.pax {
+                        let room = (*data as usize).saturating_sub(buf.len()).min(n);
+                        buf.extend_from_slice(&bytes[..room]);
+                    }
+                    bytes = &bytes[n..];
+                    let left = left - n as u64;
+                    self.state = State::Data { left };
+                    if left == 0 {
+                        if let Some((buf, _)) = self.pax.take() {
+                            self.next_size = pax_size(&buf)?.or(self.next_size);
+                        }
+                        self.state = State::Header { have: 0 };
+                    }
+                }
+                State::SparseExt { have, then } => {
+                    let n = (BLOCK - have).min(bytes.len());
+                    self.header[have..have + n].copy_from_slice(&bytes[..n]);
+                    bytes = &bytes[n..];
+                    self.state = if have + n < BLOCK {
+                        State::SparseExt {
+                            have: have + n,
+                            then,
+                        }
+                    } else if self.header[504] != 0 {
+                        State::SparseExt { have: 0, then }
+                    } else {
+                        data(then)
+                    };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A whole header block is in: where its data ends, and whether it is acceptable.
+    fn next_member(&mut self) -> io::Result<State> {
+        let h = &self.header;
+        if h.iter().all(|&b| b == 0) {
+            return Ok(State::Header { have: 0 });
+        }
+        let size = field_size(&h[124..136])?;
+        let kind = h[156];
+        if matches!(kind, b'L' | b'K' | b'x' | b'g') {
+            if size > MAX_RECORD {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "a tar {} record of {size} bytes (at most {MAX_RECORD} are read): the archive is damaged or was crafted",
+                        if matches!(kind, b'x' | b'g') {
+                            "PAX"
+                        } else {
+                            "long-name"
+                        }
+                    ),
+                ));
+            }
+            if kind == b'x' {
+                self.pax = Some((Vec::with_capacity(size as usize), size));
+            }
+            return Ok(data(size));
+        }
+        let size = self.next_size.take().unwrap_or(size);
+        if kind == b'S' && h[482] != 0 {
+            return Ok(State::SparseExt {
+                have: 0,
+                then: size,
+            });
+        }
+        Ok(data(size))
+    }
+}
+
+/// The data of `size` octets and its padding to the block size.
+fn data(size: u64) -> State {
+    let left = size.div_ceil(BLOCK as u64) * BLOCK as u64;
+    if left == 0 {
+        State::Header { have: 0 }
+    } else {
+        State::Data { left }
+    }
+}
+
+/// A header's size field: octal text, or base-256 (high bit of the first octet set).
+fn field_size(f: &[u8]) -> io::Result<u64> {
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a tar header with a bad size field",
+        )
+    };
+    if f[0] & 0x80 != 0 {
+        let mut v: u64 = u64::from(f[0] & 0x7f);
+        for &b in &f[1..] {
+            v = v.checked_mul(256).ok_or_else(bad)? | u64::from(b);
+        }
+        return Ok(v);
+    }
+    let text: Vec<u8> = f
+        .iter()
+        .copied()
+        .skip_while(|&b| b == b' ' || b == 0)
+        .take_while(|&b| b != b' ' && b != 0)
+        .collect();
+    if text.is_empty() {
+        return Ok(0);
+    }
+    let s = std::str::from_utf8(&text).map_err(|_| bad())?;
+    u64::from_str_radix(s, 8).map_err(|_| bad())
+}
+
+/// The `size` record of a PAX header's data (`<len> size=<decimal>\n`), if it has one.
+fn pax_size(mut records: &[u8]) -> io::Result<Option<u64>> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "a malformed PAX record");
+    let mut size = None;
+    while !records.is_empty() {
+        if records.iter().all(|&b| b == 0) {
+            break;
+        }
+        let space = records.iter().position(|&b| b == b' ').ok_or_else(bad)?;
+        let len: usize = std::str::from_utf8(&records[..space])
+            .ok()
+            .and_then(|l| l.parse().ok())
+            .filter(|&l| l > space && l <= records.len())
+            .ok_or_else(bad)?;
+        let record = &records[space + 1..len];
+        if let Some(v) = record.strip_prefix(b"size=") {
+            let v = v.strip_suffix(b"\n").unwrap_or(v);
+            size = Some(
+                std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(bad)?,
+            );
+        }
+        records = &records[len..];
+    }
+    Ok(size)
+}
+
+impl<R: Read> Read for CappedRecords<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(out)?;
+        self.observe(&out[..n])?;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Reads `input` through the guard in reads of `step` octets.
+    fn pass(input: &[u8], step: usize) -> io::Result<Vec<u8>> {
+        struct Steps<'a>(&'a [u8], usize);
+        impl Read for Steps<'_> {
+            fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+                let n = self.1.min(out.len()).min(self.0.len());
+                out[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut out = Vec::new();
+        CappedRecords::new(Steps(input, step)).read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    fn header(name: &str, kind: tar::EntryType, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(name).unwrap();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_cksum();
+        h
+    }
+
+    #[test]
+    fn archives_pass_unchanged_pax_sizes_and_long_names_included() {
+        let data: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        let mut b = tar::Builder::new(Vec::new());
+        let long = format!("v/{}/data", "d".repeat(300));
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, &long, &data[..]).unwrap();
+        // As Go writes a member of 8 GiB and more: size in PAX, 0 in the header.
+        let size = data.len().to_string();
+        b.append_pax_extensions([("size", size.as_bytes())])
+            .unwrap();
+        let h = header("v/big", tar::EntryType::Regular, 0);
+        let raw = b.get_mut();
+        raw.extend_from_slice(h.as_bytes());
+        raw.write_all(&data).unwrap();
+        raw.extend_from_slice(&vec![0u8; (512 - data.len() % 512) % 512]);
+        let mut h = header("v/after", tar::EntryType::Regular, 3);
+        b.append_data(&mut h, "v/after", &b"abc"[..]).unwrap();
+        let input = b.into_inner().unwrap();
+        for step in [1, 7, 512, 4096, 1 << 20] {
+            assert!(pass(&input, step).unwrap() == input, "reads of {step}");
+        }
+        // And the tar crate reads every member of what went through.
+        let out = pass(&input, 1000).unwrap();
+        let names: Vec<String> = tar::Archive::new(&out[..])
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, [long.as_str(), "v/big", "v/after"]);
+    }
+
+    #[test]
+    fn a_record_that_claims_too_much_fails_before_it_is_read() {
+        for kind in [tar::EntryType::GNULongName, tar::EntryType::XHeader] {
+            let h = header("././@LongLink", kind, 3 << 30);
+            // Only the header: the failure must come before any of the claimed data.
+            let err = pass(h.as_bytes(), 512).unwrap_err();
+            assert!(err.to_string().contains("at most 1048576"), "{err}");
+        }
+        let h = header("././@LongLink", tar::EntryType::GNULongName, MAX_RECORD);
+        assert!(pass(h.as_bytes(), 512).is_ok());
+    }
+
+    #[test]
+    fn size_fields_in_octal_and_base_256() {
+        assert_eq!(field_size(b"00000001750\0").unwrap(), 1000);
+        assert_eq!(field_size(b"     1750 \0\0").unwrap(), 1000);
+        assert_eq!(field_size(&[0u8; 12]).unwrap(), 0);
+        let mut f = [0u8; 12];
+        f[0] = 0x80;
+        f[7] = 0x02; // 2 << 32
+        assert_eq!(field_size(&f).unwrap(), 2 << 32);
+        assert!(field_size(b"0000000175x\0").is_err());
+    }
+}
