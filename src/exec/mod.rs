@@ -93,6 +93,7 @@ async fn run(
     )
     .await?;
     failpoint::hit("apply.locked");
+    remove_state_temporaries(stores.state.as_ref(), &reporter)?;
 
     let (mut run, resumed) = open_run(&plan, source, opts, &stores, reporter.as_ref())?;
     reporter.emit(&Event::RunStarted {
@@ -236,6 +237,24 @@ fn outputs_intact(store: &dyn Store, record: &StepRecord) -> Result<bool> {
         }
     }
     Ok(true)
+}
+
+/// Removes temporaries that killed runs left beside the journal (under the lock, no other
+/// run writes there; only the lock's own may be another run's, taking its turn).
+fn remove_state_temporaries(store: &dyn Store, reporter: &Arc<dyn Reporter>) -> Result<()> {
+    for path in store.list("")? {
+        let name = path.rsplit('/').next().unwrap_or(&path);
+        if storage::local::is_temp_name(name) && !name.starts_with(&format!(".{}", lock::FILE)) {
+            store.delete(&path)?;
+            reporter.emit(&Event::Warning {
+                message: format!(
+                    "removed {}/{path}, left by an interrupted run",
+                    store.describe()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Removes temporaries that a killed run left in the backup's folder.

@@ -89,7 +89,9 @@ pub async fn run(plan: &Plan, stores: &Stores, warn: &(dyn Fn(String) + Sync)) -
     if let (Some(u), Some(pw)) = (&plan.ucp, &ucp_password) {
         ucp::check(u, pw, plan.check_ucp_login).await?;
     }
-    let probe = format!(".probe-{}", crate::clock::random_hex(4));
+    // One name: a probe left by a killed run is overwritten and removed by the next (runs
+    // of a plan take turns under its lock).
+    let probe = ".probe".to_owned();
     stores.backups.put(&probe, b"").map_err(|e| {
         Error::failed(format!(
             "the destination {} cannot be written: {e}",

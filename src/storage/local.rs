@@ -33,9 +33,11 @@ impl LocalStore {
         Ok((temp_name(&final_path), final_path))
     }
 
+    /// Creates the folders above `p` that are missing, each made durable in its parent
+    /// (fsync of the parent folder), so that a file published in them survives a crash.
     fn ensure_parent(&self, p: &Path) -> Result<()> {
         let parent = p.parent().unwrap_or(&self.root);
-        fs::create_dir_all(parent).map_err(|e| io(e, format!("creating {}", parent.display())))
+        create_dirs_durably(parent).map_err(|e| io(e, format!("creating {}", parent.display())))
     }
 }
 
@@ -157,6 +159,23 @@ fn new_private_file(p: &Path) -> io::Result<File> {
         .open(p)
 }
 
+/// `create_dir_all`, with an fsync of the parent of each folder it creates.
+fn create_dirs_durably(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dirs_durably(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        // Created meanwhile by another writer: it makes it durable.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    sync_dir(dir.parent().unwrap_or(Path::new("/")))
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -202,11 +221,16 @@ impl ObjectWriter for LocalWriter {
             return Ok(());
         };
         let what = format!("writing {}", self.final_path.display());
-        let file = match sink {
-            Sink::Buffered(b) => b.into_inner().map_err(|e| io(e.into_error(), &what))?,
-            Sink::Direct(d) => d.finish().map_err(|e| io(e, &what))?,
-        };
-        publish(&file, &self.temp, &self.final_path).map_err(|e| io(e, &what))
+        let published = match sink {
+            Sink::Buffered(b) => b.into_inner().map_err(|e| e.into_error()),
+            Sink::Direct(d) => d.finish(),
+        }
+        .and_then(|file| publish(&file, &self.temp, &self.final_path));
+        if published.is_err() {
+            // Nothing half-done stays behind under any name.
+            let _ = fs::remove_file(&self.temp);
+        }
+        published.map_err(|e| io(e, &what))
     }
 }
 
@@ -411,6 +435,23 @@ mod tests {
             .collect();
         assert_eq!(names, [".lock.json.mutex"]);
         assert!(s.list("").unwrap().is_empty());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_commit_that_fails_leaves_no_temporary() {
+        let (s, dir) = store("commitfail");
+        // A folder where the file should go: the final rename fails.
+        fs::create_dir_all(dir.join("run/a.tar/inside")).unwrap();
+        let mut w = s.create("run/a.tar").unwrap();
+        w.write_all(&vec![1u8; 3 << 20]).unwrap();
+        assert!(w.commit().is_err());
+        let mut names: Vec<String> = fs::read_dir(dir.join("run"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a.tar"], "the temporary was left");
         fs::remove_dir_all(dir).unwrap();
     }
 

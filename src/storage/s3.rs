@@ -215,7 +215,14 @@ impl Drop for S3Writer {
     fn drop(&mut self) {
         if let Some(upload) = self.upload.take() {
             let _guard = self.exec.handle.enter();
-            let _ = self.exec.run(upload.abort());
+            if let Err(e) = self.exec.run(upload.abort()) {
+                // Drop has no caller to tell; stderr keeps stdout (NDJSON) clean.
+                let _ = writeln!(
+                    io::stderr(),
+                    "warning: could not abort the unfinished upload of {}: {e}; its parts stay in the bucket (billed) until a lifecycle rule (AbortIncompleteMultipartUpload) removes them",
+                    self.what
+                );
+            }
         }
     }
 }

@@ -728,6 +728,27 @@ fn an_unreadable_manifest_is_skipped_never_picked_counted_or_deleted() {
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
 }
 
+/// Temporaries that killed runs left beside the journal and at the destination's root are
+/// removed by the next run.
+#[test]
+fn temporaries_of_killed_runs_are_cleaned_up() {
+    let fx = Fixture::new("temps", 0, "");
+    let state = fx.plan_root().join(".state");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    let left = state.join(".run.json.partial-4000000000-abcd");
+    std::fs::write(&left, b"{half a journal").expect("write");
+    std::fs::write(fx.plan_root().join(".probe"), b"").expect("write");
+    let out = run(&mut fx.apply());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!left.exists(), "the journal's temporary was left");
+    assert!(!fx.plan_root().join(".probe").exists());
+    let names: Vec<String> = std::fs::read_dir(&state)
+        .expect("state")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| n.ends_with(".mutex")), "{names:?}");
+}
+
 #[test]
 fn nfs_images_on_a_folder_that_is_not_the_mount_are_refused() {
     let fx = Fixture::new("nfs", 0, "");
