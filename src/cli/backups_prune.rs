@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use crate::cancel::Cancel;
 use crate::error::Error;
-use crate::exec::events::Recorder;
 use crate::exec::{lock, state};
 use crate::exit::Exit;
 use crate::steps::retention;
@@ -48,7 +47,7 @@ pub fn run(args: &Args) -> Exit {
                     plan.name.as_str(),
                     "backups prune",
                     None,
-                    &Recorder::default(),
+                    &super::report::Human::new(true),
                     &Cancel::new(),
                 )
                 .await?,
