@@ -36,7 +36,9 @@ pub fn run(args: &Args) -> Exit {
         Ok(rt) => rt,
         Err(exit) => return exit,
     };
+    let cancel = Cancel::new();
     let result = runtime.block_on(async {
+        super::cancel_on_signals(cancel.clone());
         let stores = Arc::new(storage::open(&plan)?);
         let _lock = if args.dry_run {
             None
@@ -48,7 +50,7 @@ pub fn run(args: &Args) -> Exit {
                     "backups prune",
                     None,
                     &super::report::Human::new(true),
-                    &Cancel::new(),
+                    &cancel,
                 )
                 .await?,
             )
@@ -65,8 +67,16 @@ pub fn run(args: &Args) -> Exit {
             .flat_map(|s| s.objects.iter().filter_map(|o| o.blob.clone()))
             .collect();
         let dry = args.dry_run;
+        let cancel = cancel.clone();
         tokio::task::spawn_blocking(move || {
-            retention::prune(stores.backups.as_ref(), &cfg, &current, &protected, dry)
+            retention::prune(
+                stores.backups.as_ref(),
+                &cfg,
+                &current,
+                &protected,
+                dry,
+                &cancel,
+            )
         })
         .await
         .map_err(|e| Error::failed(e.to_string()))?

@@ -3,8 +3,9 @@
 
 use std::collections::BTreeSet;
 
+use crate::cancel::Cancel;
 use crate::clock;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::exec::events::Event;
 use crate::manifest;
 use crate::plan::{Plan, RetentionCfg};
@@ -77,7 +78,17 @@ pub fn prune(
     current: &str,
     protected: &BTreeSet<String>,
     dry_run: bool,
+    cancel: &Cancel,
 ) -> Result<Pruned> {
+    // Checked before each deletion: a cancelled prune stops between two, and what it did is
+    // consistent (a backup loses its manifest first).
+    let go_on = || {
+        if cancel.is_cancelled() {
+            Err(Error::Interrupted)
+        } else {
+            Ok(())
+        }
+    };
     let listing = manifest::list(store)?;
     let complete = &listing.complete;
     let dated: Vec<(String, i64)> = complete
@@ -89,6 +100,7 @@ pub fn prune(
     let mut pruned = Pruned::default();
     for (id, _) in &dated {
         if !keep.contains(id) {
+            go_on()?;
             if !dry_run {
                 // The manifest first: a backup interrupted while it is deleted is then an
                 // incomplete run (never listed, removed by a later retention), not a
@@ -107,6 +119,7 @@ pub fn prune(
             && !listing.is_unreadable(&id)
             && newest.as_ref().is_some_and(|n| id < *n);
         if incomplete {
+            go_on()?;
             if !dry_run {
                 store.delete_all(&id)?;
             }
@@ -138,6 +151,7 @@ pub fn prune(
         if referenced.contains(&path) || (key_check && live_stores.contains(store_id)) {
             continue;
         }
+        go_on()?;
         if !dry_run {
             store.delete(&path)?;
         }
@@ -152,10 +166,23 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
     let Some(cfg) = ctx.plan.retention else {
         return Ok(Outcome::default());
     };
-    let (stores, current) = (ctx.stores.clone(), ctx.backup_id.clone());
+    let (stores, current, cancel) = (
+        ctx.stores.clone(),
+        ctx.backup_id.clone(),
+        ctx.cancel.clone(),
+    );
     let protected: BTreeSet<String> = ctx.objects.iter().filter_map(|o| o.blob.clone()).collect();
-    let pruned =
-        blocking(move || prune(stores.backups.as_ref(), &cfg, &current, &protected, false)).await?;
+    let pruned = blocking(move || {
+        prune(
+            stores.backups.as_ref(),
+            &cfg,
+            &current,
+            &protected,
+            false,
+            &cancel,
+        )
+    })
+    .await?;
     for u in &pruned.unreadable {
         ctx.warn(u.warning());
     }
@@ -227,7 +254,7 @@ mod tests {
             keep_last: 1,
             ..Default::default()
         };
-        let pruned = prune(&store, &cfg, "", &BTreeSet::new(), false).unwrap();
+        let pruned = prune(&store, &cfg, "", &BTreeSet::new(), false, &Cancel::new()).unwrap();
         assert_eq!(pruned.backups, [b[0].clone(), b[1].clone()]);
         let log = store.log();
         for id in &b[..2] {
@@ -254,7 +281,7 @@ mod tests {
             keep_last: 1,
             ..Default::default()
         };
-        let pruned = prune(&store, &cfg, "", &BTreeSet::new(), false).unwrap();
+        let pruned = prune(&store, &cfg, "", &BTreeSet::new(), false, &Cancel::new()).unwrap();
         assert_eq!(pruned.backups, [b[1].clone()], "only the readable old one");
         assert_eq!(pruned.unreadable.len(), 1);
         assert!(pruned.blobs.is_empty());
@@ -262,6 +289,22 @@ mod tests {
         assert!(paths.contains(&format!("{}/{}", b[0], manifest::FILE)));
         assert!(paths.contains(&format!("{}/dtr-images-x.tar", b[0])));
         assert!(paths.contains(&"blobs/plain/sha256/ab/unlisted".to_owned()));
+    }
+
+    #[test]
+    fn a_cancelled_prune_stops_before_deleting() {
+        let b: Vec<String> = ids(&[0, 1, 2]).into_iter().map(|(id, _)| id).collect();
+        let store = store_with(&b);
+        let before = store.paths();
+        let cancel = Cancel::new();
+        cancel.cancel();
+        let cfg = RetentionCfg {
+            keep_last: 1,
+            ..Default::default()
+        };
+        let err = prune(&store, &cfg, "", &BTreeSet::new(), false, &cancel).unwrap_err();
+        assert!(matches!(err, Error::Interrupted), "{err}");
+        assert_eq!(store.paths(), before);
     }
 
     #[test]
