@@ -56,7 +56,7 @@ impl BlobStore {
                 let mut fps: Vec<String> = certs.iter().map(|c| c.fingerprint().to_hex()).collect();
                 fps.sort();
                 fps.dedup();
-                let h = crate::plan::hex(&Sha256::digest(fps.join("\n").as_bytes()));
+                let h = crate::hex::encode(&Sha256::digest(fps.join("\n").as_bytes()));
                 Ok(BlobStore {
                     id: format!("r-{}", &h[..16]),
                 })
@@ -115,7 +115,7 @@ fn opens(check: &[u8], dec: &Decryption) -> bool {
 /// Whether `path` is where a blob store keeps the blob `digest` (this layout, or the one
 /// before it, `blobs/sha256/<ab>/<digest>`).
 pub fn is_blob_path(path: &str, digest: &str) -> bool {
-    if !crate::manifest::is_digest(digest) {
+    if !crate::hex::is_sha256(digest) {
         return false;
     }
     let tail = format!("sha256/{}/{digest}", &digest[..2]);

@@ -81,7 +81,7 @@ pub fn random_hex(n: usize) -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     );
-    crate::plan::hex(&Sha256::digest(seed.as_bytes())[..n.min(32)])
+    crate::hex::encode(&Sha256::digest(seed.as_bytes())[..n.min(32)])
 }
 
 /// A new backup id: time, then 4 hex digits against collisions within one second.

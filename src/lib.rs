@@ -30,6 +30,7 @@ pub mod exec;
 pub mod exit;
 pub mod failpoint;
 pub mod graph;
+pub mod hex;
 pub mod manifest;
 pub mod plan;
 pub mod process;

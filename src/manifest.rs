@@ -141,13 +141,6 @@ fn is_plain_name(p: &str) -> bool {
     !p.is_empty() && p != "." && p != ".." && !p.contains('/') && !p.contains('\\')
 }
 
-/// 64 lowercase hex digits.
-pub fn is_digest(d: &str) -> bool {
-    d.len() == 64
-        && d.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 /// A backup folder whose `manifest.json` exists but cannot be read: corrupt, half-copied,
 /// written by a newer dtr-backup, or naming another backup. It is never listed, picked as
 /// latest, counted as complete, or deleted.

@@ -29,7 +29,7 @@ impl<W: Write> HashWriter<W> {
     pub fn finish(self) -> (W, String, u64) {
         (
             self.inner,
-            crate::plan::hex(&self.hasher.finalize()),
+            crate::hex::encode(&self.hasher.finalize()),
             self.count,
         )
     }
@@ -121,7 +121,7 @@ impl<R: Read> HashReader<R> {
     /// Reads what is left, then returns the hex sha256 and byte count of everything read.
     pub fn finish(mut self) -> io::Result<(String, u64)> {
         copy_large(&mut self, &mut io::sink())?;
-        Ok((crate::plan::hex(&self.hasher.finalize()), self.count))
+        Ok((crate::hex::encode(&self.hasher.finalize()), self.count))
     }
 }
 
@@ -136,7 +136,7 @@ impl<R: Read> Read for HashReader<R> {
 
 /// sha256 of a byte slice, hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    crate::plan::hex(&Sha256::digest(bytes))
+    crate::hex::encode(&Sha256::digest(bytes))
 }
 
 /// What the first bytes of a metadata stream say: gzip or plain tar, and the first member.

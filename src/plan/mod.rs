@@ -186,7 +186,7 @@ pub fn load_str(file: &Path, source: &str) -> Loaded {
     let report = FileReport::new(file, shared, diags, &decoder.masked);
     let plan = match raw {
         Some(raw) if !report.has_errors() => {
-            let digest = hex(&Sha256::digest(source.as_bytes()));
+            let digest = crate::hex::encode(&Sha256::digest(source.as_bytes()));
             check::resolve(raw, file, &dir, digest)
         }
         _ => None,
@@ -266,15 +266,6 @@ pub fn image_version(image: &str) -> Result<String, String> {
         return Err(format!("has the tag {tag:?}, which is not a version"));
     }
     Ok(tag.to_owned())
-}
-
-/// Lowercase hexadecimal of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 #[cfg(test)]
