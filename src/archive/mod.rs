@@ -90,12 +90,6 @@ impl MemberSink for Vec<u8> {
     }
 }
 
-impl<W: pipe::ChunkSink> MemberSink for crate::crypto::Framed<W> {
-    fn read_from(&mut self, from: &mut dyn Read, max: usize, buf: &mut [u8]) -> io::Result<usize> {
-        crate::crypto::Framed::read_from(self, from, max, buf)
-    }
-}
-
 impl<T: MemberSink + ?Sized> MemberSink for &mut T {
     fn read_from(&mut self, from: &mut dyn Read, max: usize, buf: &mut [u8]) -> io::Result<usize> {
         (**self).read_from(from, max, buf)

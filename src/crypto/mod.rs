@@ -272,6 +272,13 @@ impl<W: ChunkSink> Framed<W> {
     }
 }
 
+/// Tar member data is read straight into the framing's chunk buffer.
+impl<W: ChunkSink> crate::archive::MemberSink for Framed<W> {
+    fn read_from(&mut self, from: &mut dyn Read, max: usize, buf: &mut [u8]) -> io::Result<usize> {
+        Framed::read_from(self, from, max, buf)
+    }
+}
+
 impl<W: ChunkSink> Write for Framed<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
