@@ -8,7 +8,8 @@
 //!   ([`plan::diag`]), and resolves it into a [`plan::Plan`]. Pure: no environment, no network.
 //! - [`graph`] compiles a plan into its step graph (preflight → discover → metadata → images →
 //!   manifest → verify → retention) and renders it.
-//! - [`exec`] runs the graph: lock, journal of completed steps (resume), events, cancellation.
+//! - [`exec`] runs the graph: lock, journal of completed steps (resume), cancellation;
+//!   [`events`] is what a run reports (NDJSON or human output).
 //! - [`steps`] holds one file per step kind; [`verify`] checks a stored backup; [`manifest`]
 //!   is the record of a backup; [`blob_store`] keeps blobs object by object, one folder per
 //!   encryption identity.
@@ -26,6 +27,7 @@ pub mod clock;
 pub mod crypto;
 pub mod docker;
 pub mod error;
+pub mod events;
 pub mod exec;
 pub mod exit;
 pub mod failpoint;

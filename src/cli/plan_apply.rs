@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::Output;
 use super::report::{Human, JsonLines};
 use crate::cancel::Cancel;
-use crate::exec::events::{Event, Reporter, RunStatus, Summary};
+use crate::events::{Event, Reporter, RunStatus, Summary};
 use crate::exec::{self, Options};
 use crate::exit::Exit;
 

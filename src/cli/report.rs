@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::exec::events::{Event, Reporter, RunStatus};
+use crate::events::{Event, Reporter, RunStatus};
 
 /// One JSON object per line on stdout, and nothing else there.
 pub struct JsonLines;

@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::events::{Event, Reporter};
 use crate::cancel::Cancel;
 use crate::clock;
 use crate::error::{Error, Result};
+use crate::events::{Event, Reporter};
 use crate::process::ProcessId;
 use crate::storage::Store;
 
@@ -168,7 +168,7 @@ pub fn unlock(store: &dyn Store, id: &str) -> Result<LockInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exec::events::Recorder;
+    use crate::events::Recorder;
     use crate::storage::local::LocalStore;
     use crate::storage::{ObjectWriter, Store};
 

@@ -5,7 +5,6 @@
 //! outputs are recorded and still present is skipped; the others run and are recorded only
 //! once their outputs are durable. Killed at any point, the next `apply` resumes.
 
-pub mod events;
 pub mod lock;
 pub mod state;
 
@@ -22,7 +21,7 @@ use crate::plan::Plan;
 use crate::steps::{self, Ctx};
 use crate::storage::{self, Store, Stores};
 
-use events::{Event, Reporter, RunStatus, Summary};
+use crate::events::{self, Event, Reporter, RunStatus, Summary};
 use state::{RunState, StepRecord};
 
 /// Options of `plan apply`.

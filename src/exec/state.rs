@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::manifest::Artifact;
+use crate::steps::FileRef;
 use crate::storage::Store;
 
 pub const FILE: &str = "run.json";
@@ -43,26 +44,6 @@ pub struct StepRecord {
     /// Image-content objects kept by the step (images in S3).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub objects: Vec<crate::manifest::SnapshotObject>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct FileRef {
-    pub path: String,
-    pub size: u64,
-    /// Where a later step may have moved the same bytes (the pending manifest, once
-    /// verification published it); the file counts as present there too.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub published_as: Option<String>,
-}
-
-impl FileRef {
-    pub fn new(path: String, size: u64) -> FileRef {
-        FileRef {
-            path,
-            size,
-            published_as: None,
-        }
-    }
 }
 
 pub fn load(store: &dyn Store) -> Result<Option<RunState>> {

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 
 use crate::archive::tree;
 use crate::error::{Error, Result, io};
-use crate::exec::state::FileRef;
 use crate::graph;
 use crate::manifest::{Artifact, ArtifactKind};
 use crate::plan::{ImagesCfg, Plan};
+use crate::steps::FileRef;
 
 use super::stream::{Written, store_stream};
 use super::{Ctx, Outcome, blocking};

@@ -26,7 +26,7 @@ use crate::archive::HashReader;
 use crate::blob_store::BlobStore;
 use crate::crypto::{self, Encryption};
 use crate::error::{Error, Result, io};
-use crate::exec::events::Event;
+use crate::events::Event;
 use crate::graph;
 use crate::manifest::SnapshotObject;
 use crate::plan::S3Cfg;

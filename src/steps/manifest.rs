@@ -4,9 +4,9 @@
 
 use crate::clock;
 use crate::error::Result;
-use crate::exec::state::FileRef;
 use crate::manifest::{self, DtrInfo, Manifest};
 use crate::plan::{EncryptionCfg, Plan};
+use crate::steps::FileRef;
 
 use super::{Ctx, Outcome, blocking};
 

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use crate::archive;
 use crate::docker::{self, container};
 use crate::error::{Error, Result, io};
-use crate::exec::events::Event;
-use crate::exec::state::FileRef;
+use crate::events::Event;
 use crate::graph;
 use crate::manifest::{Artifact, ArtifactKind};
 use crate::plan::{Plan, UcpTls};
+use crate::steps::FileRef;
 
 use super::stream::store_stream;
 use super::{Ctx, Outcome, blocking};

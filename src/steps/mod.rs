@@ -20,8 +20,7 @@ use std::time::Duration;
 use crate::cancel::Cancel;
 use crate::crypto::Secrets;
 use crate::error::{Error, Result};
-use crate::exec::events::{Event, Reporter};
-use crate::exec::state::FileRef;
+use crate::events::{Event, Reporter};
 use crate::graph::{Step, StepKind};
 use crate::manifest::{Artifact, SnapshotObject};
 use crate::plan::Plan;
@@ -101,6 +100,28 @@ pub struct Progress {
 impl Drop for Progress {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A file a step wrote, recorded in the journal: a resumed run skips the step while the
+/// file is there with this size.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct FileRef {
+    pub path: String,
+    pub size: u64,
+    /// Where a later step may have moved the same bytes (the pending manifest, once
+    /// verification published it); the file counts as present there too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_as: Option<String>,
+}
+
+impl FileRef {
+    pub fn new(path: String, size: u64) -> FileRef {
+        FileRef {
+            path,
+            size,
+            published_as: None,
+        }
     }
 }
 

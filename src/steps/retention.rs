@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use crate::cancel::Cancel;
 use crate::clock;
 use crate::error::{Error, Result};
-use crate::exec::events::Event;
+use crate::events::Event;
 use crate::manifest;
 use crate::plan::{Plan, RetentionCfg};
 use crate::storage::Store;

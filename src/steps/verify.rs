@@ -3,9 +3,9 @@
 //! `manifest.json` published: a backup that fails is never complete.
 
 use crate::error::{Error, Result};
-use crate::exec::state::FileRef;
 use crate::manifest::{self, Manifest};
 use crate::plan::Plan;
+use crate::steps::FileRef;
 use crate::verify;
 
 use super::{Ctx, Outcome, blocking};
