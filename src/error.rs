@@ -22,6 +22,9 @@ pub enum Error {
     /// A backup failed verification.
     #[error("{0}")]
     Verify(String),
+    /// The command line asks for something malformed (a backup id that is not one).
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl Error {
@@ -32,6 +35,7 @@ impl Error {
             Error::Interrupted => Exit::Interrupted,
             Error::PlanChanged(_) => Exit::Usage,
             Error::Verify(_) => Exit::VerifyFailed,
+            Error::Usage(_) => Exit::Usage,
         }
     }
 

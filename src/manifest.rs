@@ -197,6 +197,64 @@ pub fn list(store: &dyn Store) -> Result<Listing> {
     Ok(out)
 }
 
+/// Which backup a command is about: `latest` or an id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Which {
+    Latest,
+    Id(String),
+}
+
+impl std::str::FromStr for Which {
+    type Err = Error;
+    /// `latest`, or a backup id; anything else (a path, say) is a usage error.
+    fn from_str(s: &str) -> Result<Which> {
+        if s == "latest" {
+            Ok(Which::Latest)
+        } else if crate::clock::backup_id_time(s).is_some() {
+            Ok(Which::Id(s.to_owned()))
+        } else {
+            Err(Error::Usage(format!(
+                "--backup {s:?} is not a backup id (like 20261124T164428Z-4a2a) or `latest`"
+            )))
+        }
+    }
+}
+
+/// The id of the backup `which` names in `store`: `latest` is the newest complete one (folders
+/// whose manifest cannot be read are passed to `warn` and skipped).
+pub fn resolve(store: &dyn Store, which: &Which, warn: &dyn Fn(String)) -> Result<String> {
+    match which {
+        Which::Id(id) => Ok(id.clone()),
+        Which::Latest => {
+            let listing = list(store)?;
+            for u in &listing.unreadable {
+                warn(u.warning());
+            }
+            listing
+                .complete
+                .last()
+                .map(|m| m.backup_id.clone())
+                .ok_or_else(|| {
+                    Error::Verify(format!(
+                        "there is no complete backup at {}",
+                        store.describe()
+                    ))
+                })
+        }
+    }
+}
+
+/// Reads the manifest of the complete backup `id`.
+pub fn read(store: &dyn Store, id: &str) -> Result<Manifest> {
+    let path = format!("{id}/{FILE}");
+    match store.get(&path)? {
+        Some(bytes) => Manifest::parse(&bytes, id, &path),
+        None => Err(Error::Verify(format!(
+            "{path} does not exist: no complete backup {id}"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,7 +23,7 @@ use crate::archive::HashReader;
 use crate::archive::pipe;
 use crate::cancel::Cancel;
 use crate::crypto::{self, Decryption};
-use crate::manifest::{Artifact, ArtifactKind, Manifest};
+use crate::manifest::{Artifact, ArtifactKind, Manifest, Which};
 use crate::storage::Store;
 
 /// One named check and its outcome.
@@ -107,6 +107,74 @@ fn blob_path() -> &'static Regex {
         Regex::new(r"/docker/registry/v2/blobs/sha256/([0-9a-f]{2})/([0-9a-f]{64})/data$")
             .expect("valid regex")
     })
+}
+
+/// What `verify` found of one stored backup.
+pub struct Report {
+    pub backup_id: String,
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.checks.iter().all(|c| c.ok)
+    }
+}
+
+/// Verifies the stored backup `which` of `plan` with the plan's keys. Folders whose manifest
+/// cannot be read are passed to `warn` (when looking for the latest). An error means nothing
+/// could be checked (no such backup, no access, no key material); a backup that fails its
+/// checks is a report with failed checks.
+pub fn stored(
+    plan: &crate::plan::Plan,
+    which: &Which,
+    read_data: ReadData,
+    cancel: &Cancel,
+    warn: &dyn Fn(String),
+) -> crate::error::Result<Report> {
+    let stores = crate::storage::open(plan)?;
+    let store = stores.backups.as_ref();
+    let backup_id = crate::manifest::resolve(store, which, warn).map_err(|e| match e {
+        crate::error::Error::Verify(_) => crate::error::Error::Verify(format!(
+            "plan {} has no complete backup at {}",
+            plan.name,
+            store.describe()
+        )),
+        other => other,
+    })?;
+    let mut checks = Vec::new();
+    let manifest = crate::manifest::read(store, &backup_id).map_err(|e| e.to_string());
+    checks.push(Check {
+        name: "manifest.json exists and parses".into(),
+        ok: manifest.is_ok(),
+        detail: match &manifest {
+            Ok(m) => format!(
+                "{} artifacts, finished {}",
+                m.artifacts.len(),
+                m.finished_at
+            ),
+            Err(e) => e.clone(),
+        },
+    });
+    if let Ok(m) = &manifest {
+        let (_, dec) = crypto::for_plan(plan)?;
+        if dec.is_none() && m.artifacts.iter().any(|a| a.encrypted) {
+            checks.push(Check {
+                name: "a key to decrypt with".into(),
+                ok: false,
+                detail: "the artifacts are encrypted to recipients and the plan has no verify.key: set it to the secret key".into(),
+            });
+        }
+        checks.extend(check_backup(
+            store,
+            m,
+            dec.as_ref(),
+            read_data,
+            Rehash::Always,
+            cancel,
+        ));
+    }
+    Ok(Report { backup_id, checks })
 }
 
 /// Checks a backup whose manifest is `manifest`, stored under `<backup_id>/`. `dec` is `None`

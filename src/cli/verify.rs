@@ -6,10 +6,8 @@ use clap::ValueEnum;
 
 use super::Output;
 use crate::cancel::Cancel;
-use crate::crypto;
 use crate::exit::Exit;
-use crate::manifest::{self, Manifest};
-use crate::storage;
+use crate::manifest::Which;
 use crate::verify::{self, Check, ReadData};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -54,93 +52,30 @@ pub fn run(args: &Args) -> Exit {
         }
         exit
     };
-    let stores = match storage::open(&plan) {
-        Ok(s) => s,
-        Err(e) => return fail(e.to_string(), e.exit()),
-    };
-    let store = stores.backups.as_ref();
-    let id = if args.backup == "latest" {
-        match manifest::list(store) {
-            Ok(listing) => {
-                for u in &listing.unreadable {
-                    eprintln!("warning: {}", u.warning());
-                }
-                match listing.complete.last() {
-                    Some(m) => m.backup_id.clone(),
-                    None => {
-                        return fail(
-                            format!(
-                                "plan {} has no complete backup at {}",
-                                plan.name,
-                                store.describe()
-                            ),
-                            Exit::VerifyFailed,
-                        );
-                    }
-                }
-            }
-            Err(e) => return fail(e.to_string(), e.exit()),
+    let which: Which = match args.backup.parse() {
+        Ok(w) => w,
+        Err(e) => {
+            return fail(
+                format!(
+                    "{e}: `dtr-backup backups list {}` shows the ids",
+                    args.plan.display()
+                ),
+                Exit::Usage,
+            );
         }
-    } else if crate::clock::backup_id_time(&args.backup).is_none() {
-        return fail(
-            format!(
-                "--backup {:?} is not a backup id (like 20261124T164428Z-4a2a) or `latest`: `dtr-backup backups list {}` shows the ids",
-                args.backup,
-                args.plan.display()
-            ),
-            Exit::Usage,
-        );
-    } else {
-        args.backup.clone()
     };
     let read_data = match args.read_data {
         ReadDataArg::Layout => ReadData::Layout,
         ReadDataArg::Sample => ReadData::Sample(args.sample_percent),
         ReadDataArg::Full => ReadData::Full,
     };
-    let mut checks = Vec::new();
-    let manifest_path = format!("{id}/{}", manifest::FILE);
-    let manifest = match store.get(&manifest_path) {
-        Ok(Some(bytes)) => Manifest::parse(&bytes, &id, &manifest_path).map_err(|e| e.to_string()),
-        Ok(None) => Err(format!(
-            "{manifest_path} does not exist: no complete backup {id}"
-        )),
-        Err(e) => Err(e.to_string()),
+    let warn = |w: String| eprintln!("warning: {w}");
+    let report = match verify::stored(&plan, &which, read_data, &Cancel::new(), &warn) {
+        Ok(r) => r,
+        Err(e) => return fail(e.to_string(), e.exit()),
     };
-    checks.push(Check {
-        name: "manifest.json exists and parses".into(),
-        ok: manifest.is_ok(),
-        detail: match &manifest {
-            Ok(m) => format!(
-                "{} artifacts, finished {}",
-                m.artifacts.len(),
-                m.finished_at
-            ),
-            Err(e) => e.clone(),
-        },
-    });
-    if let Ok(m) = &manifest {
-        let dec = match crypto::for_plan(&plan) {
-            Ok((_, dec)) => dec,
-            Err(e) => return fail(e.to_string(), e.exit()),
-        };
-        if dec.is_none() && m.artifacts.iter().any(|a| a.encrypted) {
-            checks.push(Check {
-                name: "a key to decrypt with".into(),
-                ok: false,
-                detail: "the artifacts are encrypted to recipients and the plan has no verify.key: set it to the secret key".into(),
-            });
-        }
-        checks.extend(verify::check_backup(
-            store,
-            m,
-            dec.as_ref(),
-            read_data,
-            verify::Rehash::Always,
-            &Cancel::new(),
-        ));
-    }
-    let ok = checks.iter().all(|c| c.ok);
+    let (id, checks) = (&report.backup_id, &report.checks);
+    let ok = report.ok();
     match args.output {
         Output::Json => println!(
             "{}",
@@ -148,7 +83,7 @@ pub fn run(args: &Args) -> Exit {
         ),
         Output::Text => {
             println!("verify {} backup {id}", plan.name);
-            for c in &checks {
+            for c in checks {
                 println!(
                     "  {} {}: {}",
                     if c.ok { "PASS" } else { "FAIL" },
