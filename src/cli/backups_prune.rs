@@ -1,15 +1,10 @@
 //! `dtr-backup backups prune PLAN [--dry-run]`: apply the plan's retention now.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use crate::cancel::Cancel;
-use crate::error::Error;
-use crate::exec::{lock, state};
+use crate::exec;
 use crate::exit::Exit;
-use crate::steps::retention;
-use crate::storage;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -39,47 +34,8 @@ pub fn run(args: &Args) -> Exit {
     let cancel = Cancel::new();
     let result = runtime.block_on(async {
         super::cancel_on_signals(cancel.clone());
-        let stores = Arc::new(storage::open(&plan)?);
-        let _lock = if args.dry_run {
-            None
-        } else {
-            Some(
-                lock::acquire(
-                    stores.state.clone(),
-                    plan.name.as_str(),
-                    "backups prune",
-                    None,
-                    &super::report::Human::new(true),
-                    &cancel,
-                )
-                .await?,
-            )
-        };
-        // An unfinished run keeps its folder and the blobs it already copied.
-        let unfinished = state::load(stores.state.as_ref())?;
-        let current = unfinished
-            .as_ref()
-            .map(|r| r.backup_id.clone())
-            .unwrap_or_default();
-        let protected: BTreeSet<String> = unfinished
-            .iter()
-            .flat_map(|r| r.steps.values())
-            .flat_map(|s| s.objects.iter().filter_map(|o| o.blob.clone()))
-            .collect();
-        let dry = args.dry_run;
-        let cancel = cancel.clone();
-        tokio::task::spawn_blocking(move || {
-            retention::prune(
-                stores.backups.as_ref(),
-                &cfg,
-                &current,
-                &protected,
-                dry,
-                &cancel,
-            )
-        })
-        .await
-        .map_err(|e| Error::failed(e.to_string()))?
+        let reporter = super::report::Human::new(true);
+        exec::prune::prune(&plan, cfg, args.dry_run, &reporter, &cancel).await
     });
     match result {
         Ok(p) => {

@@ -6,6 +6,7 @@
 //! once their outputs are durable. Killed at any point, the next `apply` resumes.
 
 pub mod lock;
+pub mod prune;
 pub mod state;
 
 use std::collections::BTreeMap;
