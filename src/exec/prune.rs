@@ -48,15 +48,13 @@ pub async fn prune(
         .flat_map(|s| s.objects.iter().filter_map(|o| o.blob.clone()))
         .collect();
     let cancel = cancel.clone();
+    let store: Arc<dyn storage::Store> = if dry_run {
+        Arc::new(storage::dry_run::DryRun(stores.backups.clone()))
+    } else {
+        stores.backups.clone()
+    };
     tokio::task::spawn_blocking(move || {
-        retention::prune(
-            stores.backups.as_ref(),
-            &cfg,
-            &current,
-            &protected,
-            dry_run,
-            &cancel,
-        )
+        retention::prune(store.as_ref(), &cfg, &current, &protected, &cancel)
     })
     .await
     .map_err(|e| Error::failed(e.to_string()))?

@@ -57,7 +57,8 @@ pub fn select(backups: &[(String, i64)], cfg: &RetentionCfg) -> BTreeSet<String>
     keep
 }
 
-/// What retention removes (or, in a dry run, would remove).
+/// What retention removes (or, against a [`DryRun`](crate::storage::dry_run::DryRun) store,
+/// would remove).
 #[derive(Debug, Default)]
 pub struct Pruned {
     /// Complete backups not kept by any rule.
@@ -77,7 +78,6 @@ pub fn prune(
     cfg: &RetentionCfg,
     current: &str,
     protected: &BTreeSet<String>,
-    dry_run: bool,
     cancel: &Cancel,
 ) -> Result<Pruned> {
     // Checked before each deletion: a cancelled prune stops between two, and what it did is
@@ -101,13 +101,11 @@ pub fn prune(
     for (id, _) in &dated {
         if !keep.contains(id) {
             go_on()?;
-            if !dry_run {
-                // The manifest first: a backup interrupted while it is deleted is then an
-                // incomplete run (never listed, removed by a later retention), not a
-                // "complete" backup with missing files.
-                store.delete(&format!("{id}/{}", manifest::FILE))?;
-                store.delete_all(id)?;
-            }
+            // The manifest first: a backup interrupted while it is deleted is then an
+            // incomplete run (never listed, removed by a later retention), not a "complete"
+            // backup with missing files.
+            store.delete(&format!("{id}/{}", manifest::FILE))?;
+            store.delete_all(id)?;
             pruned.backups.push(id.clone());
         }
     }
@@ -120,9 +118,7 @@ pub fn prune(
             && newest.as_ref().is_some_and(|n| id < *n);
         if incomplete {
             go_on()?;
-            if !dry_run {
-                store.delete_all(&id)?;
-            }
+            store.delete_all(&id)?;
             pruned.incomplete.push(id);
         }
     }
@@ -152,9 +148,7 @@ pub fn prune(
             continue;
         }
         go_on()?;
-        if !dry_run {
-            store.delete(&path)?;
-        }
+        store.delete(&path)?;
         if !key_check {
             pruned.blobs.push(path);
         }
@@ -172,17 +166,9 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
         ctx.cancel.clone(),
     );
     let protected: BTreeSet<String> = ctx.objects.iter().filter_map(|o| o.blob.clone()).collect();
-    let pruned = blocking(move || {
-        prune(
-            stores.backups.as_ref(),
-            &cfg,
-            &current,
-            &protected,
-            false,
-            &cancel,
-        )
-    })
-    .await?;
+    let pruned =
+        blocking(move || prune(stores.backups.as_ref(), &cfg, &current, &protected, &cancel))
+            .await?;
     for u in &pruned.unreadable {
         ctx.warn(u.warning());
     }
@@ -254,7 +240,7 @@ mod tests {
             keep_last: 1,
             ..Default::default()
         };
-        let pruned = prune(&store, &cfg, "", &BTreeSet::new(), false, &Cancel::new()).unwrap();
+        let pruned = prune(&store, &cfg, "", &BTreeSet::new(), &Cancel::new()).unwrap();
         assert_eq!(pruned.backups, [b[0].clone(), b[1].clone()]);
         let log = store.log();
         for id in &b[..2] {
@@ -281,7 +267,7 @@ mod tests {
             keep_last: 1,
             ..Default::default()
         };
-        let pruned = prune(&store, &cfg, "", &BTreeSet::new(), false, &Cancel::new()).unwrap();
+        let pruned = prune(&store, &cfg, "", &BTreeSet::new(), &Cancel::new()).unwrap();
         assert_eq!(pruned.backups, [b[1].clone()], "only the readable old one");
         assert_eq!(pruned.unreadable.len(), 1);
         assert!(pruned.blobs.is_empty());
@@ -302,7 +288,7 @@ mod tests {
             keep_last: 1,
             ..Default::default()
         };
-        let err = prune(&store, &cfg, "", &BTreeSet::new(), false, &cancel).unwrap_err();
+        let err = prune(&store, &cfg, "", &BTreeSet::new(), &cancel).unwrap_err();
         assert!(matches!(err, Error::Interrupted), "{err}");
         assert_eq!(store.paths(), before);
     }

@@ -6,6 +6,7 @@
 //! The interface is blocking on purpose: pipelines run on their own threads.
 
 mod direct;
+pub mod dry_run;
 pub mod local;
 pub mod memory;
 pub mod nfs;
