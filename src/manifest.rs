@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::plan::{EncryptionCfg, ImagesCfg, Plan, ReplicaSel};
 use crate::storage::Store;
 
 pub const FILE: &str = "manifest.json";
@@ -133,6 +134,54 @@ impl Manifest {
 
     pub fn total_size(&self) -> u64 {
         self.artifacts.iter().map(|a| a.size).sum()
+    }
+}
+
+// The names of artifacts: the plan decides them (and the discovered replica, for the volume).
+
+/// File name of the metadata artifact.
+pub fn metadata_artifact(plan: &Plan) -> String {
+    let version = plan.dtr.version.as_deref().unwrap_or("unknown");
+    format!("dtr-backup-v{version}.tar.gz{}", gpg_suffix(plan))
+}
+
+/// The folder name of the image content inside the archive (`<name>/_data/docker/...`), when
+/// the plan alone decides it; `None` when it comes from the discovered replica.
+pub fn images_volume_name(plan: &Plan) -> Option<String> {
+    let pinned = match &plan.dtr.replica {
+        ReplicaSel::Pinned(id) => Some(format!("dtr-registry-{id}")),
+        ReplicaSel::Auto => None,
+    };
+    match plan.images.as_ref()? {
+        ImagesCfg::Volume { name, .. } => name.clone().or(pinned),
+        ImagesCfg::Path { path, name, .. } | ImagesCfg::Nfs { path, name, .. } => name
+            .clone()
+            .or(pinned)
+            .or_else(|| path.file_name().map(|n| n.to_string_lossy().into_owned())),
+        ImagesCfg::S3(_) => name_for_s3(plan),
+    }
+}
+
+fn name_for_s3(plan: &Plan) -> Option<String> {
+    match &plan.dtr.replica {
+        ReplicaSel::Pinned(id) => Some(format!("dtr-registry-{id}")),
+        ReplicaSel::Auto => Some(format!("dtr-registry-{}", plan.name)),
+    }
+}
+
+/// File name of the images artifact for a given volume folder name.
+pub fn images_artifact(plan: &Plan, volume_name: &str) -> String {
+    let short = volume_name
+        .strip_prefix("dtr-registry-")
+        .unwrap_or(volume_name);
+    format!("dtr-images-{short}.tar{}", gpg_suffix(plan))
+}
+
+fn gpg_suffix(plan: &Plan) -> &'static str {
+    if plan.encryption == EncryptionCfg::None {
+        ""
+    } else {
+        ".gpg"
     }
 }
 

@@ -8,7 +8,8 @@ mod render;
 
 use serde::Serialize;
 
-use crate::plan::{DestinationCfg, EncryptionCfg, ImagesCfg, Order, Plan, ReplicaSel, UcpTls};
+use crate::manifest;
+use crate::plan::{DestinationCfg, EncryptionCfg, ImagesCfg, Order, Plan, UcpTls};
 
 pub use render::{render_dot, render_json, render_text};
 
@@ -57,52 +58,6 @@ pub struct StepGraph {
     pub steps: Vec<Step>,
 }
 
-/// File name of the metadata artifact.
-pub fn metadata_artifact(plan: &Plan) -> String {
-    let version = plan.dtr.version.as_deref().unwrap_or("unknown");
-    format!("dtr-backup-v{version}.tar.gz{}", gpg_suffix(plan))
-}
-
-/// The folder name of the image content inside the archive (`<name>/_data/docker/...`), when
-/// the plan alone decides it; `None` when it comes from the discovered replica.
-pub fn images_volume_name(plan: &Plan) -> Option<String> {
-    let pinned = match &plan.dtr.replica {
-        ReplicaSel::Pinned(id) => Some(format!("dtr-registry-{id}")),
-        ReplicaSel::Auto => None,
-    };
-    match plan.images.as_ref()? {
-        ImagesCfg::Volume { name, .. } => name.clone().or(pinned),
-        ImagesCfg::Path { path, name, .. } | ImagesCfg::Nfs { path, name, .. } => name
-            .clone()
-            .or(pinned)
-            .or_else(|| path.file_name().map(|n| n.to_string_lossy().into_owned())),
-        ImagesCfg::S3(_) => name_for_s3(plan),
-    }
-}
-
-fn name_for_s3(plan: &Plan) -> Option<String> {
-    match &plan.dtr.replica {
-        ReplicaSel::Pinned(id) => Some(format!("dtr-registry-{id}")),
-        ReplicaSel::Auto => Some(format!("dtr-registry-{}", plan.name)),
-    }
-}
-
-/// File name of the images artifact for a given volume folder name.
-pub fn images_artifact(plan: &Plan, volume_name: &str) -> String {
-    let short = volume_name
-        .strip_prefix("dtr-registry-")
-        .unwrap_or(volume_name);
-    format!("dtr-images-{short}.tar{}", gpg_suffix(plan))
-}
-
-fn gpg_suffix(plan: &Plan) -> &'static str {
-    if plan.encryption == EncryptionCfg::None {
-        ""
-    } else {
-        ".gpg"
-    }
-}
-
 fn destination_text(plan: &Plan) -> String {
     match &plan.destination {
         DestinationCfg::Local { path } => format!("{}/{}/<backup-id>/", path.display(), plan.name),
@@ -117,18 +72,13 @@ fn destination_text(plan: &Plan) -> String {
     }
 }
 
-/// Whether the plan talks to a Docker API (metadata, or images from a volume).
-pub fn needs_docker(plan: &Plan) -> bool {
-    plan.metadata || matches!(plan.images, Some(ImagesCfg::Volume { .. }))
-}
-
 /// Compiles a checked plan into its step graph. Pure.
 pub fn compile(plan: &Plan) -> StepGraph {
     let mut steps: Vec<Step> = Vec::new();
     let dest = destination_text(plan);
 
     let mut pre_in = vec![format!("destination {dest}")];
-    if needs_docker(plan) {
+    if plan.needs_docker() {
         pre_in.push(format!(
             "docker {}",
             plan.docker
@@ -172,7 +122,7 @@ pub fn compile(plan: &Plan) -> StepGraph {
     });
 
     let mut last = "preflight".to_owned();
-    if needs_docker(plan) {
+    if plan.needs_docker() {
         steps.push(Step {
             id: "discover".into(),
             kind: StepKind::Discover,
@@ -204,12 +154,13 @@ pub fn compile(plan: &Plan) -> StepGraph {
             id: "metadata".into(),
             kind: StepKind::Metadata,
             inputs,
-            outputs: vec![format!("{dest}{}", metadata_artifact(plan))],
+            outputs: vec![format!("{dest}{}", manifest::metadata_artifact(plan))],
             depends_on: vec![],
         }
     });
     let images_step = plan.images.as_ref().map(|images| {
-        let volume = images_volume_name(plan).unwrap_or_else(|| "dtr-registry-<replica>".into());
+        let volume =
+            manifest::images_volume_name(plan).unwrap_or_else(|| "dtr-registry-<replica>".into());
         let source = match images {
             ImagesCfg::Volume { .. } => format!("volume {volume}"),
             ImagesCfg::Path { path, .. } => format!("path {}", path.display()),
@@ -223,7 +174,7 @@ pub fn compile(plan: &Plan) -> StepGraph {
                 "{dest}objects/ and {}blobs/sha256/ (shared)",
                 dest.trim_end_matches("<backup-id>/")
             ),
-            _ => format!("{dest}{}", images_artifact(plan, &volume)),
+            _ => format!("{dest}{}", manifest::images_artifact(plan, &volume)),
         };
         Step {
             id: "images".into(),

@@ -46,6 +46,13 @@ pub struct Plan {
     pub verify_key_passphrase: Option<SecretRef>,
 }
 
+impl Plan {
+    /// Whether running the plan talks to a Docker engine (metadata, or images from a volume).
+    pub fn needs_docker(&self) -> bool {
+        self.metadata || matches!(self.images, Some(ImagesCfg::Volume { .. }))
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct UcpCfg {
     pub url: String,

@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::archive::tree;
 use crate::error::{Error, Result, io};
-use crate::graph;
-use crate::manifest::{Artifact, ArtifactKind};
+use crate::manifest::{self, Artifact, ArtifactKind};
 use crate::plan::{ImagesCfg, Plan};
 use crate::steps::FileRef;
 
@@ -18,7 +17,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 pub fn describe(plan: &Plan) -> Vec<String> {
-    let volume = graph::images_volume_name(plan).unwrap_or_else(|| "dtr-registry-<replica>".into());
+    let volume =
+        manifest::images_volume_name(plan).unwrap_or_else(|| "dtr-registry-<replica>".into());
     let source = match &plan.images {
         Some(ImagesCfg::Path { path, .. } | ImagesCfg::Nfs { path, .. }) => {
             path.display().to_string()
@@ -31,7 +31,7 @@ pub fn describe(plan: &Plan) -> Vec<String> {
         format!("tar {source} as {volume}/_data/... (symlinks kept, not followed)"),
         format!(
             "encrypt and write <backup-id>/{} (temporary name, fsync, rename)",
-            graph::images_artifact(plan, &volume)
+            manifest::images_artifact(plan, &volume)
         ),
     ]
 }
@@ -52,7 +52,7 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
         None => return Err(Error::failed("the plan has no images section")),
     };
     let volume = volume_name(&ctx)?;
-    let name = graph::images_artifact(&plan, &volume);
+    let name = manifest::images_artifact(&plan, &volume);
     let path = ctx.backup_path(&name);
 
     let scan_root = root.clone();
@@ -86,12 +86,12 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
 }
 
 /// The folder name of the image content in the archive: what discovery found, else what the
-/// plan says (see `graph::images_volume_name`).
+/// plan says (see `manifest::images_volume_name`).
 pub(super) fn volume_name(ctx: &Ctx) -> Result<String> {
     ctx.facts
         .get("volume")
         .cloned()
-        .or_else(|| graph::images_volume_name(&ctx.plan))
+        .or_else(|| manifest::images_volume_name(&ctx.plan))
         .ok_or_else(|| Error::failed("the volume name of the image content is unknown"))
 }
 
@@ -150,7 +150,7 @@ async fn from_volume(ctx: Ctx, helper_image: Option<String>) -> Result<Outcome> 
         },
     )
     .await?;
-    let name = graph::images_artifact(&plan, &volume);
+    let name = manifest::images_artifact(&plan, &volume);
     let path = ctx.backup_path(&name);
     let (feed, pump) = container::download(&engine, &id, "/storage", ctx.cancel.clone());
     let progress = ctx.progress(None);

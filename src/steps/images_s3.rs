@@ -27,8 +27,7 @@ use crate::blob_store::BlobStore;
 use crate::crypto::{self, Encryption};
 use crate::error::{Error, Result, io};
 use crate::events::Event;
-use crate::graph;
-use crate::manifest::SnapshotObject;
+use crate::manifest::{self, SnapshotObject};
 use crate::plan::S3Cfg;
 use crate::storage::Store;
 use crate::storage::s3::S3Store;
@@ -97,7 +96,7 @@ fn copy_blob(
 pub async fn run(ctx: Ctx, cfg: S3Cfg) -> Result<Outcome> {
     let plan = ctx.plan.clone();
     let volume = super::images::volume_name(&ctx)?;
-    let name = graph::images_artifact(&plan, &volume);
+    let name = manifest::images_artifact(&plan, &volume);
     let path = ctx.backup_path(&name);
     let progress = ctx.progress(None);
     let counter = progress.bytes.clone();

@@ -9,8 +9,7 @@ use crate::archive;
 use crate::docker::{self, container};
 use crate::error::{Error, Result, io};
 use crate::events::Event;
-use crate::graph;
-use crate::manifest::{Artifact, ArtifactKind};
+use crate::manifest::{self, Artifact, ArtifactKind};
 use crate::plan::{Plan, UcpTls};
 use crate::steps::FileRef;
 
@@ -41,7 +40,7 @@ pub fn describe(plan: &Plan) -> Vec<String> {
     out.push("attach, start, stream stdout (checked: gzip or tar, first member dtr-backup-v<version>...)".into());
     out.push(format!(
         "encrypt and write <backup-id>/{} (temporary name, fsync, rename); remove the container",
-        graph::metadata_artifact(plan)
+        manifest::metadata_artifact(plan)
     ));
     out
 }

@@ -7,11 +7,11 @@ use crate::crypto::{self, Secrets};
 use crate::error::{Error, Result};
 use crate::plan::{DestinationCfg, EncryptionCfg, ImagesCfg, Plan};
 use crate::storage::Stores;
-use crate::{docker, graph, ucp};
+use crate::{docker, ucp};
 
 pub fn describe(plan: &Plan) -> Vec<String> {
     let mut out = Vec::new();
-    if graph::needs_docker(plan) {
+    if plan.needs_docker() {
         out.push(format!(
             "ping the Docker API at {}",
             plan.docker
@@ -81,7 +81,7 @@ pub async fn run(plan: &Plan, stores: &Stores, warn: &(dyn Fn(String) + Sync)) -
         (Some(u), true) => Some(crypto::resolve(&u.password)?),
         _ => None,
     };
-    if graph::needs_docker(plan) {
+    if plan.needs_docker() {
         let engine = docker::connect(&plan.docker)?;
         engine.check().await?;
         remove_leftovers(&engine, plan, warn).await?;
