@@ -4,7 +4,6 @@
 
 mod discover;
 mod images;
-mod images_s3;
 mod manifest;
 mod metadata;
 pub mod preflight;

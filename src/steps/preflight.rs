@@ -1,11 +1,9 @@
 //! Preflight: everything that can fail before anything is written. Runs on every apply (also
 //! when resuming) and is never recorded as done: secrets are held in memory only.
 
-use std::path::Path;
-
 use crate::crypto::{self, Secrets};
 use crate::error::{Error, Result};
-use crate::plan::{DestinationCfg, EncryptionCfg, ImagesCfg, Plan};
+use crate::plan::{DestinationCfg, EncryptionCfg, Plan};
 use crate::storage::Stores;
 use crate::{docker, ucp};
 
@@ -43,11 +41,8 @@ pub fn describe(plan: &Plan) -> Vec<String> {
         )),
         DestinationCfg::S3(s3) => out.push(format!("check access to s3://{}", s3.bucket)),
     }
-    if let Some(ImagesCfg::Path { path, .. } | ImagesCfg::Nfs { path, .. }) = &plan.images {
-        out.push(format!(
-            "check that {} holds docker/registry/v2",
-            path.display()
-        ));
+    if let Some(images) = &plan.images {
+        out.extend(super::images::source(images).describe_preflight());
     }
     match &plan.encryption {
         EncryptionCfg::Passphrase(s) => out.push(format!("read the passphrase {}", s.redacted())),
@@ -66,16 +61,7 @@ pub fn describe(plan: &Plan) -> Vec<String> {
 pub async fn run(plan: &Plan, stores: &Stores, warn: &(dyn Fn(String) + Sync)) -> Result<Secrets> {
     let (encryption, decryption) = crypto::for_plan(plan)?;
     if let Some(images) = &plan.images {
-        match images {
-            ImagesCfg::Path {
-                path, allow_empty, ..
-            } => check_registry_tree(path, *allow_empty)?,
-            ImagesCfg::Nfs { path, server, .. } => {
-                crate::storage::nfs::check_mounted(path, server)?;
-                check_registry_tree(path, false)?;
-            }
-            ImagesCfg::S3(_) | ImagesCfg::Volume { .. } => {}
-        }
+        super::images::source(images).preflight()?;
     }
     let ucp_password = match (&plan.ucp, plan.metadata) {
         (Some(u), true) => Some(crypto::resolve(&u.password)?),
@@ -133,30 +119,6 @@ async fn remove_leftovers(
                 c.id
             )),
         }
-    }
-    Ok(())
-}
-
-/// A registry tree holds `docker/registry/v2`; an empty one is refused unless allowed, so that a
-/// missing disk never produces a "successful" backup of nothing.
-pub fn check_registry_tree(path: &Path, allow_empty: bool) -> Result<()> {
-    let meta = std::fs::metadata(path).map_err(|e| {
-        Error::failed(format!(
-            "the image content folder {} cannot be read: {e}; check `images.path`",
-            path.display()
-        ))
-    })?;
-    if !meta.is_dir() {
-        return Err(Error::failed(format!(
-            "{} is not a folder; `images.path` must be the folder that holds docker/registry/v2",
-            path.display()
-        )));
-    }
-    if !allow_empty && !path.join("docker/registry/v2").is_dir() {
-        return Err(Error::failed(format!(
-            "{} holds no docker/registry/v2: is the storage mounted? Set `images.allow_empty: true` only if an empty registry is expected",
-            path.display()
-        )));
     }
     Ok(())
 }

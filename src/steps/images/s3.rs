@@ -2,7 +2,7 @@
 //!
 //! Registry blobs (`docker/registry/v2/blobs/sha256/<ab>/<digest>/data`) are content-addressed
 //! and immutable: they go to the plan's shared blob store at the destination
-//! (`<plan>/blobs/sha256/<ab>/<digest>`), and only the ones not already there are copied, each
+//! (`<plan>/blobs/<store>/sha256/<ab>/<digest>`, see `blob_store`), and only the ones not already there are copied, each
 //! checked against its digest on the way and encrypted on its own. Everything else
 //! (repositories, `_manifests`, links: small and mutable) is copied in full, as the images
 //! artifact of the backup (a tar laid out like the other image sources). The backup's manifest
@@ -20,8 +20,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use regex::Regex;
 
-use super::stream::store_stream;
-use super::{Ctx, Outcome, blocking};
+use futures_util::future::BoxFuture;
+
+use super::ImageSource;
 use crate::archive::HashReader;
 use crate::blob_store::BlobStore;
 use crate::crypto::{self, Encryption};
@@ -29,6 +30,8 @@ use crate::error::{Error, Result, io};
 use crate::events::Event;
 use crate::manifest::{self, SnapshotObject};
 use crate::plan::S3Cfg;
+use crate::steps::stream::store_stream;
+use crate::steps::{Ctx, Outcome, blocking};
 use crate::storage::Store;
 use crate::storage::s3::S3Store;
 
@@ -93,9 +96,23 @@ fn copy_blob(
     Ok((size, stored))
 }
 
-pub async fn run(ctx: Ctx, cfg: S3Cfg) -> Result<Outcome> {
+pub struct S3 {
+    pub cfg: S3Cfg,
+}
+
+impl ImageSource for S3 {
+    fn describe(&self, _volume: &str) -> String {
+        format!("s3://{}/{}", self.cfg.bucket, self.cfg.prefix)
+    }
+
+    fn back_up(&self, ctx: Ctx) -> BoxFuture<'static, Result<Outcome>> {
+        Box::pin(run(ctx, self.cfg.clone()))
+    }
+}
+
+async fn run(ctx: Ctx, cfg: S3Cfg) -> Result<Outcome> {
     let plan = ctx.plan.clone();
-    let volume = super::images::volume_name(&ctx)?;
+    let volume = super::volume_name(&ctx)?;
     let name = manifest::images_artifact(&plan, &volume);
     let path = ctx.backup_path(&name);
     let progress = ctx.progress(None);
@@ -282,7 +299,7 @@ pub async fn run(ctx: Ctx, cfg: S3Cfg) -> Result<Outcome> {
     .await?;
     drop(progress);
     let (written, objects) = outcome;
-    let mut done = super::images::outcome(&ctx, name, path, written, &volume);
+    let mut done = super::outcome(&ctx, name, path, written, &volume);
     done.objects = objects;
     Ok(done)
 }

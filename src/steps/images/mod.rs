@@ -1,0 +1,131 @@
+//! Images: the registry's image content, from wherever DTR keeps it, laid out for restore
+//! (`dtr-registry-<replica>/_data/docker/registry/v2/...`, so that
+//! `tar -xf F -C /var/lib/docker/volumes` puts it back), encrypted on the way out.
+//!
+//! One file per source (`images.type`), each an [`ImageSource`]: how it describes itself, what
+//! it checks at preflight, how it backs the content up. [`source`] is the one place that
+//! picks the implementation for a plan.
+//!
+//! - `folder.rs`: `path` and `nfs` (a folder on this machine; NFS: the mount is checked);
+//! - `volume.rs`: a Docker volume, read through a helper container;
+//! - `s3.rs`: DTR's S3 storage, copied object by object into the blob store.
+
+mod folder;
+mod s3;
+mod volume;
+
+use std::collections::BTreeMap;
+
+use futures_util::future::BoxFuture;
+
+use crate::error::{Error, Result};
+use crate::manifest::{self, Artifact, ArtifactKind};
+use crate::plan::{ImagesCfg, Plan};
+use crate::steps::FileRef;
+
+use super::stream::Written;
+use super::{Ctx, Outcome};
+
+/// Where DTR keeps image content, as the images step reads it.
+pub trait ImageSource: Send + Sync {
+    /// Where the content is read from, for `--dry-run` (no I/O, nothing secret).
+    fn describe(&self, volume: &str) -> String;
+    /// What [`ImageSource::preflight`] checks, for `--dry-run`.
+    fn describe_preflight(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// What can be checked before anything is written (preflight).
+    fn preflight(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Backs the content up into the run's backup: the images step's whole work.
+    fn back_up(&self, ctx: Ctx) -> BoxFuture<'static, Result<Outcome>>;
+}
+
+/// The source of a plan's image content.
+pub fn source(cfg: &ImagesCfg) -> Box<dyn ImageSource> {
+    match cfg {
+        ImagesCfg::Path {
+            path, allow_empty, ..
+        } => Box::new(folder::Folder {
+            path: path.clone(),
+            nfs_server: None,
+            allow_empty: *allow_empty,
+        }),
+        ImagesCfg::Nfs { path, server, .. } => Box::new(folder::Folder {
+            path: path.clone(),
+            nfs_server: Some(server.clone()),
+            allow_empty: false,
+        }),
+        ImagesCfg::Volume { helper_image, .. } => Box::new(volume::Volume {
+            helper_image: helper_image.clone(),
+        }),
+        ImagesCfg::S3(cfg) => Box::new(s3::S3 { cfg: cfg.clone() }),
+    }
+}
+
+pub fn describe(plan: &Plan) -> Vec<String> {
+    let volume =
+        manifest::images_volume_name(plan).unwrap_or_else(|| "dtr-registry-<replica>".into());
+    let from = plan
+        .images
+        .as_ref()
+        .map_or_else(|| "-".to_owned(), |i| source(i).describe(&volume));
+    vec![
+        format!("tar {from} as {volume}/_data/... (symlinks kept, not followed)"),
+        format!(
+            "encrypt and write <backup-id>/{} (temporary name, fsync, rename)",
+            manifest::images_artifact(plan, &volume)
+        ),
+    ]
+}
+
+pub async fn run(ctx: Ctx) -> Result<Outcome> {
+    let Some(images) = &ctx.plan.images else {
+        return Err(Error::failed("the plan has no images section"));
+    };
+    source(images).back_up(ctx).await
+}
+
+/// The folder name of the image content in the archive: what discovery found, else what the
+/// plan says (see `manifest::images_volume_name`).
+fn volume_name(ctx: &Ctx) -> Result<String> {
+    ctx.facts
+        .get("volume")
+        .cloned()
+        .or_else(|| manifest::images_volume_name(&ctx.plan))
+        .ok_or_else(|| Error::failed("the volume name of the image content is unknown"))
+}
+
+/// The outcome of an images step that wrote the artifact `name` at `path`.
+fn outcome(ctx: &Ctx, name: String, path: String, written: Written, volume: &str) -> Outcome {
+    Outcome {
+        artifacts: vec![Artifact {
+            kind: ArtifactKind::Images,
+            path: name,
+            size: written.size,
+            sha256: written.sha256,
+            encrypted: ctx.secrets.encryption.is_encrypted(),
+        }],
+        files: vec![FileRef::new(path, written.size)],
+        facts: facts_of(volume, &ctx.plan),
+        objects: Vec::new(),
+    }
+}
+
+/// What the archive tells a restore: its folder name, and the replica when the name carries it.
+fn facts_of(volume: &str, plan: &Plan) -> BTreeMap<String, String> {
+    let mut facts = BTreeMap::from([
+        ("volume".to_owned(), volume.to_owned()),
+        (
+            "storage".to_owned(),
+            plan.images.as_ref().map_or("none", |i| i.kind()).to_owned(),
+        ),
+    ]);
+    if let Some(id) = volume.strip_prefix("dtr-registry-")
+        && id.parse::<crate::plan::ReplicaId>().is_ok()
+    {
+        facts.insert("replica".to_owned(), id.to_owned());
+    }
+    facts
+}
