@@ -61,14 +61,11 @@ pub struct StepGraph {
 fn destination_text(plan: &Plan) -> String {
     match &plan.destination {
         DestinationCfg::Local { path } => format!("{}/{}/<backup-id>/", path.display(), plan.name),
-        DestinationCfg::S3(s3) => {
-            let prefix = if s3.prefix.is_empty() {
-                String::new()
-            } else {
-                format!("{}/", s3.prefix)
-            };
-            format!("s3://{}/{prefix}{}/<backup-id>/", s3.bucket, plan.name)
-        }
+        DestinationCfg::S3(s3) => format!(
+            "s3://{}/{}/<backup-id>/",
+            s3.bucket,
+            s3.plan_root(plan.name.as_str())
+        ),
     }
 }
 

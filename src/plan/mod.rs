@@ -130,6 +130,18 @@ pub struct S3Cfg {
     pub allow_empty: bool,
 }
 
+impl S3Cfg {
+    /// The key prefix of a plan's backups in this bucket: `<prefix>/<plan>`, or `<plan>`.
+    /// The one place that says where a plan lives at an S3 destination.
+    pub fn plan_root(&self, plan: &str) -> String {
+        if self.prefix.is_empty() {
+            plan.to_owned()
+        } else {
+            format!("{}/{plan}", self.prefix)
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub enum DestinationCfg {
     Local { path: PathBuf },

@@ -86,11 +86,7 @@ pub fn open(plan: &Plan) -> Result<Stores> {
             Arc::new(local::LocalStore::new(path.join(name).join(".state"))),
         ),
         DestinationCfg::S3(cfg) => {
-            let root = if cfg.prefix.is_empty() {
-                name.to_owned()
-            } else {
-                format!("{}/{name}", cfg.prefix)
-            };
+            let root = cfg.plan_root(name);
             (
                 Arc::new(s3::S3Store::new(cfg, &root)?),
                 Arc::new(s3::S3Store::new(cfg, &format!("{root}/.state"))?),

@@ -130,12 +130,7 @@ async fn run(ctx: Ctx, cfg: S3Cfg) -> Result<Outcome> {
             crate::plan::DestinationCfg::S3(d)
                 if !ctx.secrets.encryption.is_encrypted() && S3Store::same_bucket(&cfg, d) =>
             {
-                let root = if d.prefix.is_empty() {
-                    ctx.plan.name.to_string()
-                } else {
-                    format!("{}/{}", d.prefix, ctx.plan.name)
-                };
-                Some(S3Store::new(d, &root)?)
+                Some(S3Store::new(d, &d.plan_root(ctx.plan.name.as_str()))?)
             }
             _ => None,
         };
