@@ -36,7 +36,8 @@ pub struct Options {
     pub allow_replica_change: bool,
 }
 
-/// Runs the plan. Emits `run_started` … `run_finished`; returns the backup id.
+/// Runs the plan against its stores. Emits `run_started` … `run_finished`; returns the
+/// backup id.
 pub async fn apply(
     plan: Arc<Plan>,
     source: &str,
@@ -44,9 +45,31 @@ pub async fn apply(
     reporter: Arc<dyn Reporter>,
     cancel: Cancel,
 ) -> Result<String> {
+    let stores = storage::open(&plan).map(Arc::new);
+    apply_to(plan, stores, source, opts, reporter, cancel).await
+}
+
+/// [`apply`] against the given stores (unit tests give in-memory ones).
+pub async fn apply_to(
+    plan: Arc<Plan>,
+    stores: Result<Arc<Stores>>,
+    source: &str,
+    opts: &Options,
+    reporter: Arc<dyn Reporter>,
+    cancel: Cancel,
+) -> Result<String> {
     let start = Instant::now();
     let mut summary = Summary::default();
-    let result = run(plan, source, opts, reporter.clone(), cancel, &mut summary).await;
+    let result = run(
+        plan,
+        stores,
+        source,
+        opts,
+        reporter.clone(),
+        cancel,
+        &mut summary,
+    )
+    .await;
     summary.duration_ms = start.elapsed().as_millis() as u64;
     let (status, backup_id, error) = match &result {
         Ok(id) => (RunStatus::Ok, Some(id.clone()), None),
@@ -76,13 +99,14 @@ pub async fn apply(
 
 async fn run(
     plan: Arc<Plan>,
+    stores: Result<Arc<Stores>>,
     source: &str,
     opts: &Options,
     reporter: Arc<dyn Reporter>,
     cancel: Cancel,
     summary: &mut Summary,
 ) -> Result<String> {
-    let stores = Arc::new(storage::open(&plan)?);
+    let stores = stores?;
     let _lock = lock::acquire(
         stores.state.clone(),
         plan.name.as_str(),
@@ -333,4 +357,124 @@ pub fn dry_run(plan: &Plan) -> Vec<(graph::Step, Vec<String>)> {
             (s, lines)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Recorder;
+    use crate::storage::memory::MemoryStore;
+
+    /// The quickstart's registry tree, backed up unencrypted into memory.
+    fn quickstart() -> (Arc<Plan>, String) {
+        let registry =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("plans/quickstart/registry");
+        let source = format!(
+            "version: 1\nname: qs\nparts: [images]\nimages: {{type: path, path: {}, name: dtr-registry-0a1b2c3d4e5f}}\n\
+             destination: {{type: local, path: /nonexistent}}\nencryption: {{type: none}}\n",
+            registry.display()
+        );
+        let loaded = crate::plan::load_str(std::path::Path::new("qs.yaml"), &source);
+        (Arc::new(loaded.plan.expect("a valid plan")), source)
+    }
+
+    fn stores() -> (MemoryStore, MemoryStore, Arc<Stores>) {
+        let (backups, state) = (MemoryStore::new(), MemoryStore::new());
+        let stores = Arc::new(Stores {
+            backups: Arc::new(backups.clone()),
+            state: Arc::new(state.clone()),
+        });
+        (backups, state, stores)
+    }
+
+    fn events(r: &Recorder) -> Vec<Event> {
+        r.0.lock().unwrap().clone()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_publishes_its_manifest_last_and_leaves_no_journal_or_lock() {
+        let (plan, source) = quickstart();
+        let (backups, state, stores) = stores();
+        let rec = Arc::new(Recorder::default());
+        let id = apply_to(
+            plan,
+            Ok(stores),
+            &source,
+            &Options::default(),
+            rec.clone(),
+            Cancel::new(),
+        )
+        .await
+        .expect("the run succeeds");
+        let log = backups.log();
+        let manifest = format!("put {id}/{}", crate::manifest::FILE);
+        assert_eq!(
+            log.last(),
+            Some(&format!("delete {id}/{}", crate::manifest::PENDING))
+        );
+        let published = log.iter().position(|l| *l == manifest).expect("published");
+        let artifact = log
+            .iter()
+            .position(|l| l.starts_with(&format!("put {id}/dtr-images-")))
+            .expect("the artifact");
+        assert!(artifact < published, "{log:?}");
+        assert!(
+            state.paths().is_empty(),
+            "journal and lock gone: {:?}",
+            state.paths()
+        );
+        let m = crate::manifest::read(&backups, &id).expect("a readable manifest");
+        assert_eq!(m.artifacts.len(), 1);
+        assert!(matches!(
+            events(&rec).last(),
+            Some(Event::RunFinished {
+                status: RunStatus::Ok,
+                ..
+            })
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_run_keeps_its_journal_and_the_next_resumes_it() {
+        let (plan, source) = quickstart();
+        let (backups, state, stores) = stores();
+        let cancel = Cancel::new();
+        cancel.cancel();
+        let rec = Arc::new(Recorder::default());
+        let err = apply_to(
+            plan.clone(),
+            Ok(stores.clone()),
+            &source,
+            &Options::default(),
+            rec,
+            cancel,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, Error::Interrupted), "{err}");
+        assert_eq!(
+            state.paths(),
+            [state::FILE],
+            "the journal stays, the lock goes"
+        );
+        let journal = state::load(&state).unwrap().expect("a journal");
+        let rec = Arc::new(Recorder::default());
+        let id = apply_to(
+            plan,
+            Ok(stores),
+            &source,
+            &Options::default(),
+            rec.clone(),
+            Cancel::new(),
+        )
+        .await
+        .expect("the resumed run succeeds");
+        assert_eq!(id, journal.backup_id, "the same backup");
+        assert!(
+            events(&rec)
+                .iter()
+                .any(|e| matches!(e, Event::RunStarted { resumed: true, .. }))
+        );
+        assert!(crate::manifest::read(&backups, &id).is_ok());
+    }
 }
