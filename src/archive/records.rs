@@ -85,7 +85,9 @@ impl<R: Read> CappedRecords<R> {
                             have: have + n,
                             then,
                         }
-                    } else if self.header[504] != 0 {
+                    } else if self.header[504] > 1 {
+                        return Err(damaged("a sparse header with a bad extension flag"));
+                    } else if self.header[504] == 1 {
                         State::SparseExt { have: 0, then }
                     } else {
                         data(then)
@@ -105,6 +107,16 @@ impl<R: Read> CappedRecords<R> {
         let size = field_size(&h[124..136])?;
         let kind = h[156];
         if matches!(kind, b'L' | b'K' | b'x' | b'g') {
+            // Where this guard and the tar crate could disagree on where the next header is,
+            // fail instead (no archive of ours, Go's or GNU tar's looks like this): an
+            // extension header without ustar/GNU magic (tar reads it as a plain member), or
+            // one that a pending PAX size would apply to.
+            if &h[257..262] != b"ustar" {
+                return Err(damaged("an extension header without ustar magic"));
+            }
+            if self.next_size.is_some() {
+                return Err(damaged("a PAX size record before another extension header"));
+            }
             if size > MAX_RECORD {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -124,7 +136,10 @@ impl<R: Read> CappedRecords<R> {
             return Ok(data(size));
         }
         let size = self.next_size.take().unwrap_or(size);
-        if kind == b'S' && h[482] != 0 {
+        if kind == b'S' && h[482] > 1 {
+            return Err(damaged("a sparse header with a bad extension flag"));
+        }
+        if kind == b'S' && h[482] == 1 {
             return Ok(State::SparseExt {
                 have: 0,
                 then: size,
@@ -132,6 +147,13 @@ impl<R: Read> CappedRecords<R> {
         }
         Ok(data(size))
     }
+}
+
+fn damaged(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{what}: the archive is damaged or was crafted"),
+    )
 }
 
 /// The data of `size` octets and its padding to the block size.
@@ -187,8 +209,14 @@ fn pax_size(mut records: &[u8]) -> io::Result<Option<u64>> {
             .filter(|&l| l > space && l <= records.len())
             .ok_or_else(bad)?;
         let record = &records[space + 1..len];
+        // As the tar crate reads records (line by line): one newline, at the end.
+        let Some(record) = record.strip_suffix(b"\n").filter(|r| !r.contains(&b'\n')) else {
+            return Err(bad());
+        };
         if let Some(v) = record.strip_prefix(b"size=") {
-            let v = v.strip_suffix(b"\n").unwrap_or(v);
+            if size.is_some() {
+                return Err(damaged("two PAX size records for one member"));
+            }
             size = Some(
                 std::str::from_utf8(v)
                     .ok()
@@ -284,6 +312,31 @@ mod tests {
         }
         let h = header("././@LongLink", tar::EntryType::GNULongName, MAX_RECORD);
         assert!(pass(h.as_bytes(), 512).is_ok());
+    }
+
+    #[test]
+    fn what_the_tar_crate_could_read_otherwise_fails() {
+        let pax = |records: &[u8]| {
+            let mut h = header("pax", tar::EntryType::XHeader, records.len() as u64);
+            h.set_cksum();
+            let mut v = h.as_bytes().to_vec();
+            v.extend_from_slice(records);
+            v.resize(v.len().div_ceil(512) * 512, 0);
+            v
+        };
+        let fails = |input: &[u8], what: &str| {
+            let err = pass(input, 512).unwrap_err();
+            assert!(err.to_string().contains(what), "{what}: {err}");
+        };
+        fails(&pax(b"9 size=1\n9 size=2\n"), "two PAX size records");
+        fails(&pax(b"12 size=1\nx=\n"), "malformed PAX record");
+        let mut twice = pax(b"9 size=5\n");
+        twice.extend_from_slice(header("l", tar::EntryType::GNULongName, 3).as_bytes());
+        fails(&twice, "before another extension header");
+        let mut h = header("l", tar::EntryType::GNULongName, 3);
+        h.as_mut_bytes()[257..263].copy_from_slice(b"xxxxx\0");
+        h.set_cksum();
+        fails(h.as_bytes(), "without ustar magic");
     }
 
     #[test]

@@ -301,9 +301,9 @@ pub fn reroot<R: Read, W: MemberSink>(
         let new_path = map(&path).ok_or_else(|| {
             io::Error::other(format!("unexpected member {path:?} outside {from}/"))
         })?;
-        // PAX records (Go's tar writer, and so Docker's archive endpoint, puts sizes of 8 GiB
-        // and more in a `size` record with 0 in the header) go across, but for the names,
-        // which are rewritten here.
+        // The size from the PAX record where there is one (Go's tar writer, and so Docker's
+        // archive endpoint, puts sizes of 8 GiB and more there, with 0 in the header); the
+        // other PAX records go across.
         let pax = carried_pax(&mut entry)?;
         let size = entry.size();
         let mut header = entry.header().clone();
@@ -357,8 +357,9 @@ pub fn reroot<R: Read, W: MemberSink>(
     b.into_inner()
 }
 
-/// The PAX records of a member that a re-rooted copy keeps: all but `path`, `linkpath` and
-/// GNU sparse records (the names are written anew). A malformed record is an error, not a dropped one.
+/// The PAX records of a member that a re-rooted copy keeps: all but `path`, `linkpath` (the
+/// names are written anew), `size` (the header carries it, base-256 above 8 GiB: a PAX size
+/// would also apply to a GNU long-name header written between) and GNU sparse records. A malformed record is an error, not a dropped one.
 fn carried_pax<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(String, Vec<u8>)>> {
     let Some(records) = entry.pax_extensions()? else {
         return Ok(Vec::new());
@@ -371,7 +372,7 @@ fn carried_pax<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(String
             .map_err(|e| io::Error::other(format!("a PAX record's key is not UTF-8: {e}")))?;
         // GNU sparse records (`GNU.sparse.name` among them) would bring the old name back;
         // Go's writer, whose archives this re-roots, writes no sparse members.
-        if key != "path" && key != "linkpath" && !key.starts_with("GNU.sparse.") {
+        if key != "path" && key != "linkpath" && key != "size" && !key.starts_with("GNU.sparse.") {
             out.push((key.to_owned(), r.value_bytes().to_vec()));
         }
     }

@@ -668,6 +668,41 @@ mod tests {
         assert_eq!(back, b"payload");
     }
 
+    /// The caps apply to the key packets sequoia's general reader hands over too.
+    #[test]
+    fn unaffordable_key_derivations_are_refused() {
+        use openpgp::crypto::S2K;
+        let skesk = |m: u8, t: u8| -> SKESK {
+            let s2k = S2K::Argon2 {
+                salt: [0u8; 16],
+                t,
+                p: 1,
+                m,
+            };
+            SKESK4::new(
+                SymmetricAlgorithm::AES256,
+                s2k,
+                vec![0u8; 32].into_boxed_slice().into(),
+            )
+            .unwrap()
+            .into()
+        };
+        assert!(affordable(0, &[skesk(21, 1), skesk(16, 3)]).is_ok());
+        assert!(
+            affordable(0, &[skesk(22, 1)])
+                .unwrap_err()
+                .contains("Argon2")
+        );
+        assert!(
+            affordable(0, &[skesk(16, 17)])
+                .unwrap_err()
+                .contains("Argon2")
+        );
+        let many = vec![skesk(16, 1); MAX_KEY_PACKETS];
+        assert!(affordable(0, &many).is_ok());
+        assert!(affordable(1, &many).unwrap_err().contains("key packets"));
+    }
+
     #[test]
     fn passphrase_round_trip_and_tamper_detection() {
         let secret = Secret::for_test("pa ss");

@@ -169,11 +169,17 @@ fn create_dirs_durably(dir: &Path) -> io::Result<()> {
     }
     match fs::create_dir(dir) {
         Ok(()) => {}
-        // Created meanwhile by another writer: it makes it durable.
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+        // Created meanwhile by another writer, which may not have made it durable yet: the
+        // fsync below does, whoever created it.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
         Err(e) => return Err(e),
     }
-    sync_dir(dir.parent().unwrap_or(Path::new("/")))
+    let parent = match dir.parent() {
+        Some(p) if p.as_os_str().is_empty() => Path::new("."),
+        Some(p) => p,
+        None => Path::new("/"),
+    };
+    sync_dir(parent)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
