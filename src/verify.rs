@@ -85,6 +85,9 @@ pub enum Rehash {
     Undecrypted,
 }
 
+/// Why a check of decrypted content neither passes nor fails on its own.
+const INCONCLUSIVE: &str = "inconclusive: read from plaintext whose integrity protection failed";
+
 /// What one artifact's walk found.
 #[derive(Default)]
 struct Walk {
@@ -389,76 +392,71 @@ fn check_artifact(
             Ok((None, n))
         }
     });
-    let walk =
-        {
-            let plain: Result<Box<dyn Read + Send + Sync + '_>, String> = match (a.encrypted, dec) {
-                (false, _) => Ok(Box::new(&mut stored)),
-                (true, Some(dec)) => crypto::decrypt(&mut stored, dec).map_err(|e| e.to_string()),
-                // No key: only the stored bytes can be checked (size and sha256 below).
-                (true, None) => Err(String::new()),
-            };
-            match plain {
-                Err(e) if e.is_empty() => None,
-                Err(e) => {
-                    checks.push(Check::new(format!("{}: decrypts", a.path), Err(e)));
-                    None
+    let walk = {
+        let plain: Result<Box<dyn Read + Send + Sync + '_>, String> = match (a.encrypted, dec) {
+            (false, _) => Ok(Box::new(&mut stored)),
+            (true, Some(dec)) => crypto::decrypt(&mut stored, dec).map_err(|e| e.to_string()),
+            // No key: only the stored bytes can be checked (size and sha256 below).
+            (true, None) => Err(String::new()),
+        };
+        match plain {
+            Err(e) if e.is_empty() => None,
+            Err(e) => {
+                checks.push(Check::new(format!("{}: decrypts", a.path), Err(e)));
+                None
+            }
+            Ok(plain) => {
+                let mut plain = Trap {
+                    inner: plain,
+                    first_error: None,
+                };
+                let walk = walk_archive(&mut plain, a.kind, manifest, read_data);
+                // Reading to the end checks the OpenPGP integrity protection (MDC).
+                let rest = crate::archive::copy_large(&mut plain, &mut io::sink());
+                let first_error = plain.first_error.take();
+                drop(plain);
+                let decrypted = match (first_error, rest) {
+                    (Some(e), _) => Err(e),
+                    (None, Err(e)) => Err(e.to_string()),
+                    (None, Ok(_)) => Ok("integrity protection holds".to_owned()),
+                };
+                // What the walk saw is only worth something if the plaintext is authentic.
+                let authentic = !a.encrypted || decrypted.is_ok();
+                if a.encrypted {
+                    checks.push(Check::new(format!("{}: decrypts", a.path), decrypted));
                 }
-                Ok(plain) => {
-                    let mut plain = Trap {
-                        inner: plain,
-                        first_error: None,
-                    };
-                    let walk = walk_archive(&mut plain, a.kind, manifest, read_data);
-                    // Reading to the end checks the OpenPGP integrity protection (MDC).
-                    let rest = crate::archive::copy_large(&mut plain, &mut io::sink());
-                    let first_error = plain.first_error.take();
-                    drop(plain);
-                    let decrypted = match (first_error, rest) {
-                        (Some(e), _) => Err(e),
-                        (None, Err(e)) => Err(e.to_string()),
-                        (None, Ok(_)) => Ok("integrity protection holds".to_owned()),
-                    };
-                    // What the walk saw is only worth something if the plaintext is authentic.
-                    let authentic = !a.encrypted || decrypted.is_ok();
-                    if a.encrypted {
-                        checks.push(Check::new(format!("{}: decrypts", a.path), decrypted));
-                    }
-                    let (layout, walk) = match walk {
-                    Ok(_) if !authentic => (
-                        Err("inconclusive: read from plaintext whose integrity protection failed"
-                            .to_owned()),
-                        None,
-                    ),
+                let (layout, walk) = match walk {
+                    Ok(_) if !authentic => (Err(INCONCLUSIVE.to_owned()), None),
                     Ok((detail, walk)) => (Ok(detail), Some(walk)),
                     Err(e) => (Err(e), None),
                 };
-                    checks.push(Check::new(format!("{}: layout", a.path), layout));
-                    if let Some(w) = &walk
-                        && a.kind == ArtifactKind::Images
-                        && read_data != ReadData::Layout
-                    {
-                        checks.push(Check::new(
-                            format!("{}: blob contents match their digests", a.path),
-                            if w.bad_blobs.is_empty() {
-                                Ok(format!("{} of {} blobs hashed", w.hashed, w.blobs.len()))
-                            } else {
-                                Err(format!(
-                                    "{} blobs do not hash to their digest: {}",
-                                    w.bad_blobs.len(),
-                                    w.bad_blobs
-                                        .iter()
-                                        .take(10)
-                                        .cloned()
-                                        .collect::<Vec<_>>()
-                                        .join(", ")
-                                ))
-                            },
-                        ));
-                    }
-                    walk
+                checks.push(Check::new(format!("{}: layout", a.path), layout));
+                if let Some(w) = &walk
+                    && a.kind == ArtifactKind::Images
+                    && read_data != ReadData::Layout
+                {
+                    checks.push(Check::new(
+                        format!("{}: blob contents match their digests", a.path),
+                        if w.bad_blobs.is_empty() {
+                            Ok(format!("{} of {} blobs hashed", w.hashed, w.blobs.len()))
+                        } else {
+                            Err(format!(
+                                "{} blobs do not hash to their digest: {}",
+                                w.bad_blobs.len(),
+                                w.bad_blobs
+                                    .iter()
+                                    .take(10)
+                                    .cloned()
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ))
+                        },
+                    ));
                 }
+                walk
             }
-        };
+        }
+    };
     // Whatever the walk did, let the reader finish so that the hash covers every byte.
     let _ = io::copy(&mut stored, &mut io::sink());
     let hashed = reading
