@@ -117,7 +117,17 @@ async fn run(
     )
     .await?;
     failpoint::hit("apply.locked");
-    remove_state_temporaries(stores.state.as_ref(), &reporter)?;
+    // Beside the journal, no other run writes while this one holds the lock; only the lock's
+    // own temporaries may be another run's, taking its turn.
+    let lock_temp = format!(".{}", lock::FILE);
+    for path in remove_temporaries(stores.state.as_ref(), "", |n| n.starts_with(&lock_temp))? {
+        reporter.emit(&Event::Warning {
+            message: format!(
+                "removed {}/{path}, left by an interrupted run",
+                stores.state.describe()
+            ),
+        });
+    }
 
     let (mut run, resumed) = open_run(&plan, source, opts, &stores, reporter.as_ref())?;
     reporter.emit(&Event::RunStarted {
@@ -194,7 +204,7 @@ async fn run(
                     steps::Outcome::default()
                 })
         } else {
-            remove_temporaries(stores.backups.as_ref(), &run.backup_id)?;
+            remove_temporaries(stores.backups.as_ref(), &run.backup_id, |_| false)?;
             steps::run(step, ctx.clone()).await
         };
         let outcome = match outcome {
@@ -263,33 +273,22 @@ fn outputs_intact(store: &dyn Store, record: &StepRecord) -> Result<bool> {
     Ok(true)
 }
 
-/// Removes temporaries that killed runs left beside the journal (under the lock, no other
-/// run writes there; only the lock's own may be another run's, taking its turn).
-fn remove_state_temporaries(store: &dyn Store, reporter: &Arc<dyn Reporter>) -> Result<()> {
-    for path in store.list("")? {
+/// Removes the temporaries that killed runs left under `prefix` (a backup's folder; the
+/// journal's), but for those `keep` names; returns their paths.
+fn remove_temporaries(
+    store: &dyn Store,
+    prefix: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for path in store.list(prefix)? {
         let name = path.rsplit('/').next().unwrap_or(&path);
-        if storage::local::is_temp_name(name) && !name.starts_with(&format!(".{}", lock::FILE)) {
+        if storage::local::is_temp_name(name) && !keep(name) {
             store.delete(&path)?;
-            reporter.emit(&Event::Warning {
-                message: format!(
-                    "removed {}/{path}, left by an interrupted run",
-                    store.describe()
-                ),
-            });
+            removed.push(path);
         }
     }
-    Ok(())
-}
-
-/// Removes temporaries that a killed run left in the backup's folder.
-fn remove_temporaries(store: &dyn Store, backup_id: &str) -> Result<()> {
-    for path in store.list(backup_id)? {
-        let name = path.rsplit('/').next().unwrap_or(&path);
-        if storage::local::is_temp_name(name) {
-            store.delete(&path)?;
-        }
-    }
-    Ok(())
+    Ok(removed)
 }
 
 /// The unfinished run to resume, or a new one.

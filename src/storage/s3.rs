@@ -142,6 +142,26 @@ impl S3Store {
 }
 
 impl S3Store {
+    /// Reads a small object with its metadata (ETag, version); `None` when absent.
+    fn read_with_meta(
+        &self,
+        rel: &str,
+    ) -> Result<Option<(bytes::Bytes, object_store::ObjectMeta)>> {
+        let key = self.key(rel);
+        self.exec
+            .run(async {
+                match self.store.get(&key).await {
+                    Ok(r) => {
+                        let meta = r.meta.clone();
+                        r.bytes().await.map(|b| Some((b, meta)))
+                    }
+                    Err(e) if not_found(&e) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .map_err(|e| self.fail("reading", rel, e))
+    }
+
     fn remember(&self, rel: &str, e_tag: Option<String>, version: Option<String>) {
         if let Ok(mut v) = self.versions.lock() {
             if e_tag.is_some() || version.is_some() {
@@ -335,18 +355,7 @@ impl Store for S3Store {
     }
 
     fn get(&self, rel: &str) -> Result<Option<Vec<u8>>> {
-        let key = self.key(rel);
-        let got = self.exec.run(async {
-            match self.store.get(&key).await {
-                Ok(r) => {
-                    let meta = r.meta.clone();
-                    r.bytes().await.map(|b| Some((b, meta)))
-                }
-                Err(e) if not_found(&e) => Ok(None),
-                Err(e) => Err(e),
-            }
-        });
-        match got.map_err(|e| self.fail("reading", rel, e))? {
+        match self.read_with_meta(rel)? {
             Some((bytes, meta)) => {
                 self.remember(rel, meta.e_tag, meta.version);
                 Ok(Some(bytes.to_vec()))
@@ -410,18 +419,7 @@ impl Store for S3Store {
     /// A conditional put (`If-Match` the ETag of the GET that read `old`): S3 lets one of
     /// several such writers win.
     fn swap(&self, rel: &str, old: &[u8], new: &[u8]) -> Result<bool> {
-        let key = self.key(rel);
-        let got = self.exec.run(async {
-            match self.store.get(&key).await {
-                Ok(r) => {
-                    let meta = r.meta.clone();
-                    r.bytes().await.map(|b| Some((b, meta)))
-                }
-                Err(e) if not_found(&e) => Ok(None),
-                Err(e) => Err(e),
-            }
-        });
-        let Some((held, meta)) = got.map_err(|e| self.fail("reading", rel, e))? else {
+        let Some((held, meta)) = self.read_with_meta(rel)? else {
             return Ok(false);
         };
         if held.as_ref() != old {
@@ -434,10 +432,11 @@ impl Store for S3Store {
             }),
             ..Default::default()
         };
-        match self.exec.run(
-            self.store
-                .put_opts(&key, PutPayload::from(new.to_vec()), opts),
-        ) {
+        match self.exec.run(self.store.put_opts(
+            &self.key(rel),
+            PutPayload::from(new.to_vec()),
+            opts,
+        )) {
             Ok(put) => {
                 self.remember(rel, put.e_tag, put.version);
                 Ok(true)
