@@ -7,7 +7,7 @@
 //! - [`plan`] reads a YAML plan, reports every problem with its position
 //!   ([`plan::diag`]), and resolves it into a [`plan::Plan`]. Pure: no environment, no network.
 //! - [`graph`] compiles a plan into its step graph (preflight → discover → metadata → images →
-//!   manifest → verify → retention) and renders it.
+//!   manifest → verify → retention) from each step kind's own description, and renders it.
 //! - [`exec`] runs the graph: lock, journal of completed steps (resume), cancellation;
 //!   [`events`] is what a run reports (NDJSON or human output).
 //! - [`steps`] holds one file per step kind; [`verify`] checks a stored backup; [`manifest`]

@@ -17,9 +17,9 @@ use crate::cancel::Cancel;
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::failpoint;
-use crate::graph::{self, StepKind};
+use crate::graph;
 use crate::plan::Plan;
-use crate::steps::{self, Ctx};
+use crate::steps::{self, Ctx, StepKind};
 use crate::storage::{self, Store, Stores};
 
 use crate::events::{self, Event, Reporter, RunStatus, Summary};
@@ -205,7 +205,7 @@ async fn run(
                 })
         } else {
             remove_temporaries(stores.backups.as_ref(), &run.backup_id, |_| false)?;
-            steps::run(step, ctx.clone()).await
+            steps::run(step.kind, ctx.clone()).await
         };
         let outcome = match outcome {
             Ok(o) => o,
@@ -352,7 +352,7 @@ pub fn dry_run(plan: &Plan) -> Vec<(graph::Step, Vec<String>)> {
         .steps
         .into_iter()
         .map(|s| {
-            let lines = steps::describe(&s, plan);
+            let lines = steps::describe(s.kind, plan).actions;
             (s, lines)
         })
         .collect()

@@ -9,17 +9,22 @@ use crate::error::{Error, Result};
 use crate::manifest;
 use crate::plan::{ImagesCfg, Plan};
 
-use super::{Ctx, Outcome, blocking};
+use super::{Ctx, Described, Outcome, blocking};
 
-pub fn describe(plan: &Plan) -> Vec<String> {
-    vec![
+pub fn describe(plan: &Plan) -> Described {
+    let actions = vec![
         "list running containers matching (?:^|/)dtr-rethinkdb-([0-9a-f]{12})$".into(),
         "read DTR_VERSION from each replica's dtr-registry-<replica> container".into(),
         format!(
             "choose replica {} (the last complete backup's replica must not change)",
             plan.dtr.replica
         ),
-    ]
+    ];
+    Described {
+        inputs: vec![format!("replica {}", plan.dtr.replica)],
+        outputs: vec!["replica id, node, DTR version".into()],
+        actions,
+    }
 }
 
 pub async fn run(ctx: Ctx) -> Result<Outcome> {

@@ -8,17 +8,26 @@ use crate::manifest::{self, DtrInfo, Manifest};
 use crate::plan::{EncryptionCfg, Plan};
 use crate::steps::FileRef;
 
-use super::{Ctx, Outcome, blocking};
+use super::{Ctx, Described, Outcome, blocking};
 
-pub fn describe(plan: &Plan) -> Vec<String> {
+/// The inputs are the artifacts of the steps before; `graph::compile` lists them.
+pub fn describe(plan: &Plan) -> Described {
     let name = if plan.verify_after_apply {
         manifest::PENDING
     } else {
         manifest::FILE
     };
-    vec![format!(
-        "write <backup-id>/{name}: plan digest, DTR version and image, replica, artifacts with sizes and sha256"
-    )]
+    Described {
+        inputs: vec![],
+        outputs: vec![format!(
+            "{}{}",
+            super::destination_text(plan),
+            manifest::FILE
+        )],
+        actions: vec![format!(
+            "write <backup-id>/{name}: plan digest, DTR version and image, replica, artifacts with sizes and sha256"
+        )],
+    }
 }
 
 pub fn build(ctx: &Ctx) -> Manifest {

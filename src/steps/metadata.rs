@@ -14,12 +14,27 @@ use crate::plan::{Plan, UcpTls};
 use crate::steps::FileRef;
 
 use super::stream::store_stream;
-use super::{Ctx, Outcome, blocking};
+use super::{Ctx, Described, Outcome, blocking};
 
 /// Bytes read before deciding gzip or tar and checking the first member.
 const SNIFF: usize = 64 * 1024;
 
-pub fn describe(plan: &Plan) -> Vec<String> {
+pub fn describe(plan: &Plan) -> Described {
+    let mut inputs = vec![format!(
+        "image {}",
+        plan.dtr.image.as_deref().unwrap_or("(none)")
+    )];
+    if let Some(ucp) = &plan.ucp {
+        inputs.push(format!("ucp {} as {}", ucp.url, ucp.username));
+        inputs.push(format!("UCP_PASSWORD {}", ucp.password.redacted()));
+        inputs.push(match &ucp.tls {
+            UcpTls::Ca(p) => format!("ucp ca {}", p.display()),
+            UcpTls::Insecure => "ucp tls unverified (--ucp-insecure-tls)".into(),
+        });
+    }
+    if plan.dtr.offline {
+        inputs.push("--offline-backup".into());
+    }
     let mut out = Vec::new();
     if let Some(ucp) = &plan.ucp {
         let tls = match &ucp.tls {
@@ -42,7 +57,15 @@ pub fn describe(plan: &Plan) -> Vec<String> {
         "encrypt and write <backup-id>/{} (temporary name, fsync, rename); remove the container",
         manifest::metadata_artifact(plan)
     ));
-    out
+    Described {
+        inputs,
+        outputs: vec![format!(
+            "{}{}",
+            super::destination_text(plan),
+            manifest::metadata_artifact(plan)
+        )],
+        actions: out,
+    }
 }
 
 pub async fn run(ctx: Ctx) -> Result<Outcome> {

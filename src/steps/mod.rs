@@ -20,10 +20,37 @@ use crate::cancel::Cancel;
 use crate::crypto::Secrets;
 use crate::error::{Error, Result};
 use crate::events::{Event, Reporter};
-use crate::graph::{Step, StepKind};
 use crate::manifest::{Artifact, SnapshotObject};
-use crate::plan::Plan;
+use crate::plan::{DestinationCfg, Plan};
 use crate::storage::Stores;
+
+/// The closed set of step kinds, one file each in this module. Which of them a plan runs, and
+/// in which order, is `crate::graph`'s business.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    Preflight,
+    Discover,
+    Metadata,
+    Images,
+    Manifest,
+    Verify,
+    Retention,
+}
+
+impl StepKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::Preflight => "preflight",
+            StepKind::Discover => "discover",
+            StepKind::Metadata => "metadata",
+            StepKind::Images => "images",
+            StepKind::Manifest => "manifest",
+            StepKind::Verify => "verify",
+            StepKind::Retention => "retention",
+        }
+    }
+}
 
 /// Everything a step may use.
 #[derive(Clone)]
@@ -135,9 +162,20 @@ pub struct Outcome {
     pub objects: Vec<SnapshotObject>,
 }
 
+/// How a step kind describes itself for a plan, in one place: what it reads and writes (the
+/// graph of `plan show`) and what it would do (`plan apply --dry-run`). Pure: no I/O, secrets
+/// redacted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Described {
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    /// What the step would do, line by line.
+    pub actions: Vec<String>,
+}
+
 /// Runs one step.
-pub async fn run(step: &Step, ctx: Ctx) -> Result<Outcome> {
-    match step.kind {
+pub async fn run(kind: StepKind, ctx: Ctx) -> Result<Outcome> {
+    match kind {
         StepKind::Preflight => Err(Error::failed("preflight runs before the other steps")),
         StepKind::Discover => discover::run(ctx).await,
         StepKind::Metadata => metadata::run(ctx).await,
@@ -148,9 +186,9 @@ pub async fn run(step: &Step, ctx: Ctx) -> Result<Outcome> {
     }
 }
 
-/// What a step would do, for `plan apply --dry-run`. Pure: no I/O, secrets redacted.
-pub fn describe(step: &Step, plan: &Plan) -> Vec<String> {
-    match step.kind {
+/// How a step of `kind` describes itself for `plan`.
+pub fn describe(kind: StepKind, plan: &Plan) -> Described {
+    match kind {
         StepKind::Preflight => preflight::describe(plan),
         StepKind::Discover => discover::describe(plan),
         StepKind::Metadata => metadata::describe(plan),
@@ -158,6 +196,18 @@ pub fn describe(step: &Step, plan: &Plan) -> Vec<String> {
         StepKind::Manifest => manifest::describe(plan),
         StepKind::Verify => verify::describe(plan),
         StepKind::Retention => retention::describe(plan),
+    }
+}
+
+/// Where this plan's backups go, as the descriptions print it: `.../<plan>/<backup-id>/`.
+pub fn destination_text(plan: &Plan) -> String {
+    match &plan.destination {
+        DestinationCfg::Local { path } => format!("{}/{}/<backup-id>/", path.display(), plan.name),
+        DestinationCfg::S3(s3) => format!(
+            "s3://{}/{}/<backup-id>/",
+            s3.bucket,
+            s3.plan_root(plan.name.as_str())
+        ),
     }
 }
 

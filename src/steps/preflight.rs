@@ -7,7 +7,39 @@ use crate::plan::{DestinationCfg, EncryptionCfg, Plan};
 use crate::storage::Stores;
 use crate::{docker, ucp};
 
-pub fn describe(plan: &Plan) -> Vec<String> {
+use super::Described;
+
+pub fn describe(plan: &Plan) -> Described {
+    let mut inputs = vec![format!("destination {}", super::destination_text(plan))];
+    if plan.needs_docker() {
+        inputs.push(format!(
+            "docker {}",
+            plan.docker
+                .host
+                .as_deref()
+                .or(plan.docker.bundle.as_ref().map(|_| "from bundle"))
+                .unwrap_or("$DOCKER_HOST or unix:///var/run/docker.sock")
+        ));
+    }
+    if let Some(ucp) = &plan.ucp {
+        let login = if plan.check_ucp_login {
+            " (login check)"
+        } else {
+            ""
+        };
+        inputs.push(format!("ucp {}{login}", ucp.url));
+    }
+    if let Some(images) = &plan.images {
+        inputs.extend(super::images::source(images).preflight_inputs());
+    }
+    match &plan.encryption {
+        EncryptionCfg::Passphrase(s) => inputs.push(format!("passphrase {}", s.redacted())),
+        EncryptionCfg::Recipients(keys) => inputs.extend(
+            keys.iter()
+                .map(|k| format!("recipient key {}", k.display())),
+        ),
+        EncryptionCfg::None => {}
+    }
     let mut out = Vec::new();
     if plan.needs_docker() {
         out.push(format!(
@@ -53,7 +85,11 @@ pub fn describe(plan: &Plan) -> Vec<String> {
         }
         EncryptionCfg::None => out.push("no encryption".into()),
     }
-    out
+    Described {
+        inputs,
+        outputs: vec![],
+        actions: out,
+    }
 }
 
 /// Resolves the secrets and checks the source, the Docker API, UCP and the destination;

@@ -11,15 +11,25 @@ use crate::manifest;
 use crate::plan::{Plan, RetentionCfg};
 use crate::storage::Store;
 
-use super::{Ctx, Outcome, blocking};
+use super::{Ctx, Described, Outcome, blocking};
 
-pub fn describe(plan: &Plan) -> Vec<String> {
+pub fn describe(plan: &Plan) -> Described {
     match &plan.retention {
-        Some(r) => vec![format!(
-            "keep last {}, daily {}, weekly {}, monthly {} complete backups; delete the others and older incomplete runs",
-            r.keep_last, r.keep_daily, r.keep_weekly, r.keep_monthly
-        )],
-        None => vec!["keep every backup".into()],
+        Some(r) => Described {
+            inputs: vec![format!(
+                "keep_last {} daily {} weekly {} monthly {}",
+                r.keep_last, r.keep_daily, r.keep_weekly, r.keep_monthly
+            )],
+            outputs: vec!["older backups deleted".into()],
+            actions: vec![format!(
+                "keep last {}, daily {}, weekly {}, monthly {} complete backups; delete the others and older incomplete runs",
+                r.keep_last, r.keep_daily, r.keep_weekly, r.keep_monthly
+            )],
+        },
+        None => Described {
+            actions: vec!["keep every backup".into()],
+            ..Described::default()
+        },
     }
 }
 

@@ -8,17 +8,26 @@ use crate::plan::Plan;
 use crate::steps::FileRef;
 use crate::verify;
 
-use super::{Ctx, Outcome, blocking};
+use super::{Ctx, Described, Outcome, blocking};
 
-pub fn describe(_plan: &Plan) -> Vec<String> {
-    vec![
+pub fn describe(plan: &Plan) -> Described {
+    let actions = vec![
         "read every artifact back: size, decryption (integrity protection, which covers every octet), tar layout; sha256 of artifacts not decrypted"
             .into(),
         format!(
             "publish <backup-id>/{} when all checks pass",
             manifest::FILE
         ),
-    ]
+    ];
+    Described {
+        inputs: vec![format!(
+            "{}{}",
+            super::destination_text(plan),
+            manifest::FILE
+        )],
+        outputs: vec!["sizes, decryption (integrity protection), layout checked".into()],
+        actions,
+    }
 }
 
 pub async fn run(ctx: Ctx) -> Result<Outcome> {

@@ -31,8 +31,22 @@ impl Folder {
 }
 
 impl ImageSource for Folder {
+    fn input(&self, _volume: &str) -> String {
+        match &self.nfs_server {
+            Some(server) => format!("nfs {} ({server})", self.path.display()),
+            None => format!("path {}", self.path.display()),
+        }
+    }
+
     fn describe(&self, _volume: &str) -> String {
         self.path.display().to_string()
+    }
+
+    fn preflight_inputs(&self) -> Vec<String> {
+        vec![match &self.nfs_server {
+            Some(server) => format!("nfs mount {} from {server}", self.path.display()),
+            None => format!("images path {}", self.path.display()),
+        }]
     }
 
     fn describe_preflight(&self) -> Vec<String> {

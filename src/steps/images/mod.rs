@@ -24,15 +24,28 @@ use crate::plan::{ImagesCfg, Plan};
 use crate::steps::FileRef;
 
 use super::stream::Written;
-use super::{Ctx, Outcome};
+use super::{Ctx, Described, Outcome};
 
 /// Where DTR keeps image content, as the images step reads it.
+///
+/// The descriptions are pure: no I/O, nothing secret.
 pub trait ImageSource: Send + Sync {
-    /// Where the content is read from, for `--dry-run` (no I/O, nothing secret).
+    /// Where the content is read from, as the graph's input (`plan show`).
+    fn input(&self, volume: &str) -> String;
+    /// Where the content is read from, for `--dry-run`.
     fn describe(&self, volume: &str) -> String;
+    /// What preflight reads of this source, as the graph's inputs.
+    fn preflight_inputs(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// What [`ImageSource::preflight`] checks, for `--dry-run`.
     fn describe_preflight(&self) -> Vec<String> {
         Vec::new()
+    }
+    /// What the images step writes, given the backup folder (`.../<backup-id>/`) and the
+    /// images artifact's name.
+    fn output(&self, backup_folder: &str, artifact: &str) -> String {
+        format!("{backup_folder}{artifact}")
     }
     /// What can be checked before anything is written (preflight).
     fn preflight(&self) -> Result<()> {
@@ -64,20 +77,23 @@ pub fn source(cfg: &ImagesCfg) -> Box<dyn ImageSource> {
     }
 }
 
-pub fn describe(plan: &Plan) -> Vec<String> {
+pub fn describe(plan: &Plan) -> Described {
     let volume =
         manifest::images_volume_name(plan).unwrap_or_else(|| "dtr-registry-<replica>".into());
-    let from = plan
-        .images
+    let artifact = manifest::images_artifact(plan, &volume);
+    let src = plan.images.as_ref().map(source);
+    let from = src
         .as_ref()
-        .map_or_else(|| "-".to_owned(), |i| source(i).describe(&volume));
-    vec![
-        format!("tar {from} as {volume}/_data/... (symlinks kept, not followed)"),
-        format!(
-            "encrypt and write <backup-id>/{} (temporary name, fsync, rename)",
-            manifest::images_artifact(plan, &volume)
-        ),
-    ]
+        .map_or_else(|| "-".to_owned(), |s| s.describe(&volume));
+    let dest = super::destination_text(plan);
+    Described {
+        inputs: src.iter().map(|s| s.input(&volume)).collect(),
+        outputs: src.iter().map(|s| s.output(&dest, &artifact)).collect(),
+        actions: vec![
+            format!("tar {from} as {volume}/_data/... (symlinks kept, not followed)"),
+            format!("encrypt and write <backup-id>/{artifact} (temporary name, fsync, rename)"),
+        ],
+    }
 }
 
 pub async fn run(ctx: Ctx) -> Result<Outcome> {

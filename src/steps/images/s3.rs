@@ -101,8 +101,19 @@ pub struct S3 {
 }
 
 impl ImageSource for S3 {
+    fn input(&self, volume: &str) -> String {
+        self.describe(volume)
+    }
+
     fn describe(&self, _volume: &str) -> String {
         format!("s3://{}/{}", self.cfg.bucket, self.cfg.prefix)
+    }
+
+    fn output(&self, backup_folder: &str, _artifact: &str) -> String {
+        format!(
+            "{backup_folder}objects/ and {}blobs/sha256/ (shared)",
+            backup_folder.trim_end_matches("<backup-id>/")
+        )
     }
 
     fn back_up(&self, ctx: Ctx) -> BoxFuture<'static, Result<Outcome>> {

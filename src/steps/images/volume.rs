@@ -20,6 +20,10 @@ pub struct Volume {
 }
 
 impl ImageSource for Volume {
+    fn input(&self, volume: &str) -> String {
+        format!("volume {volume}")
+    }
+
     fn describe(&self, volume: &str) -> String {
         format!("volume {volume} through a helper container")
     }
