@@ -338,8 +338,12 @@ mod tests {
         }
     }
 
+    /// Parses `m`; a refusal must be a verification failure, and its message is returned.
     fn parse(m: &Manifest) -> std::result::Result<Manifest, String> {
-        Manifest::parse(&m.to_json(), "20261124T164428Z-4a2a", "m.json").map_err(|e| e.to_string())
+        Manifest::parse(&m.to_json(), "20261124T164428Z-4a2a", "m.json").map_err(|e| {
+            assert!(matches!(e, Error::Verify(_)), "{e:?}");
+            e.to_string()
+        })
     }
 
     #[test]

@@ -14,14 +14,14 @@ fn client(ucp: &UcpCfg) -> Result<reqwest::Client> {
     b = match &ucp.tls {
         UcpTls::Ca(path) => {
             let pem = std::fs::read(path).map_err(|e| {
-                Error::failed(format!(
+                Error::ucp(format!(
                     "cannot read ucp.ca_file {}: {e}; download it with `curl -k {}/ca`",
                     path.display(),
                     ucp.url
                 ))
             })?;
             let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
-                Error::failed(format!(
+                Error::ucp(format!(
                     "ucp.ca_file {} is not a PEM certificate: {e}",
                     path.display()
                 ))
@@ -31,7 +31,7 @@ fn client(ucp: &UcpCfg) -> Result<reqwest::Client> {
         UcpTls::Insecure => b.tls_danger_accept_invalid_certs(true),
     };
     b.build()
-        .map_err(|e| Error::failed(format!("setting up HTTPS to UCP: {e}")))
+        .map_err(|e| Error::ucp(format!("setting up HTTPS to UCP: {e}")))
 }
 
 /// Checks that UCP answers, and (with `login`) that it accepts the plan's credentials.
@@ -46,14 +46,14 @@ pub async fn check(ucp: &UcpCfg, password: &Secret, login: bool) -> Result<()> {
         .send()
         .await
         .map_err(|e| {
-            Error::failed(format!(
+            Error::ucp(format!(
                 "UCP at {} does not answer: {}; {tls_help}",
                 ucp.url,
                 chain(&e)
             ))
         })?;
     if !ping.status().is_success() {
-        return Err(Error::failed(format!(
+        return Err(Error::ucp(format!(
             "UCP at {} answered /_ping with {}; {tls_help}",
             ucp.url,
             ping.status()
@@ -68,10 +68,10 @@ pub async fn check(ucp: &UcpCfg, password: &Secret, login: bool) -> Result<()> {
         .json(&body)
         .send()
         .await
-        .map_err(|e| Error::failed(format!("logging in to UCP at {}: {}", ucp.url, chain(&e))))?;
+        .map_err(|e| Error::ucp(format!("logging in to UCP at {}: {}", ucp.url, chain(&e))))?;
     let status = resp.status();
     if status.as_u16() == 401 || status.as_u16() == 403 {
-        return Err(Error::failed(format!(
+        return Err(Error::ucp(format!(
             "UCP at {} refused the login of {:?} ({status}): check the password reference {} and that the user is a UCP administrator",
             ucp.url,
             ucp.username,
@@ -79,7 +79,7 @@ pub async fn check(ucp: &UcpCfg, password: &Secret, login: bool) -> Result<()> {
         )));
     }
     if !status.is_success() {
-        return Err(Error::failed(format!(
+        return Err(Error::ucp(format!(
             "UCP at {} answered the login with {status}",
             ucp.url
         )));
@@ -87,13 +87,13 @@ pub async fn check(ucp: &UcpCfg, password: &Secret, login: bool) -> Result<()> {
     let doc: serde_json::Value = resp
         .json()
         .await
-        .map_err(|e| Error::failed(format!("UCP's login answer is not JSON: {e}")))?;
+        .map_err(|e| Error::ucp(format!("UCP's login answer is not JSON: {e}")))?;
     if doc
         .get("auth_token")
         .and_then(|t| t.as_str())
         .is_none_or(str::is_empty)
     {
-        return Err(Error::failed(format!(
+        return Err(Error::ucp(format!(
             "UCP at {} answered the login without an auth_token",
             ucp.url
         )));

@@ -87,11 +87,11 @@ fn encryption_keys(cert: &Cert) -> Vec<Key<PublicParts, UnspecifiedRole>> {
 /// Reads OpenPGP certificates (armored or binary; a file may hold several).
 pub fn parse_certs(bytes: &[u8], what: &str) -> Result<Vec<Cert>> {
     let certs: Vec<Cert> = CertParser::from_bytes(bytes)
-        .map_err(|e| Error::failed(format!("{what} is not an OpenPGP key: {e}")))?
+        .map_err(|e| Error::crypto(format!("{what} is not an OpenPGP key: {e}")))?
         .collect::<openpgp::Result<_>>()
-        .map_err(|e| Error::failed(format!("{what} is not an OpenPGP key: {e}")))?;
+        .map_err(|e| Error::crypto(format!("{what} is not an OpenPGP key: {e}")))?;
     if certs.is_empty() {
-        return Err(Error::failed(format!("{what} holds no OpenPGP key")));
+        return Err(Error::crypto(format!("{what} holds no OpenPGP key")));
     }
     Ok(certs)
 }
@@ -101,14 +101,14 @@ pub fn load_recipients(paths: &[std::path::PathBuf]) -> Result<Vec<Cert>> {
     let mut all = Vec::new();
     for path in paths {
         let bytes = std::fs::read(path).map_err(|e| {
-            Error::failed(format!(
+            Error::crypto(format!(
                 "cannot read the recipient key {}: {e}",
                 path.display()
             ))
         })?;
         for cert in parse_certs(&bytes, &path.display().to_string())? {
             if encryption_keys(&cert).is_empty() {
-                return Err(Error::failed(format!(
+                return Err(Error::crypto(format!(
                     "the key {} ({}) has no valid encryption-capable key: it is expired, revoked, or for signing only",
                     path.display(),
                     cert.fingerprint()
@@ -152,7 +152,7 @@ fn key_decryption(plan: &crate::plan::Plan) -> Result<Option<Decryption>> {
         &format!("verify.key ({})", key.describe()),
     )?;
     if !certs.iter().any(Cert::is_tsk) {
-        return Err(Error::failed(format!(
+        return Err(Error::crypto(format!(
             "verify.key ({}) holds a public key only; export the secret key (gpg --export-secret-keys --armor)",
             key.describe()
         )));

@@ -47,14 +47,14 @@ fn strip_one_newline(mut s: String) -> String {
 pub fn resolve(r: &SecretRef) -> Result<Secret> {
     let value = match r {
         SecretRef::Env(name) => std::env::var(name).map_err(|_| {
-            Error::failed(format!(
+            Error::secret(format!(
                 "the secret {} is not set: export {name} in the environment that runs dtr-backup",
                 r.describe()
             ))
         })?,
         SecretRef::File(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                Error::failed(format!(
+                Error::secret(format!(
                     "cannot read the secret {}: {e}; check that the file exists and is readable",
                     r.describe()
                 ))
@@ -64,20 +64,20 @@ pub fn resolve(r: &SecretRef) -> Result<Secret> {
         SecretRef::Command(argv) => {
             let (program, args) = argv
                 .split_first()
-                .ok_or_else(|| Error::failed("an empty secret command"))?;
+                .ok_or_else(|| Error::secret("an empty secret command"))?;
             let out = Command::new(program)
                 .args(args)
                 .stdin(Stdio::null())
                 .stderr(Stdio::inherit())
                 .output()
                 .map_err(|e| {
-                    Error::failed(format!(
+                    Error::secret(format!(
                         "cannot run the secret command {}: {e}",
                         r.describe()
                     ))
                 })?;
             if !out.status.success() {
-                return Err(Error::failed(format!(
+                return Err(Error::secret(format!(
                     "the secret command {} failed ({})",
                     r.describe(),
                     out.status
@@ -85,7 +85,7 @@ pub fn resolve(r: &SecretRef) -> Result<Secret> {
             }
             let text = String::from_utf8(out.stdout).map_err(|e| {
                 zeroize::Zeroize::zeroize(&mut e.into_bytes());
-                Error::failed(format!(
+                Error::secret(format!(
                     "the secret command {} printed non-UTF-8 output",
                     r.describe()
                 ))
@@ -94,7 +94,7 @@ pub fn resolve(r: &SecretRef) -> Result<Secret> {
         }
     };
     if value.is_empty() {
-        return Err(Error::failed(format!(
+        return Err(Error::secret(format!(
             "the secret {} is empty; give it a value",
             r.describe()
         )));
@@ -112,8 +112,10 @@ mod tests {
         assert_eq!(s.expose(), "pw");
         assert_eq!(format!("{s:?}"), "<secret>");
         let err = resolve(&SecretRef::File("/nonexistent/x".into())).unwrap_err();
+        assert!(matches!(err, Error::Secret(_)), "{err:?}");
+        // The reference is named, never the value.
         assert!(err.to_string().contains("file:/nonexistent/x"));
         let err = resolve(&SecretRef::Command(vec!["false".into()])).unwrap_err();
-        assert!(err.to_string().contains("failed"));
+        assert!(matches!(err, Error::Secret(_)), "{err:?}");
     }
 }

@@ -168,7 +168,7 @@ pub async fn create(engine: &Engine, spec: Spec) -> Result<String> {
         .create_container(Some(CreateContainerOptionsBuilder::new().build()), body)
         .await
         .map_err(|e| {
-            Error::failed(format!(
+            Error::docker(format!(
                 "creating a container from {} on {}: {e}; check that the image is present on the node",
                 spec.image, engine.endpoint
             ))
@@ -214,7 +214,7 @@ pub async fn ours(engine: &Engine) -> Result<Vec<Ours>> {
                 .build(),
         ))
         .await
-        .map_err(|e| Error::failed(format!("listing containers on {}: {e}", engine.endpoint)))?;
+        .map_err(|e| Error::docker(format!("listing containers on {}: {e}", engine.endpoint)))?;
     Ok(list
         .into_iter()
         .filter_map(|c| {
@@ -269,12 +269,12 @@ pub async fn run_streaming(
             ),
         )
         .await
-        .map_err(|e| Error::failed(format!("attaching to container {id}: {e}")))?;
+        .map_err(|e| Error::docker(format!("attaching to container {id}: {e}")))?;
     engine
         .docker
         .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
         .await
-        .map_err(|e| Error::failed(format!("starting container {id}: {e}")))?;
+        .map_err(|e| Error::docker(format!("starting container {id}: {e}")))?;
     let (tx, feed) = feed();
     let docker = engine.docker.clone();
     let id = id.to_owned();

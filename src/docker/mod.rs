@@ -56,14 +56,14 @@ fn target(cfg: &DockerCfg) -> Result<Target> {
     if let Some(bundle) = &cfg.bundle {
         for f in ["ca.pem", "cert.pem", "key.pem"] {
             if !bundle.join(f).is_file() {
-                return Err(Error::failed(format!(
+                return Err(Error::docker(format!(
                     "the client bundle {} has no {f}; download the bundle again from UCP (My Profile → Client Bundles)",
                     bundle.display()
                 )));
             }
         }
         let host = cfg.host.clone().or_else(|| bundle_host(bundle)).ok_or_else(|| {
-            Error::failed(format!(
+            Error::docker(format!(
                 "no Docker host for the client bundle {}: set docker.host, or keep env.sh in the bundle",
                 bundle.display()
             ))
@@ -100,7 +100,7 @@ fn target(cfg: &DockerCfg) -> Result<Target> {
 pub fn connect(cfg: &DockerCfg) -> Result<Engine> {
     let t = target(cfg)?;
     let fail = |e: bollard::errors::Error| {
-        Error::failed(format!(
+        Error::docker(format!(
             "cannot set up the Docker connection to {}: {e}",
             t.host
         ))
@@ -141,13 +141,13 @@ impl Engine {
             "check docker.host and that the daemon runs and this user may use its socket"
         };
         self.docker.ping().await.map_err(|e| {
-            Error::failed(format!(
+            Error::docker(format!(
                 "the Docker API at {} does not answer: {e}; {what}",
                 self.endpoint
             ))
         })?;
         let v = self.docker.version().await.map_err(|e| {
-            Error::failed(format!("the Docker API at {}: {e}; {what}", self.endpoint))
+            Error::docker(format!("the Docker API at {}: {e}; {what}", self.endpoint))
         })?;
         Ok(v.version.unwrap_or_else(|| "unknown".into()))
     }
@@ -180,7 +180,7 @@ pub async fn replicas(engine: &Engine) -> Result<Vec<Replica>> {
         .docker
         .list_containers(Some(ListContainersOptionsBuilder::new().all(false).build()))
         .await
-        .map_err(|e| Error::failed(format!("listing containers on {}: {e}", engine.endpoint)))?;
+        .map_err(|e| Error::docker(format!("listing containers on {}: {e}", engine.endpoint)))?;
     let mut registry_names: HashMap<String, String> = HashMap::new();
     let mut found: Vec<Replica> = Vec::new();
     for c in &list {
@@ -249,7 +249,7 @@ fn listing(replicas: &[Replica]) -> String {
 /// Picks the replica to back up. `last` is the replica of the last complete backup.
 pub fn choose(found: &[Replica], sel: &ReplicaSel, last: Option<&str>) -> Result<Replica> {
     if found.is_empty() {
-        return Err(Error::failed(
+        return Err(Error::replica(
             "no DTR replica found: no running container is named dtr-rethinkdb-<replica>; check docker.host or the client bundle, and that DTR runs",
         ));
     }
@@ -259,7 +259,7 @@ pub fn choose(found: &[Replica], sel: &ReplicaSel, last: Option<&str>) -> Result
             .find(|r| r.id == id.as_str())
             .cloned()
             .ok_or_else(|| {
-                Error::failed(format!(
+                Error::replica(format!(
                     "the replica {id} named in the plan does not exist; running replicas: {}",
                     listing(found)
                 ))
@@ -272,7 +272,7 @@ pub fn choose(found: &[Replica], sel: &ReplicaSel, last: Option<&str>) -> Result
             }
             match found {
                 [only] => Ok(only.clone()),
-                _ => Err(Error::failed(format!(
+                _ => Err(Error::replica(format!(
                     "{} DTR replicas run and the plan does not say which to back up: {}; set `dtr.replica` to one of them (always back up from the same replica)",
                     found.len(),
                     listing(found)
@@ -326,6 +326,8 @@ mod tests {
             a
         );
         let err = choose(&[a.clone(), b.clone()], &ReplicaSel::Auto, None).unwrap_err();
+        assert!(matches!(err, Error::Replica(_)), "{err:?}");
+        // The message names the candidates to choose from.
         assert!(err.to_string().contains("aaaaaaaaaaaa on n1"), "{err}");
         assert_eq!(
             choose(
@@ -337,13 +339,14 @@ mod tests {
             b
         );
         let pinned = ReplicaSel::Pinned("cccccccccccc".parse().unwrap());
-        assert!(
-            choose(std::slice::from_ref(&a), &pinned, None)
-                .unwrap_err()
-                .to_string()
-                .contains("does not exist")
-        );
-        assert!(choose(&[], &ReplicaSel::Auto, None).is_err());
+        assert!(matches!(
+            choose(std::slice::from_ref(&a), &pinned, None),
+            Err(Error::Replica(_))
+        ));
+        assert!(matches!(
+            choose(&[], &ReplicaSel::Auto, None),
+            Err(Error::Replica(_))
+        ));
     }
 
     #[test]
@@ -360,6 +363,7 @@ mod tests {
             bundle: Some(dir.clone()),
         })
         .unwrap_err();
+        assert!(matches!(err, Error::Docker(_)), "{err:?}");
         assert!(err.to_string().contains("has no ca.pem"), "{err}");
         for f in ["ca.pem", "cert.pem", "key.pem"] {
             std::fs::write(dir.join(f), "x").unwrap();

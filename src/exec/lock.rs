@@ -88,7 +88,7 @@ pub async fn acquire(
         let b = bytes.clone();
         if tokio::task::spawn_blocking(move || s.put_new(FILE, &b))
             .await
-            .map_err(|e| Error::failed(e.to_string()))??
+            .map_err(|e| Error::internal(e.to_string()))??
         {
             return Ok(LockGuard { store, info, bytes });
         }
@@ -109,7 +109,7 @@ pub async fn acquire(
             let b = bytes.clone();
             let took = tokio::task::spawn_blocking(move || s.swap(FILE, &held, &b))
                 .await
-                .map_err(|e| Error::failed(e.to_string()))??;
+                .map_err(|e| Error::internal(e.to_string()))??;
             if took {
                 reporter.emit(&Event::Warning {
                     message: format!("took over a stale lock: {} ({why})", holder.describe()),
@@ -140,25 +140,25 @@ pub async fn acquire(
 /// Removes the lock `id`. Refuses another id, so that a typo cannot break a live run's lock.
 pub fn unlock(store: &dyn Store, id: &str) -> Result<LockInfo> {
     let Some(bytes) = store.get(FILE)? else {
-        return Err(Error::failed(format!(
+        return Err(Error::stored(format!(
             "there is no lock at {}/{FILE}",
             store.describe()
         )));
     };
     let holder: LockInfo = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::failed(format!(
+        Error::stored(format!(
             "the lock {}/{FILE} is unreadable ({e}); delete it by hand",
             store.describe()
         ))
     })?;
     if holder.id != id {
-        return Err(Error::failed(format!(
+        return Err(Error::refused(format!(
             "the lock is {}, not {id}; check the id and run again",
             holder.describe()
         )));
     }
     if !store.delete_if(FILE, &bytes)? {
-        return Err(Error::failed(
+        return Err(Error::refused(
             "the lock changed while it was being removed (another run took it?); run `plan unlock` again to see who holds it",
         ));
     }
@@ -259,7 +259,7 @@ mod tests {
                     ));
                     // Hold it a while, so that holders overlap if two ever succeed.
                     std::thread::sleep(Duration::from_millis(1500));
-                    got.map(|g| g.info.id.clone()).map_err(|e| e.to_string())
+                    got.map(|g| g.info.id.clone())
                 })
             })
             .collect();
@@ -267,7 +267,7 @@ mod tests {
         let held: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
         assert_eq!(held.len(), 1, "{results:?}");
         for r in results.iter().filter(|r| r.is_err()) {
-            assert!(r.as_ref().unwrap_err().contains("is locked"), "{r:?}");
+            assert!(matches!(r, Err(Error::Locked(_))), "{r:?}");
         }
         assert_eq!(store.get(FILE).unwrap(), None, "released on drop");
         std::fs::remove_dir_all(dir).unwrap();

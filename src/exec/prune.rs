@@ -57,5 +57,5 @@ pub async fn prune(
         retention::prune(store.as_ref(), &cfg, &current, &protected, &cancel)
     })
     .await
-    .map_err(|e| Error::failed(e.to_string()))?
+    .map_err(|e| Error::internal(e.to_string()))?
 }

@@ -52,7 +52,7 @@ pub fn load(store: &dyn Store) -> Result<Option<RunState>> {
     };
     match serde_json::from_slice::<StateFile>(&bytes) {
         Ok(StateFile::V1(s)) => Ok(Some(s)),
-        Err(e) => Err(Error::failed(format!(
+        Err(e) => Err(Error::stored(format!(
             "the run state {}/{FILE} is unreadable ({e}); start over with `plan apply --fresh`",
             store.describe()
         ))),
@@ -61,7 +61,7 @@ pub fn load(store: &dyn Store) -> Result<Option<RunState>> {
 
 pub fn save(store: &dyn Store, state: &RunState) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(&StateFile::V1(state.clone()))
-        .map_err(|e| Error::failed(format!("encoding the run state: {e}")))?;
+        .map_err(|e| Error::internal(format!("encoding the run state: {e}")))?;
     store.replace(FILE, &bytes)
 }
 

@@ -55,7 +55,7 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
             chosen.id
         );
         if !ctx.allow_replica_change {
-            return Err(Error::failed(format!(
+            return Err(Error::replica(format!(
                 "{msg}; if the change is deliberate (the old replica is gone), run again with --allow-replica-change"
             )));
         }
@@ -64,7 +64,7 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
 
     let version = match (&plan.dtr.version, &chosen.version) {
         (Some(want), Some(runs)) if want != runs => {
-            return Err(Error::failed(format!(
+            return Err(Error::replica(format!(
                 "the plan's DTR image {} is version {want}, but replica {} runs DTR {runs}; restore needs the same version: set dtr.image to the {runs} tag",
                 plan.dtr.image.as_deref().unwrap_or("?"),
                 chosen.id

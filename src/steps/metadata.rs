@@ -73,17 +73,17 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
     let ucp = plan
         .ucp
         .clone()
-        .ok_or_else(|| Error::failed("the metadata part needs a `ucp` section"))?;
+        .ok_or_else(|| Error::internal("the metadata part needs a `ucp` section"))?;
     let image = plan
         .dtr
         .image
         .clone()
-        .ok_or_else(|| Error::failed("the metadata part needs `dtr.image`"))?;
+        .ok_or_else(|| Error::internal("the metadata part needs `dtr.image`"))?;
     let replica = ctx
         .facts
         .get("replica")
         .cloned()
-        .ok_or_else(|| Error::failed("no replica was discovered"))?;
+        .ok_or_else(|| Error::internal("no replica was discovered"))?;
     let version = ctx
         .facts
         .get("version")
@@ -94,7 +94,7 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
         .secrets
         .ucp_password
         .clone()
-        .ok_or_else(|| Error::failed("the UCP password was not resolved"))?;
+        .ok_or_else(|| Error::internal("the UCP password was not resolved"))?;
 
     let mut cmd: Vec<String> = [
         "backup",
@@ -195,11 +195,11 @@ async fn stream_metadata(
         return Err(if ctx.cancel.is_cancelled() {
             Error::Interrupted
         } else {
-            Error::failed(format!("the dtr backup container failed: {e}"))
+            Error::container(format!("the dtr backup container failed: {e}"))
         });
     }
     let sniffed = archive::sniff(&prefix).map_err(|e| {
-        Error::failed(format!(
+        Error::container(format!(
             "the dtr backup container's output is not a DTR backup: {e} (stdout must carry only the archive)"
         ))
     })?;
@@ -209,7 +209,7 @@ async fn stream_metadata(
         // Stop reading first: the pump may be blocked on a full feed.
         drop(feed);
         let _ = pump.await;
-        return Err(Error::failed(format!(
+        return Err(Error::container(format!(
             "the archive's first member is {:?}, not {expected}...: the image {} does not back up DTR {version}",
             sniffed.first_member,
             ctx.plan.dtr.image.as_deref().unwrap_or("?")
@@ -246,9 +246,6 @@ async fn stream_metadata(
     .await;
     let _ = pump.await;
     drop(progress);
-    let written = written.map_err(|e| match e {
-        Error::Failed(m) => Error::failed(format!("the metadata backup failed: {m}")),
-        other => other,
-    })?;
+    let written = written.map_err(|e| e.context("the metadata backup failed"))?;
     Ok((name, written))
 }

@@ -176,7 +176,7 @@ pub struct Described {
 /// Runs one step.
 pub async fn run(kind: StepKind, ctx: Ctx) -> Result<Outcome> {
     match kind {
-        StepKind::Preflight => Err(Error::failed("preflight runs before the other steps")),
+        StepKind::Preflight => Err(Error::internal("preflight runs before the other steps")),
         StepKind::Discover => discover::run(ctx).await,
         StepKind::Metadata => metadata::run(ctx).await,
         StepKind::Images => images::run(ctx).await,
@@ -217,5 +217,5 @@ pub async fn blocking<T: Send + 'static>(
 ) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::failed(format!("a worker thread failed: {e}")))?
+        .map_err(|e| Error::internal(format!("a worker thread failed: {e}")))?
 }

@@ -2,7 +2,7 @@
 //! when resuming) and is never recorded as done: secrets are held in memory only.
 
 use crate::crypto::{self, Secrets};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::plan::{DestinationCfg, EncryptionCfg, Plan};
 use crate::storage::Stores;
 use crate::{docker, ucp};
@@ -115,8 +115,8 @@ pub async fn run(plan: &Plan, stores: &Stores, warn: &(dyn Fn(String) + Sync)) -
     // of a plan take turns under its lock).
     let probe = ".probe".to_owned();
     stores.backups.put(&probe, b"").map_err(|e| {
-        Error::failed(format!(
-            "the destination {} cannot be written: {e}",
+        e.context(format!(
+            "the destination {} cannot be written",
             stores.backups.describe()
         ))
     })?;

@@ -87,7 +87,7 @@ pub fn store_stream(
     })();
     let written = writer
         .join()
-        .map_err(|_| Error::failed("the writer thread panicked"))?
+        .map_err(|_| Error::internal("the writer thread panicked"))?
         .map_err(|e| io(e, &what));
     let consumed = match (encrypted, written) {
         (Err(e), _) | (Ok(()), Err(e)) => Err(e),
@@ -98,7 +98,7 @@ pub fn store_stream(
     drop(rx);
     let produced = producer
         .join()
-        .map_err(|_| Error::failed("the archive thread panicked"))?;
+        .map_err(|_| Error::internal("the archive thread panicked"))?;
     let (object, sha256, size) = match (consumed, produced) {
         (Err(e), _) => return Err(e),
         (Ok(_), Err(e)) => return Err(io(e, "reading the source")),

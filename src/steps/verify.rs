@@ -50,7 +50,7 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
         let bytes = match store.get(&pending)? {
             Some(b) => b,
             None => store.get(&final_path)?.ok_or_else(|| {
-                Error::failed(format!("{pending} is missing; start over with --fresh"))
+                Error::stored(format!("{pending} is missing; start over with --fresh"))
             })?,
         };
         let m = Manifest::parse(&bytes, &backup_id, &pending)?;

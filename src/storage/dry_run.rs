@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 pub struct DryRun(pub Arc<dyn Store>);
 
 fn refuse(what: &str, path: &str) -> Error {
-    Error::failed(format!(
+    Error::internal(format!(
         "a dry run writes nothing: refused to {what} {path}"
     ))
 }
@@ -73,8 +73,8 @@ mod tests {
         assert_eq!(dry.get("a/b").unwrap().as_deref(), Some(&b"x"[..]));
         dry.delete("a/b").unwrap();
         dry.delete_all("a").unwrap();
-        assert!(dry.put("a/c", b"y").is_err());
-        assert!(dry.create("a/d").is_err());
+        assert!(matches!(dry.put("a/c", b"y"), Err(Error::Internal(_))));
+        assert!(matches!(dry.create("a/d"), Err(Error::Internal(_))));
         assert_eq!(mem.paths(), ["a/b"]);
         assert_eq!(mem.log(), ["put a/b"]);
     }

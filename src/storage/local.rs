@@ -378,7 +378,7 @@ impl Store for LocalStore {
 
     fn delete_all(&self, prefix: &str) -> Result<()> {
         if prefix.is_empty() {
-            return Err(Error::failed("refusing to delete a whole store"));
+            return Err(Error::internal("refusing to delete a whole store"));
         }
         let p = self.path(prefix);
         match fs::remove_dir_all(&p) {

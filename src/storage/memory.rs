@@ -7,7 +7,7 @@ use std::io::{Cursor, Read, Write};
 use std::sync::{Arc, Mutex};
 
 use super::{ObjectWriter, Store};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, io};
 
 #[derive(Default)]
 struct Inner {
@@ -103,9 +103,12 @@ impl Store for MemoryStore {
         Ok(self.inner().objects.get(path).cloned())
     }
     fn open(&self, path: &str) -> Result<Box<dyn Read + Send + Sync>> {
-        let bytes = self
-            .get(path)?
-            .ok_or_else(|| Error::failed(format!("{path} does not exist")))?;
+        let bytes = self.get(path)?.ok_or_else(|| {
+            io(
+                std::io::ErrorKind::NotFound.into(),
+                format!("opening {path}"),
+            )
+        })?;
         Ok(Box::new(Cursor::new(bytes)))
     }
     fn size(&self, path: &str) -> Result<Option<u64>> {
@@ -165,7 +168,7 @@ impl Store for MemoryStore {
     }
     fn delete_all(&self, prefix: &str) -> Result<()> {
         if prefix.trim_matches('/').is_empty() {
-            return Err(Error::failed("refusing to delete a whole store"));
+            return Err(Error::internal("refusing to delete a whole store"));
         }
         let mut i = self.inner();
         i.log.push(format!("delete_all {prefix}"));

@@ -58,19 +58,19 @@ pub fn check(path: &Path, server: &str, mounts: &[Mount]) -> Result<()> {
     let want = path.to_string_lossy();
     let want = want.trim_end_matches('/');
     let Some(m) = mounts.iter().rev().find(|m| m.mount_point == want) else {
-        return Err(Error::failed(format!(
+        return Err(Error::source(format!(
             "{want} is not a mount point: the NFS export {server} is not mounted there; mount it (or fix images.path) before backing up"
         )));
     };
     if !(m.fstype == "nfs" || m.fstype == "nfs4") {
-        return Err(Error::failed(format!(
+        return Err(Error::source(format!(
             "{want} is mounted as {} from {}, not NFS from {server}; check the mount",
             m.fstype, m.source
         )));
     }
     let norm = |s: &str| s.trim_end_matches('/').to_owned();
     if norm(&m.source) != norm(server) {
-        return Err(Error::failed(format!(
+        return Err(Error::source(format!(
             "{want} is an NFS mount of {}, not of {server}; check images.server or the mount",
             m.source
         )));
@@ -81,7 +81,7 @@ pub fn check(path: &Path, server: &str, mounts: &[Mount]) -> Result<()> {
 /// Checks `path` against this process's mounts.
 pub fn check_mounted(path: &Path, server: &str) -> Result<()> {
     let text = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| Error::failed(format!("cannot read /proc/self/mountinfo: {e}")))?;
+        .map_err(|e| Error::source(format!("cannot read /proc/self/mountinfo: {e}")))?;
     check(path, server, &parse_mountinfo(&text))
 }
 
@@ -146,9 +146,9 @@ mod tests {
     #[test]
     fn a_real_non_nfs_folder_is_refused() {
         let dir = std::env::temp_dir();
-        let e = check_mounted(&dir, "nfs.example.com:/exports/dtr")
-            .unwrap_err()
-            .to_string();
+        let e = check_mounted(&dir, "nfs.example.com:/exports/dtr").unwrap_err();
+        assert!(matches!(e, Error::Source(_)), "{e:?}");
+        let e = e.to_string();
         assert!(
             e.contains("not a mount point") || e.contains("not NFS"),
             "{e}"

@@ -50,7 +50,7 @@ impl Exec {
                     .worker_threads(2)
                     .enable_all()
                     .build()
-                    .map_err(|e| Error::failed(format!("starting the S3 client runtime: {e}")))?;
+                    .map_err(|e| Error::s3(format!("starting the S3 client runtime: {e}")))?;
                 Ok(Exec {
                     handle: rt.handle().clone(),
                     _own: Some(Arc::new(rt)),
@@ -102,7 +102,7 @@ impl S3Store {
                 .with_secret_access_key(crypto::resolve(secret)?.expose());
         }
         let store = b.build().map_err(|e| {
-            Error::failed(format!(
+            Error::s3(format!(
                 "cannot set up S3 access to bucket {}: {e}; check region, endpoint and credentials",
                 cfg.bucket
             ))
@@ -137,7 +137,7 @@ impl S3Store {
     }
 
     fn fail(&self, doing: &str, rel: &str, e: object_store::Error) -> Error {
-        Error::failed(format!("{doing} {}/{rel}: {e}", self.describe))
+        Error::s3(format!("{doing} {}/{rel}: {e}", self.describe))
     }
 }
 
@@ -227,7 +227,7 @@ impl ObjectWriter for S3Writer {
         self.exec
             .run(upload.finish())
             .map(|_| ())
-            .map_err(|e| Error::failed(format!("completing the upload of {}: {e}", self.what)))
+            .map_err(|e| Error::s3(format!("completing the upload of {}: {e}", self.what)))
     }
 }
 
@@ -327,7 +327,7 @@ impl Store for S3Store {
                 self.remember(rel, put.e_tag, put.version);
                 Ok(())
             }
-            Err(object_store::Error::Precondition { .. }) => Err(Error::failed(format!(
+            Err(object_store::Error::Precondition { .. }) => Err(Error::s3(format!(
                 "{}/{rel} was changed by someone else since this run read it: is another runner using this destination without the lock?",
                 self.describe
             ))),
@@ -467,7 +467,7 @@ impl Store for S3Store {
 
     fn delete_all(&self, prefix: &str) -> Result<()> {
         if prefix.trim_matches('/').is_empty() {
-            return Err(Error::failed("refusing to delete a whole store"));
+            return Err(Error::s3("refusing to delete a whole store"));
         }
         for rel in self.list(prefix)? {
             self.delete(&rel)?;

@@ -110,19 +110,19 @@ impl ImageSource for Folder {
 /// missing disk never produces a "successful" backup of nothing.
 pub fn check_registry_tree(path: &Path, allow_empty: bool) -> Result<()> {
     let meta = std::fs::metadata(path).map_err(|e| {
-        Error::failed(format!(
+        Error::source(format!(
             "the image content folder {} cannot be read: {e}; check `images.path`",
             path.display()
         ))
     })?;
     if !meta.is_dir() {
-        return Err(Error::failed(format!(
+        return Err(Error::source(format!(
             "{} is not a folder; `images.path` must be the folder that holds docker/registry/v2",
             path.display()
         )));
     }
     if !allow_empty && !path.join("docker/registry/v2").is_dir() {
-        return Err(Error::failed(format!(
+        return Err(Error::source(format!(
             "{} holds no docker/registry/v2: is the storage mounted? Set `images.allow_empty: true` only if an empty registry is expected",
             path.display()
         )));

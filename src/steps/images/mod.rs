@@ -98,7 +98,7 @@ pub fn describe(plan: &Plan) -> Described {
 
 pub async fn run(ctx: Ctx) -> Result<Outcome> {
     let Some(images) = &ctx.plan.images else {
-        return Err(Error::failed("the plan has no images section"));
+        return Err(Error::internal("the plan has no images section"));
     };
     source(images).back_up(ctx).await
 }
@@ -110,7 +110,7 @@ fn volume_name(ctx: &Ctx) -> Result<String> {
         .get("volume")
         .cloned()
         .or_else(|| manifest::images_volume_name(&ctx.plan))
-        .ok_or_else(|| Error::failed("the volume name of the image content is unknown"))
+        .ok_or_else(|| Error::internal("the volume name of the image content is unknown"))
 }
 
 /// The outcome of an images step that wrote the artifact `name` at `path`.

@@ -83,7 +83,7 @@ fn copy_blob(
         .map_err(|e| io(e, format!("reading {key}")))?;
     if sha != digest {
         // Dropping the object aborts the upload: nothing lands under the digest's name.
-        return Err(Error::failed(format!(
+        return Err(Error::source(format!(
             "the source blob {key} hashes to {sha}, not to its digest: the registry storage is damaged"
         )));
     }
@@ -91,7 +91,7 @@ fn copy_blob(
     object
         .0
         .into_inner()
-        .map_err(|_| Error::failed("a blob writer was poisoned"))?
+        .map_err(|_| Error::internal("a blob writer was poisoned"))?
         .commit()?;
     Ok((size, stored))
 }
@@ -149,7 +149,7 @@ async fn run(ctx: Ctx, cfg: S3Cfg) -> Result<Outcome> {
         let enc = Arc::new(ctx.secrets.encryption.clone());
         let listed = source.list_sized("docker/registry/v2")?;
         if listed.is_empty() && !cfg.allow_empty {
-            return Err(Error::failed(format!(
+            return Err(Error::source(format!(
                 "{} holds no docker/registry/v2 objects: check images.bucket and images.prefix (DTR's rootdirectory)",
                 source.describe()
             )));
@@ -289,7 +289,7 @@ async fn run(ctx: Ctx, cfg: S3Cfg) -> Result<Outcome> {
             &ctx.cancel,
             Arc::new(AtomicU64::new(0)),
         )?;
-        let small_objects = std::mem::take(&mut *small_objects.lock().map_err(|_| Error::failed("poisoned"))?);
+        let small_objects = std::mem::take(&mut *small_objects.lock().map_err(|_| Error::internal("poisoned"))?);
         ctx.reporter.emit(&Event::ObjectsCopied {
             step: ctx.step_id.clone(),
             copied: copied.len() as u64,

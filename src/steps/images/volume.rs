@@ -41,10 +41,10 @@ async fn from_volume(ctx: Ctx, helper_image: Option<String>) -> Result<Outcome> 
     let volume = volume_name(&ctx)?;
     let image = helper_image
         .or_else(|| plan.dtr.image.clone())
-        .ok_or_else(|| Error::failed("set `images.helper_image` or `dtr.image`: the volume is read through a container of that image"))?;
+        .ok_or_else(|| Error::source("set `images.helper_image` or `dtr.image`: the volume is read through a container of that image"))?;
     let engine = docker::connect(&plan.docker)?;
     engine.docker.inspect_volume(&volume).await.map_err(|e| {
-        Error::failed(format!(
+        Error::source(format!(
             "the volume {volume} cannot be read on {}: {e}; check images.name and the replica",
             engine.endpoint
         ))
