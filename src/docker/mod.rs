@@ -62,7 +62,8 @@ fn target(cfg: &DockerCfg) -> Result<Target> {
                 )));
             }
         }
-        let host = cfg.host.clone().or_else(|| bundle_host(bundle)).ok_or_else(|| {
+        let plan_host = cfg.host.as_ref().map(|h| h.to_string());
+        let host = plan_host.or_else(|| bundle_host(bundle)).ok_or_else(|| {
             Error::docker(format!(
                 "no Docker host for the client bundle {}: set docker.host, or keep env.sh in the bundle",
                 bundle.display()
@@ -76,7 +77,8 @@ fn target(cfg: &DockerCfg) -> Result<Target> {
     }
     let host = cfg
         .host
-        .clone()
+        .as_ref()
+        .map(|h| h.to_string())
         .or_else(|| env("DOCKER_HOST"))
         .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
     let tls = (cfg.host.is_none()

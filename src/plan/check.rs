@@ -231,7 +231,7 @@ pub fn resolve(raw: RawPlan, file: &Path, dir: &Path, digest: String) -> Option<
         images,
         order: raw.order.map_or(Order::MetadataFirst, |o| o.value),
         ucp: raw.ucp.as_ref().filter(|_| metadata).map(|u| UcpCfg {
-            url: u.value.url.value.trim_end_matches('/').to_owned(),
+            url: u.value.url.value.clone(),
             username: u.value.username.value.clone(),
             password: secret(&u.value.password.value, dir),
             tls: match &u.value.ca_file {
@@ -387,7 +387,7 @@ fn s3_cfg(s3: &raw::S3, dir: &Path) -> S3Cfg {
         prefix: s3
             .prefix
             .as_ref()
-            .map(|p| p.value.trim_matches('/').to_owned())
+            .map(|p| p.value.clone())
             .unwrap_or_default(),
         region: s3.region.as_ref().map(|r| r.value.clone()),
         endpoint: s3.endpoint.as_ref().map(|e| e.value.clone()),

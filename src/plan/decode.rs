@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use super::addresses::{EndpointUrl, Invalid};
 use super::diag::{Diag, did_you_mean};
 use super::names::{PlanName, ReplicaSel, SecretRef, VolumeName, check_env_name};
 use super::raw::*;
@@ -306,6 +307,26 @@ impl<'s> Decoder<'s> {
                     Diag::error(code, s.span, format!("`{}` {why}: {:?}", at.path, s.value))
                         .label("invalid")
                         .help(help),
+                );
+                None
+            }
+        }
+    }
+
+    /// A string checked by a validating newtype (`addresses.rs`), whose refusal carries the
+    /// diagnostic's code, label and help.
+    fn valid<T: FromStr<Err = Invalid>>(&mut self, at: At) -> Option<Sp<T>> {
+        let s = self.string(at)?;
+        match s.value.parse::<T>() {
+            Ok(value) => Some(Sp {
+                value,
+                span: s.span,
+            }),
+            Err(why) => {
+                self.push(
+                    Diag::error(why.code, s.span, why.message)
+                        .label(why.label)
+                        .help(why.help),
                 );
                 None
             }
@@ -718,7 +739,7 @@ impl Decoder<'_> {
 
     fn ucp(&mut self, at: At) -> Option<Sp<Ucp>> {
         let mut f = self.fields(at)?;
-        let url = req!(self, f, "url", ucp_url);
+        let url = req!(self, f, "url", valid);
         let username = req!(self, f, "username", string);
         let password = req!(self, f, "password", secret);
         let ca_file = opt!(self, f, "ca_file", path);
@@ -746,58 +767,9 @@ impl Decoder<'_> {
         })
     }
 
-    fn ucp_url(&mut self, at: At) -> Option<Sp<String>> {
-        let url = self.string(at)?;
-        let rest = if let Some(rest) = url.value.strip_prefix("https://") {
-            rest
-        } else if url.value.starts_with("http://") {
-            self.push(
-                Diag::error(
-                    "plan::insecure-url",
-                    url.span,
-                    "UCP must be reached over https: this URL would send the password in clear",
-                )
-                .label("http://")
-                .help(format!(
-                    "write {:?}",
-                    url.value.replacen("http://", "https://", 1)
-                )),
-            );
-            return None;
-        } else if url.value.contains("://") {
-            self.push(
-                Diag::error(
-                    "plan::bad-url",
-                    url.span,
-                    "the UCP URL must start with https://",
-                )
-                .label("unsupported scheme")
-                .help("write https://<ucp-host>[:port]"),
-            );
-            return None;
-        } else {
-            self.push(
-                Diag::error("plan::bad-url", url.span, "the UCP URL has no scheme")
-                    .label("no https://")
-                    .help(format!("write \"https://{}\"", url.value)),
-            );
-            return None;
-        };
-        let host = rest.split('/').next().unwrap_or("");
-        if host.is_empty() || host.contains(char::is_whitespace) {
-            self.push(
-                Diag::error("plan::bad-url", url.span, "the UCP URL has no host")
-                    .label("no host")
-                    .help("write https://<ucp-host>[:port]"),
-            );
-            return None;
-        }
-        Some(url)
-    }
-
     fn docker(&mut self, at: At) -> Option<Sp<Docker>> {
         let mut f = self.fields(at)?;
-        let host = opt!(self, f, "host", docker_host);
+        let host = opt!(self, f, "host", valid);
         let bundle = opt!(self, f, "bundle", path);
         let span = f.at;
         self.finish(f);
@@ -805,28 +777,6 @@ impl Decoder<'_> {
             value: Docker { host, bundle },
             span,
         })
-    }
-
-    fn docker_host(&mut self, at: At) -> Option<Sp<String>> {
-        let host = self.string(at)?;
-        let ok = match host.value.split_once("://") {
-            Some(("unix", path)) => path.starts_with('/'),
-            Some(("tcp", addr)) => !addr.is_empty(),
-            _ => false,
-        };
-        if !ok {
-            self.push(
-                Diag::error(
-                    "plan::bad-docker-host",
-                    host.span,
-                    format!("{:?} is not a Docker host address", host.value),
-                )
-                .label("expected unix:///path or tcp://host:port")
-                .help("write e.g. `unix:///var/run/docker.sock` or `tcp://ucp.example.com:443`"),
-            );
-            return None;
-        }
-        Some(host)
     }
 
     fn dtr(&mut self, at: At) -> Option<Sp<Dtr>> {
@@ -895,7 +845,7 @@ impl Decoder<'_> {
             }
             Some("nfs") => {
                 let path = req!(self, f, "path", path);
-                let server = req!(self, f, "server", nfs_server);
+                let server = req!(self, f, "server", valid);
                 let name = opt!(self, f, "name", volume_name);
                 match (path, server) {
                     (Some(path), Some(server)) => Some(ImageSource::Nfs { path, server, name }),
@@ -911,30 +861,11 @@ impl Decoder<'_> {
         value.map(|value| Sp { value, span })
     }
 
-    fn nfs_server(&mut self, at: At) -> Option<Sp<String>> {
-        let s = self.string(at)?;
-        match s.value.split_once(":/") {
-            Some((host, _)) if !host.is_empty() => Some(s),
-            _ => {
-                self.push(
-                    Diag::error(
-                        "plan::bad-nfs-server",
-                        s.span,
-                        format!("{:?} is not an NFS export", s.value),
-                    )
-                    .label("expected host:/export")
-                    .help("write the source of the mount as `mount` shows it, e.g. `nfs.example.com:/dtr`"),
-                );
-                None
-            }
-        }
-    }
-
     fn s3(&mut self, f: &mut Fields) -> Option<S3> {
-        let bucket = req!(self, *f, "bucket", bucket);
-        let prefix = opt!(self, *f, "prefix", s3_prefix);
+        let bucket = req!(self, *f, "bucket", valid);
+        let prefix = opt!(self, *f, "prefix", valid);
         let region = opt!(self, *f, "region", string);
-        let endpoint = opt!(self, *f, "endpoint", endpoint);
+        let endpoint: Option<Sp<EndpointUrl>> = opt!(self, *f, "endpoint", valid);
         let access_key_id = opt!(self, *f, "access_key_id", secret);
         let secret_access_key = opt!(self, *f, "secret_access_key", secret);
         let allow_http = opt!(self, *f, "allow_http", boolean);
@@ -966,7 +897,7 @@ impl Decoder<'_> {
             );
         }
         if let (Some(ep), allow) = (&endpoint, &allow_http)
-            && ep.value.starts_with("http://")
+            && ep.value.is_http()
             && !allow.as_ref().is_some_and(|a| a.value)
         {
             self.push(
@@ -991,79 +922,6 @@ impl Decoder<'_> {
             parallel,
             allow_empty,
         })
-    }
-
-    fn bucket(&mut self, at: At) -> Option<Sp<String>> {
-        let b = self.string(at)?;
-        let ok = (3..=63).contains(&b.value.len())
-            && b.value
-                .bytes()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.');
-        if !ok {
-            self.push(
-                Diag::error(
-                    "plan::bad-bucket",
-                    b.span,
-                    format!("{:?} is not a valid S3 bucket name", b.value),
-                )
-                .label("3-63 of a-z, 0-9, '.', '-'")
-                .help("give the bucket name only; put folders in `prefix`"),
-            );
-            return None;
-        }
-        Some(b)
-    }
-
-    /// A key prefix that S3 clients send as written: no character the object store client
-    /// would percent-encode (keys listed back would not match, and deletes would miss), no
-    /// empty, `.` or `..` folder.
-    fn s3_prefix(&mut self, at: At) -> Option<Sp<String>> {
-        let p = self.string(at)?;
-        const ESCAPED: &[char] = &[
-            '~', '%', '#', '[', ']', '{', '}', '^', '|', '<', '>', '*', '?', '"', '`', '\\',
-        ];
-        let bad_char = p
-            .value
-            .chars()
-            .find(|c| ESCAPED.contains(c) || c.is_control());
-        let trimmed = p.value.trim_matches('/');
-        let bad_part = !trimmed.is_empty()
-            && trimmed
-                .split('/')
-                .any(|part| part.is_empty() || part == "." || part == "..");
-        if bad_char.is_some() || bad_part {
-            self.push(
-                Diag::error(
-                    "plan::bad-prefix",
-                    p.span,
-                    match bad_char {
-                        Some(c) => format!("the S3 prefix {:?} holds {c:?}, which S3 clients escape in keys", p.value),
-                        None => format!("the S3 prefix {:?} has an empty, `.` or `..` folder", p.value),
-                    },
-                )
-                .label("not a plain key prefix")
-                .help("use letters, digits and `-_./!'()&$@=;:+, ` in folders separated by single `/`"),
-            );
-            return None;
-        }
-        Some(p)
-    }
-
-    fn endpoint(&mut self, at: At) -> Option<Sp<String>> {
-        let e = self.string(at)?;
-        if !(e.value.starts_with("https://") || e.value.starts_with("http://")) {
-            self.push(
-                Diag::error(
-                    "plan::bad-url",
-                    e.span,
-                    format!("{:?} is not an endpoint URL", e.value),
-                )
-                .label("expected http(s)://host[:port]")
-                .help("write the full URL, e.g. https://s3.eu-west-1.amazonaws.com"),
-            );
-            return None;
-        }
-        Some(e)
     }
 
     fn destination(&mut self, at: At) -> Option<Sp<Destination>> {

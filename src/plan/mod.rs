@@ -4,6 +4,7 @@
 //! (`decode.rs`, `raw.rs`), checks the sections against each other (`check.rs`) and resolves
 //! defaults and relative paths. It never reads the environment, a secret, or the network.
 
+pub mod addresses;
 mod check;
 mod decode;
 pub mod diag;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+pub use addresses::{BucketName, DockerHost, EndpointUrl, NfsExport, S3Prefix, UcpUrl};
 pub use diag::{Diag, FileReport, Severity};
 pub use names::{PlanName, ReplicaId, ReplicaSel, SecretRef};
 pub use raw::{Order, RawPlan};
@@ -55,7 +57,7 @@ impl Plan {
 
 #[derive(Clone, Debug)]
 pub struct UcpCfg {
-    pub url: String,
+    pub url: UcpUrl,
     pub username: String,
     pub password: SecretRef,
     pub tls: UcpTls,
@@ -71,7 +73,7 @@ pub enum UcpTls {
 
 #[derive(Clone, Debug, Default)]
 pub struct DockerCfg {
-    pub host: Option<String>,
+    pub host: Option<DockerHost>,
     pub bundle: Option<PathBuf>,
 }
 
@@ -97,7 +99,7 @@ pub enum ImagesCfg {
     },
     Nfs {
         path: PathBuf,
-        server: String,
+        server: NfsExport,
         name: Option<String>,
     },
     S3(S3Cfg),
@@ -116,11 +118,11 @@ impl ImagesCfg {
 
 #[derive(Clone, Debug)]
 pub struct S3Cfg {
-    pub bucket: String,
+    pub bucket: BucketName,
     /// Key prefix without leading or trailing `/` (may be empty).
-    pub prefix: String,
+    pub prefix: S3Prefix,
     pub region: Option<String>,
-    pub endpoint: Option<String>,
+    pub endpoint: Option<EndpointUrl>,
     pub access_key_id: Option<SecretRef>,
     pub secret_access_key: Option<SecretRef>,
     pub allow_http: bool,

@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 
 use super::yaml::Span;
-use super::{ReplicaSel, SecretRef};
+use super::{
+    BucketName, DockerHost, EndpointUrl, NfsExport, ReplicaSel, S3Prefix, SecretRef, UcpUrl,
+};
 
 /// A value with the position it was written at.
 #[derive(Clone, Debug)]
@@ -94,7 +96,7 @@ pub enum Order {
 #[schemars(deny_unknown_fields)]
 pub struct Ucp {
     /// `https://` URL of UCP.
-    pub url: Sp<String>,
+    pub url: Sp<UcpUrl>,
     /// A UCP administrator.
     pub username: Sp<String>,
     /// The administrator's password, as a secret reference.
@@ -110,7 +112,7 @@ pub struct Ucp {
 #[schemars(deny_unknown_fields)]
 pub struct Docker {
     /// `unix:///path` or `tcp://host:port`. Default `$DOCKER_HOST`, else the local socket.
-    pub host: Option<Sp<String>>,
+    pub host: Option<Sp<DockerHost>>,
     /// A UCP client bundle folder (`ca.pem`, `cert.pem`, `key.pem`, optional `env.sh`).
     pub bundle: Option<Sp<PathBuf>>,
 }
@@ -153,7 +155,7 @@ pub enum ImageSource {
         /// Mount point.
         path: Sp<PathBuf>,
         /// `host:/export` the mount must come from.
-        server: Sp<String>,
+        server: Sp<NfsExport>,
         name: Option<Sp<String>>,
     },
     /// An S3 bucket (DTR's S3 storage driver).
@@ -164,12 +166,12 @@ pub enum ImageSource {
 #[derive(Clone, Debug, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct S3 {
-    pub bucket: Sp<String>,
+    pub bucket: Sp<BucketName>,
     /// Key prefix (DTR's `rootdirectory` for image content).
-    pub prefix: Option<Sp<String>>,
+    pub prefix: Option<Sp<S3Prefix>>,
     pub region: Option<Sp<String>>,
     /// Endpoint URL of an S3-compatible server.
-    pub endpoint: Option<Sp<String>>,
+    pub endpoint: Option<Sp<EndpointUrl>>,
     /// Access key id; default: the standard AWS chain.
     pub access_key_id: Option<Sp<SecretRef>>,
     pub secret_access_key: Option<Sp<SecretRef>>,

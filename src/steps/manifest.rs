@@ -47,7 +47,7 @@ pub fn build(ctx: &Ctx) -> Manifest {
             node: fact("node"),
             volume: fact("volume"),
         },
-        ucp_url: plan.ucp.as_ref().map(|u| u.url.clone()),
+        ucp_url: plan.ucp.as_ref().map(|u| u.url.to_string()),
         storage: fact("storage").unwrap_or_else(|| "none".into()),
         encryption: match plan.encryption {
             EncryptionCfg::None => "none",

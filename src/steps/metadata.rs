@@ -99,7 +99,7 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
     let mut cmd: Vec<String> = [
         "backup",
         "--ucp-url",
-        &ucp.url,
+        ucp.url.as_str(),
         "--ucp-username",
         &ucp.username,
         "--existing-replica-id",

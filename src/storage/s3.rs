@@ -85,7 +85,7 @@ impl S3Store {
     /// AWS environment and instance chain when the plan gives none). `root` is the key prefix.
     pub fn new(cfg: &S3Cfg, root: &str) -> Result<S3Store> {
         let mut b = AmazonS3Builder::from_env()
-            .with_bucket_name(&cfg.bucket)
+            .with_bucket_name(cfg.bucket.as_str())
             .with_allow_http(cfg.allow_http);
         if let Some(region) = &cfg.region {
             b = b.with_region(region);
@@ -93,7 +93,7 @@ impl S3Store {
             b = b.with_region("us-east-1");
         }
         if let Some(endpoint) = &cfg.endpoint {
-            b = b.with_endpoint(endpoint);
+            b = b.with_endpoint(endpoint.as_str());
         }
         b = b.with_virtual_hosted_style_request(!cfg.path_style && cfg.endpoint.is_none());
         if let (Some(id), Some(secret)) = (&cfg.access_key_id, &cfg.secret_access_key) {

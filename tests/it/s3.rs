@@ -486,10 +486,10 @@ fn state_updates_are_conditional_on_s3() {
     use dtr_backup::storage::Store;
     let Some(bed) = s3_bed() else { return };
     let cfg = dtr_backup::plan::S3Cfg {
-        bucket: "backups".into(),
-        prefix: String::new(),
+        bucket: "backups".parse().unwrap(),
+        prefix: Default::default(),
         region: None,
-        endpoint: Some(bed.endpoint.clone()),
+        endpoint: Some(bed.endpoint.parse().unwrap()),
         access_key_id: Some(dtr_backup::plan::SecretRef::Command(vec![
             "printf".into(),
             "dtr-backup-test".into(),

@@ -67,7 +67,7 @@ pub fn source(cfg: &ImagesCfg) -> Box<dyn ImageSource> {
         }),
         ImagesCfg::Nfs { path, server, .. } => Box::new(folder::Folder {
             path: path.clone(),
-            nfs_server: Some(server.clone()),
+            nfs_server: Some(server.to_string()),
             allow_empty: false,
         }),
         ImagesCfg::Volume { helper_image, .. } => Box::new(volume::Volume {

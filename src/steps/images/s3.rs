@@ -134,7 +134,7 @@ async fn run(ctx: Ctx, cfg: S3Cfg) -> Result<Outcome> {
     let (artifact_path, volume2) = (path.clone(), volume.clone());
     let outcome = blocking(move || {
         let ctx = worker;
-        let source_s3 = Arc::new(S3Store::new(&cfg, &cfg.prefix)?);
+        let source_s3 = Arc::new(S3Store::new(&cfg, cfg.prefix.as_str())?);
         let source: Arc<dyn Store> = source_s3.clone();
         // Same bucket, endpoint and credentials, and nothing to encrypt: the server copies.
         let server_side: Option<S3Store> = match &ctx.plan.destination {
