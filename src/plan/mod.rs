@@ -1,7 +1,7 @@
 //! Plans: loading, checking, and the resolved [`Plan`] the rest of the program uses.
 //!
 //! `load_str` is pure: it parses the YAML (`yaml.rs`), decodes it into the raw types
-//! (`decode.rs`, `raw.rs`), checks the sections against each other (`check.rs`) and resolves
+//! (`decode/`, `raw.rs`), checks the sections against each other (`check.rs`) and resolves
 //! defaults and relative paths. It never reads the environment, a secret, or the network.
 
 pub mod addresses;

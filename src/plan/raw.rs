@@ -1,6 +1,6 @@
 //! The plan as written: one type per YAML section, keys as in the file.
 //!
-//! These types are filled by `decode.rs` (which keeps positions for later checks) and describe
+//! These types are filled by `decode/` (which keeps positions for later checks) and describe
 //! the JSON Schema (`dtr-backup schema`, `schemas/plan.schema.json`) through `schemars`. The
 //! resolved, typed plan that the rest of the program uses is [`crate::plan::Plan`].
 

@@ -6,7 +6,7 @@
 //! `Spanned<T>` gives line, column, byte offset and length for every value, which is what
 //! `plan validate` needs to underline a wrong value in a plan that is valid YAML.
 //!
-//! The tree is decoded by hand (see `decode.rs`) rather than straight into serde structs, so that
+//! The tree is decoded by hand (see `decode/`) rather than straight into serde structs, so that
 //! one pass reports every problem in the file instead of stopping at the first.
 
 use std::fmt;

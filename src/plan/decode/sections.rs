@@ -1,0 +1,496 @@
+//! One function per plan section, each built from the decoder's primitives.
+
+use std::path::PathBuf;
+
+use crate::plan::addresses::EndpointUrl;
+use crate::plan::diag::Diag;
+use crate::plan::names::{PlanName, ReplicaSel, VolumeName};
+use crate::plan::raw::*;
+use crate::plan::yaml::{Node, Span, Value};
+
+use super::{At, Decoder, Fields, section};
+
+impl Decoder<'_> {
+    /// Decodes a whole plan. `None` when something is missing or wrong; `self.diags` says what.
+    pub fn plan(&mut self, root: &Node) -> Option<RawPlan> {
+        let top = At {
+            path: "",
+            key_span: Span {
+                offset: 0,
+                len: 0,
+                line: 1,
+                column: 1,
+            },
+            node: root,
+        };
+        if matches!(root.value, Value::Null) {
+            self.push(
+                Diag::error("plan::empty", top.key_span, "the plan file is empty")
+                    .label("nothing here")
+                    .help("start from plans/quickstart.yaml; a plan needs at least `version`, `name` and `destination`"),
+            );
+            return None;
+        }
+        let mut f = self.fields(top)?;
+        let present = |key: &str| f.entries.iter().any(|e| e.key == key);
+        let (has_parts, has_ucp, has_dtr, has_images, has_encryption) = (
+            present("parts"),
+            present("ucp"),
+            present("dtr"),
+            present("images"),
+            present("encryption"),
+        );
+        let version = req!(self, f, "version", version);
+        let name = req!(self, f, "name", plan_name);
+        let parts = opt!(self, f, "parts", parts);
+        let ucp = opt!(self, f, "ucp", ucp);
+        let docker = opt!(self, f, "docker", docker);
+        let dtr = opt!(self, f, "dtr", dtr);
+        let images = opt!(self, f, "images", images);
+        let destination = req!(self, f, "destination", destination);
+        let encryption = opt!(self, f, "encryption", encryption);
+        let retention = opt!(self, f, "retention", retention);
+        let state = opt!(self, f, "state", state);
+        let preflight = opt!(self, f, "preflight", preflight);
+        let verify = opt!(self, f, "verify", verify);
+        let order = opt!(self, f, "order", order);
+        self.finish(f);
+        // Checks across sections run on what could be decoded, so that one pass reports all.
+        // A section that is present but invalid already has its own diagnostic.
+        crate::plan::check::cross(
+            &crate::plan::check::CrossView {
+                parts: if has_parts {
+                    parts.as_ref().map(Some)
+                } else {
+                    Some(None)
+                },
+                ucp: if has_ucp {
+                    ucp.as_ref().map(Some)
+                } else {
+                    Some(None)
+                },
+                dtr: if has_dtr {
+                    dtr.as_ref().map(Some)
+                } else {
+                    Some(None)
+                },
+                images: if has_images {
+                    images.as_ref().map(Some)
+                } else {
+                    Some(None)
+                },
+                encryption: if has_encryption {
+                    encryption.as_ref().map(Some)
+                } else {
+                    Some(None)
+                },
+                destination: destination.as_ref(),
+                order: order.as_ref(),
+                state: state.as_ref(),
+            },
+            &mut self.diags,
+        );
+        Some(RawPlan {
+            version: version?,
+            name: name?,
+            parts,
+            ucp,
+            docker,
+            dtr,
+            images,
+            destination: destination?,
+            encryption,
+            retention,
+            state,
+            preflight,
+            verify,
+            order,
+        })
+    }
+
+    fn version(&mut self, at: At) -> Option<Sp<u32>> {
+        let v = self.count(at)?;
+        if v.value != 1 {
+            self.push(
+                Diag::error(
+                    "plan::unsupported-version",
+                    v.span,
+                    format!("plan version {} is not supported", v.value),
+                )
+                .label("this dtr-backup reads version 1")
+                .help("write `version: 1`, or upgrade dtr-backup if the plan was written for a newer one"),
+            );
+            return None;
+        }
+        Some(v)
+    }
+
+    fn plan_name(&mut self, at: At) -> Option<Sp<String>> {
+        let name = self.parsed::<PlanName>(
+            at,
+            "plan::bad-name",
+            "use lowercase letters, digits and '-', at most 63 characters, e.g. `dtr-prod`",
+        )?;
+        Some(Sp {
+            value: name.value.to_string(),
+            span: name.span,
+        })
+    }
+
+    fn volume_name(&mut self, at: At) -> Option<Sp<String>> {
+        let name = self.parsed::<VolumeName>(
+            at,
+            "plan::bad-volume-name",
+            "give the name of the volume as `docker volume ls` shows it, e.g. `dtr-registry-a1640e1c15b6`",
+        )?;
+        Some(Sp {
+            value: name.value.as_str().to_owned(),
+            span: name.span,
+        })
+    }
+
+    fn parts(&mut self, at: At) -> Option<Sp<Vec<Sp<Part>>>> {
+        let parts = self.list(at, |d, at| {
+            d.choice(
+                at,
+                &[("metadata", Part::Metadata), ("images", Part::Images)],
+            )
+        })?;
+        if parts.value.is_empty() {
+            self.push(
+                Diag::error(
+                    "plan::no-parts",
+                    parts.span,
+                    "`parts` is empty: nothing to back up",
+                )
+                .label("empty list")
+                .help("list `metadata`, `images` or both, or remove `parts` to back up both"),
+            );
+            return None;
+        }
+        for (i, p) in parts.value.iter().enumerate() {
+            if parts.value[..i].iter().any(|q| q.value == p.value) {
+                self.push(
+                    Diag::error("plan::duplicate-part", p.span, "this part is listed twice")
+                        .label("duplicate")
+                        .help("list each part once"),
+                );
+                return None;
+            }
+        }
+        Some(parts)
+    }
+
+    fn ucp(&mut self, at: At) -> Option<Sp<Ucp>> {
+        let mut f = self.fields(at)?;
+        let url = req!(self, f, "url", valid);
+        let username = req!(self, f, "username", string);
+        let password = req!(self, f, "password", secret);
+        let ca_file = opt!(self, f, "ca_file", path);
+        let tls_given = f.entries.iter().any(|e| e.key == "insecure_tls");
+        let insecure_tls = opt!(self, f, "insecure_tls", boolean);
+        let span = f.at;
+        self.finish(f);
+        if tls_given == insecure_tls.is_some() {
+            crate::plan::check::ucp_tls(
+                ca_file.as_ref(),
+                insecure_tls.as_ref(),
+                span,
+                &mut self.diags,
+            );
+        }
+        Some(Sp {
+            value: Ucp {
+                url: url?,
+                username: username?,
+                password: password?,
+                ca_file,
+                insecure_tls,
+            },
+            span,
+        })
+    }
+
+    fn docker(&mut self, at: At) -> Option<Sp<Docker>> {
+        let mut f = self.fields(at)?;
+        let host = opt!(self, f, "host", valid);
+        let bundle = opt!(self, f, "bundle", path);
+        let span = f.at;
+        self.finish(f);
+        Some(Sp {
+            value: Docker { host, bundle },
+            span,
+        })
+    }
+
+    fn dtr(&mut self, at: At) -> Option<Sp<Dtr>> {
+        let mut f = self.fields(at)?;
+        let image = opt!(self, f, "image", dtr_image);
+        let replica = opt!(self, f, "replica", replica);
+        let offline = opt!(self, f, "offline", boolean);
+        let span = f.at;
+        self.finish(f);
+        Some(Sp {
+            value: Dtr {
+                image,
+                replica,
+                offline,
+            },
+            span,
+        })
+    }
+
+    fn replica(&mut self, at: At) -> Option<Sp<ReplicaSel>> {
+        self.parsed::<ReplicaSel>(
+            at,
+            "plan::bad-replica-id",
+            "write `auto` or the 12-hex-digit id from a container name such as dtr-rethinkdb-a1640e1c15b6",
+        )
+    }
+
+    fn dtr_image(&mut self, at: At) -> Option<Sp<String>> {
+        let image = self.string(at)?;
+        match crate::plan::image_version(&image.value) {
+            Ok(_) => Some(image),
+            Err(why) => {
+                self.push(
+                    Diag::error(
+                        "plan::image-tag",
+                        image.span,
+                        format!("the DTR image {:?} {why}", image.value),
+                    )
+                    .label("tag must be the DTR version")
+                    .help("restore needs the same DTR version: write the running version, e.g. `docker/dtr:2.9.4`"),
+                );
+                None
+            }
+        }
+    }
+
+    fn images(&mut self, at: At) -> Option<Sp<ImageSource>> {
+        let mut f = self.fields(at)?;
+        let span = f.at;
+        let kind = self.tag(&mut f, &["volume", "path", "nfs", "s3"]);
+        let value = match kind {
+            Some("volume") => {
+                let name = opt!(self, f, "name", volume_name);
+                let helper_image = opt!(self, f, "helper_image", string);
+                Some(ImageSource::Volume { name, helper_image })
+            }
+            Some("path") => {
+                let path = req!(self, f, "path", path);
+                let name = opt!(self, f, "name", volume_name);
+                let allow_empty = opt!(self, f, "allow_empty", boolean);
+                path.map(|path| ImageSource::Path {
+                    path,
+                    name,
+                    allow_empty,
+                })
+            }
+            Some("nfs") => {
+                let path = req!(self, f, "path", path);
+                let server = req!(self, f, "server", valid);
+                let name = opt!(self, f, "name", volume_name);
+                match (path, server) {
+                    (Some(path), Some(server)) => Some(ImageSource::Nfs { path, server, name }),
+                    _ => None,
+                }
+            }
+            Some("s3") => self.s3(&mut f).map(|s| ImageSource::S3(Box::new(s))),
+            _ => None,
+        };
+        if kind.is_some() {
+            self.finish(f);
+        }
+        value.map(|value| Sp { value, span })
+    }
+
+    fn s3(&mut self, f: &mut Fields) -> Option<S3> {
+        let bucket = req!(self, *f, "bucket", valid);
+        let prefix = opt!(self, *f, "prefix", valid);
+        let region = opt!(self, *f, "region", string);
+        let endpoint: Option<Sp<EndpointUrl>> = opt!(self, *f, "endpoint", valid);
+        let access_key_id = opt!(self, *f, "access_key_id", secret);
+        let secret_access_key = opt!(self, *f, "secret_access_key", secret);
+        let allow_http = opt!(self, *f, "allow_http", boolean);
+        let path_style = opt!(self, *f, "path_style", boolean);
+        let parallel = opt!(self, *f, "parallel", count);
+        let allow_empty = opt!(self, *f, "allow_empty", boolean);
+        if let Some(p) = &parallel
+            && !(1..=64).contains(&p.value)
+        {
+            self.push(
+                Diag::error(
+                    "plan::bad-parallel",
+                    p.span,
+                    "`parallel` must be between 1 and 64",
+                )
+                .label("out of range")
+                .help("copy 4 to 16 objects at once; more rarely helps"),
+            );
+        }
+        if access_key_id.is_some() != secret_access_key.is_some() {
+            self.push(
+                Diag::error(
+                    "plan::s3-credentials",
+                    f.at,
+                    format!("{} has only one of `access_key_id` and `secret_access_key`", section(&f.path)),
+                )
+                .label("give both or neither")
+                .help("give both as secret references, or neither to use the standard AWS chain (env, profile, instance role)"),
+            );
+        }
+        if let (Some(ep), allow) = (&endpoint, &allow_http)
+            && ep.value.is_http()
+            && !allow.as_ref().is_some_and(|a| a.value)
+        {
+            self.push(
+                Diag::error(
+                    "plan::http-endpoint",
+                    ep.span,
+                    "this S3 endpoint is plain http, which `allow_http` does not permit",
+                )
+                .label("http://")
+                .help("use https, or add `allow_http: true` (test servers only)"),
+            );
+        }
+        Some(S3 {
+            bucket: bucket?,
+            prefix,
+            region,
+            endpoint,
+            access_key_id,
+            secret_access_key,
+            allow_http,
+            path_style,
+            parallel,
+            allow_empty,
+        })
+    }
+
+    fn destination(&mut self, at: At) -> Option<Sp<Destination>> {
+        let mut f = self.fields(at)?;
+        let span = f.at;
+        let kind = self.tag(&mut f, &["local", "s3"]);
+        let value = match kind {
+            Some("local") => req!(self, f, "path", path).map(|path| Destination::Local { path }),
+            Some("s3") => self.s3(&mut f).map(|s| Destination::S3(Box::new(s))),
+            _ => None,
+        };
+        if kind.is_some() {
+            self.finish(f);
+        }
+        value.map(|value| Sp { value, span })
+    }
+
+    fn encryption(&mut self, at: At) -> Option<Sp<Encryption>> {
+        let mut f = self.fields(at)?;
+        let span = f.at;
+        let kind = self.tag(&mut f, &["passphrase", "recipients", "none"]);
+        let value = match kind {
+            Some("passphrase") => req!(self, f, "passphrase", secret)
+                .map(|passphrase| Encryption::Passphrase { passphrase }),
+            Some("recipients") => req!(self, f, "recipients", recipients)
+                .map(|recipients| Encryption::Recipients { recipients }),
+            Some("none") => Some(Encryption::None {}),
+            _ => None,
+        };
+        if kind.is_some() {
+            self.finish(f);
+        }
+        value.map(|value| Sp { value, span })
+    }
+
+    fn recipients(&mut self, at: At) -> Option<Sp<Vec<Sp<PathBuf>>>> {
+        let list = self.list(at, |d, at| d.path(at))?;
+        if list.value.is_empty() {
+            self.push(
+                Diag::error("plan::no-recipients", list.span, "`recipients` is empty")
+                    .label("no key files")
+                    .help(
+                        "list at least one OpenPGP public key file, e.g. `[keys/backup-ops.asc]`",
+                    ),
+            );
+            return None;
+        }
+        Some(list)
+    }
+
+    fn retention(&mut self, at: At) -> Option<Sp<Retention>> {
+        let before = self.diags.len();
+        let mut f = self.fields(at)?;
+        let r = Retention {
+            keep_last: opt!(self, f, "keep_last", count),
+            keep_daily: opt!(self, f, "keep_daily", count),
+            keep_weekly: opt!(self, f, "keep_weekly", count),
+            keep_monthly: opt!(self, f, "keep_monthly", count),
+        };
+        let span = f.at;
+        self.finish(f);
+        let keeps = [&r.keep_last, &r.keep_daily, &r.keep_weekly, &r.keep_monthly]
+            .iter()
+            .any(|k| k.as_ref().is_some_and(|k| k.value > 0));
+        if !keeps && self.diags.len() == before {
+            self.push(
+                Diag::error(
+                    "plan::retention-keeps-nothing",
+                    span,
+                    "this retention keeps no backup: every backup would be deleted",
+                )
+                .label("no keep rule above 0")
+                .help("set at least one of keep_last, keep_daily, keep_weekly, keep_monthly above 0, or remove `retention` to keep everything"),
+            );
+            return None;
+        }
+        Some(Sp { value: r, span })
+    }
+
+    fn state(&mut self, at: At) -> Option<Sp<StateCfg>> {
+        let mut f = self.fields(at)?;
+        let path = opt!(self, f, "path", path);
+        let span = f.at;
+        self.finish(f);
+        Some(Sp {
+            value: StateCfg { path },
+            span,
+        })
+    }
+
+    fn preflight(&mut self, at: At) -> Option<Sp<Preflight>> {
+        let mut f = self.fields(at)?;
+        let check_ucp_login = opt!(self, f, "check_ucp_login", boolean);
+        let span = f.at;
+        self.finish(f);
+        Some(Sp {
+            value: Preflight { check_ucp_login },
+            span,
+        })
+    }
+
+    fn verify(&mut self, at: At) -> Option<Sp<VerifyCfg>> {
+        let mut f = self.fields(at)?;
+        let after_apply = opt!(self, f, "after_apply", boolean);
+        let key = opt!(self, f, "key", secret);
+        let key_passphrase = opt!(self, f, "key_passphrase", secret);
+        let span = f.at;
+        self.finish(f);
+        Some(Sp {
+            value: VerifyCfg {
+                after_apply,
+                key,
+                key_passphrase,
+            },
+            span,
+        })
+    }
+
+    fn order(&mut self, at: At) -> Option<Sp<Order>> {
+        self.choice(
+            at,
+            &[
+                ("metadata-first", Order::MetadataFirst),
+                ("images-first", Order::ImagesFirst),
+            ],
+        )
+    }
+}
