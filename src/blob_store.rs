@@ -137,7 +137,7 @@ pub fn is_blob_path(path: &str, digest: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::Secret;
+    use crate::secret::Secret;
     use crate::storage::memory::MemoryStore;
 
     #[test]

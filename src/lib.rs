@@ -36,6 +36,7 @@ pub mod hex;
 pub mod manifest;
 pub mod plan;
 pub mod process;
+pub mod secret;
 pub mod steps;
 pub mod storage;
 pub mod ucp;

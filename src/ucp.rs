@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use crate::crypto::Secret;
 use crate::error::{Error, Result};
 use crate::plan::{UcpCfg, UcpTls};
+use crate::secret::Secret;
 
 fn client(ucp: &UcpCfg) -> Result<reqwest::Client> {
     let mut b = reqwest::Client::builder()

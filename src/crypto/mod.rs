@@ -10,18 +10,18 @@
 
 //!
 //! `keys.rs` says which keys a plan uses, `encrypt.rs` writes messages, `decrypt.rs` reads
-//! them; `secret.rs` resolves secret references.
+//! them. Secret references are resolved by `crate::secret`, a leaf that `storage` and
+//! `ucp` use without `crypto`.
 
 mod decrypt;
 mod encrypt;
 mod keys;
-pub mod secret;
 mod seipd;
 
+pub use crate::secret::{Secret, resolve};
 pub use decrypt::{MAX_KEY_PACKETS, decrypt};
 pub use encrypt::{FinishWrite, FinishWriteBox, Framed, Session, encrypt};
 pub use keys::{Decryption, Encryption, Secrets, for_plan, load_recipients, parse_certs};
-pub use secret::{Secret, resolve};
 
 use sequoia_openpgp as openpgp;
 

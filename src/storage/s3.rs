@@ -22,9 +22,9 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
 use tokio::runtime::{Handle, Runtime};
 
 use super::{ObjectWriter, Store};
-use crate::crypto;
 use crate::error::{Error, Result};
 use crate::plan::S3Cfg;
+use crate::secret;
 
 /// Bytes per multipart part.
 pub const PART_SIZE: usize = 8 << 20;
@@ -98,8 +98,8 @@ impl S3Store {
         b = b.with_virtual_hosted_style_request(!cfg.path_style && cfg.endpoint.is_none());
         if let (Some(id), Some(secret)) = (&cfg.access_key_id, &cfg.secret_access_key) {
             b = b
-                .with_access_key_id(crypto::resolve(id)?.expose())
-                .with_secret_access_key(crypto::resolve(secret)?.expose());
+                .with_access_key_id(secret::resolve(id)?.expose())
+                .with_secret_access_key(secret::resolve(secret)?.expose());
         }
         let store = b.build().map_err(|e| {
             Error::s3(format!(
