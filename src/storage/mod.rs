@@ -62,6 +62,41 @@ pub trait Store: Send + Sync {
     fn delete(&self, path: &str) -> Result<()>;
     /// Removes everything under `prefix`.
     fn delete_all(&self, prefix: &str) -> Result<()>;
+    /// The server-side copy this store offers, if any (an optional capability: S3 has it).
+    fn server_copy(&self) -> Option<&dyn ServerCopy> {
+        None
+    }
+}
+
+/// Copying objects on the server, without the bytes passing through this machine.
+pub trait ServerCopy: Send + Sync {
+    /// Which server holds the objects, and who asks: two stores of the same reach can copy
+    /// between each other. Names credential references, never their values.
+    fn reach(&self) -> &str;
+    /// The name the server gives the object at `path`.
+    fn absolute(&self, path: &str) -> String;
+    /// Copies the object the server names `from` (of the same reach) to `to` in this store.
+    fn copy_in(&self, from: &str, to: &str) -> Result<()>;
+}
+
+/// Whether objects of `source` can be copied into `dest` on the server.
+pub fn can_copy_on_server(source: &dyn Store, dest: &dyn Store) -> bool {
+    matches!(
+        (source.server_copy(), dest.server_copy()),
+        (Some(s), Some(d)) if s.reach() == d.reach()
+    )
+}
+
+/// Copies `from` of `source` to `to` of `dest` on the server. `Ok(false)`: the two cannot
+/// (see [`can_copy_on_server`]); stream the bytes instead.
+pub fn copy_on_server(source: &dyn Store, from: &str, dest: &dyn Store, to: &str) -> Result<bool> {
+    match (source.server_copy(), dest.server_copy()) {
+        (Some(s), Some(d)) if s.reach() == d.reach() => {
+            d.copy_in(&s.absolute(from), to)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// An object being written.
@@ -75,6 +110,11 @@ pub trait ObjectWriter: Write + Send {
 pub struct Stores {
     pub backups: Arc<dyn Store>,
     pub state: Arc<dyn Store>,
+}
+
+/// A store over an S3 bucket under the key prefix `root` (image content in S3, say).
+pub fn open_s3(cfg: &crate::plan::S3Cfg, root: &str) -> Result<Arc<dyn Store>> {
+    Ok(Arc::new(s3::S3Store::new(cfg, root)?))
 }
 
 /// Opens the stores of a plan. Creates nothing yet; S3 credentials are resolved here.

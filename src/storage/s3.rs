@@ -21,7 +21,7 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
 use tokio::runtime::{Handle, Runtime};
 
-use super::{ObjectWriter, Store};
+use super::{ObjectWriter, ServerCopy, Store};
 use crate::error::{Error, Result};
 use crate::plan::S3Cfg;
 use crate::secret;
@@ -77,6 +77,8 @@ pub struct S3Store {
     /// Key prefix of this store (`<prefix>/<plan>`), without a trailing `/`.
     root: String,
     describe: String,
+    /// Endpoint, region, bucket and credential references: see [`ServerCopy::reach`].
+    reach: String,
     exec: Exec,
 }
 
@@ -108,10 +110,23 @@ impl S3Store {
             ))
         })?;
         let root = root.trim_matches('/').to_owned();
+        let reference = |r: &Option<crate::plan::SecretRef>| {
+            r.as_ref()
+                .map_or_else(|| "the AWS chain".to_owned(), |r| r.describe())
+        };
+        let reach = format!(
+            "s3 endpoint {} region {} bucket {} key {} secret {}",
+            cfg.endpoint.as_deref().unwrap_or("aws"),
+            cfg.region.as_deref().unwrap_or("-"),
+            cfg.bucket,
+            reference(&cfg.access_key_id),
+            reference(&cfg.secret_access_key),
+        );
         Ok(S3Store {
             store: Arc::new(store),
             versions: Default::default(),
             describe: format!("s3://{}/{root}", cfg.bucket),
+            reach,
             root,
             exec: Exec::new()?,
         })
@@ -173,23 +188,6 @@ impl S3Store {
                 v.remove(rel);
             }
         }
-    }
-
-    /// Whether `other` is the same bucket behind the same endpoint and credentials, so that
-    /// objects can be copied server-side between the two stores.
-    pub fn same_bucket(a: &S3Cfg, b: &S3Cfg) -> bool {
-        a.bucket == b.bucket
-            && a.endpoint == b.endpoint
-            && a.region == b.region
-            && a.access_key_id == b.access_key_id
-            && a.secret_access_key == b.secret_access_key
-    }
-
-    /// Copies `from` (of this store) to `to` (of `dest`, in the same bucket) on the server.
-    pub fn copy_to(&self, from: &str, dest: &S3Store, to: &str) -> Result<()> {
-        self.exec
-            .run(self.store.copy(&self.key(from), &dest.key(to)))
-            .map_err(|e| self.fail("copying", from, e))
     }
 }
 
@@ -281,9 +279,29 @@ fn not_found(e: &object_store::Error) -> bool {
     matches!(e, object_store::Error::NotFound { .. })
 }
 
+impl ServerCopy for S3Store {
+    fn reach(&self) -> &str {
+        &self.reach
+    }
+
+    fn absolute(&self, path: &str) -> String {
+        self.key(path).to_string()
+    }
+
+    fn copy_in(&self, from: &str, to: &str) -> Result<()> {
+        self.exec
+            .run(self.store.copy(&ObjPath::from(from), &self.key(to)))
+            .map_err(|e| Error::s3(format!("copying {from} to {}/{to}: {e}", self.describe)))
+    }
+}
+
 impl Store for S3Store {
     fn describe(&self) -> String {
         self.describe.clone()
+    }
+
+    fn server_copy(&self) -> Option<&dyn ServerCopy> {
+        Some(self)
     }
 
     fn create(&self, rel: &str) -> Result<Box<dyn ObjectWriter>> {
@@ -473,5 +491,44 @@ impl Store for S3Store {
             self.delete(&rel)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::SecretRef;
+    use crate::storage::{can_copy_on_server, memory::MemoryStore};
+
+    fn cfg(bucket: &str, key_var: &str) -> S3Cfg {
+        S3Cfg {
+            bucket: bucket.parse().unwrap(),
+            prefix: Default::default(),
+            region: None,
+            endpoint: Some("http://127.0.0.1:9".parse().unwrap()),
+            access_key_id: Some(SecretRef::Command(vec!["printf".into(), key_var.into()])),
+            secret_access_key: Some(SecretRef::Command(vec!["printf".into(), "s".into()])),
+            allow_http: true,
+            path_style: true,
+            parallel: None,
+            allow_empty: false,
+        }
+    }
+
+    /// Building a store connects to nothing: these stores only compare their reach.
+    #[test]
+    fn server_side_copy_needs_the_same_server_bucket_and_credentials() {
+        let a = S3Store::new(&cfg("images", "k"), "registry").unwrap();
+        let same = S3Store::new(&cfg("images", "k"), "backups/prod").unwrap();
+        let other_bucket = S3Store::new(&cfg("backups", "k"), "prod").unwrap();
+        let other_key = S3Store::new(&cfg("images", "k2"), "prod").unwrap();
+        assert!(can_copy_on_server(&a, &same));
+        assert!(!can_copy_on_server(&a, &other_bucket));
+        assert!(!can_copy_on_server(&a, &other_key));
+        assert!(!can_copy_on_server(&a, &MemoryStore::new()));
+        assert!(!can_copy_on_server(&MemoryStore::new(), &a));
+        // Names carry the store's root.
+        assert_eq!(a.absolute("docker/x"), "registry/docker/x");
+        assert_eq!(same.absolute("blobs/y"), "backups/prod/blobs/y");
     }
 }

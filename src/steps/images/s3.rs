@@ -32,8 +32,7 @@ use crate::manifest::{self, SnapshotObject};
 use crate::plan::S3Cfg;
 use crate::steps::stream::store_stream;
 use crate::steps::{Ctx, Outcome, blocking};
-use crate::storage::Store;
-use crate::storage::s3::S3Store;
+use crate::storage::{self, Store};
 
 /// Blobs copied at once unless `images.parallel` says otherwise.
 pub const DEFAULT_PARALLEL: usize = 4;
@@ -96,6 +95,22 @@ fn copy_blob(
     Ok((size, stored))
 }
 
+/// Copies one blob on the server (plaintext destination, same reach); returns (size, stored
+/// size), the same here. The server copies what the source holds: the digest is checked by
+/// `verify --read-data`, not on the way.
+fn copy_on_server(
+    source: &dyn Store,
+    dest: &dyn Store,
+    target: &str,
+    key: &str,
+) -> Result<(u64, u64)> {
+    if !storage::copy_on_server(source, key, dest, target)? {
+        return Err(Error::internal("the server-side copy became unavailable"));
+    }
+    let size = dest.size(target)?.unwrap_or(0);
+    Ok((size, size))
+}
+
 pub struct S3 {
     pub cfg: S3Cfg,
 }
@@ -134,18 +149,11 @@ async fn run(ctx: Ctx, cfg: S3Cfg) -> Result<Outcome> {
     let (artifact_path, volume2) = (path.clone(), volume.clone());
     let outcome = blocking(move || {
         let ctx = worker;
-        let source_s3 = Arc::new(S3Store::new(&cfg, cfg.prefix.as_str())?);
-        let source: Arc<dyn Store> = source_s3.clone();
-        // Same bucket, endpoint and credentials, and nothing to encrypt: the server copies.
-        let server_side: Option<S3Store> = match &ctx.plan.destination {
-            crate::plan::DestinationCfg::S3(d)
-                if !ctx.secrets.encryption.is_encrypted() && S3Store::same_bucket(&cfg, d) =>
-            {
-                Some(S3Store::new(d, &d.plan_root(ctx.plan.name.as_str()))?)
-            }
-            _ => None,
-        };
+        let source = storage::open_s3(&cfg, cfg.prefix.as_str())?;
         let dest = ctx.stores.backups.clone();
+        // Same server and credentials, and nothing to encrypt: the server copies.
+        let server_side = !ctx.secrets.encryption.is_encrypted()
+            && storage::can_copy_on_server(source.as_ref(), dest.as_ref());
         let enc = Arc::new(ctx.secrets.encryption.clone());
         let listed = source.list_sized("docker/registry/v2")?;
         if listed.is_empty() && !cfg.allow_empty {
@@ -194,12 +202,10 @@ async fn run(ctx: Ctx, cfg: S3Cfg) -> Result<Outcome> {
                             return;
                         };
                         let target = blob_store.path(&digest);
-                        let result = match &server_side {
-                            Some(d) => source_s3
-                                .copy_to(&key, d, &target)
-                                .and_then(|()| d.size(&target))
-                                .map(|s| (s.unwrap_or(0), s.unwrap_or(0))),
-                            None => copy_blob(source.as_ref(), dest.as_ref(), &target, &key, &digest, &enc, &ctx.cancel),
+                        let result = if server_side {
+                            copy_on_server(source.as_ref(), dest.as_ref(), &target, &key)
+                        } else {
+                            copy_blob(source.as_ref(), dest.as_ref(), &target, &key, &digest, &enc, &ctx.cancel)
                         };
                         match result {
                             Ok((size, stored)) => {
@@ -296,7 +302,7 @@ async fn run(ctx: Ctx, cfg: S3Cfg) -> Result<Outcome> {
             already_present: (blobs.len() - copied.len()) as u64,
             bytes_copied: bytes.load(Ordering::Relaxed),
             small_objects: small_objects.len() as u64,
-            server_side: server_side.is_some(),
+            server_side,
         });
         objects.extend(small_objects);
         objects.sort_by(|a, b| a.key.cmp(&b.key));
