@@ -14,8 +14,10 @@
 //!   is the record of a backup; [`blob_store`] keeps blobs object by object, one folder per
 //!   encryption identity.
 //! - Adapters, which know nothing of plans' steps: [`storage`] (where backups go),
-//!   [`crypto`] (OpenPGP streams, secrets), [`archive`] (tar, pipes, hashing), [`docker`]
+//!   [`crypto`] (OpenPGP streams, keys), [`archive`] (tar, pipes, hashing), [`docker`]
 //!   (the Docker API: replicas, containers), [`ucp`] (UCP's HTTPS API).
+//! - Leaves everyone may use: [`error`] (kinds, exit codes), [`secret`] (secret references,
+//!   resolved and zeroized), [`cancel`], [`clock`], [`hex`], [`failpoint`].
 //! - [`cli`] holds one file per subcommand; it parses, prints, and maps outcomes to the exit
 //!   codes in [`exit`]. No backup logic lives there.
 
