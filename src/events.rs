@@ -57,6 +57,13 @@ pub enum Event {
         /// Copied by the S3 server itself (same bucket, no encryption).
         server_side: bool,
     },
+    /// One named check and its outcome (a restore drill's).
+    Check {
+        step: String,
+        name: String,
+        ok: bool,
+        detail: String,
+    },
     /// A line of output from a step (for example the `dtr backup` container's log).
     Log {
         step: String,

@@ -1,6 +1,7 @@
 //! Streaming building blocks: hashing and counting, a bounded pipe between threads, and the
 //! tar layout of registry trees.
 
+pub mod extract;
 pub mod pipe;
 pub mod records;
 pub mod tree;

@@ -7,6 +7,7 @@ mod plan_show;
 mod plan_unlock;
 mod plan_validate;
 mod report;
+mod restore;
 mod schema;
 mod verify;
 
@@ -34,6 +35,9 @@ pub enum Command {
     Backups(BackupsCommand),
     /// Prove a stored backup whole, decryptable and restorable (exit 5 when not).
     Verify(verify::Args),
+    /// Bring a backup's image content back into a folder, or drill it (exit 5 when the backup
+    /// does not restore whole).
+    Restore(restore::Args),
     /// Print the JSON Schema of plan files.
     Schema,
 }
@@ -92,6 +96,7 @@ pub fn run(cli: Cli) -> Exit {
         Command::Backups(BackupsCommand::List(args)) => backups_list::run(&args),
         Command::Backups(BackupsCommand::Prune(args)) => backups_prune::run(&args),
         Command::Verify(args) => verify::run(&args),
+        Command::Restore(args) => restore::run(&args),
         Command::Schema => schema::run(),
     }
 }

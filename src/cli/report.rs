@@ -24,6 +24,8 @@ impl Reporter for JsonLines {
 /// Human output on stderr; the final summary line on stdout.
 pub struct Human {
     quiet: bool,
+    /// A restore's run (not a backup's): its own start line, no backup summary at the end.
+    restore: bool,
     bars: bool,
     bar: Mutex<Option<ProgressBar>>,
     /// Without a terminal, progress lines are printed at most this often.
@@ -34,9 +36,18 @@ impl Human {
     pub fn new(quiet: bool) -> Human {
         Human {
             quiet,
+            restore: false,
             bars: !quiet && std::io::stderr().is_terminal(),
             bar: Mutex::new(None),
             last_line: Mutex::new(None),
+        }
+    }
+
+    /// For `restore`, which prints its own final line.
+    pub fn for_restore(quiet: bool) -> Human {
+        Human {
+            restore: true,
+            ..Human::new(quiet)
         }
     }
 
@@ -88,6 +99,7 @@ impl Reporter for Human {
             } => {
                 self.finish_bar();
                 match (status, backup_id) {
+                    (RunStatus::Ok, _) if self.restore => {}
                     (RunStatus::Ok, Some(id)) => println!(
                         "backup {id} complete: {} artifacts, {}, {} steps run, {} skipped, {:.1} s",
                         summary.artifacts,
@@ -109,10 +121,14 @@ impl Reporter for Human {
                 backup_id,
                 resumed,
                 ..
-            } => self.line(&format!(
-                "{} run {backup_id} of plan {plan}",
-                if *resumed { "resuming" } else { "starting" }
-            )),
+            } => self.line(&if self.restore {
+                format!("restoring backup {backup_id} of plan {plan}")
+            } else {
+                format!(
+                    "{} run {backup_id} of plan {plan}",
+                    if *resumed { "resuming" } else { "starting" }
+                )
+            }),
             Event::StepStarted { step, .. } => {
                 self.line(&format!("▶ {step}"));
                 if self.bars
@@ -179,6 +195,15 @@ impl Reporter for Human {
                 ));
             }
             Event::Log { step, message } => self.line(&format!("  {step}: {message}")),
+            Event::Check {
+                step,
+                name,
+                ok,
+                detail,
+            } => self.line(&format!(
+                "  {step}: {} {name}: {detail}",
+                if *ok { "PASS" } else { "FAIL" }
+            )),
             Event::ObjectsCopied {
                 step,
                 copied,

@@ -7,6 +7,7 @@
 
 pub mod lock;
 pub mod prune;
+pub mod restore;
 pub mod state;
 
 use std::collections::BTreeMap;

@@ -3,7 +3,7 @@
 //! (`crate::exec`) records outcomes in the journal; steps know nothing of resuming.
 
 mod discover;
-mod images;
+pub mod images;
 mod manifest;
 mod metadata;
 pub mod preflight;

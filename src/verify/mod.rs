@@ -163,6 +163,39 @@ pub fn stored(
     Ok(Report { backup_id, checks })
 }
 
+/// The blob digests the backup's metadata references (`None` when it holds no metadata),
+/// read from its metadata artifact: what a restored registry must be able to serve.
+pub fn metadata_references(
+    store: &dyn Store,
+    manifest: &Manifest,
+    dec: Option<&Decryption>,
+    cancel: &Cancel,
+) -> Result<Option<BTreeSet<String>>, String> {
+    let Some(a) = manifest
+        .artifacts
+        .iter()
+        .find(|a| a.kind == ArtifactKind::Metadata)
+    else {
+        return Ok(None);
+    };
+    let (checks, walk) = check_artifact(
+        store,
+        manifest,
+        a,
+        dec,
+        ReadData::Layout,
+        Rehash::Undecrypted,
+        cancel,
+    );
+    match walk {
+        Some(w) => Ok(Some(w.references)),
+        None => Err(checks.into_iter().find(|c| !c.ok).map_or_else(
+            || format!("{} was not read", a.path),
+            |c| format!("{}: {}", c.name, c.detail),
+        )),
+    }
+}
+
 /// Checks a backup whose manifest is `manifest`, stored under `<backup_id>/`. `dec` is `None`
 /// when no key can open recipients-encrypted artifacts: they are then checked by size and
 /// sha256 only (the caller says so).

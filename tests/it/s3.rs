@@ -374,6 +374,24 @@ fn s3_image_content_is_copied_incrementally_and_restores_from_the_manifest() {
             .arg(&fx.plan),
     ));
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    // `restore` puts every object back, byte for byte, each checked against its sha256.
+    let restored = fx.dir.path().join("restored");
+    let out = run(with_keys(
+        dtr_backup(fx.dir.path())
+            .env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
+            .args(["restore", "--output", "json", "--images-to"])
+            .arg(&restored)
+            .arg(&fx.plan),
+    ));
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(keys_under(&restored), keys_under(&src_root));
+    for key in keys_under(&src_root) {
+        assert_eq!(
+            std::fs::read(restored.join(&key)).expect("restored"),
+            std::fs::read(src_root.join(&key)).expect("source"),
+            "{key}"
+        );
+    }
     // Nothing left for retention to do.
     let out = run(with_keys(
         dtr_backup(fx.dir.path())

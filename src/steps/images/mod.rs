@@ -11,6 +11,7 @@
 //! - `s3.rs`: DTR's S3 storage, copied object by object into the blob store.
 
 mod folder;
+pub mod restore;
 mod s3;
 mod volume;
 

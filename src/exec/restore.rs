@@ -1,0 +1,458 @@
+//! `restore`: a stored backup's image content back into a folder, under the plan's lock, and
+//! the drill that proves a backup restores without touching anything live.
+//!
+//! The order: which backup (`manifest::resolve`), its checks of layout and integrity
+//! (`verify::check_backup`: nothing is written when they fail), then the image content
+//! (`steps::images::restore`: every blob checked against its digest before it gets its name).
+//! A drill restores into a scratch folder, checks that every blob the metadata references is
+//! there, and removes the folder whatever the outcome.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::lock;
+use crate::cancel::Cancel;
+use crate::clock;
+use crate::crypto;
+use crate::error::{Error, Result, io};
+use crate::events::{Event, Reporter, RunStatus, Summary};
+use crate::manifest::{self, ArtifactKind, Manifest, Which};
+use crate::plan::{ImagesCfg, Plan};
+use crate::steps::images::restore::{self as images, Restored};
+use crate::storage::{self, Store};
+use crate::verify::{self, Check, ReadData, Rehash};
+
+/// Which parts of a backup to restore.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Only {
+    Images,
+}
+
+#[derive(Clone, Debug)]
+pub struct RestoreOptions {
+    pub which: Which,
+    pub only: Option<Only>,
+    /// Restore the image content here instead of the plan's own source.
+    pub images_to: Option<PathBuf>,
+    pub drill: bool,
+    pub lock_timeout: Option<Duration>,
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RestoreReport {
+    pub backup_id: String,
+    /// Where the image content went (removed again after a drill).
+    pub target: PathBuf,
+    pub drill: bool,
+    pub restored: Restored,
+    /// The checks of a drill (empty otherwise).
+    pub checks: Vec<Check>,
+}
+
+/// Where the image content goes, and whether it is a scratch folder of a drill.
+pub fn target(plan: &Plan, opts: &RestoreOptions) -> Result<(PathBuf, bool)> {
+    if let Some(p) = &opts.images_to {
+        return Ok((p.clone(), false));
+    }
+    if opts.drill {
+        let scratch = std::env::temp_dir().join(format!(
+            "dtr-backup-drill-{}-{}",
+            plan.name,
+            clock::random_hex(4)
+        ));
+        return Ok((scratch, true));
+    }
+    match &plan.images {
+        Some(ImagesCfg::Path { path, .. }) => Ok((path.clone(), false)),
+        Some(ImagesCfg::Nfs { path, server, .. }) => {
+            storage::nfs::check_mounted(path, server)?;
+            Ok((path.clone(), false))
+        }
+        Some(other) => Err(Error::Usage(format!(
+            "restoring image content into a `{}` source is not supported yet: restore it into a folder with --images-to PATH",
+            other.kind()
+        ))),
+        None => Err(Error::Usage(
+            "the plan has no `images` section saying where image content goes: pass --images-to PATH".into(),
+        )),
+    }
+}
+
+/// An absent folder is created; an existing one must be an empty folder.
+fn prepare(target: &Path) -> Result<()> {
+    match std::fs::read_dir(target) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(Error::refused(format!(
+                    "{} is not empty: restore writes only into an absent or empty folder; empty it, or choose another with --images-to",
+                    target.display()
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(target)
+            .map_err(|e| io(e, format!("creating {}", target.display()))),
+        Err(e) => Err(io(
+            e,
+            format!("{} cannot be read as a folder", target.display()),
+        )),
+    }
+}
+
+/// Removes a drill's scratch folder when dropped.
+struct Scratch(Option<PathBuf>);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+/// Runs the restore (or drill) and reports it: `run_started`, a step per part,
+/// `run_finished` with the exit code.
+pub async fn restore(
+    plan: Arc<Plan>,
+    opts: &RestoreOptions,
+    reporter: Arc<dyn Reporter>,
+    cancel: Cancel,
+) -> Result<RestoreReport> {
+    let start = Instant::now();
+    let mut summary = Summary::default();
+    let result = run(&plan, opts, reporter.as_ref(), &cancel, &mut summary).await;
+    summary.duration_ms = start.elapsed().as_millis() as u64;
+    let (status, backup_id, error) = match &result {
+        Ok(r) => (RunStatus::Ok, Some(r.backup_id.clone()), None),
+        Err(e) => (
+            match e {
+                Error::Interrupted => RunStatus::Interrupted,
+                Error::Locked(_) => RunStatus::Locked,
+                _ => RunStatus::Failed,
+            },
+            None,
+            Some(e.to_string()),
+        ),
+    };
+    reporter.emit(&Event::RunFinished {
+        status,
+        backup_id,
+        exit_code: match &result {
+            Ok(_) => crate::exit::Exit::Ok.code(),
+            Err(e) => e.exit().code(),
+        },
+        error,
+        summary,
+    });
+    result
+}
+
+async fn run(
+    plan: &Plan,
+    opts: &RestoreOptions,
+    reporter: &dyn Reporter,
+    cancel: &Cancel,
+    summary: &mut Summary,
+) -> Result<RestoreReport> {
+    let stores = storage::open(plan)?;
+    let operation = if opts.drill {
+        "restore --drill"
+    } else {
+        "restore"
+    };
+    let _lock = lock::acquire(
+        stores.state.clone(),
+        plan.name.as_str(),
+        operation,
+        opts.lock_timeout,
+        reporter,
+        cancel,
+    )
+    .await?;
+    let store = stores.backups.clone();
+    let warn = |w: String| reporter.emit(&Event::Warning { message: w });
+    let backup_id = manifest::resolve(store.as_ref(), &opts.which, &warn)?;
+    let manifest = manifest::read(store.as_ref(), &backup_id)?;
+    check_parts(&manifest, opts)?;
+    let (target, scratch) = target(plan, opts)?;
+    reporter.emit(&Event::RunStarted {
+        format_version: 1,
+        plan: plan.name.to_string(),
+        backup_id: backup_id.clone(),
+        resumed: false,
+        time: clock::rfc3339(clock::now_unix()),
+    });
+    let (_, dec) = crypto::for_plan(plan)?;
+
+    // 1. The backup's checks: nothing is written when they fail.
+    step(reporter, summary, "verify", "verify", || {
+        let checks = verify::check_backup(
+            store.as_ref(),
+            &manifest,
+            dec.as_ref(),
+            ReadData::Layout,
+            Rehash::Undecrypted,
+            cancel,
+        );
+        failed(&checks, &backup_id)
+    })?;
+
+    // 2. The image content, into an absent or empty folder.
+    prepare(&target)?;
+    let _scratch = Scratch((scratch || opts.drill).then(|| target.clone()));
+    let restored = step(reporter, summary, "images", "restore_images", || {
+        images::to_folder(store.as_ref(), &manifest, dec.as_ref(), &target, cancel).map_err(
+            |e| {
+                let partial = format!(
+                    "{} holds a partial restore (every blob in it checked); empty it before restoring again",
+                    target.display()
+                );
+                match e {
+                    e if opts.drill => e,
+                    Error::Verify(m) => Error::Verify(format!("{m}; {partial}")),
+                    Error::Interrupted => {
+                        reporter.emit(&Event::Warning {
+                            message: format!("the restore stopped: {partial}"),
+                        });
+                        Error::Interrupted
+                    }
+                    e => e.context(partial),
+                }
+            },
+        )
+    })?;
+    summary.bytes = restored.bytes;
+
+    // 3. A drill: what a registry started on the folder could serve.
+    let checks = if opts.drill {
+        step(reporter, summary, "drill", "drill", || {
+            let checks = drill_checks(
+                store.as_ref(),
+                &manifest,
+                dec.as_ref(),
+                &target,
+                &restored,
+                cancel,
+            );
+            for c in &checks {
+                reporter.emit(&Event::Check {
+                    step: "drill".into(),
+                    name: c.name.clone(),
+                    ok: c.ok,
+                    detail: c.detail.clone(),
+                });
+            }
+            failed(&checks, &backup_id)?;
+            Ok(checks)
+        })?
+    } else {
+        Vec::new()
+    };
+    Ok(RestoreReport {
+        backup_id,
+        target,
+        drill: opts.drill,
+        restored,
+        checks,
+    })
+}
+
+/// Refuses what this version cannot restore, before anything is touched.
+fn check_parts(m: &Manifest, opts: &RestoreOptions) -> Result<()> {
+    let has = |k| m.artifacts.iter().any(|a| a.kind == k);
+    if !has(ArtifactKind::Images) {
+        return Err(Error::Usage(format!(
+            "backup {} holds no image content to restore",
+            m.backup_id
+        )));
+    }
+    if has(ArtifactKind::Metadata) && opts.only.is_none() && !opts.drill {
+        return Err(Error::Usage(format!(
+            "backup {} holds metadata, which this version does not restore yet: pass --only images to restore the image content, then run DTR's `restore` with the metadata archive as the README says",
+            m.backup_id
+        )));
+    }
+    Ok(())
+}
+
+fn failed(checks: &[Check], backup_id: &str) -> Result<()> {
+    let bad: Vec<&Check> = checks.iter().filter(|c| !c.ok).collect();
+    if bad.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Verify(format!(
+        "backup {backup_id} fails {} of {} checks, nothing restored from it: {}",
+        bad.len(),
+        checks.len(),
+        bad.iter()
+            .take(3)
+            .map(|c| format!("{}: {}", c.name, c.detail))
+            .collect::<Vec<_>>()
+            .join("; ")
+    )))
+}
+
+fn drill_checks(
+    store: &dyn Store,
+    m: &Manifest,
+    dec: Option<&crypto::Decryption>,
+    target: &Path,
+    restored: &Restored,
+    cancel: &Cancel,
+) -> Vec<Check> {
+    let mut checks = vec![match images::rehash_blobs(target, cancel) {
+        Ok((n, bad)) => Check {
+            name: "restored: blobs read back from disk hash to their digests".into(),
+            ok: bad.is_empty(),
+            detail: if bad.is_empty() {
+                format!(
+                    "{n} blobs read back ({} files, {} bytes restored)",
+                    restored.files, restored.bytes
+                )
+            } else {
+                format!("{} of {n} blobs do not: {}", bad.len(), bad.join(", "))
+            },
+        },
+        Err(e) => Check {
+            name: "restored: blobs read back from disk hash to their digests".into(),
+            ok: false,
+            detail: e.to_string(),
+        },
+    }];
+    let present = images::blobs_in(target).map_err(|e| e.to_string());
+    let refs = verify::metadata_references(store, m, dec, cancel);
+    checks.push(match (refs, present) {
+        (Ok(Some(refs)), Ok(present)) => {
+            let missing: Vec<&String> = refs.difference(&present).collect();
+            Check {
+                name: "restored: blobs referenced by metadata are in the restored folder".into(),
+                ok: missing.is_empty(),
+                detail: if missing.is_empty() {
+                    format!("{} referenced, {} restored", refs.len(), present.len())
+                } else {
+                    format!(
+                        "{} of {} referenced blobs are missing: {}",
+                        missing.len(),
+                        refs.len(),
+                        missing
+                            .iter()
+                            .take(10)
+                            .map(|d| format!("sha256:{d}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                },
+            }
+        }
+        (Ok(None), Ok(present)) => Check {
+            name: "restored: blobs in the restored folder".into(),
+            ok: true,
+            detail: format!(
+                "{} blobs (the backup holds no metadata to check them against)",
+                present.len()
+            ),
+        },
+        (Err(e), _) | (_, Err(e)) => Check {
+            name: "restored: blobs referenced by metadata are in the restored folder".into(),
+            ok: false,
+            detail: e,
+        },
+    });
+    checks
+}
+
+/// Runs one part as a step: `step_started`, then `step_finished` or `step_failed`.
+fn step<T>(
+    reporter: &dyn Reporter,
+    summary: &mut Summary,
+    id: &str,
+    kind: &str,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    reporter.emit(&Event::StepStarted {
+        step: id.into(),
+        kind: kind.into(),
+    });
+    let start = Instant::now();
+    let result = f();
+    match &result {
+        Ok(_) => {
+            summary.steps_run += 1;
+            reporter.emit(&Event::StepFinished {
+                step: id.into(),
+                duration_ms: start.elapsed().as_millis() as u64,
+                artifacts: vec![],
+            });
+        }
+        Err(e) => reporter.emit(&Event::StepFailed {
+            step: id.into(),
+            error: e.to_string(),
+        }),
+    }
+    result
+}
+
+/// What `restore --dry-run` prints: each part with what it would do. Reads the listing of
+/// backups only when `which` is `latest`; touches nothing, takes no lock.
+pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<String>)>> {
+    let stores = storage::open(plan)?;
+    let store = stores.backups.as_ref();
+    let backup_id = manifest::resolve(store, &opts.which, &|_| {})?;
+    let m = manifest::read(store, &backup_id)?;
+    check_parts(&m, opts)?;
+    let (target, _) = target(plan, opts)?;
+    let mut steps = vec![(
+        "verify".to_owned(),
+        vec![format!(
+            "check backup {backup_id} at {}: every artifact's size, decryption (integrity protection) and layout; stop if any check fails",
+            store.describe()
+        )],
+    )];
+    let mut images = vec![format!(
+        "take the lock of plan {} (no backup runs during the restore)",
+        plan.name
+    )];
+    images.push(if opts.drill {
+        format!(
+            "create the scratch folder {} (absent or empty)",
+            target.display()
+        )
+    } else {
+        format!(
+            "check that {} is absent or empty; create it if absent",
+            target.display()
+        )
+    });
+    for a in m
+        .artifacts
+        .iter()
+        .filter(|a| a.kind == ArtifactKind::Images)
+    {
+        images.push(format!(
+            "decrypt {backup_id}/{} and extract {}/_data/... into {} (nothing outside it; each file under a temporary name, fsynced, renamed; every blob checked against its digest first)",
+            a.path,
+            m.dtr.volume.as_deref().unwrap_or("?"),
+            target.display()
+        ));
+    }
+    let blobs = m.objects.iter().filter(|o| o.blob.is_some()).count();
+    if blobs > 0 {
+        images.push(format!(
+            "decrypt {blobs} blobs from the blob store into {} (each checked against its digest)",
+            target.display()
+        ));
+    }
+    steps.push(("images".to_owned(), images));
+    if opts.drill {
+        steps.push((
+            "drill".to_owned(),
+            vec![
+                "check that every blob the metadata references is in the scratch folder".into(),
+                format!("remove {}", target.display()),
+            ],
+        ));
+    }
+    Ok(steps)
+}

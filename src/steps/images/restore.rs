@@ -1,0 +1,207 @@
+//! Image content of a stored backup back into a folder, which then holds the registry root
+//! (`<folder>/docker/registry/v2/...`, the layout of `images.path`): the images artifact is
+//! decrypted and extracted (`archive::extract`: nothing outside the folder, files named only
+//! once durable), and the blobs a snapshot keeps in the blob store are decrypted into place.
+//!
+//! Every blob is checked against its digest before it gets its name; so is every other object
+//! of a snapshot (images in S3 record the sha256 of each). The caller verifies the backup's
+//! integrity before (`verify::check_backup`); reading each artifact to its end here checks it
+//! again, so that content changed in between fails the restore.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, Read};
+use std::path::Path;
+use std::sync::OnceLock;
+
+use regex::Regex;
+
+use crate::archive::extract::{self, Refused, Target};
+use crate::archive::records::CappedRecords;
+use crate::cancel::Cancel;
+use crate::crypto::{self, Decryption};
+use crate::error::{Error, Result, io};
+use crate::manifest::{ArtifactKind, Manifest};
+use crate::storage::Store;
+
+/// What a restore wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Restored {
+    pub files: u64,
+    pub bytes: u64,
+    /// Files checked against a digest before they got their name.
+    pub checked: u64,
+}
+
+fn blob_file() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        Regex::new(r"^docker/registry/v2/blobs/sha256/([0-9a-f]{2})/([0-9a-f]{64})/data$")
+            .expect("valid regex")
+    })
+}
+
+/// The digest a blob's data file must hash to, from its path.
+pub fn blob_digest(rel: &str) -> Option<String> {
+    blob_file().captures(rel).map(|c| c[2].to_owned())
+}
+
+/// The blob digests present under `root` (a registry root): what a registry started on it
+/// can serve.
+pub fn blobs_in(root: &Path) -> io::Result<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    let dir = root.join("docker/registry/v2/blobs/sha256");
+    let Ok(prefixes) = std::fs::read_dir(&dir) else {
+        return Ok(out);
+    };
+    for p in prefixes {
+        let p = p?;
+        for d in std::fs::read_dir(p.path())? {
+            let d = d?;
+            let name = d.file_name().to_string_lossy().into_owned();
+            if crate::hex::is_sha256(&name) && d.path().join("data").is_file() {
+                out.insert(name);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads every blob under `root` back from disk and hashes it: the digests that do not match
+/// (with what they hash to), and how many were read.
+pub fn rehash_blobs(root: &Path, cancel: &Cancel) -> io::Result<(usize, Vec<String>)> {
+    let mut bad = Vec::new();
+    let digests = blobs_in(root)?;
+    for d in &digests {
+        cancel.check()?;
+        let file = root.join(format!(
+            "docker/registry/v2/blobs/sha256/{}/{d}/data",
+            &d[..2]
+        ));
+        let (got, _) = crate::archive::HashReader::new(std::fs::File::open(&file)?).finish()?;
+        if got != *d {
+            bad.push(format!("sha256:{d} (reads back as {got})"));
+        }
+    }
+    Ok((digests.len(), bad))
+}
+
+/// A refusal of the archive or of a digest is the backup failing its checks (exit 5).
+fn refused(what: &str, r: Refused) -> Error {
+    match r {
+        Refused::Io(e) => io(e, format!("restoring {what}")),
+        other => Error::Verify(format!(
+            "{what}: {other}; the backup is damaged or was tampered with: restore another one (`dtr-backup backups list`)"
+        )),
+    }
+}
+
+/// Restores the image content of `manifest` (stored in `store`, the plan's root) into
+/// `target`, an existing empty folder.
+pub fn to_folder(
+    store: &dyn Store,
+    manifest: &Manifest,
+    dec: Option<&Decryption>,
+    target: &Path,
+    cancel: &Cancel,
+) -> Result<Restored> {
+    let volume = manifest.dtr.volume.clone().ok_or_else(|| {
+        Error::Verify(format!(
+            "the manifest of {} names no image-content folder (dtr.volume)",
+            manifest.backup_id
+        ))
+    })?;
+    // Objects of a snapshot carry their sha256; the other trees only their blobs' digests.
+    let recorded: BTreeMap<&str, &str> = manifest
+        .objects
+        .iter()
+        .map(|o| (o.key.as_str(), o.sha256.as_str()))
+        .collect();
+    let digest_of = |rel: &str| {
+        recorded
+            .get(rel)
+            .map(|s| (*s).to_owned())
+            .or_else(|| blob_digest(rel))
+    };
+    let mut done = Restored::default();
+    let images = manifest
+        .artifacts
+        .iter()
+        .filter(|a| a.kind == ArtifactKind::Images);
+    for a in images {
+        let path = format!("{}/{}", manifest.backup_id, a.path);
+        let stored = store.open(&path)?;
+        let mut plain = open_plain(stored, a.encrypted, dec, &path)?;
+        let mut archive = CappedRecords::new(&mut plain);
+        let strip = format!("{volume}/_data");
+        let got = extract::extract(
+            &mut archive,
+            &Target {
+                root: target,
+                strip: &strip,
+                digest_of: &digest_of,
+                cancel,
+            },
+        )
+        .map_err(|r| refused(&path, r))?;
+        // The rest of the stream (end-of-archive blocks; the integrity check at its end).
+        drain(&mut plain, &path)?;
+        done.files += got.files;
+        done.bytes += got.bytes;
+        done.checked += got.checked;
+    }
+    let encrypted = manifest.encryption != "none";
+    for o in &manifest.objects {
+        let Some(blob) = &o.blob else { continue };
+        cancel.check().map_err(|e| io(e, "restoring blobs"))?;
+        let stored = store.open(blob)?;
+        let mut plain = open_plain(stored, encrypted, dec, blob)?;
+        let size = extract::write_checked(target, &o.key, &mut plain, Some(&o.sha256), cancel)
+            .map_err(|r| refused(blob, r))?;
+        drain(&mut plain, blob)?;
+        if size != o.size {
+            return Err(Error::Verify(format!(
+                "{blob} holds {size} bytes, the manifest records {}",
+                o.size
+            )));
+        }
+        done.files += 1;
+        done.bytes += size;
+        done.checked += 1;
+    }
+    Ok(done)
+}
+
+fn open_plain<'a>(
+    stored: Box<dyn Read + Send + Sync>,
+    encrypted: bool,
+    dec: Option<&Decryption>,
+    what: &str,
+) -> Result<Box<dyn Read + Send + Sync + 'a>> {
+    if !encrypted {
+        return Ok(stored);
+    }
+    let dec = dec.ok_or_else(|| {
+        Error::crypto(format!(
+            "{what} is encrypted to recipients and the plan has no verify.key: set it to the secret key that decrypts the backup"
+        ))
+    })?;
+    crypto::decrypt(stored, dec).map_err(|e| {
+        Error::Verify(format!(
+            "{what} does not decrypt: {e}; check the passphrase or key, or restore another backup"
+        ))
+    })
+}
+
+fn drain(plain: &mut dyn Read, what: &str) -> Result<()> {
+    crate::archive::copy_large(plain, &mut io::sink())
+        .map(drop)
+        .map_err(|e| {
+            if crate::cancel::is_cancellation(&e) {
+                Error::Interrupted
+            } else {
+                Error::Verify(format!(
+                    "{what} fails its integrity check at its end: {e}; restore another backup"
+                ))
+            }
+        })
+}

@@ -1,0 +1,209 @@
+//! `restore`: image content back into a folder, byte for byte, every blob checked; the drill;
+//! refusals that touch nothing.
+
+use std::path::{Path, PathBuf};
+
+use crate::common::*;
+
+/// The files and folders under `dir`, relative, with their bytes.
+fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    snapshot(dir)
+        .into_iter()
+        .map(|(p, b)| (p.strip_prefix(dir).expect("inside").to_path_buf(), b))
+        .collect()
+}
+
+fn restore(fx: &Fixture, args: &[&str]) -> std::process::Output {
+    let mut cmd = dtr_backup(fx.dir.path());
+    cmd.env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
+        .args(["restore", "--output", "json"])
+        .arg(&fx.plan)
+        .args(args);
+    run(&mut cmd)
+}
+
+fn backed_up(tag: &str) -> (Fixture, String) {
+    let fx = Fixture::new(tag, 3, "");
+    let out = run(&mut fx.apply());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let id = events(&out).last().expect("events")["backup_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    (fx, id)
+}
+
+/// The one images artifact of a backup.
+fn artifact(fx: &Fixture, id: &str) -> PathBuf {
+    fx.plan_root()
+        .join(id)
+        .join("dtr-images-0a1b2c3d4e5f.tar.gpg")
+}
+
+#[test]
+fn image_content_comes_back_byte_for_byte() {
+    let (fx, id) = backed_up("restore-folder");
+    let target = fx.dir.path().join("restored");
+    let out = restore(&fx, &["--images-to", target.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let ev = events(&out);
+    assert_eq!(ev[0]["event"], "run_started");
+    assert_eq!(ev[0]["backup_id"], id.as_str());
+    assert_eq!(steps_with(&ev, "step_finished"), ["verify", "images"]);
+    let last = ev.last().expect("events");
+    assert_eq!(last["status"], "ok");
+    assert_eq!(last["exit_code"], 0);
+    assert_eq!(tree(&target), tree(&fx.dir.path().join("registry")));
+    assert!(
+        !tree(&target)
+            .iter()
+            .any(|(p, _)| p.to_string_lossy().contains(".partial-"))
+    );
+    // Released: the next backup runs.
+    assert!(!fx.plan_root().join(".state/lock.json").exists());
+}
+
+#[test]
+fn the_plan_path_is_restored_and_an_older_backup_is_what_it_was() {
+    let (fx, first) = backed_up("restore-own");
+    let registry = fx.dir.path().join("registry");
+    let before = tree(&registry);
+    // More content, a second backup; then the storage is lost.
+    let data = b"a layer pushed after the first backup";
+    let digest = dtr_backup::archive::sha256_hex(data);
+    let blob = registry.join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{digest}",
+        &digest[..2]
+    ));
+    std::fs::create_dir_all(&blob).expect("mkdir");
+    std::fs::write(blob.join("data"), data).expect("write");
+    let out = run(&mut fx.apply());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let after = tree(&registry);
+    std::fs::remove_dir_all(&registry).expect("lose the storage");
+
+    let out = restore(&fx, &["--backup", &first]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        tree(&registry),
+        before,
+        "exactly the first backup's content"
+    );
+
+    std::fs::remove_dir_all(&registry).expect("again");
+    let out = restore(&fx, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        tree(&registry),
+        after,
+        "latest: the second backup's content"
+    );
+}
+
+#[test]
+fn a_folder_that_is_not_empty_is_refused_untouched() {
+    let (fx, _) = backed_up("restore-busy");
+    let target = fx.dir.path().join("busy");
+    std::fs::create_dir_all(&target).expect("mkdir");
+    std::fs::write(target.join("keep.txt"), b"mine").expect("write");
+    let out = restore(&fx, &["--images-to", target.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        error_of(&out).contains("is not empty"),
+        "{}",
+        error_of(&out)
+    );
+    assert_eq!(
+        tree(&target),
+        [(PathBuf::from("keep.txt"), b"mine".to_vec())]
+    );
+}
+
+#[test]
+fn a_damaged_backup_restores_nothing_and_exits_5() {
+    let (fx, id) = backed_up("restore-damaged");
+    let file = artifact(&fx, &id);
+    let bytes = std::fs::read(&file).expect("read");
+    for at in [bytes.len() / 2, bytes.len() - 10] {
+        let mut damaged = bytes.clone();
+        damaged[at] ^= 0x40;
+        std::fs::write(&file, &damaged).expect("damage");
+        let target = fx.dir.path().join(format!("restored-{at}"));
+        let out = restore(&fx, &["--images-to", target.to_str().expect("utf-8")]);
+        assert_eq!(out.status.code(), Some(5), "at {at}: {}", stdout(&out));
+        assert!(
+            error_of(&out).contains("nothing restored"),
+            "{}",
+            error_of(&out)
+        );
+        assert!(!target.exists(), "at {at}: nothing written");
+    }
+    std::fs::write(&file, &bytes).expect("repair");
+    let out = restore(&fx, &["--drill"]);
+    assert_eq!(out.status.code(), Some(0), "repaired: {}", stdout(&out));
+}
+
+#[test]
+fn a_drill_restores_checks_and_leaves_nothing() {
+    let (fx, id) = backed_up("restore-drill");
+    let scratch = fx.dir.path().join("drill");
+    let out = restore(
+        &fx,
+        &["--drill", "--images-to", scratch.to_str().expect("utf-8")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let ev = events(&out);
+    assert_eq!(
+        steps_with(&ev, "step_finished"),
+        ["verify", "images", "drill"]
+    );
+    let checks: Vec<&serde_json::Value> = ev.iter().filter(|e| e["event"] == "check").collect();
+    assert!(!checks.is_empty());
+    assert!(checks.iter().all(|c| c["ok"] == true), "{checks:?}");
+    assert_eq!(ev.last().expect("events")["status"], "ok");
+    assert!(!scratch.exists(), "the scratch folder is removed");
+    assert!(
+        fx.dir.path().join("registry").exists(),
+        "nothing live touched"
+    );
+
+    // Without --images-to the scratch folder is the system's; a damaged backup fails the drill.
+    let out = restore(&fx, &["--drill"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let file = artifact(&fx, &id);
+    let mut bytes = std::fs::read(&file).expect("read");
+    let at = bytes.len() / 3;
+    bytes[at] ^= 1;
+    std::fs::write(&file, &bytes).expect("damage");
+    let out = restore(&fx, &["--drill"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stdout(&out));
+    let last = events(&out).pop().expect("events");
+    assert_eq!(last["event"], "run_finished");
+    assert_eq!(last["exit_code"], 5);
+}
+
+#[test]
+fn a_dry_run_says_what_it_would_do_and_touches_nothing() {
+    let (fx, id) = backed_up("restore-dry");
+    let before = tree(fx.dir.path());
+    let target = fx.dir.path().join("restored");
+    let mut cmd = dtr_backup(fx.dir.path());
+    cmd.env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
+        .args(["restore", "--dry-run"])
+        .arg(&fx.plan)
+        .args(["--images-to", target.to_str().expect("utf-8")]);
+    let out = run(&mut cmd);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains(&format!("check backup {id}")), "{text}");
+    assert!(
+        text.contains("every blob checked against its digest"),
+        "{text}"
+    );
+    assert!(!text.contains(PASSPHRASE));
+    assert_eq!(
+        tree(fx.dir.path()),
+        before,
+        "nothing written, no lock taken"
+    );
+}
