@@ -4,8 +4,10 @@
 //! The order: which backup (`manifest::resolve`), its checks of layout and integrity
 //! (`verify::check_backup`: nothing is written when they fail), then the image content
 //! (`steps::images::restore`: every blob checked against its digest before it gets its name).
+//! The content is restored into a staging folder inside the target and moved into place only
+//! once all of it is in and checked: a restore that fails leaves the target as it was.
 //! A drill restores into a scratch folder, checks that every blob the metadata references is
-//! there, and removes the folder whatever the outcome.
+//! there, and removes what it wrote whatever the outcome.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -80,34 +82,109 @@ pub fn target(plan: &Plan, opts: &RestoreOptions) -> Result<(PathBuf, bool)> {
     }
 }
 
-/// An absent folder is created; an existing one must be an empty folder.
-fn prepare(target: &Path) -> Result<()> {
-    match std::fs::read_dir(target) {
-        Ok(mut entries) => {
-            if entries.next().is_some() {
-                return Err(Error::refused(format!(
-                    "{} is not empty: restore writes only into an absent or empty folder; empty it, or choose another with --images-to",
-                    target.display()
-                )));
+/// The name of the staging folders inside a target.
+const STAGING: &str = ".dtr-backup-restore-";
+
+/// An absent folder is created (private, for a drill's scratch folder); an existing one must
+/// be an empty folder, but for the staging folders of interrupted restores, which are
+/// removed. Returns whether the folder existed.
+fn prepare(target: &Path, scratch: bool, reporter: &dyn Reporter) -> Result<bool> {
+    use std::os::unix::fs::DirBuilderExt;
+    let entries = match std::fs::read_dir(target) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut b = std::fs::DirBuilder::new();
+            if scratch {
+                b.mode(0o700);
+            } else {
+                b.recursive(true);
             }
-            Ok(())
+            b.create(target)
+                .map_err(|e| io(e, format!("creating {}", target.display())))?;
+            return Ok(false);
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(target)
-            .map_err(|e| io(e, format!("creating {}", target.display()))),
-        Err(e) => Err(io(
-            e,
-            format!("{} cannot be read as a folder", target.display()),
-        )),
+        Err(e) => {
+            return Err(io(
+                e,
+                format!("{} cannot be read as a folder", target.display()),
+            ));
+        }
+    };
+    let mut others = 0usize;
+    for entry in entries {
+        let entry = entry.map_err(|e| io(e, format!("reading {}", target.display())))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(STAGING) && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(entry.path())
+                .map_err(|e| io(e, format!("removing {}", entry.path().display())))?;
+            reporter.emit(&Event::Warning {
+                message: format!(
+                    "removed {}, left by an interrupted restore",
+                    entry.path().display()
+                ),
+            });
+        } else {
+            others += 1;
+        }
     }
+    if others > 0 {
+        return Err(Error::refused(format!(
+            "{} is not empty: restore writes only into an absent or empty folder; empty it, or choose another with --images-to",
+            target.display()
+        )));
+    }
+    Ok(true)
 }
 
-/// Removes a drill's scratch folder when dropped.
-struct Scratch(Option<PathBuf>);
+/// Moves what the staging folder holds into the target, then removes it.
+fn publish(staging: &Path, target: &Path) -> Result<()> {
+    let entries =
+        std::fs::read_dir(staging).map_err(|e| io(e, format!("reading {}", staging.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io(e, format!("reading {}", staging.display())))?;
+        let to = target.join(entry.file_name());
+        std::fs::rename(entry.path(), &to).map_err(|e| {
+            io(
+                e,
+                format!("moving the restored {} into place", to.display()),
+            )
+        })?;
+    }
+    std::fs::remove_dir(staging).map_err(|e| io(e, format!("removing {}", staging.display())))?;
+    std::fs::File::open(target)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io(e, format!("syncing {}", target.display())))
+}
 
-impl Drop for Scratch {
+/// Removes, when dropped, what a restore wrote: the staging folder of a restore that did not
+/// finish; a drill's scratch folder (or, when it existed before, what the drill put in it).
+struct Cleanup {
+    staging: Option<PathBuf>,
+    drill: Option<(PathBuf, bool)>,
+}
+
+impl Drop for Cleanup {
     fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_dir_all(p);
+        if let Some(s) = self.staging.take() {
+            let _ = std::fs::remove_dir_all(s);
+        }
+        match self.drill.take() {
+            Some((dir, false)) => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Some((dir, true)) => {
+                if let Ok(entries) = std::fs::read_dir(&dir) {
+                    for e in entries.flatten() {
+                        let p = e.path();
+                        let _ = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                            std::fs::remove_dir_all(p)
+                        } else {
+                            std::fs::remove_file(p)
+                        };
+                    }
+                }
+            }
+            None => {}
         }
     }
 }
@@ -196,33 +273,40 @@ async fn run(
             Rehash::Undecrypted,
             cancel,
         );
+        if cancel.is_cancelled() {
+            return Err(Error::Interrupted);
+        }
         failed(&checks, &backup_id)
     })?;
 
-    // 2. The image content, into an absent or empty folder.
-    prepare(&target)?;
-    let _scratch = Scratch((scratch || opts.drill).then(|| target.clone()));
+    // 2. The image content: staged inside the (absent or empty) target, moved into place
+    //    once all of it is in and checked.
+    let existed = prepare(&target, scratch, reporter)?;
+    let staging = target.join(format!("{STAGING}{}", clock::random_hex(4)));
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&staging)
+            .map_err(|e| io(e, format!("creating {}", staging.display())))?;
+    }
+    let mut cleanup = Cleanup {
+        staging: Some(staging.clone()),
+        drill: opts.drill.then(|| (target.clone(), existed)),
+    };
     let restored = step(reporter, summary, "images", "restore_images", || {
-        images::to_folder(store.as_ref(), &manifest, dec.as_ref(), &target, cancel).map_err(
-            |e| {
-                let partial = format!(
-                    "{} holds a partial restore (every blob in it checked); empty it before restoring again",
+        let restored = images::to_folder(store.as_ref(), &manifest, dec.as_ref(), &staging, cancel)
+            .map_err(|e| match e {
+                Error::Verify(m) => Error::Verify(format!(
+                    "{m}; nothing restored: {} is as it was",
                     target.display()
-                );
-                match e {
-                    e if opts.drill => e,
-                    Error::Verify(m) => Error::Verify(format!("{m}; {partial}")),
-                    Error::Interrupted => {
-                        reporter.emit(&Event::Warning {
-                            message: format!("the restore stopped: {partial}"),
-                        });
-                        Error::Interrupted
-                    }
-                    e => e.context(partial),
-                }
-            },
-        )
+                )),
+                e => e,
+            })?;
+        publish(&staging, &target)?;
+        Ok(restored)
     })?;
+    cleanup.staging = None;
     summary.bytes = restored.bytes;
 
     // 3. A drill: what a registry started on the folder could serve.
@@ -236,6 +320,9 @@ async fn run(
                 &restored,
                 cancel,
             );
+            if cancel.is_cancelled() {
+                return Err(Error::Interrupted);
+            }
             for c in &checks {
                 reporter.emit(&Event::Check {
                     step: "drill".into(),
@@ -346,14 +433,8 @@ fn drill_checks(
                 },
             }
         }
-        (Ok(None), Ok(present)) => Check {
-            name: "restored: blobs in the restored folder".into(),
-            ok: true,
-            detail: format!(
-                "{} blobs (the backup holds no metadata to check them against)",
-                present.len()
-            ),
-        },
+        // No metadata to check the blobs against: the read-back above is the drill's check.
+        (Ok(None), Ok(_)) => return checks,
         (Err(e), _) | (_, Err(e)) => Check {
             name: "restored: blobs referenced by metadata are in the restored folder".into(),
             ok: false,
@@ -431,7 +512,7 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
         .filter(|a| a.kind == ArtifactKind::Images)
     {
         images.push(format!(
-            "decrypt {backup_id}/{} and extract {}/_data/... into {} (nothing outside it; each file under a temporary name, fsynced, renamed; every blob checked against its digest first)",
+            "decrypt {backup_id}/{} and extract {}/_data/... into a staging folder inside {} (nothing outside it, no links; each file under a temporary name, fsynced, renamed; every blob checked against its digest first)",
             a.path,
             m.dtr.volume.as_deref().unwrap_or("?"),
             target.display()
@@ -444,6 +525,10 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
             target.display()
         ));
     }
+    images.push(format!(
+        "move the staged content into {} once all of it is in and checked",
+        target.display()
+    ));
     steps.push(("images".to_owned(), images));
     if opts.drill {
         steps.push((

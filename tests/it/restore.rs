@@ -220,3 +220,57 @@ fn a_dry_run_says_what_it_would_do_and_touches_nothing() {
         "nothing written, no lock taken"
     );
 }
+
+#[test]
+fn a_backup_holding_a_symbolic_link_restores_nothing() {
+    let fx = Fixture::new("restore-symlink", 0, "");
+    std::os::unix::fs::symlink(
+        "/etc",
+        fx.dir
+            .path()
+            .join("registry/docker/registry/v2/repositories/escape"),
+    )
+    .expect("symlink");
+    let out = run(&mut fx.apply());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let target = fx.dir.path().join("restored");
+    std::fs::create_dir_all(&target).expect("mkdir");
+    let out = restore(&fx, &["--images-to", target.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(5), "{}", stdout(&out));
+    let err = error_of(&out);
+    assert!(err.contains("symbolic link"), "{err}");
+    assert!(err.contains("nothing restored"), "{err}");
+    assert!(tree(&target).is_empty(), "the target is as it was");
+}
+
+#[test]
+fn leftovers_of_an_interrupted_restore_are_cleared_and_a_drill_keeps_a_given_folder() {
+    let (fx, _) = backed_up("restore-leftover");
+    let target = fx.dir.path().join("restored");
+    let leftover = target.join(".dtr-backup-restore-0badcafe/docker");
+    std::fs::create_dir_all(&leftover).expect("mkdir");
+    std::fs::write(leftover.join("half"), b"x").expect("write");
+    let out = restore(&fx, &["--images-to", target.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(
+        events(&out).iter().any(|e| e["event"] == "warning"
+            && e["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("interrupted restore")),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(tree(&target), tree(&fx.dir.path().join("registry")));
+
+    // A drill into a folder that exists (a mount point, say) empties it but keeps it.
+    let given = fx.dir.path().join("given");
+    std::fs::create_dir_all(&given).expect("mkdir");
+    let out = restore(
+        &fx,
+        &["--drill", "--images-to", given.to_str().expect("utf-8")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(given.is_dir());
+    assert!(tree(&given).is_empty());
+}

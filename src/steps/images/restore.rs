@@ -15,6 +15,7 @@ use std::sync::OnceLock;
 
 use regex::Regex;
 
+use crate::archive::HashReader;
 use crate::archive::extract::{self, Refused, Target};
 use crate::archive::records::CappedRecords;
 use crate::cancel::Cancel;
@@ -85,10 +86,12 @@ pub fn rehash_blobs(root: &Path, cancel: &Cancel) -> io::Result<(usize, Vec<Stri
     Ok((digests.len(), bad))
 }
 
-/// A refusal of the archive or of a digest is the backup failing its checks (exit 5).
+/// A refusal of the archive or of a digest, or an archive that cannot be read to its end, is
+/// the backup failing its checks (exit 5); the target's own errors are a failed run.
 fn refused(what: &str, r: Refused) -> Error {
     match r {
-        Refused::Io(e) => io(e, format!("restoring {what}")),
+        Refused::Write(e) => io(e, format!("restoring {what}")),
+        Refused::Read(e) if crate::cancel::is_cancellation(&e) => Error::Interrupted,
         other => Error::Verify(format!(
             "{what}: {other}; the backup is damaged or was tampered with: restore another one (`dtr-backup backups list`)"
         )),
@@ -116,12 +119,10 @@ pub fn to_folder(
         .iter()
         .map(|o| (o.key.as_str(), o.sha256.as_str()))
         .collect();
-    let digest_of = |rel: &str| {
-        recorded
-            .get(rel)
-            .map(|s| (*s).to_owned())
-            .or_else(|| blob_digest(rel))
-    };
+    // A blob's name is its digest: that is what its content must hash to, whatever else a
+    // manifest says.
+    let digest_of =
+        |rel: &str| blob_digest(rel).or_else(|| recorded.get(rel).map(|s| (*s).to_owned()));
     let mut done = Restored::default();
     let images = manifest
         .artifacts
@@ -129,22 +130,37 @@ pub fn to_folder(
         .filter(|a| a.kind == ArtifactKind::Images);
     for a in images {
         let path = format!("{}/{}", manifest.backup_id, a.path);
-        let stored = store.open(&path)?;
-        let mut plain = open_plain(stored, a.encrypted, dec, &path)?;
-        let mut archive = CappedRecords::new(&mut plain);
-        let strip = format!("{volume}/_data");
-        let got = extract::extract(
-            &mut archive,
-            &Target {
-                root: target,
-                strip: &strip,
-                digest_of: &digest_of,
-                cancel,
-            },
-        )
-        .map_err(|r| refused(&path, r))?;
-        // The rest of the stream (end-of-archive blocks; the integrity check at its end).
-        drain(&mut plain, &path)?;
+        // The stored octets are hashed on the way unless decryption checks them (the
+        // integrity protection covers every octet): the backup may have changed since it was
+        // verified.
+        let mut stored = HashReader::new(store.open(&path)?);
+        let got = {
+            let mut plain = open_plain(Box::new(&mut stored), a.encrypted, dec, &path)?;
+            let mut archive = CappedRecords::new(&mut plain);
+            let strip = format!("{volume}/_data");
+            let got = extract::extract(
+                &mut archive,
+                &Target {
+                    root: target,
+                    strip: &strip,
+                    digest_of: &digest_of,
+                    cancel,
+                },
+            )
+            .map_err(|r| refused(&path, r))?;
+            // The rest of the stream (end-of-archive blocks; the integrity check at its end).
+            drain(&mut plain, &path)?;
+            got
+        };
+        let (sha, size) = stored
+            .finish()
+            .map_err(|e| io(e, format!("reading {path}")))?;
+        if !a.encrypted && (sha != a.sha256 || size != a.size) {
+            return Err(Error::Verify(format!(
+                "{path} is {size} bytes with sha256 {sha}, the manifest records {} bytes with {}: it changed since it was written",
+                a.size, a.sha256
+            )));
+        }
         done.files += got.files;
         done.bytes += got.bytes;
         done.checked += got.checked;
@@ -155,24 +171,37 @@ pub fn to_folder(
         cancel.check().map_err(|e| io(e, "restoring blobs"))?;
         let stored = store.open(blob)?;
         let mut plain = open_plain(stored, encrypted, dec, blob)?;
-        let size = extract::write_checked(target, &o.key, &mut plain, Some(&o.sha256), cancel)
-            .map_err(|r| refused(blob, r))?;
+        let want = blob_digest(&o.key).unwrap_or_else(|| o.sha256.clone());
+        let size = extract::write_checked(
+            target,
+            &o.key,
+            &mut plain,
+            Some(&want),
+            Some(o.size),
+            cancel,
+        )
+        .map_err(|r| refused(blob, r))?;
         drain(&mut plain, blob)?;
-        if size != o.size {
-            return Err(Error::Verify(format!(
-                "{blob} holds {size} bytes, the manifest records {}",
-                o.size
-            )));
-        }
         done.files += 1;
         done.bytes += size;
         done.checked += 1;
+    }
+    // Every object of a snapshot is back (the archive's too, not only the blob store's).
+    if let Some(o) = manifest
+        .objects
+        .iter()
+        .find(|o| !target.join(&o.key).is_file())
+    {
+        return Err(Error::Verify(format!(
+            "{} is listed in the manifest of {} but was not in the backup",
+            o.key, manifest.backup_id
+        )));
     }
     Ok(done)
 }
 
 fn open_plain<'a>(
-    stored: Box<dyn Read + Send + Sync>,
+    stored: Box<dyn Read + Send + Sync + 'a>,
     encrypted: bool,
     dec: Option<&Decryption>,
     what: &str,
