@@ -124,6 +124,9 @@ pub struct Spec {
     pub binds: Vec<String>,
     /// Through UCP: run on this node (classic swarm constraint).
     pub node: Option<String>,
+    /// Standard input open for one attached writer (closed when that writer closes it);
+    /// otherwise closed.
+    pub stdin: bool,
 }
 
 /// Creates a container: no TTY, stdin closed, log driver `none` (with a log driver,
@@ -149,8 +152,9 @@ pub async fn create(engine: &Engine, spec: Spec) -> Result<String> {
             labels
         }),
         tty: Some(false),
-        open_stdin: Some(false),
-        attach_stdin: Some(false),
+        open_stdin: Some(spec.stdin),
+        attach_stdin: Some(spec.stdin),
+        stdin_once: Some(spec.stdin),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
         host_config: Some(HostConfig {
@@ -355,6 +359,127 @@ pub async fn run_streaming(
         let _ = send(&tx, Msg::End(end), &cancel).await;
     });
     Ok((feed, task))
+}
+
+/// Attaches to a created container (made with `Spec::stdin`), starts it, writes the chunks
+/// `input` yields to its standard input and then closes it; each line of its stdout and
+/// stderr goes to `on_line` (redacted). Returns once the container has exited: `Ok` on
+/// status 0, else an error with its last lines. A failed chunk of input stops the container
+/// and is returned as it is.
+pub async fn run_with_input(
+    engine: &Engine,
+    id: &str,
+    mut input: mpsc::Receiver<Result<Vec<u8>>>,
+    secrets: Vec<Zeroizing<String>>,
+    on_line: impl Fn(String) + Send + Sync + 'static,
+    cancel: Cancel,
+) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let attached = engine
+        .docker
+        .attach_container(
+            id,
+            Some(
+                AttachContainerOptionsBuilder::new()
+                    .stream(true)
+                    .stdin(true)
+                    .stdout(true)
+                    .stderr(true)
+                    .logs(false)
+                    .build(),
+            ),
+        )
+        .await
+        .map_err(|e| Error::docker(format!("attaching to container {id}: {e}")))?;
+    engine
+        .docker
+        .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
+        .await
+        .map_err(|e| Error::docker(format!("starting container {id}: {e}")))?;
+    let mut output = attached.output;
+    let mut stdin = attached.input;
+    let lines = tokio::spawn(async move {
+        let mut tail: VecDeque<String> = VecDeque::new();
+        let mut partial = String::new();
+        let mut emit = |text: &str, partial: &mut String| {
+            partial.push_str(text);
+            while let Some(pos) = partial.find('\n') {
+                let line = redact(partial[..pos].trim_end(), &secrets);
+                partial.drain(..=pos);
+                if tail.len() == 20 {
+                    tail.pop_front();
+                }
+                tail.push_back(line.clone());
+                on_line(line);
+            }
+        };
+        while let Some(item) = output.next().await {
+            match item {
+                Ok(LogOutput::StdOut { message }) | Ok(LogOutput::StdErr { message }) => {
+                    emit(&String::from_utf8_lossy(&message), &mut partial)
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        if !partial.is_empty() {
+            emit("\n", &mut partial);
+        }
+        tail
+    });
+    let fed: Result<()> = async {
+        loop {
+            let chunk = tokio::select! {
+                c = input.recv() => c,
+                _ = cancel.cancelled() => return Err(Error::Interrupted),
+            };
+            match chunk {
+                Some(Ok(bytes)) => {
+                    tokio::select! {
+                        w = stdin.write_all(&bytes) => w.map_err(|e| Error::container(format!(
+                            "writing to the standard input of container {id}: {e}; its output says why"
+                        )))?,
+                        _ = cancel.cancelled() => return Err(Error::Interrupted),
+                    }
+                }
+                Some(Err(e)) => return Err(e),
+                None => break,
+            }
+        }
+        stdin
+            .shutdown()
+            .await
+            .map_err(|e| Error::container(format!("closing the standard input of container {id}: {e}")))
+    }
+    .await;
+    if let Err(e) = fed {
+        // The container may wait for more input: stop it, then report why.
+        let _ = remove(engine, id).await;
+        let _ = lines.await;
+        return Err(e);
+    }
+    let mut wait = engine
+        .docker
+        .wait_container(id, Some(WaitContainerOptionsBuilder::new().build()));
+    let waited = tokio::select! {
+        w = wait.next() => w,
+        _ = cancel.cancelled() => return Err(Error::Interrupted),
+    };
+    let code = match waited {
+        Some(Ok(r)) => r.status_code,
+        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+        Some(Err(e)) => return Err(Error::docker(format!("waiting for container {id}: {e}"))),
+        None => -1,
+    };
+    let tail = lines.await.unwrap_or_default();
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(Error::container(format!(
+            "the container exited with status {code}; its last output:\n  {}",
+            tail.iter().cloned().collect::<Vec<_>>().join("\n  ")
+        )))
+    }
 }
 
 /// Sends down the feed, giving up when the run is cancelled (a reader that stopped reading

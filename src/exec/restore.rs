@@ -21,7 +21,9 @@ use crate::error::{Error, Result, io};
 use crate::events::{Event, Reporter, RunStatus, Summary};
 use crate::manifest::{self, ArtifactKind, Manifest, Which};
 use crate::plan::{ImagesCfg, Plan};
+use crate::secret;
 use crate::steps::images::restore::{self as images, Restored};
+use crate::steps::metadata_restore;
 use crate::storage::{self, Store};
 use crate::verify::{self, Check, ReadData, Rehash};
 
@@ -199,7 +201,7 @@ pub async fn restore(
 ) -> Result<RestoreReport> {
     let start = Instant::now();
     let mut summary = Summary::default();
-    let result = run(&plan, opts, reporter.as_ref(), &cancel, &mut summary).await;
+    let result = run(&plan, opts, reporter.clone(), &cancel, &mut summary).await;
     summary.duration_ms = start.elapsed().as_millis() as u64;
     let (status, backup_id, error) = match &result {
         Ok(r) => (RunStatus::Ok, Some(r.backup_id.clone()), None),
@@ -229,7 +231,7 @@ pub async fn restore(
 async fn run(
     plan: &Plan,
     opts: &RestoreOptions,
-    reporter: &dyn Reporter,
+    reporter: Arc<dyn Reporter>,
     cancel: &Cancel,
     summary: &mut Summary,
 ) -> Result<RestoreReport> {
@@ -244,7 +246,7 @@ async fn run(
         plan.name.as_str(),
         operation,
         opts.lock_timeout,
-        reporter,
+        reporter.as_ref(),
         cancel,
     )
     .await?;
@@ -252,8 +254,12 @@ async fn run(
     let warn = |w: String| reporter.emit(&Event::Warning { message: w });
     let backup_id = manifest::resolve(store.as_ref(), &opts.which, &warn)?;
     let manifest = manifest::read(store.as_ref(), &backup_id)?;
-    check_parts(&manifest, opts)?;
-    let (target, scratch) = target(plan, opts)?;
+    let parts = parts(&manifest, opts)?;
+    let (target, scratch) = if parts.images {
+        target(plan, opts)?
+    } else {
+        (PathBuf::new(), false)
+    };
     reporter.emit(&Event::RunStarted {
         format_version: 1,
         plan: plan.name.to_string(),
@@ -262,6 +268,22 @@ async fn run(
         time: clock::rfc3339(clock::now_unix()),
     });
     let (_, dec) = crypto::for_plan(plan)?;
+
+    // 0. What DTR's restore needs, before anything is written.
+    let for_metadata = if parts.metadata {
+        let password = secret::resolve(&plan.ucp.as_ref().ok_or_else(|| {
+            Error::Usage("restoring metadata needs the plan's `ucp` section; or pass --only images".into())
+        })?.password)?;
+        started(reporter.as_ref(), "preflight", "preflight");
+        let start = Instant::now();
+        let engine = metadata_restore::preflight(plan, &manifest, &password).await;
+        ended(reporter.as_ref(), summary, "preflight", start, &engine);
+        Some((engine?, password))
+    } else {
+        None
+    };
+    let reporter_arc = reporter.clone();
+    let reporter = reporter.as_ref();
 
     // 1. The backup's checks: nothing is written when they fail.
     step(reporter, summary, "verify", "verify", || {
@@ -281,35 +303,61 @@ async fn run(
 
     // 2. The image content: staged inside the (absent or empty) target, moved into place
     //    once all of it is in and checked.
-    let existed = prepare(&target, scratch, reporter)?;
-    let staging = target.join(format!("{STAGING}{}", clock::random_hex(4)));
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&staging)
-            .map_err(|e| io(e, format!("creating {}", staging.display())))?;
-    }
     let mut cleanup = Cleanup {
-        staging: Some(staging.clone()),
-        drill: opts.drill.then(|| (target.clone(), existed)),
+        staging: None,
+        drill: None,
     };
-    let restored = step(reporter, summary, "images", "restore_images", || {
-        let restored = images::to_folder(store.as_ref(), &manifest, dec.as_ref(), &staging, cancel)
-            .map_err(|e| match e {
-                Error::Verify(m) => Error::Verify(format!(
-                    "{m}; nothing restored: {} is as it was",
-                    target.display()
-                )),
-                e => e,
-            })?;
-        publish(&staging, &target)?;
-        Ok(restored)
-    })?;
-    cleanup.staging = None;
-    summary.bytes = restored.bytes;
+    let restored = if parts.images {
+        let existed = prepare(&target, scratch, reporter)?;
+        let staging = target.join(format!("{STAGING}{}", clock::random_hex(4)));
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&staging)
+                .map_err(|e| io(e, format!("creating {}", staging.display())))?;
+        }
+        cleanup.staging = Some(staging.clone());
+        cleanup.drill = opts.drill.then(|| (target.clone(), existed));
+        let restored = step(reporter, summary, "images", "restore_images", || {
+            let restored = images::to_folder(store.as_ref(), &manifest, dec.as_ref(), &staging, cancel)
+                .map_err(|e| match e {
+                    Error::Verify(m) => Error::Verify(format!(
+                        "{m}; nothing restored: {} is as it was",
+                        target.display()
+                    )),
+                    e => e,
+                })?;
+            publish(&staging, &target)?;
+            Ok(restored)
+        })?;
+        cleanup.staging = None;
+        summary.bytes = restored.bytes;
+        restored
+    } else {
+        Restored::default()
+    };
 
-    // 3. A drill: what a registry started on the folder could serve.
+    // 3. The metadata, through DTR's restore, once the image content is in place.
+    if let Some((engine, password)) = &for_metadata {
+        started(reporter, "metadata", "restore_metadata");
+        let start = Instant::now();
+        let done = metadata_restore::run(
+            plan,
+            &manifest,
+            engine,
+            store.clone(),
+            dec.clone(),
+            password,
+            reporter_arc.clone(),
+            cancel.clone(),
+        )
+        .await;
+        ended(reporter, summary, "metadata", start, &done);
+        done?;
+    }
+
+    // 4. A drill: what a registry started on the folder could serve.
     let checks = if opts.drill {
         step(reporter, summary, "drill", "drill", || {
             let checks = drill_checks(
@@ -346,22 +394,34 @@ async fn run(
     })
 }
 
-/// Refuses what this version cannot restore, before anything is touched.
-fn check_parts(m: &Manifest, opts: &RestoreOptions) -> Result<()> {
+/// Which parts a restore brings back.
+#[derive(Clone, Copy, Debug)]
+struct Parts {
+    images: bool,
+    metadata: bool,
+}
+
+/// What the backup holds and the options ask for; refuses a restore of nothing.
+fn parts(m: &Manifest, opts: &RestoreOptions) -> Result<Parts> {
     let has = |k| m.artifacts.iter().any(|a| a.kind == k);
-    if !has(ArtifactKind::Images) {
+    let p = Parts {
+        images: has(ArtifactKind::Images),
+        // A drill changes nothing live: metadata goes only into a DTR.
+        metadata: has(ArtifactKind::Metadata) && opts.only.is_none() && !opts.drill,
+    };
+    if opts.drill && !p.images {
         return Err(Error::Usage(format!(
-            "backup {} holds no image content to restore",
+            "backup {} holds no image content to drill",
             m.backup_id
         )));
     }
-    if has(ArtifactKind::Metadata) && opts.only.is_none() && !opts.drill {
+    if !p.images && !p.metadata {
         return Err(Error::Usage(format!(
-            "backup {} holds metadata, which this version does not restore yet: pass --only images to restore the image content, then run DTR's `restore` with the metadata archive as the README says",
+            "backup {} holds nothing that --only asks for",
             m.backup_id
         )));
     }
-    Ok(())
+    Ok(p)
 }
 
 fn failed(checks: &[Check], backup_id: &str) -> Result<()> {
@@ -444,6 +504,30 @@ fn drill_checks(
     checks
 }
 
+fn started(reporter: &dyn Reporter, id: &str, kind: &str) {
+    reporter.emit(&Event::StepStarted {
+        step: id.into(),
+        kind: kind.into(),
+    });
+}
+
+fn ended<T>(reporter: &dyn Reporter, summary: &mut Summary, id: &str, start: Instant, r: &Result<T>) {
+    match r {
+        Ok(_) => {
+            summary.steps_run += 1;
+            reporter.emit(&Event::StepFinished {
+                step: id.into(),
+                duration_ms: start.elapsed().as_millis() as u64,
+                artifacts: vec![],
+            });
+        }
+        Err(e) => reporter.emit(&Event::StepFailed {
+            step: id.into(),
+            error: e.to_string(),
+        }),
+    }
+}
+
 /// Runs one part as a step: `step_started`, then `step_finished` or `step_failed`.
 fn step<T>(
     reporter: &dyn Reporter,
@@ -482,19 +566,49 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
     let store = stores.backups.as_ref();
     let backup_id = manifest::resolve(store, &opts.which, &|_| {})?;
     let m = manifest::read(store, &backup_id)?;
-    check_parts(&m, opts)?;
-    let (target, _) = target(plan, opts)?;
-    let mut steps = vec![(
+    let parts = parts(&m, opts)?;
+    let target = if parts.images {
+        target(plan, opts)?.0
+    } else {
+        PathBuf::new()
+    };
+    let mut steps = vec![];
+    let lock = format!(
+        "take the lock of plan {} (no backup runs during the restore)",
+        plan.name
+    );
+    if parts.metadata {
+        let ucp = plan.ucp.as_ref().ok_or_else(|| {
+            Error::Usage("restoring metadata needs the plan's `ucp` section; or pass --only images".into())
+        })?;
+        steps.push((
+            "preflight".to_owned(),
+            vec![
+                lock.clone(),
+                format!(
+                    "check that the plan's DTR image {} is DTR {} (the backup's version)",
+                    plan.dtr.image.as_deref().unwrap_or("?"),
+                    m.dtr.version.as_deref().unwrap_or("?")
+                ),
+                "check that no DTR replica runs (no container named dtr-rethinkdb-<replica>)".into(),
+                format!(
+                    "GET {}/_ping; POST {}/auth/login as {} with the password {}",
+                    ucp.url,
+                    ucp.url,
+                    ucp.username,
+                    ucp.password.redacted()
+                ),
+            ],
+        ));
+    }
+    steps.push((
         "verify".to_owned(),
         vec![format!(
             "check backup {backup_id} at {}: every artifact's size, decryption (integrity protection) and layout; stop if any check fails",
             store.describe()
         )],
-    )];
-    let mut images = vec![format!(
-        "take the lock of plan {} (no backup runs during the restore)",
-        plan.name
-    )];
+    ));
+    let mut images = if parts.metadata { vec![] } else { vec![lock] };
     images.push(if opts.drill {
         format!(
             "create the scratch folder {} (absent or empty)",
@@ -529,7 +643,37 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
         "move the staged content into {} once all of it is in and checked",
         target.display()
     ));
-    steps.push(("images".to_owned(), images));
+    if parts.images {
+        steps.push(("images".to_owned(), images));
+    }
+    if parts.metadata {
+        let cmd = metadata_restore::command(plan, &m, |p| {
+            Ok(format!("<content of {}>", p.display()))
+        })?;
+        let artifact = metadata_restore::artifact(&m)
+            .map(|a| a.path.clone())
+            .unwrap_or_default();
+        let ucp_password = plan
+            .ucp
+            .as_ref()
+            .map(|u| u.password.redacted())
+            .unwrap_or_default();
+        steps.push((
+            "metadata".to_owned(),
+            vec![
+                format!(
+                    "docker create {} {} (stdin open once, no tty, log driver none, on node {})",
+                    plan.dtr.image.as_deref().unwrap_or("?"),
+                    cmd.join(" "),
+                    m.dtr.node.as_deref().unwrap_or("?")
+                ),
+                format!("env UCP_PASSWORD={ucp_password}"),
+                format!(
+                    "attach, start, stream the decrypted {backup_id}/{artifact} into its standard input; its output as log events; remove the container"
+                ),
+            ],
+        ));
+    }
     if opts.drill {
         steps.push((
             "drill".to_owned(),

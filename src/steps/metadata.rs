@@ -136,6 +136,7 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
             ]),
             binds: Vec::new(),
             node: ctx.facts.get("node").cloned(),
+            stdin: false,
         },
     )
     .await?;

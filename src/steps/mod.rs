@@ -6,6 +6,7 @@ mod discover;
 pub mod images;
 mod manifest;
 mod metadata;
+pub mod metadata_restore;
 pub mod preflight;
 pub mod retention;
 mod stream;

@@ -63,6 +63,7 @@ async fn from_volume(ctx: Ctx, helper_image: Option<String>) -> Result<Outcome> 
             ]),
             binds: vec![format!("{volume}:/storage:ro")],
             node: ctx.facts.get("node").cloned(),
+            stdin: false,
         },
     )
     .await?;

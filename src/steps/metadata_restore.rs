@@ -1,0 +1,248 @@
+//! Metadata back through the DTR image's `restore` command, as DTR's documentation
+//! prescribes: `docker run -i <dtr image> restore --ucp-url ... --ucp-username ... --ucp-node
+//! <node> --replica-id <replica> <one storage flag> < metadata.tar`. The password goes only
+//! into the container's environment (`UCP_PASSWORD`); the decrypted metadata archive streams
+//! into the container's standard input, never staged on disk; each line the container writes
+//! becomes a `log` event; the container is removed whatever happens.
+//!
+//! Before anything is written, [`preflight`] checks what DTR's restore needs: the plan's DTR
+//! image is the backup's version, no DTR replica runs (the old one must be destroyed first),
+//! and UCP is reachable and accepts the login.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use zeroize::Zeroizing;
+
+use crate::crypto::{self, Decryption};
+use crate::docker::{self, Engine, container};
+use crate::error::{Error, Result, io};
+use crate::events::{Event, Reporter};
+use crate::manifest::{Artifact, ArtifactKind, Manifest};
+use crate::plan::{ImagesCfg, Plan, UcpCfg, UcpTls};
+use crate::secret::Secret;
+use crate::storage::Store;
+use crate::ucp;
+
+/// The backup's metadata artifact, if it holds one.
+pub fn artifact(m: &Manifest) -> Option<&Artifact> {
+    m.artifacts.iter().find(|a| a.kind == ArtifactKind::Metadata)
+}
+
+fn ucp_of(plan: &Plan) -> Result<&UcpCfg> {
+    plan.ucp.as_ref().ok_or_else(|| {
+        Error::Usage(
+            "restoring metadata needs the plan's `ucp` section (url, username, password, ca_file); or pass --only images".into(),
+        )
+    })
+}
+
+/// The one storage flag DTR's restore must be given: where the image content is.
+pub fn storage_flag(plan: &Plan, m: &Manifest) -> Result<Vec<String>> {
+    match (m.storage.as_str(), &plan.images) {
+        ("nfs", Some(ImagesCfg::Nfs { server, .. })) => {
+            let (host, export) = server.split_once(":/").unwrap_or((server.as_str(), ""));
+            Ok(vec![
+                "--nfs-storage-url".into(),
+                format!("nfs://{host}/{export}"),
+            ])
+        }
+        ("nfs", _) => Err(Error::Usage(
+            "the backup's image content came from NFS, and the plan no longer says which export (images.server)".into(),
+        )),
+        ("s3", _) => Ok(vec!["--dtr-use-default-storage".into()]),
+        _ => {
+            let volume = m.dtr.volume.clone().ok_or_else(|| {
+                Error::Verify(format!(
+                    "the manifest of {} names no image-content volume (dtr.volume)",
+                    m.backup_id
+                ))
+            })?;
+            Ok(vec!["--dtr-storage-volume".into(), volume])
+        }
+    }
+}
+
+/// The `restore` command line (without the image), with `--ucp-ca` given as `ca` (the CA's
+/// content for a run, a placeholder for a dry run).
+pub fn command(plan: &Plan, m: &Manifest, ca: impl Fn(&std::path::Path) -> Result<String>) -> Result<Vec<String>> {
+    let ucp = ucp_of(plan)?;
+    let node = m.dtr.node.clone().ok_or_else(|| {
+        Error::Verify(format!(
+            "the manifest of {} does not record the node DTR ran on (dtr.node): restore it by hand with --ucp-node",
+            m.backup_id
+        ))
+    })?;
+    let replica = m.dtr.replica.clone().ok_or_else(|| {
+        Error::Verify(format!(
+            "the manifest of {} does not record the backed-up replica (dtr.replica)",
+            m.backup_id
+        ))
+    })?;
+    let mut cmd: Vec<String> = [
+        "restore",
+        "--ucp-url",
+        ucp.url.as_str(),
+        "--ucp-username",
+        &ucp.username,
+        "--ucp-node",
+        &node,
+        "--replica-id",
+        &replica,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    match &ucp.tls {
+        UcpTls::Ca(path) => cmd.extend(["--ucp-ca".to_owned(), ca(path)?]),
+        UcpTls::Insecure => cmd.push("--ucp-insecure-tls".into()),
+    }
+    cmd.extend(storage_flag(plan, m)?);
+    Ok(cmd)
+}
+
+/// The image that restores: the plan's DTR image, which must be the backup's version.
+fn image(plan: &Plan, m: &Manifest) -> Result<String> {
+    let image = plan.dtr.image.clone().ok_or_else(|| {
+        Error::Usage("restoring metadata needs `dtr.image`, the DTR image of the backup's version".into())
+    })?;
+    match (&plan.dtr.version, &m.dtr.version) {
+        (Some(plan_v), Some(backup_v)) if plan_v != backup_v => Err(Error::Usage(format!(
+            "the plan's DTR image {image} is version {plan_v}, the backup {} is of DTR {backup_v}: DTR restores only into its own version; set dtr.image to docker/dtr:{backup_v}",
+            m.backup_id
+        ))),
+        (_, None) => Err(Error::Verify(format!(
+            "the manifest of {} does not record the DTR version",
+            m.backup_id
+        ))),
+        _ => Ok(image),
+    }
+}
+
+/// What must hold before anything is written. Returns the engine to run the restore on.
+pub async fn preflight(plan: &Plan, m: &Manifest, password: &Secret) -> Result<Engine> {
+    image(plan, m)?;
+    storage_flag(plan, m)?;
+    let ucp = ucp_of(plan)?;
+    let engine = docker::connect(&plan.docker)?;
+    engine.check().await?;
+    let running = docker::replicas(&engine).await?;
+    if !running.is_empty() {
+        return Err(Error::refused(format!(
+            "DTR replicas still run on {}: {}; DTR restores only where none runs: remove the old one first (`docker run -it --rm docker/dtr:<version> destroy --ucp-insecure-tls`), then restore again",
+            engine.endpoint,
+            running
+                .iter()
+                .map(|r| format!("{} on {}", r.id, r.node.as_deref().unwrap_or("?")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    ucp::check(ucp, password, true).await?;
+    Ok(engine)
+}
+
+/// Runs DTR's restore with the backup's metadata on its standard input.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    plan: &Plan,
+    m: &Manifest,
+    engine: &Engine,
+    store: std::sync::Arc<dyn Store>,
+    dec: Option<Decryption>,
+    password: &Secret,
+    reporter: std::sync::Arc<dyn Reporter>,
+    cancel: crate::cancel::Cancel,
+) -> Result<()> {
+    let a = artifact(m)
+        .ok_or_else(|| Error::Usage(format!("backup {} holds no metadata", m.backup_id)))?
+        .clone();
+    let image = image(plan, m)?;
+    let cmd = command(plan, m, |path| {
+        std::fs::read_to_string(path)
+            .map_err(|e| io(e, format!("reading ucp.ca_file {}", path.display())))
+    })?;
+    let id = container::create(
+        engine,
+        container::Spec {
+            image,
+            cmd,
+            entrypoint: None,
+            env: vec![format!("UCP_PASSWORD={}", password.expose())],
+            labels: HashMap::from([
+                (container::LABEL_PLAN.to_owned(), plan.name.to_string()),
+                (container::LABEL_RUN.to_owned(), m.backup_id.clone()),
+                (container::LABEL_ROLE.to_owned(), "restore".to_owned()),
+            ]),
+            binds: Vec::new(),
+            node: m.dtr.node.clone(),
+            stdin: true,
+        },
+    )
+    .await?;
+    // The decrypted archive, read on a thread of its own, in chunks down a bounded channel.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>>>(4);
+    let path = format!("{}/{}", m.backup_id, a.path);
+    let feeder_cancel = cancel.clone();
+    let feeder = std::thread::spawn(move || {
+        let opened = store.open(&path).and_then(|stored| {
+            if !a.encrypted {
+                return Ok(stored);
+            }
+            let dec = dec.as_ref().ok_or_else(|| {
+                Error::crypto(format!(
+                    "{path} is encrypted to recipients and the plan has no verify.key: set it to the secret key that decrypts the backup"
+                ))
+            })?;
+            crypto::decrypt(stored, dec)
+                .map_err(|e| Error::Verify(format!("{path} does not decrypt: {e}")))
+        });
+        let mut plain = match opened {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            if feeder_cancel.is_cancelled() {
+                return;
+            }
+            match plain.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if tx.blocking_send(Ok(buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(Error::Verify(format!(
+                        "{path} cannot be read to its end: {e}; restore another backup"
+                    ))));
+                    return;
+                }
+            }
+        }
+    });
+    let step = "metadata".to_owned();
+    let result = container::run_with_input(
+        engine,
+        &id,
+        rx,
+        vec![Zeroizing::new(password.expose().to_owned())],
+        move |line| {
+            reporter.emit(&Event::Log {
+                step: step.clone(),
+                message: line,
+            })
+        },
+        cancel.clone(),
+    )
+    .await;
+    let _ = feeder.join();
+    let _ = container::remove(engine, &id).await;
+    result.map_err(|e| match e {
+        Error::Container(msg) => Error::container(format!("DTR's restore failed: {msg}")),
+        other => other,
+    })
+}
