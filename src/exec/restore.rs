@@ -271,9 +271,18 @@ async fn run(
 
     // 0. What DTR's restore needs, before anything is written.
     let for_metadata = if parts.metadata {
-        let password = secret::resolve(&plan.ucp.as_ref().ok_or_else(|| {
-            Error::Usage("restoring metadata needs the plan's `ucp` section; or pass --only images".into())
-        })?.password)?;
+        let password = secret::resolve(
+            &plan
+                .ucp
+                .as_ref()
+                .ok_or_else(|| {
+                    Error::Usage(
+                        "restoring metadata needs the plan's `ucp` section; or pass --only images"
+                            .into(),
+                    )
+                })?
+                .password,
+        )?;
         started(reporter.as_ref(), "preflight", "preflight");
         let start = Instant::now();
         let engine = metadata_restore::preflight(plan, &manifest, &password).await;
@@ -320,14 +329,15 @@ async fn run(
         cleanup.staging = Some(staging.clone());
         cleanup.drill = opts.drill.then(|| (target.clone(), existed));
         let restored = step(reporter, summary, "images", "restore_images", || {
-            let restored = images::to_folder(store.as_ref(), &manifest, dec.as_ref(), &staging, cancel)
-                .map_err(|e| match e {
-                    Error::Verify(m) => Error::Verify(format!(
-                        "{m}; nothing restored: {} is as it was",
-                        target.display()
-                    )),
-                    e => e,
-                })?;
+            let restored =
+                images::to_folder(store.as_ref(), &manifest, dec.as_ref(), &staging, cancel)
+                    .map_err(|e| match e {
+                        Error::Verify(m) => Error::Verify(format!(
+                            "{m}; nothing restored: {} is as it was",
+                            target.display()
+                        )),
+                        e => e,
+                    })?;
             publish(&staging, &target)?;
             Ok(restored)
         })?;
@@ -511,7 +521,13 @@ fn started(reporter: &dyn Reporter, id: &str, kind: &str) {
     });
 }
 
-fn ended<T>(reporter: &dyn Reporter, summary: &mut Summary, id: &str, start: Instant, r: &Result<T>) {
+fn ended<T>(
+    reporter: &dyn Reporter,
+    summary: &mut Summary,
+    id: &str,
+    start: Instant,
+    r: &Result<T>,
+) {
     match r {
         Ok(_) => {
             summary.steps_run += 1;
@@ -579,7 +595,9 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
     );
     if parts.metadata {
         let ucp = plan.ucp.as_ref().ok_or_else(|| {
-            Error::Usage("restoring metadata needs the plan's `ucp` section; or pass --only images".into())
+            Error::Usage(
+                "restoring metadata needs the plan's `ucp` section; or pass --only images".into(),
+            )
         })?;
         steps.push((
             "preflight".to_owned(),
@@ -590,7 +608,8 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
                     plan.dtr.image.as_deref().unwrap_or("?"),
                     m.dtr.version.as_deref().unwrap_or("?")
                 ),
-                "check that no DTR replica runs (no container named dtr-rethinkdb-<replica>)".into(),
+                "check that no DTR replica runs (no container named dtr-rethinkdb-<replica>)"
+                    .into(),
                 format!(
                     "GET {}/_ping; POST {}/auth/login as {} with the password {}",
                     ucp.url,
@@ -647,9 +666,8 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
         steps.push(("images".to_owned(), images));
     }
     if parts.metadata {
-        let cmd = metadata_restore::command(plan, &m, |p| {
-            Ok(format!("<content of {}>", p.display()))
-        })?;
+        let cmd =
+            metadata_restore::command(plan, &m, |p| Ok(format!("<content of {}>", p.display())))?;
         let artifact = metadata_restore::artifact(&m)
             .map(|a| a.path.clone())
             .unwrap_or_default();

@@ -26,7 +26,9 @@ use crate::ucp;
 
 /// The backup's metadata artifact, if it holds one.
 pub fn artifact(m: &Manifest) -> Option<&Artifact> {
-    m.artifacts.iter().find(|a| a.kind == ArtifactKind::Metadata)
+    m.artifacts
+        .iter()
+        .find(|a| a.kind == ArtifactKind::Metadata)
 }
 
 fn ucp_of(plan: &Plan) -> Result<&UcpCfg> {
@@ -65,7 +67,11 @@ pub fn storage_flag(plan: &Plan, m: &Manifest) -> Result<Vec<String>> {
 
 /// The `restore` command line (without the image), with `--ucp-ca` given as `ca` (the CA's
 /// content for a run, a placeholder for a dry run).
-pub fn command(plan: &Plan, m: &Manifest, ca: impl Fn(&std::path::Path) -> Result<String>) -> Result<Vec<String>> {
+pub fn command(
+    plan: &Plan,
+    m: &Manifest,
+    ca: impl Fn(&std::path::Path) -> Result<String>,
+) -> Result<Vec<String>> {
     let ucp = ucp_of(plan)?;
     let node = m.dtr.node.clone().ok_or_else(|| {
         Error::Verify(format!(
@@ -103,7 +109,9 @@ pub fn command(plan: &Plan, m: &Manifest, ca: impl Fn(&std::path::Path) -> Resul
 /// The image that restores: the plan's DTR image, which must be the backup's version.
 fn image(plan: &Plan, m: &Manifest) -> Result<String> {
     let image = plan.dtr.image.clone().ok_or_else(|| {
-        Error::Usage("restoring metadata needs `dtr.image`, the DTR image of the backup's version".into())
+        Error::Usage(
+            "restoring metadata needs `dtr.image`, the DTR image of the backup's version".into(),
+        )
     })?;
     match (&plan.dtr.version, &m.dtr.version) {
         (Some(plan_v), Some(backup_v)) if plan_v != backup_v => Err(Error::Usage(format!(

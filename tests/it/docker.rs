@@ -131,6 +131,7 @@ impl Bed {
         );
         for applet in [
             "sh", "cat", "head", "tar", "gzip", "mkdir", "echo", "grep", "sleep", "true", "printf",
+            "od", "tr", "wc", "mv",
         ] {
             let mut h = tar::Header::new_gnu();
             h.set_entry_type(tar::EntryType::Symlink);
@@ -689,6 +690,32 @@ fn through_a_client_bundle_over_mutual_tls() {
     assert_eq!(out.status.code(), Some(0), "{}", error_of(&out));
     assert_full_backup(&complete_backups(&dir)[0], R1, false);
     assert!(bed.our_containers().is_empty());
+
+    // Restore through the same bundle: the metadata streams into DTR's restore over mutual
+    // TLS, and its standard input is closed at the end of the archive.
+    bed.docker(&[
+        "rm",
+        "-f",
+        &format!("dtr-rethinkdb-{R1}"),
+        &format!("dtr-registry-{R1}"),
+    ]);
+    let target = dir.path().join("restored");
+    let out = run(&mut restore_cmd(
+        &bed,
+        &dir,
+        &plan,
+        &["--images-to", target.to_str().expect("utf-8")],
+    ));
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(
+        events(&out).iter().any(|e| e["event"] == "log"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("Restore completed"))),
+        "{}",
+        stdout(&out)
+    );
+    assert!(bed.our_containers().is_empty());
 }
 
 #[test]
@@ -992,4 +1019,135 @@ fn preflight_removes_leftovers_of_any_plan_and_spares_live_runs() {
         );
     }
     bed.docker(&["rm", "-f", "live-run"]);
+}
+
+fn restore_cmd(bed: &Bed, dir: &TempDir, plan: &Path, args: &[&str]) -> Command {
+    let mut cmd = dtr_backup(dir.path());
+    cmd.env("UCP_PASSWORD", &bed.ucp_password)
+        .env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
+        .env_remove("DOCKER_HOST")
+        .args(["restore", "--output", "json"])
+        .arg(plan)
+        .args(args);
+    cmd
+}
+
+/// The registry tree under `dir`, relative paths with the sha256 of each file.
+fn registry_tree(dir: &Path) -> Vec<(PathBuf, String)> {
+    snapshot(dir)
+        .into_iter()
+        .filter(|(p, _)| p.is_file())
+        .map(|(p, b)| {
+            (
+                p.strip_prefix(dir).expect("inside").to_path_buf(),
+                dtr_backup::archive::sha256_hex(&b),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_full_restore_puts_the_volume_back_then_runs_dtr_restore_with_the_metadata() {
+    let Some(bed) = bed() else { return };
+    bed.standin_image(IMAGE, VERSION, &[R1], 0);
+    bed.replica(R1, VERSION);
+    let dir = TempDir::new("docker-restore");
+    let plan = write_plan(&bed, &dir, &Setup::default());
+    let out = run(&mut apply(&bed, &dir, &plan));
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let volume = format!("dtr-registry-{R1}");
+
+    // While the replica runs, restore refuses before writing anything.
+    let mount = bed
+        .lines(&["volume", "inspect", "-f", "{{.Mountpoint}}", &volume])
+        .remove(0);
+    let scratch = dir.path().join("elsewhere");
+    let out = run(&mut restore_cmd(
+        &bed,
+        &dir,
+        &plan,
+        &["--images-to", scratch.to_str().expect("utf-8")],
+    ));
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        error_of(&out).contains("DTR replicas still run on") && error_of(&out).contains(R1),
+        "{}",
+        error_of(&out)
+    );
+    assert!(!scratch.exists(), "nothing written");
+
+    // The replica is destroyed and its storage lost; restore brings both back.
+    bed.docker(&[
+        "rm",
+        "-f",
+        &format!("dtr-rethinkdb-{R1}"),
+        &format!("dtr-registry-{R1}"),
+    ]);
+    bed.docker(&["volume", "rm", &volume]);
+    bed.docker(&["volume", "create", &volume]);
+    let out = run(&mut restore_cmd(
+        &bed,
+        &dir,
+        &plan,
+        &["--images-to", &mount],
+    ));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let ev = events(&out);
+    assert_eq!(
+        steps_with(&ev, "step_finished"),
+        ["preflight", "verify", "images", "metadata"]
+    );
+    assert_eq!(
+        registry_tree(Path::new(&mount)),
+        registry_tree(&root().join("plans/quickstart/registry"))
+    );
+    // DTR's restore got the replica, the node, the volume, and the whole archive on stdin.
+    let logs: Vec<String> = ev
+        .iter()
+        .filter(|e| e["event"] == "log")
+        .filter_map(|e| e["message"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains(&format!("Restoring replica {R1} on node"))
+                && l.contains(&format!("with storage volume {volume}"))),
+        "{logs:?}"
+    );
+    assert!(
+        logs.iter().any(|l| l.contains("Restore completed")),
+        "{logs:?}"
+    );
+    assert!(
+        bed.our_containers().is_empty(),
+        "{:?}",
+        bed.our_containers()
+    );
+    let all = stdout(&out) + &stderr(&out);
+    assert!(!all.contains(&bed.ucp_password), "the UCP password leaked");
+
+    // A plan of another DTR version is refused: DTR restores only into its own version.
+    let other = dir.write(
+        "other.yaml",
+        &std::fs::read_to_string(&plan)
+            .expect("plan")
+            .replace(IMAGE, "dtr-standin/dtr:2.9.5"),
+    );
+    let out = run(&mut restore_cmd(
+        &bed,
+        &dir,
+        &other,
+        &["--images-to", &mount],
+    ));
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(
+        error_of(&out).contains("DTR restores only into its own version"),
+        "{}",
+        error_of(&out)
+    );
 }
