@@ -163,12 +163,17 @@ fn publish(staging: &Path, target: &Path) -> Result<()> {
 struct Cleanup {
     staging: Option<PathBuf>,
     drill: Option<(PathBuf, bool)>,
+    /// A target this restore created: removed again (when still empty) if it fails.
+    created: Option<PathBuf>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
         if let Some(s) = self.staging.take() {
             let _ = std::fs::remove_dir_all(s);
+        }
+        if let Some(c) = self.created.take() {
+            let _ = std::fs::remove_dir(c);
         }
         match self.drill.take() {
             Some((dir, false)) => {
@@ -294,27 +299,33 @@ async fn run(
     let reporter_arc = reporter.clone();
     let reporter = reporter.as_ref();
 
-    // 1. The backup's checks: nothing is written when they fail.
-    step(reporter, summary, "verify", "verify", || {
-        let checks = verify::check_backup(
-            store.as_ref(),
-            &manifest,
-            dec.as_ref(),
-            ReadData::Layout,
-            Rehash::Undecrypted,
-            cancel,
-        );
-        if cancel.is_cancelled() {
-            return Err(Error::Interrupted);
-        }
-        failed(&checks, &backup_id)
-    })?;
+    // 1. Before DTR's restore reads the metadata, the whole backup's checks (integrity, and
+    //    the blobs the metadata references present): nothing is written when they fail. The
+    //    image content alone needs no pass of its own: its integrity and every blob's digest
+    //    are checked while it is restored, and nothing is moved into place before they hold.
+    if parts.metadata {
+        step(reporter, summary, "verify", "verify", || {
+            let checks = verify::check_backup(
+                store.as_ref(),
+                &manifest,
+                dec.as_ref(),
+                ReadData::Layout,
+                Rehash::Undecrypted,
+                cancel,
+            );
+            if cancel.is_cancelled() {
+                return Err(Error::Interrupted);
+            }
+            failed(&checks, &backup_id)
+        })?;
+    }
 
     // 2. The image content: staged inside the (absent or empty) target, moved into place
     //    once all of it is in and checked.
     let mut cleanup = Cleanup {
         staging: None,
         drill: None,
+        created: None,
     };
     let restored = if parts.images {
         let existed = prepare(&target, scratch, reporter)?;
@@ -328,6 +339,7 @@ async fn run(
         }
         cleanup.staging = Some(staging.clone());
         cleanup.drill = opts.drill.then(|| (target.clone(), existed));
+        cleanup.created = (!existed && !opts.drill).then(|| target.clone());
         let restored = step(reporter, summary, "images", "restore_images", || {
             let restored =
                 images::to_folder(store.as_ref(), &manifest, dec.as_ref(), &staging, cancel)
@@ -342,6 +354,7 @@ async fn run(
             Ok(restored)
         })?;
         cleanup.staging = None;
+        cleanup.created = None;
         summary.bytes = restored.bytes;
         restored
     } else {
@@ -620,13 +633,15 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
             ],
         ));
     }
-    steps.push((
-        "verify".to_owned(),
-        vec![format!(
-            "check backup {backup_id} at {}: every artifact's size, decryption (integrity protection) and layout; stop if any check fails",
-            store.describe()
-        )],
-    ));
+    if parts.metadata {
+        steps.push((
+            "verify".to_owned(),
+            vec![format!(
+                "check backup {backup_id} at {}: every artifact's size, decryption (integrity protection) and layout, and the blobs the metadata references; stop if any check fails",
+                store.describe()
+            )],
+        ));
+    }
     let mut images = if parts.metadata { vec![] } else { vec![lock] };
     images.push(if opts.drill {
         format!(
@@ -645,7 +660,7 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
         .filter(|a| a.kind == ArtifactKind::Images)
     {
         images.push(format!(
-            "decrypt {backup_id}/{} and extract {}/_data/... into a staging folder inside {} (nothing outside it, no links; each file under a temporary name, fsynced, renamed; every blob checked against its digest first)",
+            "decrypt {backup_id}/{} and extract {}/_data/... into a staging folder inside {} (nothing outside it, no links; each file under a temporary name, fsynced, renamed; every blob checked against its digest first; the integrity protection checked at the end)",
             a.path,
             m.dtr.volume.as_deref().unwrap_or("?"),
             target.display()

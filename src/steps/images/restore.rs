@@ -15,9 +15,9 @@ use std::sync::OnceLock;
 
 use regex::Regex;
 
-use crate::archive::HashReader;
 use crate::archive::extract::{self, Refused, Target};
 use crate::archive::records::CappedRecords;
+use crate::archive::{HashReader, pipe};
 use crate::cancel::Cancel;
 use crate::crypto::{self, Decryption};
 use crate::error::{Error, Result, io};
@@ -130,31 +130,53 @@ pub fn to_folder(
         .filter(|a| a.kind == ArtifactKind::Images);
     for a in images {
         let path = format!("{}/{}", manifest.backup_id, a.path);
-        // The stored octets are hashed on the way unless decryption checks them (the
-        // integrity protection covers every octet): the backup may have changed since it was
-        // verified.
-        let mut stored = HashReader::new(store.open(&path)?);
-        let got = {
-            let mut plain = open_plain(Box::new(&mut stored), a.encrypted, dec, &path)?;
-            let mut archive = CappedRecords::new(&mut plain);
-            let strip = format!("{volume}/_data");
-            let got = extract::extract(
-                &mut archive,
-                &Target {
-                    root: target,
-                    strip: &strip,
-                    digest_of: &digest_of,
-                    cancel,
-                },
-            )
-            .map_err(|r| refused(&path, r))?;
-            // The rest of the stream (end-of-archive blocks; the integrity check at its end).
-            drain(&mut plain, &path)?;
-            got
+        // Two threads: one reads the stored octets (hashing them: the backup may have
+        // changed since it was verified) and decrypts them, the other extracts. Decryption
+        // checks the integrity protection at the end of the stream, before anything is
+        // published.
+        let (mut tx, mut rx) = pipe::pipe();
+        let stored = store.open(&path)?;
+        let (encrypted, dec2, what) = (a.encrypted, dec.cloned(), path.clone());
+        let producer = std::thread::spawn(move || -> Result<(String, u64)> {
+            let mut stored = HashReader::new(stored);
+            {
+                let mut plain = open_plain(Box::new(&mut stored), encrypted, dec2.as_ref(), &what)?;
+                pipe::pump(&mut plain, &mut tx).map_err(|e| unreadable(&what, e))?;
+            }
+            tx.close().map_err(|e| unreadable(&what, e))?;
+            stored
+                .finish()
+                .map_err(|e| io(e, format!("reading {what}")))
+        });
+        let strip = format!("{volume}/_data");
+        let extracted = extract::extract(
+            CappedRecords::new(&mut rx),
+            &Target {
+                root: target,
+                strip: &strip,
+                digest_of: &digest_of,
+                cancel,
+            },
+        );
+        // The rest of the stream (end-of-archive blocks), so that the reader gets to the end.
+        if extracted.is_ok() {
+            let _ = std::io::copy(&mut rx, &mut io::sink());
+        }
+        drop(rx);
+        let produced = producer
+            .join()
+            .unwrap_or_else(|_| Err(Error::internal("the reading thread panicked")));
+        // What the extraction refused comes first; when the archive merely ended early, the
+        // reader's error says why.
+        let got = match extracted {
+            Ok(got) => got,
+            Err(Refused::Read(e)) => {
+                produced?;
+                return Err(refused(&path, Refused::Read(e)));
+            }
+            Err(other) => return Err(refused(&path, other)),
         };
-        let (sha, size) = stored
-            .finish()
-            .map_err(|e| io(e, format!("reading {path}")))?;
+        let (sha, size) = produced?;
         if !a.encrypted && (sha != a.sha256 || size != a.size) {
             return Err(Error::Verify(format!(
                 "{path} is {size} bytes with sha256 {sha}, the manifest records {} bytes with {}: it changed since it was written",
@@ -219,6 +241,17 @@ fn open_plain<'a>(
             "{what} does not decrypt: {e}; check the passphrase or key, or restore another backup"
         ))
     })
+}
+
+/// A stored artifact that cannot be read (decrypted) to its end: the backup fails its checks.
+fn unreadable(what: &str, e: io::Error) -> Error {
+    if crate::cancel::is_cancellation(&e) {
+        Error::Interrupted
+    } else {
+        Error::Verify(format!(
+            "{what} cannot be read to its end: {e}; the backup is damaged: restore another one (`dtr-backup backups list`)"
+        ))
+    }
 }
 
 fn drain(plain: &mut dyn Read, what: &str) -> Result<()> {
