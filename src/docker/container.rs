@@ -285,20 +285,7 @@ pub async fn run_streaming(
     let mut output = attached.output;
     drop(attached.input);
     let task = tokio::spawn(async move {
-        let mut tail: VecDeque<String> = VecDeque::new();
-        let mut partial = String::new();
-        let emit = |text: &str, partial: &mut String, tail: &mut VecDeque<String>| {
-            partial.push_str(text);
-            while let Some(pos) = partial.find('\n') {
-                let line = redact(partial[..pos].trim_end(), &secrets);
-                partial.drain(..=pos);
-                if tail.len() == 20 {
-                    tail.pop_front();
-                }
-                tail.push_back(line.clone());
-                on_stderr(line);
-            }
-        };
+        let mut lines = Lines::new(secrets, on_stderr);
         let end = loop {
             let item = tokio::select! {
                 item = output.next() => item,
@@ -310,17 +297,13 @@ pub async fn run_streaming(
                         break Err(e);
                     }
                 }
-                Some(Ok(LogOutput::StdErr { message })) => {
-                    emit(&String::from_utf8_lossy(&message), &mut partial, &mut tail)
-                }
+                Some(Ok(LogOutput::StdErr { message })) => lines.push(&message),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => break Err(format!("reading the container's output: {e}")),
                 None => break Ok(()),
             }
         };
-        if !partial.is_empty() {
-            emit("\n", &mut partial, &mut tail);
-        }
+        let tail = lines.finish();
         let end = match end {
             Err(e) => Err(e),
             Ok(()) => {
@@ -348,7 +331,7 @@ pub async fn run_streaming(
                 if code == 0 {
                     Ok(())
                 } else {
-                    let lines: Vec<String> = tail.iter().cloned().collect();
+                    let lines: Vec<String> = tail;
                     Err(format!(
                         "the container exited with status {code}; its last output:\n  {}",
                         lines.join("\n  ")
@@ -359,6 +342,47 @@ pub async fn run_streaming(
         let _ = send(&tx, Msg::End(end), &cancel).await;
     });
     Ok((feed, task))
+}
+
+/// A container's output cut into lines, each redacted and handed on; the last 20 are kept
+/// for the error message when the container fails.
+struct Lines<F> {
+    partial: String,
+    tail: VecDeque<String>,
+    secrets: Vec<Zeroizing<String>>,
+    on_line: F,
+}
+
+impl<F: Fn(String)> Lines<F> {
+    fn new(secrets: Vec<Zeroizing<String>>, on_line: F) -> Lines<F> {
+        Lines {
+            partial: String::new(),
+            tail: VecDeque::new(),
+            secrets,
+            on_line,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.partial.push_str(&String::from_utf8_lossy(bytes));
+        while let Some(pos) = self.partial.find('\n') {
+            let line = redact(self.partial[..pos].trim_end(), &self.secrets);
+            self.partial.drain(..=pos);
+            if self.tail.len() == 20 {
+                self.tail.pop_front();
+            }
+            self.tail.push_back(line.clone());
+            (self.on_line)(line);
+        }
+    }
+
+    /// The last lines, after the unterminated one, if any.
+    fn finish(mut self) -> Vec<String> {
+        if !self.partial.is_empty() {
+            self.push(b"\n");
+        }
+        self.tail.into_iter().collect()
+    }
 }
 
 /// Attaches to a created container (made with `Spec::stdin`), starts it, writes the chunks
@@ -399,33 +423,17 @@ pub async fn run_with_input(
     let mut output = attached.output;
     let mut stdin = attached.input;
     let lines = tokio::spawn(async move {
-        let mut tail: VecDeque<String> = VecDeque::new();
-        let mut partial = String::new();
-        let mut emit = |text: &str, partial: &mut String| {
-            partial.push_str(text);
-            while let Some(pos) = partial.find('\n') {
-                let line = redact(partial[..pos].trim_end(), &secrets);
-                partial.drain(..=pos);
-                if tail.len() == 20 {
-                    tail.pop_front();
-                }
-                tail.push_back(line.clone());
-                on_line(line);
-            }
-        };
+        let mut lines = Lines::new(secrets, on_line);
         while let Some(item) = output.next().await {
             match item {
                 Ok(LogOutput::StdOut { message }) | Ok(LogOutput::StdErr { message }) => {
-                    emit(&String::from_utf8_lossy(&message), &mut partial)
+                    lines.push(&message)
                 }
                 Ok(_) => {}
                 Err(_) => break,
             }
         }
-        if !partial.is_empty() {
-            emit("\n", &mut partial);
-        }
-        tail
+        lines.finish()
     });
     let fed: Result<()> = async {
         loop {
@@ -477,7 +485,7 @@ pub async fn run_with_input(
     } else {
         Err(Error::container(format!(
             "the container exited with status {code}; its last output:\n  {}",
-            tail.iter().cloned().collect::<Vec<_>>().join("\n  ")
+            tail.join("\n  ")
         )))
     }
 }

@@ -72,30 +72,32 @@ pub async fn apply_to(
     )
     .await;
     summary.duration_ms = start.elapsed().as_millis() as u64;
-    let (status, backup_id, error) = match &result {
-        Ok(id) => (RunStatus::Ok, Some(id.clone()), None),
-        Err(e) => (
-            match e {
+    reporter.emit(&run_finished(result.as_ref().map(Clone::clone), summary));
+    result
+}
+
+/// The `run_finished` event of a run that ended with `result` (the backup's id).
+fn run_finished(result: std::result::Result<String, &Error>, summary: Summary) -> Event {
+    match result {
+        Ok(id) => Event::RunFinished {
+            status: RunStatus::Ok,
+            backup_id: Some(id),
+            exit_code: crate::exit::Exit::Ok.code(),
+            error: None,
+            summary,
+        },
+        Err(e) => Event::RunFinished {
+            status: match e {
                 Error::Interrupted => RunStatus::Interrupted,
                 Error::Locked(_) => RunStatus::Locked,
                 _ => RunStatus::Failed,
             },
-            None,
-            Some(e.to_string()),
-        ),
-    };
-    let exit_code = match &result {
-        Ok(_) => crate::exit::Exit::Ok.code(),
-        Err(e) => e.exit().code(),
-    };
-    reporter.emit(&Event::RunFinished {
-        status,
-        backup_id,
-        exit_code,
-        error,
-        summary,
-    });
-    result
+            backup_id: None,
+            exit_code: e.exit().code(),
+            error: Some(e.to_string()),
+            summary,
+        },
+    }
 }
 
 async fn run(

@@ -18,7 +18,7 @@ use crate::cancel::Cancel;
 use crate::clock;
 use crate::crypto;
 use crate::error::{Error, Result, io};
-use crate::events::{Event, Reporter, RunStatus, Summary};
+use crate::events::{Event, Reporter, Summary};
 use crate::manifest::{self, ArtifactKind, Manifest, Which};
 use crate::plan::{ImagesCfg, Plan};
 use crate::secret;
@@ -208,28 +208,10 @@ pub async fn restore(
     let mut summary = Summary::default();
     let result = run(&plan, opts, reporter.clone(), &cancel, &mut summary).await;
     summary.duration_ms = start.elapsed().as_millis() as u64;
-    let (status, backup_id, error) = match &result {
-        Ok(r) => (RunStatus::Ok, Some(r.backup_id.clone()), None),
-        Err(e) => (
-            match e {
-                Error::Interrupted => RunStatus::Interrupted,
-                Error::Locked(_) => RunStatus::Locked,
-                _ => RunStatus::Failed,
-            },
-            None,
-            Some(e.to_string()),
-        ),
-    };
-    reporter.emit(&Event::RunFinished {
-        status,
-        backup_id,
-        exit_code: match &result {
-            Ok(_) => crate::exit::Exit::Ok.code(),
-            Err(e) => e.exit().code(),
-        },
-        error,
+    reporter.emit(&super::run_finished(
+        result.as_ref().map(|r| r.backup_id.clone()),
         summary,
-    });
+    ));
     result
 }
 
@@ -494,28 +476,11 @@ fn drill_checks(
     let present = images::blobs_in(target).map_err(|e| e.to_string());
     let refs = verify::metadata_references(store, m, dec, cancel);
     checks.push(match (refs, present) {
-        (Ok(Some(refs)), Ok(present)) => {
-            let missing: Vec<&String> = refs.difference(&present).collect();
-            Check {
-                name: "restored: blobs referenced by metadata are in the restored folder".into(),
-                ok: missing.is_empty(),
-                detail: if missing.is_empty() {
-                    format!("{} referenced, {} restored", refs.len(), present.len())
-                } else {
-                    format!(
-                        "{} of {} referenced blobs are missing: {}",
-                        missing.len(),
-                        refs.len(),
-                        missing
-                            .iter()
-                            .take(10)
-                            .map(|d| format!("sha256:{d}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                },
-            }
-        }
+        (Ok(Some(refs)), Ok(present)) => verify::references_present(
+            "restored: blobs referenced by metadata are in the restored folder",
+            &refs,
+            &present,
+        ),
         // No metadata to check the blobs against: the read-back above is the drill's check.
         (Ok(None), Ok(_)) => return checks,
         (Err(e), _) | (_, Err(e)) => Check {
@@ -565,26 +530,10 @@ fn step<T>(
     kind: &str,
     f: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
-    reporter.emit(&Event::StepStarted {
-        step: id.into(),
-        kind: kind.into(),
-    });
+    started(reporter, id, kind);
     let start = Instant::now();
     let result = f();
-    match &result {
-        Ok(_) => {
-            summary.steps_run += 1;
-            reporter.emit(&Event::StepFinished {
-                step: id.into(),
-                duration_ms: start.elapsed().as_millis() as u64,
-                artifacts: vec![],
-            });
-        }
-        Err(e) => reporter.emit(&Event::StepFailed {
-            step: id.into(),
-            error: e.to_string(),
-        }),
-    }
+    ended(reporter, summary, id, start, &result);
     result
 }
 

@@ -163,6 +163,37 @@ pub fn stored(
     Ok(Report { backup_id, checks })
 }
 
+/// The check that every blob digest in `refs` is in `present` (the missing ones listed).
+pub fn references_present(
+    name: &str,
+    refs: &BTreeSet<String>,
+    present: &BTreeSet<String>,
+) -> Check {
+    let missing: Vec<&String> = refs.difference(present).collect();
+    Check::new(
+        name,
+        if missing.is_empty() {
+            Ok(format!(
+                "{} referenced, {} present",
+                refs.len(),
+                present.len()
+            ))
+        } else {
+            Err(format!(
+                "{} of {} referenced blobs are missing: {}",
+                missing.len(),
+                refs.len(),
+                missing
+                    .iter()
+                    .take(10)
+                    .map(|d| format!("sha256:{d}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        },
+    )
+}
+
 /// The blob digests the backup's metadata references (`None` when it holds no metadata),
 /// read from its metadata artifact: what a restored registry must be able to serve.
 pub fn metadata_references(
@@ -231,28 +262,10 @@ pub fn check_backup(
         );
     }
     if let (Some(refs), Some(present)) = (references, blobs) {
-        let missing: Vec<&String> = refs.difference(&present).collect();
-        checks.push(Check::new(
+        checks.push(references_present(
             "restorable: blobs referenced by metadata are in the image content",
-            if missing.is_empty() {
-                Ok(format!(
-                    "{} referenced, {} present",
-                    refs.len(),
-                    present.len()
-                ))
-            } else {
-                Err(format!(
-                    "{} of {} referenced blobs are missing: {}",
-                    missing.len(),
-                    refs.len(),
-                    missing
-                        .iter()
-                        .take(10)
-                        .map(|d| format!("sha256:{d}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            },
+            &refs,
+            &present,
         ));
     }
     checks
