@@ -257,13 +257,5 @@ fn unreadable(what: &str, e: io::Error) -> Error {
 fn drain(plain: &mut dyn Read, what: &str) -> Result<()> {
     crate::archive::copy_large(plain, &mut io::sink())
         .map(drop)
-        .map_err(|e| {
-            if crate::cancel::is_cancellation(&e) {
-                Error::Interrupted
-            } else {
-                Error::Verify(format!(
-                    "{what} fails its integrity check at its end: {e}; restore another backup"
-                ))
-            }
-        })
+        .map_err(|e| unreadable(what, e))
 }

@@ -16,9 +16,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-
-use regex::Regex;
+use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
 
@@ -36,14 +34,6 @@ use crate::storage::{self, Store};
 
 /// Blobs copied at once unless `images.parallel` says otherwise.
 pub const DEFAULT_PARALLEL: usize = 4;
-
-fn blob_key() -> &'static Regex {
-    static RE: OnceLock<Regex> = OnceLock::new();
-    RE.get_or_init(|| {
-        Regex::new(r"^docker/registry/v2/blobs/sha256/([0-9a-f]{2})/([0-9a-f]{64})/data$")
-            .expect("valid regex")
-    })
-}
 
 /// Copies one blob into the blob store, checking its digest; returns (size, stored size).
 fn copy_blob(
@@ -169,8 +159,8 @@ async fn run(ctx: Ctx, cfg: S3Cfg) -> Result<Outcome> {
         let mut blobs = Vec::new();
         let mut small = Vec::new();
         for (key, size) in listed {
-            match blob_key().captures(&key) {
-                Some(c) => blobs.push((key.clone(), c[2].to_owned(), size)),
+            match super::restore::blob_digest(&key) {
+                Some(digest) => blobs.push((key.clone(), digest, size)),
                 None => small.push((key, size)),
             }
         }
