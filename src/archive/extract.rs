@@ -478,6 +478,7 @@ fn write_file(
         file.sync_all()?;
         refuse_folder(dest)?;
         fs::rename(&tmp, dest)?;
+        crate::failpoint::hit("restore.file");
         Ok(size)
     })();
     if result.is_err() {

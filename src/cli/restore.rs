@@ -42,6 +42,10 @@ pub struct Args {
     /// Print what each step would do; touch nothing (no lock, no files).
     #[arg(long)]
     pub dry_run: bool,
+    /// Abandon an unfinished restore (its staging folder removed; what it already put in
+    /// place stays) and start a new one, instead of finishing it.
+    #[arg(long)]
+    pub fresh: bool,
     /// Wait this long for another run's lock (e.g. `30s`, `5m`, `1h`) instead of exiting 4.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub lock_timeout: Option<Duration>,
@@ -99,6 +103,7 @@ pub fn run(args: &Args) -> Exit {
         images_to: args.images_to.clone(),
         drill: args.drill,
         lock_timeout: args.lock_timeout,
+        fresh: args.fresh,
     };
     if args.dry_run {
         return match restore::dry_run(&plan, &opts) {

@@ -197,6 +197,54 @@ pub async fn remove(engine: &Engine, id: &str) -> std::result::Result<(), String
         .map_err(|e| format!("removing container {id}: {e}"))
 }
 
+/// Waits for a container to exit and returns its exit status; `None` when no such container
+/// exists (a container that never started counts as exited with status -1).
+pub async fn wait_exit(engine: &Engine, id: &str, cancel: &Cancel) -> Result<Option<i64>> {
+    let inspected = engine
+        .docker
+        .inspect_container(
+            id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await;
+    match inspected {
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => return Ok(None),
+        Err(e) => return Err(Error::docker(format!("inspecting container {id}: {e}"))),
+        Ok(c) => {
+            let state = c.state.unwrap_or_default();
+            if state.running != Some(true) {
+                let started = state
+                    .started_at
+                    .as_deref()
+                    .is_some_and(|t| !t.starts_with("0001-"));
+                return Ok(Some(if started {
+                    state.exit_code.unwrap_or(-1)
+                } else {
+                    -1
+                }));
+            }
+        }
+    }
+    let mut wait = engine
+        .docker
+        .wait_container(id, Some(WaitContainerOptionsBuilder::new().build()));
+    let waited = tokio::select! {
+        w = wait.next() => w,
+        _ = cancel.cancelled() => return Err(Error::Interrupted),
+    };
+    match waited {
+        Some(Ok(r)) => Ok(Some(r.status_code)),
+        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(Some(code)),
+        Some(Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        })) => Ok(None),
+        Some(Err(e)) => Err(Error::docker(format!("waiting for container {id}: {e}"))),
+        None => Ok(Some(-1)),
+    }
+}
+
 /// A container dtr-backup created.
 pub struct Ours {
     pub id: String,

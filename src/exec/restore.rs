@@ -14,11 +14,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::lock;
+use super::state::{self, RestoreState};
 use crate::cancel::Cancel;
 use crate::clock;
 use crate::crypto;
+use crate::docker::{Engine, container};
 use crate::error::{Error, Result, io};
 use crate::events::{Event, Reporter, Summary};
+use crate::failpoint;
 use crate::manifest::{self, ArtifactKind, Manifest, Which};
 use crate::plan::{ImagesCfg, Plan};
 use crate::secret;
@@ -41,6 +44,8 @@ pub struct RestoreOptions {
     pub images_to: Option<PathBuf>,
     pub drill: bool,
     pub lock_timeout: Option<Duration>,
+    /// Abandon an unfinished restore instead of finishing it.
+    pub fresh: bool,
 }
 
 /// What a restore did.
@@ -138,10 +143,15 @@ fn prepare(target: &Path, scratch: bool, reporter: &dyn Reporter) -> Result<bool
     Ok(true)
 }
 
-/// Moves what the staging folder holds into the target, then removes it.
+/// Moves what the staging folder holds into the target, then removes it. Idempotent: a
+/// publication interrupted half-way is finished by the next one (a staging folder that is
+/// gone was published whole).
 fn publish(staging: &Path, target: &Path) -> Result<()> {
-    let entries =
-        std::fs::read_dir(staging).map_err(|e| io(e, format!("reading {}", staging.display())))?;
+    let entries = match std::fs::read_dir(staging) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(e, format!("reading {}", staging.display()))),
+    };
     for entry in entries {
         let entry = entry.map_err(|e| io(e, format!("reading {}", staging.display())))?;
         let to = target.join(entry.file_name());
@@ -152,6 +162,7 @@ fn publish(staging: &Path, target: &Path) -> Result<()> {
             )
         })?;
     }
+    failpoint::hit("restore.moved");
     std::fs::remove_dir(staging).map_err(|e| io(e, format!("removing {}", staging.display())))?;
     std::fs::File::open(target)
         .and_then(|d| d.sync_all())
@@ -237,69 +248,267 @@ async fn run(
         cancel,
     )
     .await?;
+    failpoint::hit("restore.locked");
+    let state = stores.state.clone();
     let store = stores.backups.clone();
-    let warn = |w: String| reporter.emit(&Event::Warning { message: w });
-    let backup_id = manifest::resolve(store.as_ref(), &opts.which, &warn)?;
-    let manifest = manifest::read(store.as_ref(), &backup_id)?;
-    let parts = parts(&manifest, opts)?;
-    let (target, scratch) = if parts.images {
-        target(plan, opts)?
-    } else {
-        (PathBuf::new(), false)
-    };
+    let (mut journal, manifest, parts, resumed) = open_restore(
+        plan,
+        opts,
+        state.as_ref(),
+        store.as_ref(),
+        reporter.as_ref(),
+    )?;
     reporter.emit(&Event::RunStarted {
         format_version: 1,
         plan: plan.name.to_string(),
-        backup_id: backup_id.clone(),
-        resumed: false,
+        backup_id: journal.backup_id.clone(),
+        resumed,
         time: clock::rfc3339(clock::now_unix()),
     });
+    state::save_restore(state.as_ref(), &journal)?;
+    failpoint::hit("restore.journal-created");
+    let result = run_steps(
+        plan,
+        opts,
+        &mut journal,
+        state.as_ref(),
+        store,
+        &manifest,
+        parts,
+        reporter,
+        cancel,
+        summary,
+    )
+    .await;
+    match &result {
+        Ok(_) => state::clear_restore(state.as_ref())?,
+        // Something is in place: the next restore finishes the job from the journal.
+        Err(_) if live(&journal) => {}
+        // Nothing is: what the restore wrote is gone with it, the next one starts afresh.
+        Err(_) => {
+            let _ = state::clear_restore(state.as_ref());
+        }
+    }
+    result
+}
+
+/// An unfinished restore has put content where it is served (a drill never does).
+fn live(j: &RestoreState) -> bool {
+    !j.drill
+        && ["images.staged", "images", "metadata"]
+            .iter()
+            .any(|s| j.is_done(s))
+}
+
+/// The journal's restore to finish (the options agree with it), or a new one. An unfinished
+/// restore that the options disagree with is abandoned when nothing of it is in place (its
+/// partial work removed), else refused unless `--fresh`.
+fn open_restore(
+    plan: &Plan,
+    opts: &RestoreOptions,
+    state: &dyn Store,
+    store: &dyn Store,
+    reporter: &dyn Reporter,
+) -> Result<(RestoreState, Manifest, Parts, bool)> {
+    let warn = |w: String| reporter.emit(&Event::Warning { message: w });
+    let only_images = opts.only == Some(Only::Images);
+    if let Some(e) = state::load_restore(state)? {
+        let same_backup = match &opts.which {
+            Which::Latest => true,
+            Which::Id(id) => *id == e.backup_id,
+        };
+        let same_target = match (&opts.images_to, opts.drill) {
+            (Some(p), _) => *p == e.target,
+            (None, true) => true,
+            (None, false) => {
+                e.target.as_os_str().is_empty()
+                    || target(plan, opts).is_ok_and(|(t, _)| t == e.target)
+            }
+        };
+        let same =
+            same_backup && same_target && e.drill == opts.drill && e.only_images == only_images;
+        let begun = clock::rfc3339(e.started_at);
+        if same && !opts.fresh {
+            let m = manifest::read(store, &e.backup_id).map_err(|err| {
+                err.context(format!(
+                    "finishing the restore of backup {} begun at {begun}",
+                    e.backup_id
+                ))
+            })?;
+            let p = parts(&m, opts)?;
+            return Ok((e, m, p, true));
+        }
+        if live(&e) && !opts.fresh {
+            return Err(Error::Usage(format!(
+                "an unfinished restore of backup {} into {}, begun at {begun}, has put content in place; finish it with the same options (`restore --backup {}{}`), or abandon it with --fresh (what it put in place stays)",
+                e.backup_id,
+                e.target.display(),
+                e.backup_id,
+                if e.only_images { " --only images" } else { "" },
+            )));
+        }
+        abandon(&e);
+        state::clear_restore(state)?;
+        warn(format!(
+            "abandoned the unfinished {} of backup {} begun at {begun}; removed its partial work",
+            if e.drill { "drill" } else { "restore" },
+            e.backup_id
+        ));
+    }
+    let backup_id = manifest::resolve(store, &opts.which, &warn)?;
+    let m = manifest::read(store, &backup_id)?;
+    let p = parts(&m, opts)?;
+    let target = if p.images {
+        target(plan, opts)?.0
+    } else {
+        PathBuf::new()
+    };
+    let journal = RestoreState {
+        backup_id,
+        started_at: clock::now_unix(),
+        drill: opts.drill,
+        only_images,
+        target,
+        created_target: false,
+        staging: None,
+        container: None,
+        restored: None,
+        done: Default::default(),
+    };
+    Ok((journal, m, p, false))
+}
+
+/// Removes the partial work of an unfinished restore: its staging folder, a drill's scratch
+/// folder that it created, a target it created that is still empty.
+fn abandon(j: &RestoreState) {
+    if let Some(s) = &j.staging {
+        let _ = std::fs::remove_dir_all(s);
+    }
+    if j.created_target {
+        let _ = if j.drill {
+            std::fs::remove_dir_all(&j.target)
+        } else {
+            std::fs::remove_dir(&j.target)
+        };
+    }
+}
+
+/// Records a completed step in the journal.
+fn mark(j: &mut RestoreState, state: &dyn Store, step: &str) -> Result<()> {
+    j.done.insert(step.to_owned(), clock::now_unix());
+    state::save_restore(state, j)
+}
+
+fn skipped(reporter: &dyn Reporter, summary: &mut Summary, id: &str) {
+    summary.steps_skipped += 1;
+    reporter.emit(&Event::StepSkipped {
+        step: id.into(),
+        reason: "completed by an interrupted restore (its journal says so)".into(),
+    });
+}
+
+/// DTR's restore container that an interrupted restore started: waited for, then judged by
+/// its exit status (0: the metadata is restored), then removed.
+async fn adopt(
+    engine: &Engine,
+    j: &mut RestoreState,
+    state: &dyn Store,
+    reporter: &dyn Reporter,
+    cancel: &Cancel,
+) -> Result<()> {
+    let Some(id) = j.container.clone() else {
+        return Ok(());
+    };
+    let warn = |w: String| reporter.emit(&Event::Warning { message: w });
+    let status = container::wait_exit(engine, &id, cancel).await?;
+    match status {
+        Some(0) => {
+            warn(format!(
+                "DTR's restore in container {id}, started by the interrupted restore, had completed (status 0): the metadata is restored"
+            ));
+            j.done.insert("metadata".into(), clock::now_unix());
+        }
+        Some(code) => warn(format!(
+            "DTR's restore in container {id}, started by the interrupted restore, ended with status {code}; it runs again"
+        )),
+        None => {}
+    }
+    if status.is_some()
+        && let Err(e) = container::remove(engine, &id).await
+    {
+        warn(format!(
+            "{e}; remove it by hand (`docker rm -f {id}`): it holds the UCP password in its environment"
+        ));
+    }
+    j.container = None;
+    state::save_restore(state, j)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_steps(
+    plan: &Plan,
+    opts: &RestoreOptions,
+    journal: &mut RestoreState,
+    state: &dyn Store,
+    store: Arc<dyn Store>,
+    manifest: &Manifest,
+    parts: Parts,
+    reporter_arc: Arc<dyn Reporter>,
+    cancel: &Cancel,
+    summary: &mut Summary,
+) -> Result<RestoreReport> {
+    let reporter = reporter_arc.as_ref();
+    let backup_id = journal.backup_id.clone();
+    let target = journal.target.clone();
     let (_, dec) = crypto::for_plan(plan)?;
 
-    // 0. What DTR's restore needs, before anything is written.
-    let for_metadata = if parts.metadata {
-        let password = secret::resolve(
-            &plan
-                .ucp
-                .as_ref()
-                .ok_or_else(|| {
-                    Error::Usage(
-                        "restoring metadata needs the plan's `ucp` section; or pass --only images"
-                            .into(),
-                    )
-                })?
-                .password,
-        )?;
-        started(reporter.as_ref(), "preflight", "preflight");
+    // 0. What DTR's restore needs, before anything is written; a restore container that an
+    //    interrupted restore left is waited for and judged first.
+    let for_metadata = if parts.metadata && !journal.is_done("metadata") {
+        let password = secret::resolve(&metadata_restore::ucp_of(plan)?.password)?;
+        started(reporter, "preflight", "preflight");
         let start = Instant::now();
-        let engine = metadata_restore::preflight(plan, &manifest, &password).await;
-        ended(reporter.as_ref(), summary, "preflight", start, &engine);
+        let engine: Result<Engine> = async {
+            let engine = metadata_restore::engine(plan).await?;
+            adopt(&engine, journal, state, reporter, cancel).await?;
+            let warn = |w: String| reporter.emit(&Event::Warning { message: w });
+            crate::steps::preflight::remove_leftovers(&engine, plan, &warn).await?;
+            if !journal.is_done("metadata") {
+                metadata_restore::preflight(plan, manifest, &engine, &password).await?;
+            }
+            Ok(engine)
+        }
+        .await;
+        ended(reporter, summary, "preflight", start, &engine);
         Some((engine?, password))
     } else {
         None
     };
-    let reporter_arc = reporter.clone();
-    let reporter = reporter.as_ref();
 
     // 1. Before DTR's restore reads the metadata, the whole backup's checks (integrity, and
     //    the blobs the metadata references present): nothing is written when they fail. The
     //    image content alone needs no pass of its own: its integrity and every blob's digest
     //    are checked while it is restored, and nothing is moved into place before they hold.
     if parts.metadata {
-        step(reporter, summary, "verify", "verify", || {
-            let checks = verify::check_backup(
-                store.as_ref(),
-                &manifest,
-                dec.as_ref(),
-                ReadData::Layout,
-                Rehash::Undecrypted,
-                cancel,
-            );
-            if cancel.is_cancelled() {
-                return Err(Error::Interrupted);
-            }
-            failed(&checks, &backup_id)
-        })?;
+        if journal.is_done("verify") || journal.is_done("metadata") {
+            skipped(reporter, summary, "verify");
+        } else {
+            step(reporter, summary, "verify", "verify", || {
+                let checks = verify::check_backup(
+                    store.as_ref(),
+                    manifest,
+                    dec.as_ref(),
+                    ReadData::Layout,
+                    Rehash::Undecrypted,
+                    cancel,
+                );
+                if cancel.is_cancelled() {
+                    return Err(Error::Interrupted);
+                }
+                failed(&checks, &backup_id)
+            })?;
+            mark(journal, state, "verify")?;
+        }
     }
 
     // 2. The image content: staged inside the (absent or empty) target, moved into place
@@ -309,57 +518,107 @@ async fn run(
         drill: None,
         created: None,
     };
-    let restored = if parts.images {
-        let existed = prepare(&target, scratch, reporter)?;
-        let staging = target.join(format!("{STAGING}{}", clock::random_hex(4)));
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&staging)
-                .map_err(|e| io(e, format!("creating {}", staging.display())))?;
-        }
-        cleanup.staging = Some(staging.clone());
-        cleanup.drill = opts.drill.then(|| (target.clone(), existed));
-        cleanup.created = (!existed && !opts.drill).then(|| target.clone());
-        let restored = step(reporter, summary, "images", "restore_images", || {
-            let restored =
-                images::to_folder(store.as_ref(), &manifest, dec.as_ref(), &staging, cancel)
-                    .map_err(|e| match e {
-                        Error::Verify(m) => Error::Verify(format!(
-                            "{m}; nothing restored: {} is as it was",
-                            target.display()
-                        )),
-                        e => e,
-                    })?;
-            publish(&staging, &target)?;
-            Ok(restored)
-        })?;
-        cleanup.staging = None;
-        cleanup.created = None;
-        summary.bytes = restored.bytes;
-        restored
-    } else {
+    let scratch = opts.drill && opts.images_to.is_none();
+    let restored = if !parts.images {
         Restored::default()
+    } else if journal.is_done("images") {
+        skipped(reporter, summary, "images");
+        journal.restored.clone().unwrap_or_default()
+    } else {
+        let restored = step(reporter, summary, "images", "restore_images", || {
+            if !journal.is_done("images.staged") {
+                // The staging folder of the interrupted restore is its own partial work.
+                if let Some(s) = journal.staging.take() {
+                    match std::fs::remove_dir_all(&s) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(io(e, format!("removing {}", s.display())));
+                        }
+                        _ => {}
+                    }
+                }
+                if !prepare(&target, scratch, reporter)? {
+                    journal.created_target = true;
+                }
+                let staging = target.join(format!("{STAGING}{}", clock::random_hex(4)));
+                journal.staging = Some(staging.clone());
+                state::save_restore(state, journal)?;
+                {
+                    use std::os::unix::fs::DirBuilderExt;
+                    std::fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(&staging)
+                        .map_err(|e| io(e, format!("creating {}", staging.display())))?;
+                }
+                cleanup.staging = Some(staging.clone());
+                cleanup.drill = opts
+                    .drill
+                    .then(|| (target.clone(), !journal.created_target));
+                cleanup.created = (journal.created_target && !opts.drill).then(|| target.clone());
+                let restored =
+                    images::to_folder(store.as_ref(), manifest, dec.as_ref(), &staging, cancel)
+                        .map_err(|e| match e {
+                            Error::Verify(m) => Error::Verify(format!(
+                                "{m}; nothing restored: {} is as it was",
+                                target.display()
+                            )),
+                            e => e,
+                        })?;
+                journal.restored = Some(restored);
+                mark(journal, state, "images.staged")?;
+                // Staged whole: kept for the publication, whatever happens from here.
+                cleanup.staging = None;
+                failpoint::hit("restore.staged");
+            }
+            if let Some(s) = &journal.staging {
+                publish(s, &target)?;
+            }
+            Ok(journal.restored.clone().unwrap_or_default())
+        })?;
+        failpoint::hit("restore.step.images.done-not-journaled");
+        journal.staging = None;
+        mark(journal, state, "images")?;
+        failpoint::hit("restore.step.images.journaled");
+        cleanup.created = None;
+        restored
     };
+    if opts.drill && parts.images {
+        cleanup.drill = Some((target.clone(), !journal.created_target));
+    }
+    summary.bytes = restored.bytes;
 
     // 3. The metadata, through DTR's restore, once the image content is in place.
-    if let Some((engine, password)) = &for_metadata {
+    if parts.metadata && journal.is_done("metadata") {
+        skipped(reporter, summary, "metadata");
+    } else if let Some((engine, password)) = &for_metadata {
         started(reporter, "metadata", "restore_metadata");
         let start = Instant::now();
         let done = metadata_restore::run(
             plan,
-            &manifest,
+            manifest,
             engine,
             store.clone(),
             dec.clone(),
             password,
             reporter_arc.clone(),
             cancel.clone(),
+            |id| {
+                journal.container = Some(id.to_owned());
+                state::save_restore(state, journal)
+            },
         )
         .await;
         ended(reporter, summary, "metadata", start, &done);
-        done?;
+        let id = done?;
+        failpoint::hit("restore.step.metadata.done-not-journaled");
+        journal.container = None;
+        mark(journal, state, "metadata")?;
+        if let Err(e) = container::remove(engine, &id).await {
+            reporter.emit(&Event::Warning {
+                message: format!(
+                    "{e}; remove it by hand (`docker rm -f {id}`): it holds the UCP password in its environment"
+                ),
+            });
+        }
     }
 
     // 4. A drill: what a registry started on the folder could serve.
@@ -367,7 +626,7 @@ async fn run(
         step(reporter, summary, "drill", "drill", || {
             let checks = drill_checks(
                 store.as_ref(),
-                &manifest,
+                manifest,
                 dec.as_ref(),
                 &target,
                 &restored,

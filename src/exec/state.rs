@@ -89,3 +89,70 @@ pub fn plan_diff(old: &str, new: &str) -> String {
     }
     out
 }
+
+/// The journal of an unfinished restore, beside the run journal under the plan's state.
+pub const RESTORE_FILE: &str = "restore.json";
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "version")]
+enum RestoreFile {
+    #[serde(rename = "1")]
+    V1(RestoreState),
+}
+
+/// An unfinished restore (or drill): what it restores where, and which of its steps are done.
+/// Paths and names only: it holds no secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreState {
+    pub backup_id: String,
+    pub started_at: i64,
+    pub drill: bool,
+    /// `--only images`.
+    pub only_images: bool,
+    /// Where the image content goes (empty when the restore brings back none).
+    pub target: std::path::PathBuf,
+    /// The restore created the target folder.
+    #[serde(default)]
+    pub created_target: bool,
+    /// The staging folder inside the target, once named (before it is created).
+    #[serde(default)]
+    pub staging: Option<std::path::PathBuf>,
+    /// DTR's restore container, once created (before it is started).
+    #[serde(default)]
+    pub container: Option<String>,
+    /// What the image content step wrote, once it is staged.
+    #[serde(default)]
+    pub restored: Option<crate::steps::images::restore::Restored>,
+    /// Completed steps, with the time each completed.
+    #[serde(default)]
+    pub done: BTreeMap<String, i64>,
+}
+
+impl RestoreState {
+    pub fn is_done(&self, step: &str) -> bool {
+        self.done.contains_key(step)
+    }
+}
+
+pub fn load_restore(store: &dyn Store) -> Result<Option<RestoreState>> {
+    let Some(bytes) = store.get(RESTORE_FILE)? else {
+        return Ok(None);
+    };
+    match serde_json::from_slice::<RestoreFile>(&bytes) {
+        Ok(RestoreFile::V1(s)) => Ok(Some(s)),
+        Err(e) => Err(Error::stored(format!(
+            "the restore journal {}/{RESTORE_FILE} is unreadable ({e}); start over with `restore --fresh`",
+            store.describe()
+        ))),
+    }
+}
+
+pub fn save_restore(store: &dyn Store, state: &RestoreState) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(&RestoreFile::V1(state.clone()))
+        .map_err(|e| Error::internal(format!("encoding the restore journal: {e}")))?;
+    store.replace(RESTORE_FILE, &bytes)
+}
+
+pub fn clear_restore(store: &dyn Store) -> Result<()> {
+    store.delete(RESTORE_FILE)
+}

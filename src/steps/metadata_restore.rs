@@ -31,7 +31,7 @@ pub fn artifact(m: &Manifest) -> Option<&Artifact> {
         .find(|a| a.kind == ArtifactKind::Metadata)
 }
 
-fn ucp_of(plan: &Plan) -> Result<&UcpCfg> {
+pub fn ucp_of(plan: &Plan) -> Result<&UcpCfg> {
     plan.ucp.as_ref().ok_or_else(|| {
         Error::Usage(
             "restoring metadata needs the plan's `ucp` section (url, username, password, ca_file); or pass --only images".into(),
@@ -126,14 +126,24 @@ fn image(plan: &Plan, m: &Manifest) -> Result<String> {
     }
 }
 
-/// What must hold before anything is written. Returns the engine to run the restore on.
-pub async fn preflight(plan: &Plan, m: &Manifest, password: &Secret) -> Result<Engine> {
+/// The engine DTR's restore runs on, reachable.
+pub async fn engine(plan: &Plan) -> Result<Engine> {
+    let engine = docker::connect(&plan.docker)?;
+    engine.check().await?;
+    Ok(engine)
+}
+
+/// What must hold before anything is written.
+pub async fn preflight(
+    plan: &Plan,
+    m: &Manifest,
+    engine: &Engine,
+    password: &Secret,
+) -> Result<()> {
     image(plan, m)?;
     storage_flag(plan, m)?;
     let ucp = ucp_of(plan)?;
-    let engine = docker::connect(&plan.docker)?;
-    engine.check().await?;
-    let running = docker::replicas(&engine).await?;
+    let running = docker::replicas(engine).await?;
     if !running.is_empty() {
         return Err(Error::refused(format!(
             "DTR replicas still run on {}: {}; DTR restores only where none runs: remove the old one first (`docker run -it --rm docker/dtr:<version> destroy --ucp-insecure-tls`), then restore again",
@@ -146,10 +156,13 @@ pub async fn preflight(plan: &Plan, m: &Manifest, password: &Secret) -> Result<E
         )));
     }
     ucp::check(ucp, password, true).await?;
-    Ok(engine)
+    Ok(())
 }
 
-/// Runs DTR's restore with the backup's metadata on its standard input.
+/// Runs DTR's restore with the backup's metadata on its standard input. `created` is told
+/// the container's id before it starts (the journal records it). Returns the id of the
+/// container, exited with status 0 and not yet removed: the caller records the success first,
+/// then removes it. On failure the container is removed.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     plan: &Plan,
@@ -160,7 +173,8 @@ pub async fn run(
     password: &Secret,
     reporter: std::sync::Arc<dyn Reporter>,
     cancel: crate::cancel::Cancel,
-) -> Result<()> {
+    created: impl FnOnce(&str) -> Result<()>,
+) -> Result<String> {
     let a = artifact(m)
         .ok_or_else(|| Error::Usage(format!("backup {} holds no metadata", m.backup_id)))?
         .clone();
@@ -187,6 +201,10 @@ pub async fn run(
         },
     )
     .await?;
+    if let Err(e) = created(&id) {
+        let _ = container::remove(engine, &id).await;
+        return Err(e);
+    }
     // The decrypted archive, read on a thread of its own, in chunks down a bounded channel.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>>>(4);
     let path = format!("{}/{}", m.backup_id, a.path);
@@ -212,6 +230,7 @@ pub async fn run(
             }
         };
         let mut buf = vec![0u8; 1 << 16];
+        crate::failpoint::hit("restore.metadata.feed");
         loop {
             if feeder_cancel.is_cancelled() {
                 return;
@@ -248,9 +267,14 @@ pub async fn run(
     )
     .await;
     let _ = feeder.join();
-    let _ = container::remove(engine, &id).await;
-    result.map_err(|e| match e {
-        Error::Container(msg) => Error::container(format!("DTR's restore failed: {msg}")),
-        other => other,
-    })
+    match result {
+        Ok(()) => Ok(id),
+        Err(e) => {
+            let _ = container::remove(engine, &id).await;
+            Err(match e {
+                Error::Container(msg) => Error::container(format!("DTR's restore failed: {msg}")),
+                other => other,
+            })
+        }
+    }
 }

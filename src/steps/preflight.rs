@@ -132,7 +132,7 @@ pub async fn run(plan: &Plan, stores: &Stores, warn: &(dyn Fn(String) + Sync)) -
 /// backup` container holds the UCP password in its environment (readable with `docker
 /// inspect`) for as long as it exists. Containers of a live run are left alone; those of
 /// releases that did not record their creator, only for this plan (whose lock this run holds).
-async fn remove_leftovers(
+pub async fn remove_leftovers(
     engine: &docker::Engine,
     plan: &Plan,
     warn: &(dyn Fn(String) + Sync),

@@ -1151,3 +1151,101 @@ fn a_full_restore_puts_the_volume_back_then_runs_dtr_restore_with_the_metadata()
         error_of(&out)
     );
 }
+
+#[test]
+fn a_restore_killed_around_dtr_restore_is_finished_by_the_next_one() {
+    let Some(bed) = bed() else { return };
+    bed.standin_image(IMAGE, VERSION, &[R1], 0);
+    bed.replica(R1, VERSION);
+    let dir = TempDir::new("docker-restore-kill");
+    let plan = write_plan(&bed, &dir, &Setup::default());
+    let out = run(&mut apply(&bed, &dir, &plan));
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let volume = format!("dtr-registry-{R1}");
+    bed.docker(&[
+        "rm",
+        "-f",
+        &format!("dtr-rethinkdb-{R1}"),
+        &format!("dtr-registry-{R1}"),
+    ]);
+    let journal = dir.path().join("backups/dtr/.state/restore.json");
+    // Killed while DTR's restore waits for the archive on its standard input: the container
+    // sees the input end early and fails; the next restore removes it and runs it again.
+    // Killed once DTR's restore has completed, before the journal says so: the next restore
+    // finds the container's status 0 and does not restore the metadata twice.
+    for (point, warning, metadata_runs) in [
+        ("restore.metadata.feed", "it runs again", true),
+        (
+            "restore.step.metadata.done-not-journaled",
+            "had completed (status 0)",
+            false,
+        ),
+    ] {
+        bed.docker(&["volume", "rm", "-f", &volume]);
+        bed.docker(&["volume", "create", &volume]);
+        let mount = bed
+            .lines(&["volume", "inspect", "-f", "{{.Mountpoint}}", &volume])
+            .remove(0);
+        let mut child = spawn_until(
+            restore_cmd(&bed, &dir, &plan, &["--images-to", &mount])
+                .env("DTR_BACKUP_FAILPOINT", point),
+            &format!("failpoint {point}"),
+        );
+        child.kill().expect("kill -9");
+        child.wait().expect("reaped");
+        assert_eq!(
+            bed.our_containers().len(),
+            1,
+            "{point}: its container is left"
+        );
+        assert!(journal.exists(), "{point}: the journal is left");
+        let kept = std::fs::read_to_string(&journal).expect("journal");
+        assert!(kept.contains("\"container\""), "{point}: {kept}");
+        assert!(
+            !kept.contains(&bed.ucp_password),
+            "the password in the journal"
+        );
+
+        let out = run(&mut restore_cmd(
+            &bed,
+            &dir,
+            &plan,
+            &["--images-to", &mount],
+        ));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{point}: {}\n{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        let ev = events(&out);
+        assert!(
+            ev.iter().any(|e| e["event"] == "warning"
+                && e["message"].as_str().is_some_and(|m| m.contains(warning))),
+            "{point}: {}",
+            stdout(&out)
+        );
+        let mut skipped = vec!["verify", "images"];
+        if !metadata_runs {
+            skipped.push("metadata");
+        }
+        assert_eq!(steps_with(&ev, "step_skipped"), skipped, "{point}");
+        let restored = ev.iter().any(|e| {
+            e["event"] == "log"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("Restore completed"))
+        });
+        assert_eq!(restored, metadata_runs, "{point}: DTR's restore ran again");
+        assert_eq!(
+            registry_tree(Path::new(&mount)),
+            registry_tree(&root().join("plans/quickstart/registry")),
+            "{point}"
+        );
+        assert!(bed.our_containers().is_empty(), "{point}");
+        assert!(!journal.exists(), "{point}: the journal is cleared");
+        let all = stdout(&out) + &stderr(&out);
+        assert!(!all.contains(&bed.ucp_password), "the UCP password leaked");
+    }
+}

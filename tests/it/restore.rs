@@ -272,3 +272,139 @@ fn leftovers_of_an_interrupted_restore_are_cleared_and_a_drill_keeps_a_given_fol
     assert!(given.is_dir());
     assert!(tree(&given).is_empty());
 }
+
+/// Where a restore of image content can be killed, and the steps its resumption skips.
+const RESTORE_KILL_POINTS: &[(&str, &[&str])] = &[
+    ("restore.locked", &[]),
+    ("restore.journal-created", &[]),
+    // Half-way through the extraction: the staging folder holds part of the content.
+    ("restore.file", &[]),
+    // Staged whole, nothing moved into place yet.
+    ("restore.staged", &[]),
+    // Moved into place, the staging folder not yet removed.
+    ("restore.moved", &[]),
+    ("restore.step.images.done-not-journaled", &[]),
+    ("restore.step.images.journaled", &["images"]),
+];
+
+fn restore_cmd(fx: &Fixture, args: &[&str]) -> std::process::Command {
+    let mut cmd = dtr_backup(fx.dir.path());
+    cmd.env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
+        .args(["restore", "--output", "json"])
+        .arg(&fx.plan)
+        .args(args);
+    cmd
+}
+
+#[test]
+fn killed_at_any_point_the_next_restore_finishes_the_job() {
+    assert!(RESTORE_KILL_POINTS.len() >= 5);
+    let (fx, id) = backed_up("restore-kill");
+    let registry = tree(&fx.dir.path().join("registry"));
+    for (n, (point, skipped)) in RESTORE_KILL_POINTS.iter().enumerate() {
+        let target = fx.dir.path().join(format!("restored-{n}"));
+        let to = target.to_str().expect("utf-8");
+        let mut child = spawn_until(
+            restore_cmd(&fx, &["--images-to", to]).env("DTR_BACKUP_FAILPOINT", point),
+            &format!("failpoint {point}"),
+        );
+        child.kill().expect("kill -9");
+        child.wait().expect("reaped");
+        // Never a blob with wrong content under its final name, whatever was killed.
+        for (path, hash) in tree(&target) {
+            let p = path.to_string_lossy();
+            if let Some(d) = p.strip_suffix("/data").and_then(|p| p.rsplit('/').next())
+                && d.len() == 64
+            {
+                assert_eq!(&hash, d, "{point}: {p}");
+            }
+        }
+
+        let staged = tree(&target)
+            .iter()
+            .any(|(p, h)| p.to_string_lossy().contains(".dtr-backup-restore-") && !h.is_empty());
+        assert_eq!(
+            staged,
+            ["restore.file", "restore.staged"].contains(point),
+            "{point}: files in the staging folder"
+        );
+
+        let out = run(&mut restore_cmd(&fx, &["--images-to", to]));
+        assert_eq!(out.status.code(), Some(0), "{point}: {}", stdout(&out));
+        let ev = events(&out);
+        let started = ev
+            .iter()
+            .find(|e| e["event"] == "run_started")
+            .expect("run_started");
+        let resumed = started["resumed"].as_bool().expect("resumed");
+        assert_eq!(
+            resumed,
+            *point != "restore.locked",
+            "{point}: resumed from the journal"
+        );
+        assert_eq!(started["backup_id"], id.as_str());
+        assert_eq!(steps_with(&ev, "step_skipped"), *skipped, "{point}");
+        for s in *skipped {
+            assert!(
+                !steps_with(&ev, "step_started").contains(&s.to_string()),
+                "{point}: {s} was redone"
+            );
+        }
+        assert!(
+            ev.iter().any(|e| e["event"] == "warning"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("stale lock"))),
+            "{point}: no stale-lock warning"
+        );
+        // The content whole and only it: no staging folder, no temporary, no journal left.
+        assert_eq!(tree(&target), registry, "{point}");
+        assert!(
+            !fx.plan_root().join(".state/restore.json").exists(),
+            "{point}: the journal is cleared"
+        );
+        // A third restore has nothing to finish: the target is not empty.
+        let out = run(&mut restore_cmd(&fx, &["--images-to", to]));
+        assert_eq!(out.status.code(), Some(1), "{point}: {}", stdout(&out));
+    }
+}
+
+#[test]
+fn a_killed_drill_is_cleaned_up_by_the_next_run_and_a_live_restore_is_not_abandoned() {
+    let (fx, _) = backed_up("restore-kill-drill");
+    let mut child = spawn_until(
+        restore_cmd(&fx, &["--drill"]).env("DTR_BACKUP_FAILPOINT", "restore.file"),
+        "failpoint restore.file",
+    );
+    child.kill().expect("kill -9");
+    child.wait().expect("reaped");
+    let journal: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fx.plan_root().join(".state/restore.json")).expect("journal"),
+    )
+    .expect("json");
+    let scratch = PathBuf::from(journal["target"].as_str().expect("target"));
+    assert!(scratch.is_dir(), "the killed drill left its scratch folder");
+
+    // Another kind of run (a restore into a folder) abandons the drill: nothing of it was live.
+    let target = fx.dir.path().join("restored");
+    let to = target.to_str().expect("utf-8");
+    let mut child = spawn_until(
+        restore_cmd(&fx, &["--images-to", to]).env("DTR_BACKUP_FAILPOINT", "restore.moved"),
+        "failpoint restore.moved",
+    );
+    child.kill().expect("kill -9");
+    child.wait().expect("reaped");
+    assert!(!scratch.exists(), "the drill's scratch folder is removed");
+
+    // This restore has put content in place: a drill does not abandon it unasked...
+    let out = run(&mut restore_cmd(&fx, &["--drill"]));
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(error_of(&out).contains("--fresh"), "{}", error_of(&out));
+    // ...the same command finishes it...
+    let out = run(&mut restore_cmd(&fx, &["--images-to", to]));
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(tree(&target), tree(&fx.dir.path().join("registry")));
+    // ...and the drill runs after it.
+    let out = run(&mut restore_cmd(&fx, &["--drill"]));
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+}

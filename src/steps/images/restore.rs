@@ -25,7 +25,7 @@ use crate::manifest::{ArtifactKind, Manifest};
 use crate::storage::Store;
 
 /// What a restore wrote.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Restored {
     pub files: u64,
     pub bytes: u64,
