@@ -59,6 +59,9 @@ pub struct DtrInfo {
     pub node: Option<String>,
     /// The folder name image content restores to under /var/lib/docker/volumes.
     pub volume: Option<String>,
+    /// DTR's external URL, when the plan says it (`dtr.external_url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_url: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

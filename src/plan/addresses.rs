@@ -86,6 +86,7 @@ macro_rules! string_newtype {
 
 string_newtype!(
     UcpUrl,
+    DtrUrl,
     DockerHost,
     BucketName,
     S3Prefix,
@@ -101,41 +102,70 @@ pub struct UcpUrl(String);
 impl FromStr for UcpUrl {
     type Err = Invalid;
     fn from_str(s: &str) -> Result<Self, Invalid> {
-        let rest = if let Some(rest) = s.strip_prefix("https://") {
-            rest
-        } else if s.starts_with("http://") {
-            return Err(Invalid::new(
-                "plan::insecure-url",
-                "UCP must be reached over https: this URL would send the password in clear",
-                "http://",
-                format!("write {:?}", s.replacen("http://", "https://", 1)),
-            ));
-        } else if s.contains("://") {
-            return Err(Invalid::new(
-                "plan::bad-url",
-                "the UCP URL must start with https://",
-                "unsupported scheme",
-                "write https://<ucp-host>[:port]",
-            ));
-        } else {
-            return Err(Invalid::new(
-                "plan::bad-url",
-                "the UCP URL has no scheme",
-                "no https://",
-                format!("write \"https://{s}\""),
-            ));
-        };
-        let host = rest.split('/').next().unwrap_or("");
-        if host.is_empty() || host.contains(char::is_whitespace) {
-            return Err(Invalid::new(
-                "plan::bad-url",
-                "the UCP URL has no host",
-                "no host",
-                "write https://<ucp-host>[:port]",
-            ));
-        }
-        Ok(UcpUrl(s.trim_end_matches('/').to_owned()))
+        https_url(
+            s,
+            "UCP",
+            "ucp-host",
+            "this URL would send the password in clear",
+        )
+        .map(UcpUrl)
     }
+}
+
+/// DTR's external address (`dtr.external_url`), as its `--dtr-external-url` takes it:
+/// `https://host[:port]`, kept without a trailing `/`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DtrUrl(String);
+
+impl FromStr for DtrUrl {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        https_url(
+            s,
+            "DTR",
+            "dtr-host",
+            "DTR serves its registry and API over https only",
+        )
+        .map(DtrUrl)
+    }
+}
+
+/// An `https://host[:port][/path]` URL of `what`, without its trailing `/`.
+fn https_url(s: &str, what: &str, host_hint: &str, why_https: &str) -> Result<String, Invalid> {
+    let rest = if let Some(rest) = s.strip_prefix("https://") {
+        rest
+    } else if s.starts_with("http://") {
+        return Err(Invalid::new(
+            "plan::insecure-url",
+            format!("{what} must be reached over https: {why_https}"),
+            "http://",
+            format!("write {:?}", s.replacen("http://", "https://", 1)),
+        ));
+    } else if s.contains("://") {
+        return Err(Invalid::new(
+            "plan::bad-url",
+            format!("the {what} URL must start with https://"),
+            "unsupported scheme",
+            format!("write https://<{host_hint}>[:port]"),
+        ));
+    } else {
+        return Err(Invalid::new(
+            "plan::bad-url",
+            format!("the {what} URL has no scheme"),
+            "no https://",
+            format!("write \"https://{s}\""),
+        ));
+    };
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(Invalid::new(
+            "plan::bad-url",
+            format!("the {what} URL has no host"),
+            "no host",
+            format!("write https://<{host_hint}>[:port]"),
+        ));
+    }
+    Ok(s.trim_end_matches('/').to_owned())
 }
 
 /// A Docker API address: `unix:///absolute/path` or `tcp://host:port`.
@@ -290,6 +320,26 @@ mod tests {
         assert!(
             e.to_string().ends_with("; write \"https://ucp:443\""),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn dtr_urls() {
+        let u: DtrUrl = "https://dtr.example.com:4443/".parse().expect("valid");
+        assert_eq!(u.as_str(), "https://dtr.example.com:4443");
+        let e = "http://dtr".parse::<DtrUrl>().unwrap_err();
+        assert_eq!(e.code, "plan::insecure-url");
+        assert!(
+            e.message.starts_with("DTR must be reached over https"),
+            "{e}"
+        );
+        assert_eq!(code::<DtrUrl>("dtr.example.com"), "plan::bad-url");
+        assert!(
+            "ucp.example.com"
+                .parse::<UcpUrl>()
+                .unwrap_err()
+                .message
+                .contains("UCP URL")
         );
     }
 

@@ -257,6 +257,9 @@ pub fn resolve(raw: RawPlan, file: &Path, dir: &Path, digest: String) -> Option<
             offline: dtr
                 .and_then(|d| d.offline.as_ref())
                 .is_some_and(|o| o.value),
+            external_url: dtr
+                .and_then(|d| d.external_url.as_ref())
+                .map(|u| u.value.clone()),
         },
         destination,
         encryption,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-pub use addresses::{BucketName, DockerHost, EndpointUrl, NfsExport, S3Prefix, UcpUrl};
+pub use addresses::{BucketName, DockerHost, DtrUrl, EndpointUrl, NfsExport, S3Prefix, UcpUrl};
 pub use diag::{Diag, FileReport, Severity};
 pub use names::{PlanName, ReplicaId, ReplicaSel, SecretRef};
 pub use raw::{Order, RawPlan};
@@ -84,6 +84,8 @@ pub struct DtrCfg {
     pub version: Option<String>,
     pub replica: ReplicaSel,
     pub offline: bool,
+    /// DTR's external URL, for DTR's restore.
+    pub external_url: Option<DtrUrl>,
 }
 
 #[derive(Clone, Debug)]

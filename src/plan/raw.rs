@@ -11,7 +11,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 
 use super::yaml::Span;
 use super::{
-    BucketName, DockerHost, EndpointUrl, NfsExport, ReplicaSel, S3Prefix, SecretRef, UcpUrl,
+    BucketName, DockerHost, DtrUrl, EndpointUrl, NfsExport, ReplicaSel, S3Prefix, SecretRef, UcpUrl,
 };
 
 /// A value with the position it was written at.
@@ -128,6 +128,9 @@ pub struct Dtr {
     pub replica: Option<Sp<ReplicaSel>>,
     /// Stop the replica's RethinkDB for a consistent copy (`--offline-backup`).
     pub offline: Option<Sp<bool>>,
+    /// DTR's external URL (`https://dtr.example.com`), recorded in each backup and passed to
+    /// DTR's restore as `--dtr-external-url`.
+    pub external_url: Option<Sp<DtrUrl>>,
 }
 
 /// Where DTR keeps image content.

@@ -46,6 +46,7 @@ pub fn build(ctx: &Ctx) -> Manifest {
             replica: fact("replica"),
             node: fact("node"),
             volume: fact("volume"),
+            external_url: plan.dtr.external_url.as_ref().map(|u| u.to_string()),
         },
         ucp_url: plan.ucp.as_ref().map(|u| u.url.to_string()),
         storage: fact("storage").unwrap_or_else(|| "none".into()),

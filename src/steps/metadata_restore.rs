@@ -98,6 +98,15 @@ pub fn command(
     ]
     .map(str::to_owned)
     .to_vec();
+    // The backup's own record first: it is the DTR that was backed up.
+    let external = m
+        .dtr
+        .external_url
+        .clone()
+        .or_else(|| plan.dtr.external_url.as_ref().map(|u| u.to_string()));
+    if let Some(url) = external {
+        cmd.extend(["--dtr-external-url".to_owned(), url]);
+    }
     match &ucp.tls {
         UcpTls::Ca(path) => cmd.extend(["--ucp-ca".to_owned(), ca(path)?]),
         UcpTls::Insecure => cmd.push("--ucp-insecure-tls".into()),

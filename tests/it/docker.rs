@@ -1053,9 +1053,24 @@ fn a_full_restore_puts_the_volume_back_then_runs_dtr_restore_with_the_metadata()
     bed.replica(R1, VERSION);
     let dir = TempDir::new("docker-restore");
     let plan = write_plan(&bed, &dir, &Setup::default());
+    let text = std::fs::read_to_string(&plan).expect("plan");
+    let with_url = text.replace(
+        "replica: \"auto\"}",
+        "replica: \"auto\", external_url: \"https://dtr.example.com:4443/\"}",
+    );
+    assert_ne!(text, with_url, "the plan's dtr section");
+    std::fs::write(&plan, with_url).expect("write plan");
     let out = run(&mut apply(&bed, &dir, &plan));
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     let volume = format!("dtr-registry-{R1}");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(complete_backups(&dir)[0].join("manifest.json")).expect("manifest"),
+    )
+    .expect("json");
+    assert_eq!(
+        manifest["dtr"]["external_url"], "https://dtr.example.com:4443",
+        "recorded in the manifest"
+    );
 
     // While the replica runs, restore refuses before writing anything.
     let mount = bed
@@ -1122,6 +1137,11 @@ fn a_full_restore_puts_the_volume_back_then_runs_dtr_restore_with_the_metadata()
     assert!(
         logs.iter().any(|l| l.contains("Restore completed")),
         "{logs:?}"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("External URL https://dtr.example.com:4443")),
+        "--dtr-external-url from the manifest: {logs:?}"
     );
     assert!(
         bed.our_containers().is_empty(),

@@ -228,6 +228,7 @@ impl Decoder<'_> {
         let image = opt!(self, f, "image", dtr_image);
         let replica = opt!(self, f, "replica", replica);
         let offline = opt!(self, f, "offline", boolean);
+        let external_url = opt!(self, f, "external_url", valid);
         let span = f.at;
         self.finish(f);
         Some(Sp {
@@ -235,6 +236,7 @@ impl Decoder<'_> {
                 image,
                 replica,
                 offline,
+                external_url,
             },
             span,
         })
