@@ -260,7 +260,7 @@ pub fn write_checked(
 
 /// The parts of a member name: refused when absolute or when a part is `..`; `.` and empty
 /// parts are dropped.
-fn components(name: &str) -> Result<Vec<String>, Refused> {
+pub(crate) fn components(name: &str) -> Result<Vec<String>, Refused> {
     let mut out = Vec::new();
     for c in Path::new(name).components() {
         match c {
@@ -497,7 +497,7 @@ fn running_as_root() -> bool {
     fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
-fn kind_name(t: tar::EntryType) -> &'static str {
+pub(crate) fn kind_name(t: tar::EntryType) -> &'static str {
     match t {
         tar::EntryType::Char => "character device",
         tar::EntryType::Block => "block device",

@@ -4,6 +4,7 @@
 pub mod extract;
 pub mod pipe;
 pub mod records;
+pub mod retar;
 pub mod tree;
 
 use std::io::{self, Read, Write};

@@ -26,6 +26,7 @@ use crate::manifest::{self, ArtifactKind, Manifest, Which};
 use crate::plan::{ImagesCfg, Plan};
 use crate::secret;
 use crate::steps::images::restore::{self as images, Restored};
+use crate::steps::images::volume::VolumeTarget;
 use crate::steps::metadata_restore;
 use crate::storage::{self, Store};
 use crate::verify::{self, Check, ReadData, Rehash};
@@ -79,6 +80,9 @@ pub fn target(plan: &Plan, opts: &RestoreOptions) -> Result<(PathBuf, bool)> {
             storage::nfs::check_mounted(path, server)?;
             Ok((path.clone(), false))
         }
+        Some(ImagesCfg::Volume { .. }) => Err(Error::internal(
+            "a volume is not a folder target: see `volume_target`",
+        )),
         Some(other) => Err(Error::Usage(format!(
             "restoring image content into a `{}` source is not supported yet: restore it into a folder with --images-to PATH",
             other.kind()
@@ -87,6 +91,28 @@ pub fn target(plan: &Plan, opts: &RestoreOptions) -> Result<(PathBuf, bool)> {
             "the plan has no `images` section saying where image content goes: pass --images-to PATH".into(),
         )),
     }
+}
+
+/// The Docker volume the image content goes into: the plan's source is a volume and neither
+/// `--images-to` nor `--drill` says otherwise. Its name is the one the backup recorded.
+fn volume_target(plan: &Plan, m: &Manifest, opts: &RestoreOptions) -> Result<Option<String>> {
+    if opts.images_to.is_some() || opts.drill {
+        return Ok(None);
+    }
+    if !matches!(plan.images, Some(ImagesCfg::Volume { .. })) {
+        return Ok(None);
+    }
+    m.dtr
+        .volume
+        .clone()
+        .or_else(|| manifest::images_volume_name(plan))
+        .map(Some)
+        .ok_or_else(|| {
+            Error::Verify(format!(
+                "the manifest of {} names no image-content volume (dtr.volume): restore into the volume's folder with --images-to",
+                m.backup_id
+            ))
+        })
 }
 
 /// The name of the staging folders inside a target.
@@ -320,10 +346,15 @@ fn open_restore(
         let same_target = match (&opts.images_to, opts.drill) {
             (Some(p), _) => *p == e.target,
             (None, true) => true,
-            (None, false) => {
-                e.target.as_os_str().is_empty()
-                    || target(plan, opts).is_ok_and(|(t, _)| t == e.target)
-            }
+            (None, false) => match &e.volume {
+                Some(v) => manifest::read(store, &e.backup_id)
+                    .and_then(|m| volume_target(plan, &m, opts))
+                    .is_ok_and(|w| w.as_ref() == Some(v)),
+                None => {
+                    e.target.as_os_str().is_empty()
+                        || target(plan, opts).is_ok_and(|(t, _)| t == e.target)
+                }
+            },
         };
         let same =
             same_backup && same_target && e.drill == opts.drill && e.only_images == only_images;
@@ -358,7 +389,12 @@ fn open_restore(
     let backup_id = manifest::resolve(store, &opts.which, &warn)?;
     let m = manifest::read(store, &backup_id)?;
     let p = parts(&m, opts)?;
-    let target = if p.images {
+    let volume = if p.images {
+        volume_target(plan, &m, opts)?
+    } else {
+        None
+    };
+    let target = if p.images && volume.is_none() {
         target(plan, opts)?.0
     } else {
         PathBuf::new()
@@ -369,6 +405,7 @@ fn open_restore(
         drill: opts.drill,
         only_images,
         target,
+        volume,
         created_target: false,
         staging: None,
         container: None,
@@ -524,6 +561,28 @@ async fn run_steps(
     } else if journal.is_done("images") {
         skipped(reporter, summary, "images");
         journal.restored.clone().unwrap_or_default()
+    } else if let Some(volume) = journal.volume.clone() {
+        started(reporter, "images", "restore_images");
+        let start = Instant::now();
+        let done = to_volume(
+            plan,
+            manifest,
+            &volume,
+            journal,
+            state,
+            &store,
+            dec.clone(),
+            reporter,
+            cancel,
+        )
+        .await;
+        ended(reporter, summary, "images", start, &done);
+        let restored = done?;
+        failpoint::hit("restore.step.images.done-not-journaled");
+        journal.staging = None;
+        mark(journal, state, "images")?;
+        failpoint::hit("restore.step.images.journaled");
+        restored
     } else {
         let restored = step(reporter, summary, "images", "restore_images", || {
             if !journal.is_done("images.staged") {
@@ -651,7 +710,10 @@ async fn run_steps(
     };
     Ok(RestoreReport {
         backup_id,
-        target,
+        target: match &journal.volume {
+            Some(v) => PathBuf::from(format!("the volume {v}")),
+            None => target,
+        },
         drill: opts.drill,
         restored,
         checks,
@@ -781,6 +843,77 @@ fn ended<T>(
     }
 }
 
+/// The image content into a Docker volume through helper containers: staged in the volume,
+/// moved into place once all of it is in and checked (`steps::images::volume::VolumeTarget`).
+#[allow(clippy::too_many_arguments)]
+async fn to_volume(
+    plan: &Plan,
+    m: &Manifest,
+    volume: &str,
+    journal: &mut RestoreState,
+    state: &dyn Store,
+    store: &Arc<dyn Store>,
+    dec: Option<crypto::Decryption>,
+    reporter: &dyn Reporter,
+    cancel: &Cancel,
+) -> Result<Restored> {
+    let image = match &plan.images {
+        Some(ImagesCfg::Volume { helper_image, .. }) => helper_image.clone(),
+        _ => None,
+    }
+    .or_else(|| plan.dtr.image.clone())
+    .ok_or_else(|| {
+        Error::Usage(
+            "set `images.helper_image` or `dtr.image`: the volume is written through a container of that image".into(),
+        )
+    })?;
+    let vt = VolumeTarget {
+        engine: metadata_restore::engine(plan).await?,
+        image,
+        volume: volume.to_owned(),
+        node: m.dtr.node.clone(),
+        plan: plan.name.to_string(),
+        backup_id: m.backup_id.clone(),
+    };
+    let warn = |w: String| reporter.emit(&Event::Warning { message: w });
+    // Helpers that a killed run left (an upload's, created and never started).
+    crate::steps::preflight::remove_leftovers(&vt.engine, plan, &warn).await?;
+    if !journal.is_done("images.staged") {
+        // Any staging folder in the volume, the interrupted restore's own included, goes.
+        vt.prepare(&warn, cancel).await?;
+        let staging = format!("{STAGING}{}", clock::random_hex(4));
+        journal.staging = Some(PathBuf::from(&staging));
+        state::save_restore(state, journal)?;
+        match vt.upload(store.clone(), m, dec, &staging, cancel).await {
+            Ok(restored) => {
+                journal.restored = Some(restored);
+                mark(journal, state, "images.staged")?;
+                failpoint::hit("restore.staged");
+            }
+            Err(e) => {
+                // Removed even after an interruption: the stream stopped, the helper is quick.
+                if let Err(d) = vt.discard(&staging, &Cancel::new()).await {
+                    reporter.emit(&Event::Warning {
+                        message: format!(
+                            "{d}; the next restore removes the staging folder {staging} from the volume {volume}"
+                        ),
+                    });
+                }
+                return Err(match e {
+                    Error::Verify(msg) => Error::Verify(format!(
+                        "{msg}; nothing restored: the volume {volume} is as it was"
+                    )),
+                    e => e,
+                });
+            }
+        }
+    }
+    if let Some(staging) = &journal.staging {
+        vt.publish(&staging.to_string_lossy(), cancel).await?;
+    }
+    Ok(journal.restored.clone().unwrap_or_default())
+}
+
 /// Runs one part as a step: `step_started`, then `step_finished` or `step_failed`.
 fn step<T>(
     reporter: &dyn Reporter,
@@ -804,7 +937,12 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
     let backup_id = manifest::resolve(store, &opts.which, &|_| {})?;
     let m = manifest::read(store, &backup_id)?;
     let parts = parts(&m, opts)?;
-    let target = if parts.images {
+    let volume = if parts.images {
+        volume_target(plan, &m, opts)?
+    } else {
+        None
+    };
+    let target = if parts.images && volume.is_none() {
         target(plan, opts)?.0
     } else {
         PathBuf::new()
@@ -851,41 +989,63 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
         ));
     }
     let mut images = if parts.metadata { vec![] } else { vec![lock] };
-    images.push(if opts.drill {
-        format!(
-            "create the scratch folder {} (absent or empty)",
-            target.display()
-        )
-    } else {
-        format!(
-            "check that {} is absent or empty; create it if absent",
-            target.display()
-        )
-    });
-    for a in m
-        .artifacts
-        .iter()
-        .filter(|a| a.kind == ArtifactKind::Images)
-    {
-        images.push(format!(
+    if let Some(v) = &volume {
+        let image = match &plan.images {
+            Some(ImagesCfg::Volume { helper_image, .. }) => helper_image.clone(),
+            _ => None,
+        }
+        .or_else(|| plan.dtr.image.clone())
+        .unwrap_or_else(|| "?".into());
+        let node = m.dtr.node.as_deref().unwrap_or("?");
+        images.extend([
+            format!(
+                "check with a helper container of {image} on node {node} (the volume {v} at /storage) that the volume is empty, but for staging folders of interrupted restores, which are removed"
+            ),
+            format!(
+                "decrypt the images artifact of {backup_id} and stream it through the archive upload of a created helper into /storage/{STAGING}<random>/ (no links, nothing outside it; every blob checked against its digest on the way; nothing staged on local disk)"
+            ),
+            format!(
+                "move the staged content into the root of the volume {v} with `sh -c mv` in a helper once all of it is in and checked; sync"
+            ),
+        ]);
+        steps.push(("images".to_owned(), images));
+        images = Vec::new();
+    }
+    if volume.is_none() && parts.images {
+        images.push(if opts.drill {
+            format!(
+                "create the scratch folder {} (absent or empty)",
+                target.display()
+            )
+        } else {
+            format!(
+                "check that {} is absent or empty; create it if absent",
+                target.display()
+            )
+        });
+        for a in m
+            .artifacts
+            .iter()
+            .filter(|a| a.kind == ArtifactKind::Images)
+        {
+            images.push(format!(
             "decrypt {backup_id}/{} and extract {}/_data/... into a staging folder inside {} (nothing outside it, no links; each file under a temporary name, fsynced, renamed; every blob checked against its digest first; the integrity protection checked at the end)",
             a.path,
             m.dtr.volume.as_deref().unwrap_or("?"),
             target.display()
         ));
-    }
-    let blobs = m.objects.iter().filter(|o| o.blob.is_some()).count();
-    if blobs > 0 {
-        images.push(format!(
+        }
+        let blobs = m.objects.iter().filter(|o| o.blob.is_some()).count();
+        if blobs > 0 {
+            images.push(format!(
             "decrypt {blobs} blobs from the blob store into {} (each checked against its digest)",
             target.display()
         ));
-    }
-    images.push(format!(
-        "move the staged content into {} once all of it is in and checked",
-        target.display()
-    ));
-    if parts.images {
+        }
+        images.push(format!(
+            "move the staged content into {} once all of it is in and checked",
+            target.display()
+        ));
         steps.push(("images".to_owned(), images));
     }
     if parts.metadata {

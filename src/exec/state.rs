@@ -111,6 +111,9 @@ pub struct RestoreState {
     pub only_images: bool,
     /// Where the image content goes (empty when the restore brings back none).
     pub target: std::path::PathBuf,
+    /// The Docker volume the image content goes into, instead of a folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
     /// The restore created the target folder.
     #[serde(default)]
     pub created_target: bool,

@@ -13,7 +13,7 @@
 mod folder;
 pub mod restore;
 mod s3;
-mod volume;
+pub mod volume;
 
 use std::collections::BTreeMap;
 

@@ -9,7 +9,7 @@
 //! again, so that content changed in between fails the restore.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -17,7 +17,7 @@ use regex::Regex;
 
 use crate::archive::extract::{self, Refused, Target};
 use crate::archive::records::CappedRecords;
-use crate::archive::{HashReader, pipe};
+use crate::archive::{HashReader, pipe, retar};
 use crate::cancel::Cancel;
 use crate::crypto::{self, Decryption};
 use crate::error::{Error, Result, io};
@@ -98,6 +98,117 @@ fn refused(what: &str, r: Refused) -> Error {
     }
 }
 
+/// Where restored image content goes: a folder (extracted there), or a tar stream that
+/// another side extracts (a Docker volume through the archive upload).
+trait Sink {
+    /// The stored tar stream of an images artifact, its members under `strip`.
+    fn archive(
+        &mut self,
+        reader: &mut dyn Read,
+        strip: &str,
+        digest_of: &dyn Fn(&str) -> Option<String>,
+        cancel: &Cancel,
+    ) -> std::result::Result<extract::Extracted, Refused>;
+    /// One object of the blob store, of `size` bytes that must hash to `want`.
+    fn object(
+        &mut self,
+        key: &str,
+        data: &mut dyn Read,
+        want: &str,
+        size: u64,
+        cancel: &Cancel,
+    ) -> std::result::Result<u64, Refused>;
+    /// Whether the restored content holds the file `key`.
+    fn has(&self, key: &str) -> bool;
+}
+
+struct Folder<'a>(&'a Path);
+
+impl Sink for Folder<'_> {
+    fn archive(
+        &mut self,
+        reader: &mut dyn Read,
+        strip: &str,
+        digest_of: &dyn Fn(&str) -> Option<String>,
+        cancel: &Cancel,
+    ) -> std::result::Result<extract::Extracted, Refused> {
+        extract::extract(
+            reader,
+            &Target {
+                root: self.0,
+                strip,
+                digest_of,
+                cancel,
+            },
+        )
+    }
+
+    fn object(
+        &mut self,
+        key: &str,
+        data: &mut dyn Read,
+        want: &str,
+        size: u64,
+        cancel: &Cancel,
+    ) -> std::result::Result<u64, Refused> {
+        extract::write_checked(self.0, key, data, Some(want), Some(size), cancel)
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.0.join(key).is_file()
+    }
+}
+
+impl<W: Write> Sink for retar::Emitter<W> {
+    fn archive(
+        &mut self,
+        reader: &mut dyn Read,
+        strip: &str,
+        digest_of: &dyn Fn(&str) -> Option<String>,
+        cancel: &Cancel,
+    ) -> std::result::Result<extract::Extracted, Refused> {
+        let before = self.out.clone();
+        retar::retar(
+            reader,
+            self,
+            &retar::Retar {
+                strip,
+                digest_of,
+                cancel,
+            },
+        )?;
+        let now = &self.out;
+        Ok(extract::Extracted {
+            files: now.files - before.files,
+            dirs: now.dirs - before.dirs,
+            links: now.links - before.links,
+            bytes: now.bytes - before.bytes,
+            checked: now.checked - before.checked,
+        })
+    }
+
+    fn object(
+        &mut self,
+        key: &str,
+        data: &mut dyn Read,
+        want: &str,
+        size: u64,
+        cancel: &Cancel,
+    ) -> std::result::Result<u64, Refused> {
+        cancel.check().map_err(Refused::Read)?;
+        let parts = extract::components(key)?;
+        if parts.is_empty() {
+            return Err(Refused::Hostile(format!("{key:?} names no file")));
+        }
+        self.object_file(&parts.join("/"), data, want, size)?;
+        Ok(size)
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.holds(key)
+    }
+}
+
 /// Restores the image content of `manifest` (stored in `store`, the plan's root) into
 /// `target`, an existing empty folder.
 pub fn to_folder(
@@ -105,6 +216,72 @@ pub fn to_folder(
     manifest: &Manifest,
     dec: Option<&Decryption>,
     target: &Path,
+    cancel: &Cancel,
+) -> Result<Restored> {
+    restore_into(store, manifest, dec, &mut Folder(target), cancel)
+}
+
+/// Writes the image content of `manifest` as a tar stream to `out`, every member under the
+/// folder `prefix` (a staging folder that the receiving side moves into place once the
+/// stream is whole). The stream ends early, with an error, at the first thing that fails its
+/// checks: the receiving side must then discard `prefix`.
+pub fn to_tar<W: Write>(
+    store: &dyn Store,
+    manifest: &Manifest,
+    dec: Option<&Decryption>,
+    prefix: &str,
+    out: W,
+    cancel: &Cancel,
+) -> Result<(W, Restored)> {
+    // Once something failed, nothing more reaches `out`: not even the end-of-archive blocks
+    // that a dropped tar writer adds, which would make the partial stream look whole.
+    let open = std::rc::Rc::new(std::cell::Cell::new(true));
+    let gate = Gate {
+        inner: out,
+        open: open.clone(),
+    };
+    let mut emit =
+        retar::Emitter::new(gate, prefix).map_err(|e| io(e, "writing the tar stream"))?;
+    match restore_into(store, manifest, dec, &mut emit, cancel) {
+        Ok(restored) => {
+            let (gate, _) = emit.finish().map_err(|r| refused("the tar stream", r))?;
+            Ok((gate.inner, restored))
+        }
+        Err(e) => {
+            open.set(false);
+            drop(emit);
+            Err(e)
+        }
+    }
+}
+
+/// A writer that refuses every write once closed.
+struct Gate<W> {
+    inner: W,
+    open: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl<W: Write> Write for Gate<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if !self.open.get() {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the stream was stopped",
+            ));
+        }
+        self.inner.write(data)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn restore_into(
+    store: &dyn Store,
+    manifest: &Manifest,
+    dec: Option<&Decryption>,
+    sink: &mut dyn Sink,
     cancel: &Cancel,
 ) -> Result<Restored> {
     let volume = manifest.dtr.volume.clone().ok_or_else(|| {
@@ -149,15 +326,7 @@ pub fn to_folder(
                 .map_err(|e| io(e, format!("reading {what}")))
         });
         let strip = format!("{volume}/_data");
-        let extracted = extract::extract(
-            CappedRecords::new(&mut rx),
-            &Target {
-                root: target,
-                strip: &strip,
-                digest_of: &digest_of,
-                cancel,
-            },
-        );
+        let extracted = sink.archive(&mut CappedRecords::new(&mut rx), &strip, &digest_of, cancel);
         // The rest of the stream (end-of-archive blocks), so that the reader gets to the end.
         if extracted.is_ok() {
             let _ = std::io::copy(&mut rx, &mut io::sink());
@@ -194,26 +363,16 @@ pub fn to_folder(
         let stored = store.open(blob)?;
         let mut plain = open_plain(stored, encrypted, dec, blob)?;
         let want = blob_digest(&o.key).unwrap_or_else(|| o.sha256.clone());
-        let size = extract::write_checked(
-            target,
-            &o.key,
-            &mut plain,
-            Some(&want),
-            Some(o.size),
-            cancel,
-        )
-        .map_err(|r| refused(blob, r))?;
+        let size = sink
+            .object(&o.key, &mut plain, &want, o.size, cancel)
+            .map_err(|r| refused(blob, r))?;
         drain(&mut plain, blob)?;
         done.files += 1;
         done.bytes += size;
         done.checked += 1;
     }
     // Every object of a snapshot is back (the archive's too, not only the blob store's).
-    if let Some(o) = manifest
-        .objects
-        .iter()
-        .find(|o| !target.join(&o.key).is_file())
-    {
+    if let Some(o) = manifest.objects.iter().find(|o| !sink.has(&o.key)) {
         return Err(Error::Verify(format!(
             "{} is listed in the manifest of {} but was not in the backup",
             o.key, manifest.backup_id

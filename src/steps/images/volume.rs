@@ -8,6 +8,7 @@ use futures_util::future::BoxFuture;
 
 use super::{ImageSource, outcome, volume_name};
 use crate::archive::tree;
+use crate::cancel::Cancel;
 use crate::docker::{self, container};
 use crate::error::{Error, Result};
 use crate::manifest;
@@ -98,4 +99,252 @@ async fn from_volume(ctx: Ctx, helper_image: Option<String>) -> Result<Outcome> 
         ctx.warn(e);
     }
     Ok(outcome(&ctx, name, path, written?, &volume))
+}
+
+/// The restore side: image content back into a Docker volume on the recorded node, through
+/// helper containers of `image` that mount it at `/storage`. The content streams into a
+/// created (never started) helper through the archive upload endpoint, under a staging
+/// folder inside the volume; it is moved into place by a helper's `sh` once all of it is in
+/// and checked. Nothing is staged on local disk. The helper image needs `sh` with `ls`,
+/// `grep`, `mv`, `rm` and `sync` (busybox or alpine have them).
+pub struct VolumeTarget {
+    pub engine: docker::Engine,
+    pub image: String,
+    pub volume: String,
+    pub node: Option<String>,
+    pub plan: String,
+    pub backup_id: String,
+}
+
+/// The staging folders of restores inside a target.
+const STAGING: &str = ".dtr-backup-restore-";
+
+impl VolumeTarget {
+    fn spec(
+        &self,
+        entrypoint: Option<Vec<String>>,
+        cmd: Vec<String>,
+        env: Vec<String>,
+        stdin: bool,
+    ) -> container::Spec {
+        container::Spec {
+            image: self.image.clone(),
+            cmd,
+            entrypoint,
+            env,
+            labels: HashMap::from([
+                (container::LABEL_PLAN.to_owned(), self.plan.clone()),
+                (container::LABEL_RUN.to_owned(), self.backup_id.clone()),
+                (
+                    container::LABEL_ROLE.to_owned(),
+                    "restore-helper".to_owned(),
+                ),
+            ]),
+            binds: vec![format!("{}:/storage", self.volume)],
+            node: self.node.clone(),
+            stdin,
+        }
+    }
+
+    /// Runs `script` with `sh -c` in a helper; its output lines, or an error with them.
+    async fn script(&self, script: &str, env: Vec<String>, cancel: &Cancel) -> Result<Vec<String>> {
+        let sh = vec!["sh".to_owned(), "-c".to_owned()];
+        let id = container::create(
+            &self.engine,
+            self.spec(Some(sh), vec![script.to_owned()], env, true),
+        )
+        .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        drop(tx);
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let ran = container::run_with_input(
+            &self.engine,
+            &id,
+            rx,
+            Vec::new(),
+            move |l| sink.lock().expect("lines").push(l),
+            cancel.clone(),
+        )
+        .await;
+        let _ = container::remove(&self.engine, &id).await;
+        ran.map_err(|e| {
+            Error::container(format!(
+                "the helper container of image {} on the volume {}: {e}",
+                self.image, self.volume
+            ))
+        })?;
+        let out = lines.lock().expect("lines").clone();
+        Ok(out)
+    }
+
+    /// The volume must hold nothing but the staging folders of interrupted restores, which
+    /// are removed (reported through `warn`); else restore refuses and touches nothing.
+    pub async fn prepare(&self, warn: &(dyn Fn(String) + Sync), cancel: &Cancel) -> Result<()> {
+        let script = format!(
+            "cd /storage || exit 3\n\
+             for s in {STAGING}*; do [ -d \"$s\" ] || continue; rm -rf \"$s\" && echo \"removed $s\"; done\n\
+             ls -A | grep -v '^{STAGING}' | head -n 5 | while read -r e; do echo \"entry $e\"; done"
+        );
+        let lines = self.script(&script, Vec::new(), cancel).await?;
+        for l in &lines {
+            if let Some(s) = l.strip_prefix("removed ") {
+                warn(format!(
+                    "removed {s} from the volume {}, left by an interrupted restore",
+                    self.volume
+                ));
+            }
+        }
+        let others: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("entry "))
+            .collect();
+        if !others.is_empty() {
+            return Err(Error::refused(format!(
+                "the volume {} on {} is not empty (it holds {}): restore writes only into an empty volume; remove it and create it empty (`docker volume rm {0}; docker volume create {0}`), or restore into a folder with --images-to",
+                self.volume,
+                self.node.as_deref().unwrap_or(&self.engine.endpoint),
+                others.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Streams the image content of `m` into the volume under the folder `staging`, every
+    /// blob checked against its digest on the way. On failure the caller discards `staging`.
+    pub async fn upload(
+        &self,
+        store: Arc<dyn crate::storage::Store>,
+        m: &manifest::Manifest,
+        dec: Option<crate::crypto::Decryption>,
+        staging: &str,
+        cancel: &Cancel,
+    ) -> Result<super::restore::Restored> {
+        use bollard::query_parameters::UploadToContainerOptionsBuilder;
+        let id = container::create(
+            &self.engine,
+            self.spec(Some(vec!["true".into()]), Vec::new(), Vec::new(), false),
+        )
+        .await?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
+        let (m2, staging2, cancel2) = (m.clone(), staging.to_owned(), cancel.clone());
+        let producer = tokio::task::spawn_blocking(move || {
+            let out = ChannelWriter {
+                tx,
+                buf: Vec::with_capacity(CHUNK),
+                complete: false,
+            };
+            super::restore::to_tar(store.as_ref(), &m2, dec.as_ref(), &staging2, out, &cancel2)
+                .and_then(|(mut out, restored)| {
+                    out.complete()
+                        .map_err(|e| crate::error::io(e, "streaming the image content"))?;
+                    Ok(restored)
+                })
+        });
+        let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let uploaded = tokio::select! {
+            u = self.engine.docker.upload_to_container(
+                &id,
+                Some(UploadToContainerOptionsBuilder::new().path("/storage").build()),
+                bollard::body_try_stream(body),
+            ) => u,
+            _ = cancel.cancelled() => {
+                let _ = container::remove(&self.engine, &id).await;
+                let _ = producer.await;
+                return Err(Error::Interrupted);
+            }
+        };
+        let produced = producer
+            .await
+            .unwrap_or_else(|_| Err(Error::internal("the restore stream's thread panicked")));
+        let _ = container::remove(&self.engine, &id).await;
+        // What failed its checks comes first; else the engine's refusal.
+        let restored = produced?;
+        uploaded.map_err(|e| {
+            Error::docker(format!(
+                "uploading the image content into the volume {} on {}: {e}",
+                self.volume, self.engine.endpoint
+            ))
+        })?;
+        Ok(restored)
+    }
+
+    /// Moves what `staging` holds into the volume's root, then removes it and syncs.
+    /// Idempotent: a staging folder that is gone was published whole.
+    pub async fn publish(&self, staging: &str, cancel: &Cancel) -> Result<()> {
+        let script = "cd /storage || exit 3\n\
+             [ -d \"$STAGING\" ] || exit 0\n\
+             for e in \"$STAGING\"/* \"$STAGING\"/.[!.]* \"$STAGING\"/..?*; do [ -e \"$e\" ] || continue; mv \"$e\" . || exit 1; done\n\
+             rmdir \"$STAGING\" && sync";
+        self.script(script, vec![format!("STAGING={staging}")], cancel)
+            .await
+            .map(drop)
+    }
+
+    /// Removes `staging` from the volume (a restore that failed).
+    pub async fn discard(&self, staging: &str, cancel: &Cancel) -> Result<()> {
+        self.script(
+            "rm -rf \"/storage/$STAGING\"",
+            vec![format!("STAGING={staging}")],
+            cancel,
+        )
+        .await
+        .map(drop)
+    }
+}
+
+const CHUNK: usize = 256 << 10;
+
+/// Writes into a bounded channel in chunks. Unless completed, it ends the stream with an
+/// error when dropped, and what it still buffers is never sent: a stream that stopped half-way
+/// must never look like a whole archive to the receiving side.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    buf: Vec<u8>,
+    complete: bool,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the engine stopped reading the upload",
+            )
+        })
+    }
+
+    fn complete(&mut self) -> std::io::Result<()> {
+        self.send()?;
+        self.complete = true;
+        Ok(())
+    }
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for ChannelWriter {
+    fn drop(&mut self) {
+        if !self.complete {
+            let _ = self.tx.blocking_send(Err(std::io::Error::other(
+                "the restore stream stopped before its end",
+            )));
+        }
+    }
 }
