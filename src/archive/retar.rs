@@ -14,21 +14,72 @@ use sha2::{Digest, Sha256};
 use super::extract::{Extracted, Refused, components, kind_name};
 use crate::cancel::Cancel;
 
-/// Reads like its inner reader and hashes what passes.
-struct Hashing<R> {
-    inner: R,
-    hasher: Sha256,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
+/// Where checked members go: a tar stream ([`Emitter`]), objects in a bucket.
+pub trait Members {
+    /// A folder (`rel` without a trailing `/`).
+    fn dir(&mut self, rel: &str, header: &tar::Header) -> Result<(), Refused>;
+    /// A file of `size` bytes read from `data`: passed on with [`copy_checked`], and made
+    /// visible under its name only once it matched `want`. Returns its sha256.
+    fn file(
+        &mut self,
+        rel: &str,
+        header: &tar::Header,
+        size: u64,
+        data: &mut dyn Read,
+        want: Option<&str>,
+    ) -> Result<String, Refused>;
+    /// A hard link `rel` to the file `to`, already passed on and checked.
+    fn link(&mut self, rel: &str, to: &str) -> Result<(), Refused>;
+    /// Whether the file `rel` of `size` bytes is already there and need not be read at all
+    /// (a blob that a resumed restore wrote before it was interrupted).
+    fn kept(&self, _rel: &str, _size: u64) -> bool {
+        false
     }
 }
 
-/// Where the members go and what their content must be.
+/// Copies `size` bytes of `data` to `out`, hashing them; refuses content that does not hash
+/// to `want` or is short. Returns the sha256.
+pub fn copy_checked(
+    data: &mut dyn Read,
+    size: u64,
+    out: &mut dyn Write,
+    rel: &str,
+    want: Option<&str>,
+) -> Result<String, Refused> {
+    let mut hasher = Sha256::new();
+    let mut left = size;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        let got = match data.read(&mut buf[..n]) {
+            Ok(0) => {
+                return Err(Refused::Read(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{rel} ends {left} bytes early"),
+                )));
+            }
+            Ok(got) => got,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Refused::Read(e)),
+        };
+        hasher.update(&buf[..got]);
+        out.write_all(&buf[..got]).map_err(Refused::Write)?;
+        left -= got as u64;
+    }
+    let got = crate::hex::encode(&hasher.finalize());
+    if let Some(want) = want
+        && got != want
+    {
+        return Err(Refused::Digest {
+            path: rel.to_owned(),
+            want: format!("sha256:{want}"),
+            got: format!("sha256:{got}"),
+        });
+    }
+    Ok(got)
+}
+
+/// How stored members are read.
 pub struct Retar<'a> {
     /// The leading folder of every stored member (`<volume>/_data`), removed, as in
     /// `extract::Target::strip`.
@@ -38,36 +89,18 @@ pub struct Retar<'a> {
     pub cancel: &'a Cancel,
 }
 
-/// A tar stream being written under a prefix; files seen so far, for the checks.
-pub struct Emitter<W: Write> {
-    builder: tar::Builder<W>,
-    prefix: String,
-    /// Files emitted: their sha256 (for hard links to them).
+/// What has been passed on so far, for the checks that span members: no writing through a
+/// file, no folder where a file was, hard links only to files already passed on.
+#[derive(Default)]
+pub struct Seen {
+    /// Files passed on, with their sha256.
     files: BTreeMap<String, String>,
     dirs: BTreeSet<String>,
     pub out: Extracted,
 }
 
-impl<W: Write> Emitter<W> {
-    pub fn new(out: W, prefix: &str) -> io::Result<Emitter<W>> {
-        let mut builder = tar::Builder::new(out);
-        builder.mode(tar::HeaderMode::Complete);
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o700);
-        h.set_size(0);
-        h.set_mtime(0);
-        builder.append_data(&mut h, format!("{prefix}/"), io::empty())?;
-        Ok(Emitter {
-            builder,
-            prefix: prefix.to_owned(),
-            files: BTreeMap::new(),
-            dirs: BTreeSet::new(),
-            out: Extracted::default(),
-        })
-    }
-
-    /// Refuses `rel` when one of its folders was emitted as a file (writing through it).
+impl Seen {
+    /// Refuses `rel` when one of its folders was passed on as a file (writing through it).
     fn through_file(&self, rel: &str) -> Result<(), Refused> {
         let mut at = 0;
         while let Some(i) = rel[at..].find('/') {
@@ -82,57 +115,30 @@ impl<W: Write> Emitter<W> {
         Ok(())
     }
 
-    /// Emits the file `rel` with `size` bytes from `data`, checked against `want`.
-    pub fn file(
-        &mut self,
-        rel: &str,
-        header: &tar::Header,
-        size: u64,
-        data: impl Read,
-        want: Option<&str>,
-    ) -> Result<(), Refused> {
-        self.through_file(rel)?;
-        if self.dirs.contains(rel) {
-            return Err(Refused::Hostile(format!(
-                "the member {rel:?} is a file where the archive put a folder"
-            )));
-        }
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(header.mode().unwrap_or(0o644) & 0o755);
-        h.set_uid(header.uid().unwrap_or(0));
-        h.set_gid(header.gid().unwrap_or(0));
-        h.set_mtime(header.mtime().unwrap_or(0));
-        h.set_size(size);
-        let mut hashing = Hashing {
-            inner: data.take(size),
-            hasher: Sha256::new(),
-        };
-        self.builder
-            .append_data(&mut h, format!("{}/{rel}", self.prefix), &mut hashing)
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::UnexpectedEof => Refused::Read(e),
-                _ => Refused::Write(e),
-            })?;
-        let got = crate::hex::encode(&hashing.hasher.finalize());
-        if let Some(want) = want
-            && got != want
-        {
-            return Err(Refused::Digest {
-                path: rel.to_owned(),
-                want: format!("sha256:{want}"),
-                got: format!("sha256:{got}"),
-            });
-        }
-        self.out.files += 1;
-        self.out.bytes += size;
-        self.out.checked += u64::from(want.is_some());
-        self.files.insert(rel.to_owned(), got);
-        crate::failpoint::hit("restore.file");
-        Ok(())
+    /// Whether the file `rel` was passed on.
+    pub fn holds(&self, rel: &str) -> bool {
+        self.files.contains_key(rel)
     }
 
-    fn dir(&mut self, rel: &str, header: &tar::Header) -> Result<(), Refused> {
+    /// The files passed on (or kept), by path.
+    pub fn files(&self) -> impl Iterator<Item = &str> {
+        self.files.keys().map(String::as_str)
+    }
+
+    /// Records the file `rel`, with its sha256, as there without passing it on.
+    pub fn kept(&mut self, rel: &str, sha256: &str, size: u64) {
+        self.out.files += 1;
+        self.out.bytes += size;
+        self.files.insert(rel.to_owned(), sha256.to_owned());
+    }
+
+    /// Passes the folder `rel` on once.
+    pub fn dir(
+        &mut self,
+        to: &mut dyn Members,
+        rel: &str,
+        header: &tar::Header,
+    ) -> Result<(), Refused> {
         self.through_file(rel)?;
         if self.files.contains_key(rel) {
             return Err(Refused::Hostile(format!(
@@ -142,25 +148,60 @@ impl<W: Write> Emitter<W> {
         if !self.dirs.insert(rel.to_owned()) {
             return Ok(());
         }
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode((header.mode().unwrap_or(0o755) & 0o755) | 0o700);
-        h.set_uid(header.uid().unwrap_or(0));
-        h.set_gid(header.gid().unwrap_or(0));
-        h.set_mtime(header.mtime().unwrap_or(0));
-        h.set_size(0);
-        self.builder
-            .append_data(&mut h, format!("{}/{rel}/", self.prefix), io::empty())
-            .map_err(Refused::Write)?;
+        to.dir(rel, header)?;
         self.out.dirs += 1;
         Ok(())
     }
 
-    fn link(&mut self, rel: &str, to: &str, want: Option<&str>) -> Result<(), Refused> {
+    /// Passes the file `rel` on, its folders first when `parents` (objects of a blob
+    /// store come without their folders).
+    #[allow(clippy::too_many_arguments)]
+    pub fn file(
+        &mut self,
+        to: &mut dyn Members,
+        rel: &str,
+        header: &tar::Header,
+        size: u64,
+        data: &mut dyn Read,
+        want: Option<&str>,
+        parents: bool,
+    ) -> Result<(), Refused> {
         self.through_file(rel)?;
-        let Some(sha) = self.files.get(to).cloned() else {
+        if self.dirs.contains(rel) {
             return Err(Refused::Hostile(format!(
-                "the hard link {rel:?} points to {to:?}, which the archive has not written"
+                "the member {rel:?} is a file where the archive put a folder"
+            )));
+        }
+        if parents {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o755);
+            h.set_mtime(header.mtime().unwrap_or(0));
+            let mut at = 0;
+            while let Some(i) = rel[at..].find('/') {
+                self.dir(to, &rel[..at + i], &h)?;
+                at += i + 1;
+            }
+        }
+        let sha = to.file(rel, header, size, data, want)?;
+        self.out.files += 1;
+        self.out.bytes += size;
+        self.out.checked += u64::from(want.is_some());
+        self.files.insert(rel.to_owned(), sha);
+        crate::failpoint::hit("restore.file");
+        Ok(())
+    }
+
+    fn link(
+        &mut self,
+        to: &mut dyn Members,
+        rel: &str,
+        target: &str,
+        want: Option<&str>,
+    ) -> Result<(), Refused> {
+        self.through_file(rel)?;
+        let Some(sha) = self.files.get(target).cloned() else {
+            return Err(Refused::Hostile(format!(
+                "the hard link {rel:?} points to {target:?}, which the archive has not written"
             )));
         };
         if let Some(want) = want
@@ -172,6 +213,111 @@ impl<W: Write> Emitter<W> {
                 got: format!("sha256:{sha}"),
             });
         }
+        to.link(rel, target)?;
+        self.out.links += 1;
+        self.out.checked += u64::from(want.is_some());
+        self.files.insert(rel.to_owned(), sha);
+        Ok(())
+    }
+}
+
+/// A tar stream being written, every member under a prefix (a staging folder).
+pub struct Emitter<W: Write> {
+    builder: tar::Builder<W>,
+    prefix: String,
+}
+
+impl<W: Write> Emitter<W> {
+    /// Starts the stream with the prefix folder, private.
+    pub fn new(out: W, prefix: &str) -> io::Result<Emitter<W>> {
+        let mut builder = tar::Builder::new(out);
+        builder.mode(tar::HeaderMode::Complete);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o700);
+        h.set_size(0);
+        h.set_mtime(0);
+        builder.append_data(&mut h, format!("{prefix}/"), io::empty())?;
+        Ok(Emitter {
+            builder,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// Ends the archive (its two zero blocks) and returns the writer.
+    pub fn finish(self) -> Result<W, Refused> {
+        self.builder.into_inner().map_err(Refused::Write)
+    }
+}
+
+/// Copies into a tar entry whose header already gave the size.
+struct Checked<'a> {
+    data: &'a mut dyn Read,
+    hasher: Sha256,
+}
+
+impl Read for Checked<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.data.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl<W: Write> Members for Emitter<W> {
+    fn dir(&mut self, rel: &str, header: &tar::Header) -> Result<(), Refused> {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode((header.mode().unwrap_or(0o755) & 0o755) | 0o700);
+        h.set_uid(header.uid().unwrap_or(0));
+        h.set_gid(header.gid().unwrap_or(0));
+        h.set_mtime(header.mtime().unwrap_or(0));
+        h.set_size(0);
+        self.builder
+            .append_data(&mut h, format!("{}/{rel}/", self.prefix), io::empty())
+            .map_err(Refused::Write)
+    }
+
+    fn file(
+        &mut self,
+        rel: &str,
+        header: &tar::Header,
+        size: u64,
+        data: &mut dyn Read,
+        want: Option<&str>,
+    ) -> Result<String, Refused> {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(header.mode().unwrap_or(0o644) & 0o755);
+        h.set_uid(header.uid().unwrap_or(0));
+        h.set_gid(header.gid().unwrap_or(0));
+        h.set_mtime(header.mtime().unwrap_or(0));
+        h.set_size(size);
+        let mut checked = Checked {
+            data: &mut data.take(size),
+            hasher: Sha256::new(),
+        };
+        // The tar writer pads a short member with nothing: it fails, as a short read.
+        self.builder
+            .append_data(&mut h, format!("{}/{rel}", self.prefix), &mut checked)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof => Refused::Read(e),
+                _ => Refused::Write(e),
+            })?;
+        let got = crate::hex::encode(&checked.hasher.finalize());
+        if let Some(want) = want
+            && got != want
+        {
+            return Err(Refused::Digest {
+                path: rel.to_owned(),
+                want: format!("sha256:{want}"),
+                got: format!("sha256:{got}"),
+            });
+        }
+        Ok(got)
+    }
+
+    fn link(&mut self, rel: &str, to: &str) -> Result<(), Refused> {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Link);
         h.set_mode(0o644);
@@ -182,53 +328,16 @@ impl<W: Write> Emitter<W> {
                 format!("{}/{rel}", self.prefix),
                 format!("{}/{to}", self.prefix),
             )
-            .map_err(Refused::Write)?;
-        self.out.links += 1;
-        self.out.checked += u64::from(want.is_some());
-        self.files.insert(rel.to_owned(), sha);
-        Ok(())
-    }
-
-    /// Emits an object of the blob store as the file `rel` (its folders first), checked
-    /// against `want`.
-    pub fn object_file(
-        &mut self,
-        rel: &str,
-        data: &mut dyn Read,
-        want: &str,
-        size: u64,
-    ) -> Result<(), Refused> {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(0o755);
-        let mut at = 0;
-        while let Some(i) = rel[at..].find('/') {
-            let parent = rel[..at + i].to_owned();
-            self.dir(&parent, &h)?;
-            at += i + 1;
-        }
-        h.set_mode(0o644);
-        h.set_mtime(crate::clock::now_unix().max(0) as u64);
-        self.file(rel, &h, size, data, Some(want))
-    }
-
-    /// Whether the stream holds the file `rel`.
-    pub fn holds(&self, rel: &str) -> bool {
-        self.files.contains_key(rel)
-    }
-
-    /// Ends the archive (its two zero blocks) and returns the writer.
-    pub fn finish(self) -> Result<(W, Extracted), Refused> {
-        let out = self.out.clone();
-        let w = self.builder.into_inner().map_err(Refused::Write)?;
-        Ok((w, out))
+            .map_err(Refused::Write)
     }
 }
 
-/// Passes the stored tar stream `reader` on to `emit`, member by member, refusing what
+/// Passes the stored tar stream `reader` on to `to`, member by member, refusing what
 /// extraction refuses.
-pub fn retar<W: Write>(
+pub fn retar(
     reader: impl Read,
-    emit: &mut Emitter<W>,
+    seen: &mut Seen,
+    to: &mut dyn Members,
     how: &Retar,
 ) -> Result<(), Refused> {
     let mut archive = tar::Archive::new(reader);
@@ -258,11 +367,11 @@ pub fn retar<W: Write>(
         };
         let header = entry.header().clone();
         match kind {
-            tar::EntryType::Directory => emit.dir(&rel, &header)?,
+            tar::EntryType::Directory => seen.dir(to, &rel, &header)?,
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let want = (how.digest_of)(&rel);
                 let size = entry.size();
-                emit.file(&rel, &header, size, &mut entry, want.as_deref())?;
+                seen.file(to, &rel, &header, size, &mut entry, want.as_deref(), false)?;
             }
             tar::EntryType::Symlink => {
                 return Err(Refused::Hostile(format!(
@@ -274,14 +383,14 @@ pub fn retar<W: Write>(
                     Refused::Hostile(format!("the hard link {raw:?} has no target"))
                 })?;
                 let link_raw = link.to_string_lossy().into_owned();
-                let Some(to) = under(&link_raw, &components(&link_raw)?)? else {
+                let Some(target) = under(&link_raw, &components(&link_raw)?)? else {
                     return Err(Refused::Hostile(format!(
                         "the hard link {raw:?} points to {link_raw:?}, outside {}/: refused",
                         how.strip
                     )));
                 };
                 let want = (how.digest_of)(&rel);
-                emit.link(&rel, &to, want.as_deref())?;
+                seen.link(to, &rel, &target, want.as_deref())?;
             }
             other => {
                 return Err(Refused::Hostile(format!(
@@ -322,6 +431,7 @@ mod tests {
         let mut emit = Emitter::new(Vec::new(), ".stage").map_err(Refused::Write)?;
         retar(
             input,
+            &mut Seen::default(),
             &mut emit,
             &Retar {
                 strip: "v/_data",
@@ -329,7 +439,7 @@ mod tests {
                 cancel: &cancel,
             },
         )?;
-        let (bytes, _) = emit.finish()?;
+        let bytes = emit.finish()?;
         let mut out = Vec::new();
         let mut a = tar::Archive::new(&bytes[..]);
         for e in a.entries().expect("entries") {

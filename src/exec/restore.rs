@@ -83,10 +83,9 @@ pub fn target(plan: &Plan, opts: &RestoreOptions) -> Result<(PathBuf, bool)> {
         Some(ImagesCfg::Volume { .. }) => Err(Error::internal(
             "a volume is not a folder target: see `volume_target`",
         )),
-        Some(other) => Err(Error::Usage(format!(
-            "restoring image content into a `{}` source is not supported yet: restore it into a folder with --images-to PATH",
-            other.kind()
-        ))),
+        Some(ImagesCfg::S3(_)) => Err(Error::internal(
+            "S3 is not a folder target: see `s3_target`",
+        )),
         None => Err(Error::Usage(
             "the plan has no `images` section saying where image content goes: pass --images-to PATH".into(),
         )),
@@ -113,6 +112,23 @@ fn volume_target(plan: &Plan, m: &Manifest, opts: &RestoreOptions) -> Result<Opt
                 m.backup_id
             ))
         })
+}
+
+/// The S3 bucket and prefix the image content goes into: the plan's source is S3 and neither
+/// `--images-to` nor `--drill` says otherwise.
+fn s3_target<'p>(plan: &'p Plan, opts: &RestoreOptions) -> Option<&'p crate::plan::S3Cfg> {
+    if opts.images_to.is_some() || opts.drill {
+        return None;
+    }
+    match &plan.images {
+        Some(ImagesCfg::S3(cfg)) => Some(cfg),
+        _ => None,
+    }
+}
+
+/// How an S3 target is named in the journal and in messages.
+fn s3_describe(cfg: &crate::plan::S3Cfg) -> String {
+    format!("s3://{}/{}", cfg.bucket, cfg.prefix)
 }
 
 /// The name of the staging folders inside a target.
@@ -321,7 +337,7 @@ async fn run(
 /// An unfinished restore has put content where it is served (a drill never does).
 fn live(j: &RestoreState) -> bool {
     !j.drill
-        && ["images.staged", "images", "metadata"]
+        && ["images.begun", "images.staged", "images", "metadata"]
             .iter()
             .any(|s| j.is_done(s))
 }
@@ -347,6 +363,7 @@ fn open_restore(
             (Some(p), _) => *p == e.target,
             (None, true) => true,
             (None, false) => match &e.volume {
+                None if e.s3.is_some() => s3_target(plan, opts).map(s3_describe) == e.s3,
                 Some(v) => manifest::read(store, &e.backup_id)
                     .and_then(|m| volume_target(plan, &m, opts))
                     .is_ok_and(|w| w.as_ref() == Some(v)),
@@ -394,12 +411,18 @@ fn open_restore(
     } else {
         None
     };
-    let target = if p.images && volume.is_none() {
+    let s3 = if p.images {
+        s3_target(plan, opts).map(s3_describe)
+    } else {
+        None
+    };
+    let target = if p.images && volume.is_none() && s3.is_none() {
         target(plan, opts)?.0
     } else {
         PathBuf::new()
     };
     let journal = RestoreState {
+        s3,
         backup_id,
         started_at: clock::now_unix(),
         drill: opts.drill,
@@ -561,6 +584,53 @@ async fn run_steps(
     } else if journal.is_done("images") {
         skipped(reporter, summary, "images");
         journal.restored.clone().unwrap_or_default()
+    } else if let Some(cfg) = s3_target(plan, opts).filter(|_| journal.s3.is_some()) {
+        let restored = step(reporter, summary, "images", "restore_images", || {
+            let dest = storage::open_s3(cfg, cfg.prefix.as_str())?;
+            let existing: std::collections::BTreeMap<String, u64> =
+                dest.list_sized("")?.into_iter().collect();
+            // Objects under the prefix are this restore's own only when its journal says it
+            // began writing there.
+            let resumed = journal.is_done("images.begun");
+            if !resumed {
+                if let Some(k) = existing.keys().next() {
+                    return Err(Error::refused(format!(
+                        "{} is not empty ({} objects, {k} among them): restore writes only under an empty prefix; empty it, or restore into a folder with --images-to",
+                        s3_describe(cfg),
+                        existing.len()
+                    )));
+                }
+                mark(journal, state, "images.begun")?;
+            }
+            let restored = crate::steps::images::s3::restore_objects(
+                store.as_ref(),
+                manifest,
+                dec.as_ref(),
+                dest,
+                existing,
+                resumed,
+                cancel,
+            );
+            match restored {
+                Ok(r) => Ok(r),
+                Err(Error::Verify(m)) => {
+                    if !resumed {
+                        // Nothing of it is left under the prefix: nothing to finish.
+                        journal.done.remove("images.begun");
+                    }
+                    Err(Error::Verify(format!(
+                        "{m}; nothing of it left under {}",
+                        s3_describe(cfg)
+                    )))
+                }
+                Err(e) => Err(e),
+            }
+        })?;
+        failpoint::hit("restore.step.images.done-not-journaled");
+        journal.restored = Some(restored.clone());
+        mark(journal, state, "images")?;
+        failpoint::hit("restore.step.images.journaled");
+        restored
     } else if let Some(volume) = journal.volume.clone() {
         started(reporter, "images", "restore_images");
         let start = Instant::now();
@@ -710,9 +780,10 @@ async fn run_steps(
     };
     Ok(RestoreReport {
         backup_id,
-        target: match &journal.volume {
-            Some(v) => PathBuf::from(format!("the volume {v}")),
-            None => target,
+        target: match (&journal.volume, &journal.s3) {
+            (Some(v), _) => PathBuf::from(format!("the volume {v}")),
+            (_, Some(s3)) => PathBuf::from(s3),
+            _ => target,
         },
         drill: opts.drill,
         restored,
@@ -942,7 +1013,12 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
     } else {
         None
     };
-    let target = if parts.images && volume.is_none() {
+    let s3 = if parts.images {
+        s3_target(plan, opts)
+    } else {
+        None
+    };
+    let target = if parts.images && volume.is_none() && s3.is_none() {
         target(plan, opts)?.0
     } else {
         PathBuf::new()
@@ -1011,7 +1087,28 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
         steps.push(("images".to_owned(), images));
         images = Vec::new();
     }
-    if volume.is_none() && parts.images {
+    if let Some(cfg) = s3 {
+        images.extend([
+            format!(
+                "check that {} holds no object (else stop)",
+                s3_describe(cfg)
+            ),
+            format!(
+                "decrypt the images artifact of {backup_id} and put each file as an object under {} once its content matched its digest (no links but server-side copies, nothing outside the prefix)",
+                s3_describe(cfg)
+            ),
+        ]);
+        let blobs = m.objects.iter().filter(|o| o.blob.is_some()).count();
+        if blobs > 0 {
+            images.push(format!(
+                "decrypt {blobs} blobs from the blob store into {} (each checked against its digest before its upload completes)",
+                s3_describe(cfg)
+            ));
+        }
+        steps.push(("images".to_owned(), images));
+        images = Vec::new();
+    }
+    if volume.is_none() && s3.is_none() && parts.images {
         images.push(if opts.drill {
             format!(
                 "create the scratch folder {} (absent or empty)",

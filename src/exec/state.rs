@@ -114,6 +114,10 @@ pub struct RestoreState {
     /// The Docker volume the image content goes into, instead of a folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<String>,
+    /// The S3 bucket and prefix (as described) the image content goes into, instead of a
+    /// folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<String>,
     /// The restore created the target folder.
     #[serde(default)]
     pub created_target: bool,

@@ -12,7 +12,7 @@
 
 mod folder;
 pub mod restore;
-mod s3;
+pub mod s3;
 pub mod volume;
 
 use std::collections::BTreeMap;

@@ -100,7 +100,7 @@ fn refused(what: &str, r: Refused) -> Error {
 
 /// Where restored image content goes: a folder (extracted there), or a tar stream that
 /// another side extracts (a Docker volume through the archive upload).
-trait Sink {
+pub trait Sink {
     /// The stored tar stream of an images artifact, its members under `strip`.
     fn archive(
         &mut self,
@@ -120,6 +120,11 @@ trait Sink {
     ) -> std::result::Result<u64, Refused>;
     /// Whether the restored content holds the file `key`.
     fn has(&self, key: &str) -> bool;
+    /// Whether the object `key` (of `size` bytes, sha256 `want`) is already in place and is
+    /// not to be read (recorded as restored).
+    fn keep(&mut self, _key: &str, _want: &str, _size: u64) -> bool {
+        false
+    }
 }
 
 struct Folder<'a>(&'a Path);
@@ -159,7 +164,13 @@ impl Sink for Folder<'_> {
     }
 }
 
-impl<W: Write> Sink for retar::Emitter<W> {
+/// Members passed on through the checks of `retar` to `to`: a tar stream, objects in a bucket.
+pub struct Checked<M> {
+    pub to: M,
+    pub seen: retar::Seen,
+}
+
+impl<M: retar::Members> Sink for Checked<M> {
     fn archive(
         &mut self,
         reader: &mut dyn Read,
@@ -167,17 +178,18 @@ impl<W: Write> Sink for retar::Emitter<W> {
         digest_of: &dyn Fn(&str) -> Option<String>,
         cancel: &Cancel,
     ) -> std::result::Result<extract::Extracted, Refused> {
-        let before = self.out.clone();
+        let before = self.seen.out.clone();
         retar::retar(
             reader,
-            self,
+            &mut self.seen,
+            &mut self.to,
             &retar::Retar {
                 strip,
                 digest_of,
                 cancel,
             },
         )?;
-        let now = &self.out;
+        let now = &self.seen.out;
         Ok(extract::Extracted {
             files: now.files - before.files,
             dirs: now.dirs - before.dirs,
@@ -200,12 +212,31 @@ impl<W: Write> Sink for retar::Emitter<W> {
         if parts.is_empty() {
             return Err(Refused::Hostile(format!("{key:?} names no file")));
         }
-        self.object_file(&parts.join("/"), data, want, size)?;
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_mtime(crate::clock::now_unix().max(0) as u64);
+        self.seen.file(
+            &mut self.to,
+            &parts.join("/"),
+            &h,
+            size,
+            data,
+            Some(want),
+            true,
+        )?;
         Ok(size)
     }
 
     fn has(&self, key: &str) -> bool {
-        self.holds(key)
+        self.seen.holds(key)
+    }
+
+    fn keep(&mut self, key: &str, want: &str, size: u64) -> bool {
+        if !self.to.kept(key, size) {
+            return false;
+        }
+        self.seen.kept(key, want, size);
+        true
     }
 }
 
@@ -240,16 +271,19 @@ pub fn to_tar<W: Write>(
         inner: out,
         open: open.clone(),
     };
-    let mut emit =
-        retar::Emitter::new(gate, prefix).map_err(|e| io(e, "writing the tar stream"))?;
-    match restore_into(store, manifest, dec, &mut emit, cancel) {
+    let emit = retar::Emitter::new(gate, prefix).map_err(|e| io(e, "writing the tar stream"))?;
+    let mut sink = Checked {
+        to: emit,
+        seen: retar::Seen::default(),
+    };
+    match restore_into(store, manifest, dec, &mut sink, cancel) {
         Ok(restored) => {
-            let (gate, _) = emit.finish().map_err(|r| refused("the tar stream", r))?;
+            let gate = sink.to.finish().map_err(|r| refused("the tar stream", r))?;
             Ok((gate.inner, restored))
         }
         Err(e) => {
             open.set(false);
-            drop(emit);
+            drop(sink);
             Err(e)
         }
     }
@@ -277,7 +311,7 @@ impl<W: Write> Write for Gate<W> {
     }
 }
 
-fn restore_into(
+pub fn restore_into(
     store: &dyn Store,
     manifest: &Manifest,
     dec: Option<&Decryption>,
@@ -360,9 +394,14 @@ fn restore_into(
     for o in &manifest.objects {
         let Some(blob) = &o.blob else { continue };
         cancel.check().map_err(|e| io(e, "restoring blobs"))?;
+        let want = blob_digest(&o.key).unwrap_or_else(|| o.sha256.clone());
+        if sink.keep(&o.key, &want, o.size) {
+            done.files += 1;
+            done.bytes += o.size;
+            continue;
+        }
         let stored = store.open(blob)?;
         let mut plain = open_plain(stored, encrypted, dec, blob)?;
-        let want = blob_digest(&o.key).unwrap_or_else(|| o.sha256.clone());
         let size = sink
             .object(&o.key, &mut plain, &want, o.size, cancel)
             .map_err(|r| refused(blob, r))?;

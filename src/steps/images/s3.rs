@@ -22,6 +22,7 @@ use futures_util::future::BoxFuture;
 
 use super::ImageSource;
 use crate::archive::HashReader;
+use crate::archive::extract::Refused;
 use crate::blob_store::BlobStore;
 use crate::crypto::{self, Encryption};
 use crate::error::{Error, Result, io};
@@ -327,4 +328,114 @@ impl<W: Write> Write for SyncWrite<W> {
 /// `dtr-registry-x` of `dtr-registry-x/_data`.
 fn volume_of(prefix: &str) -> &str {
     prefix.split('/').next().unwrap_or(prefix)
+}
+
+/// The restore side: image content back as objects under the bucket and prefix DTR's storage
+/// uses (`images.bucket`, `images.prefix`). Each file goes up as its own object, visible
+/// under its key only once its content matched its digest (a multipart upload completed
+/// after the check). A hard link of the archive becomes a server-side copy. On a restore
+/// that resumes its own interrupted work (`resumed`), blobs already there with their size
+/// are kept: a blob's key is its digest, and it was completed only once checked.
+/// Objects up to this size are put in one request.
+const SMALL_OBJECT: u64 = 8 << 20;
+
+pub struct S3Objects {
+    pub store: Arc<dyn Store>,
+    /// The objects under the prefix when the restore (re)started, with their sizes.
+    pub existing: BTreeMap<String, u64>,
+    pub resumed: bool,
+}
+
+impl S3Objects {
+    /// Whether the blob `rel` of `size` bytes is kept as the interrupted restore wrote it.
+    fn kept_blob(&self, rel: &str, size: u64) -> bool {
+        self.resumed
+            && super::restore::blob_digest(rel).is_some()
+            && self.existing.get(rel) == Some(&size)
+    }
+}
+
+impl crate::archive::retar::Members for S3Objects {
+    fn dir(&mut self, _rel: &str, _header: &tar::Header) -> std::result::Result<(), Refused> {
+        Ok(()) // A bucket has no folders.
+    }
+
+    fn file(
+        &mut self,
+        rel: &str,
+        _header: &tar::Header,
+        size: u64,
+        data: &mut dyn io::Read,
+        want: Option<&str>,
+    ) -> std::result::Result<String, Refused> {
+        use crate::archive::retar::copy_checked;
+        if self.kept_blob(rel, size) {
+            return copy_checked(data, size, &mut io::sink(), rel, want);
+        }
+        // Most objects of a registry are small (links, manifests): one request each, the
+        // bytes checked in memory first. Larger ones stream as a multipart upload that is
+        // completed only after the check.
+        if size <= SMALL_OBJECT {
+            let mut bytes = Vec::with_capacity(size as usize);
+            let sha = copy_checked(data, size, &mut bytes, rel, want)?;
+            self.store.put(rel, &bytes).map_err(s3_refused)?;
+            return Ok(sha);
+        }
+        let mut object = self.store.create(rel).map_err(s3_refused)?;
+        let sha = copy_checked(data, size, &mut object, rel, want)?;
+        object.commit().map_err(s3_refused)?;
+        Ok(sha)
+    }
+
+    fn link(&mut self, rel: &str, to: &str) -> std::result::Result<(), Refused> {
+        match self.store.server_copy() {
+            Some(copy) => copy.copy_in(&copy.absolute(to), rel).map_err(s3_refused),
+            // Not an S3 store (unit tests): the bytes once more.
+            None => {
+                let mut from = self.store.open(to).map_err(s3_refused)?;
+                let mut object = self.store.create(rel).map_err(s3_refused)?;
+                io::copy(&mut from, &mut object).map_err(Refused::Write)?;
+                object.commit().map_err(s3_refused)
+            }
+        }
+    }
+
+    fn kept(&self, rel: &str, size: u64) -> bool {
+        self.kept_blob(rel, size)
+    }
+}
+
+fn s3_refused(e: Error) -> Refused {
+    Refused::Write(io::Error::other(e.to_string()))
+}
+
+/// Restores the image content of `m` as objects into `dest` (the store at DTR's bucket and
+/// prefix), whose objects when the restore (re)started are `existing`. A backup that fails
+/// its checks half-way leaves nothing of this run: the objects it wrote are deleted again.
+pub fn restore_objects(
+    backups: &dyn Store,
+    m: &manifest::Manifest,
+    dec: Option<&crypto::Decryption>,
+    dest: Arc<dyn Store>,
+    existing: BTreeMap<String, u64>,
+    resumed: bool,
+    cancel: &crate::cancel::Cancel,
+) -> Result<super::restore::Restored> {
+    let mut sink = super::restore::Checked {
+        to: S3Objects {
+            store: dest.clone(),
+            existing: existing.clone(),
+            resumed,
+        },
+        seen: crate::archive::retar::Seen::default(),
+    };
+    let restored = super::restore::restore_into(backups, m, dec, &mut sink, cancel);
+    if let Err(Error::Verify(_)) = &restored {
+        for key in sink.seen.files() {
+            if !existing.contains_key(key) {
+                let _ = dest.delete(key);
+            }
+        }
+    }
+    restored
 }
