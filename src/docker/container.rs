@@ -250,6 +250,8 @@ pub struct Ours {
     pub id: String,
     pub name: String,
     pub plan: String,
+    /// What it is for (`LABEL_ROLE`).
+    pub role: String,
     /// Who created it; `None` for containers of releases that did not record it.
     pub owner: Option<ProcessId>,
 }
@@ -280,6 +282,7 @@ pub async fn ours(engine: &Engine) -> Result<Vec<Ours>> {
                     .trim_start_matches('/')
                     .to_owned(),
                 plan: labels.get(LABEL_PLAN).cloned().unwrap_or_default(),
+                role: labels.get(LABEL_ROLE).cloned().unwrap_or_default(),
                 owner: labels
                     .get(LABEL_OWNER)
                     .and_then(|o| serde_json::from_str(o).ok()),
@@ -437,13 +440,15 @@ impl<F: Fn(String)> Lines<F> {
 /// `input` yields to its standard input and then closes it; each line of its stdout and
 /// stderr goes to `on_line` (redacted). Returns once the container has exited: `Ok` on
 /// status 0, else an error with its last lines. A failed chunk of input stops the container
-/// and is returned as it is.
+/// and is returned as it is. `fed` is called once the whole input is written and the
+/// standard input closed (the container got all of it), before waiting for the exit.
 pub async fn run_with_input(
     engine: &Engine,
     id: &str,
     mut input: mpsc::Receiver<Result<Vec<u8>>>,
     secrets: Vec<Zeroizing<String>>,
     on_line: impl Fn(String) + Send + Sync + 'static,
+    fed: impl FnOnce() -> Result<()>,
     cancel: Cancel,
 ) -> Result<()> {
     use tokio::io::AsyncWriteExt;
@@ -485,9 +490,12 @@ pub async fn run_with_input(
     });
     let fed: Result<()> = async {
         loop {
+            // An interruption wins over the end of the input: closing the standard input
+            // would tell the container that the input is whole.
             let chunk = tokio::select! {
-                c = input.recv() => c,
+                biased;
                 _ = cancel.cancelled() => return Err(Error::Interrupted),
+                c = input.recv() => c,
             };
             match chunk {
                 Some(Ok(bytes)) => {
@@ -502,10 +510,14 @@ pub async fn run_with_input(
                 None => break,
             }
         }
+        if cancel.is_cancelled() {
+            return Err(Error::Interrupted);
+        }
         stdin
             .shutdown()
             .await
-            .map_err(|e| Error::container(format!("closing the standard input of container {id}: {e}")))
+            .map_err(|e| Error::container(format!("closing the standard input of container {id}: {e}")))?;
+        fed()
     }
     .await;
     if let Err(e) = fed {

@@ -128,7 +128,10 @@ fn s3_target<'p>(plan: &'p Plan, opts: &RestoreOptions) -> Option<&'p crate::pla
 
 /// How an S3 target is named in the journal and in messages.
 fn s3_describe(cfg: &crate::plan::S3Cfg) -> String {
-    format!("s3://{}/{}", cfg.bucket, cfg.prefix)
+    match &cfg.endpoint {
+        Some(e) => format!("s3://{}/{} at {e}", cfg.bucket, cfg.prefix),
+        None => format!("s3://{}/{}", cfg.bucket, cfg.prefix),
+    }
 }
 
 /// The name of the staging folders inside a target.
@@ -337,9 +340,10 @@ async fn run(
 /// An unfinished restore has put content where it is served (a drill never does).
 fn live(j: &RestoreState) -> bool {
     !j.drill
-        && ["images.begun", "images.staged", "images", "metadata"]
-            .iter()
-            .any(|s| j.is_done(s))
+        && (j.container.is_some()
+            || ["images.begun", "images.staged", "images", "metadata"]
+                .iter()
+                .any(|s| j.is_done(s)))
 }
 
 /// The journal's restore to finish (the options agree with it), or a new one. An unfinished
@@ -441,7 +445,9 @@ fn open_restore(
 /// Removes the partial work of an unfinished restore: its staging folder, a drill's scratch
 /// folder that it created, a target it created that is still empty.
 fn abandon(j: &RestoreState) {
-    if let Some(s) = &j.staging {
+    // A staging folder in a volume or an S3 prefix is not a local path: the next restore
+    // into that volume removes it.
+    if let Some(s) = j.staging.as_ref().filter(|s| s.is_absolute()) {
         let _ = std::fs::remove_dir_all(s);
     }
     if j.created_target {
@@ -481,12 +487,19 @@ async fn adopt(
     };
     let warn = |w: String| reporter.emit(&Event::Warning { message: w });
     let status = container::wait_exit(engine, &id, cancel).await?;
+    let mut unknown = None;
     match status {
-        Some(0) => {
+        Some(0) if j.is_done("metadata.fed") => {
             warn(format!(
-                "DTR's restore in container {id}, started by the interrupted restore, had completed (status 0): the metadata is restored"
+                "DTR's restore in container {id}, started by the interrupted restore, had completed (status 0) with the whole metadata archive: the metadata is restored"
             ));
             j.done.insert("metadata".into(), clock::now_unix());
+        }
+        // Its input may have ended where the killed process stopped feeding it.
+        Some(0) => {
+            unknown = Some(Error::refused(format!(
+                "DTR's restore in container {id}, started by the interrupted restore, exited 0 before it was given the whole metadata archive: what it restored is unknown; remove the DTR replica it may have made (`docker run -it --rm docker/dtr:<version> destroy --ucp-insecure-tls`), then run this restore again"
+            )));
         }
         Some(code) => warn(format!(
             "DTR's restore in container {id}, started by the interrupted restore, ended with status {code}; it runs again"
@@ -501,7 +514,8 @@ async fn adopt(
         ));
     }
     j.container = None;
-    state::save_restore(state, j)
+    state::save_restore(state, j)?;
+    unknown.map_or(Ok(()), Err)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -532,7 +546,7 @@ async fn run_steps(
             let engine = metadata_restore::engine(plan).await?;
             adopt(&engine, journal, state, reporter, cancel).await?;
             let warn = |w: String| reporter.emit(&Event::Warning { message: w });
-            crate::steps::preflight::remove_leftovers(&engine, plan, &warn).await?;
+            crate::steps::preflight::remove_leftovers(&engine, plan, true, &warn).await?;
             if !journal.is_done("metadata") {
                 metadata_restore::preflight(plan, manifest, &engine, &password).await?;
             }
@@ -550,7 +564,8 @@ async fn run_steps(
     //    image content alone needs no pass of its own: its integrity and every blob's digest
     //    are checked while it is restored, and nothing is moved into place before they hold.
     if parts.metadata {
-        if journal.is_done("verify") || journal.is_done("metadata") {
+        // Checked again on a resumed run: the metadata artifact may have changed since.
+        if journal.is_done("metadata") {
             skipped(reporter, summary, "verify");
         } else {
             step(reporter, summary, "verify", "verify", || {
@@ -730,8 +745,18 @@ async fn run_steps(
             password,
             reporter_arc.clone(),
             cancel.clone(),
-            |id| {
-                journal.container = Some(id.to_owned());
+            &mut |p| {
+                match p {
+                    metadata_restore::Progress::Created(id) => {
+                        journal.container = Some(id.to_owned());
+                        journal.done.remove("metadata.fed");
+                    }
+                    metadata_restore::Progress::Fed => {
+                        journal
+                            .done
+                            .insert("metadata.fed".into(), clock::now_unix());
+                    }
+                }
                 state::save_restore(state, journal)
             },
         )
@@ -948,7 +973,7 @@ async fn to_volume(
     };
     let warn = |w: String| reporter.emit(&Event::Warning { message: w });
     // Helpers that a killed run left (an upload's, created and never started).
-    crate::steps::preflight::remove_leftovers(&vt.engine, plan, &warn).await?;
+    crate::steps::preflight::remove_leftovers(&vt.engine, plan, false, &warn).await?;
     if !journal.is_done("images.staged") {
         // Any staging folder in the volume, the interrupted restore's own included, goes.
         vt.prepare(&warn, cancel).await?;
@@ -957,6 +982,8 @@ async fn to_volume(
         state::save_restore(state, journal)?;
         match vt.upload(store.clone(), m, dec, &staging, cancel).await {
             Ok(restored) => {
+                // Durable in the volume before the journal says it is staged.
+                vt.sync(cancel).await?;
                 journal.restored = Some(restored);
                 mark(journal, state, "images.staged")?;
                 failpoint::hit("restore.staged");

@@ -120,13 +120,17 @@ pub struct DtrUrl(String);
 impl FromStr for DtrUrl {
     type Err = Invalid;
     fn from_str(s: &str) -> Result<Self, Invalid> {
-        https_url(
-            s,
-            "DTR",
-            "dtr-host",
-            "DTR serves its registry and API over https only",
-        )
-        .map(DtrUrl)
+        let why = "DTR serves its registry and API over https only";
+        let url = https_url(s, "DTR", "dtr-host", why)?;
+        if url["https://".len()..].contains(['/', '@', '?', '#']) {
+            return Err(Invalid::new(
+                "plan::bad-url",
+                "DTR's external URL is `https://host[:port]`: no path, no user, no query",
+                "not a host and port",
+                "write https://<dtr-host>[:port], as DTR was installed with --dtr-external-url",
+            ));
+        }
+        Ok(DtrUrl(url))
     }
 }
 
@@ -334,6 +338,14 @@ mod tests {
             "{e}"
         );
         assert_eq!(code::<DtrUrl>("dtr.example.com"), "plan::bad-url");
+        assert_eq!(
+            code::<DtrUrl>("https://dtr.example.com/v2"),
+            "plan::bad-url"
+        );
+        assert_eq!(
+            code::<DtrUrl>("https://admin:pw@dtr.example.com"),
+            "plan::bad-url"
+        );
         assert!(
             "ucp.example.com"
                 .parse::<UcpUrl>()

@@ -99,11 +99,20 @@ pub fn command(
     .map(str::to_owned)
     .to_vec();
     // The backup's own record first: it is the DTR that was backed up.
-    let external = m
-        .dtr
-        .external_url
-        .clone()
-        .or_else(|| plan.dtr.external_url.as_ref().map(|u| u.to_string()));
+    // What a manifest says is checked like a plan's value before it reaches a command line.
+    let external = match &m.dtr.external_url {
+        Some(u) => Some(
+            u.parse::<crate::plan::DtrUrl>()
+                .map_err(|e| {
+                    Error::Verify(format!(
+                        "the manifest of {} records dtr.external_url {u:?}: {e}",
+                        m.backup_id
+                    ))
+                })?
+                .to_string(),
+        ),
+        None => plan.dtr.external_url.as_ref().map(|u| u.to_string()),
+    };
     if let Some(url) = external {
         cmd.extend(["--dtr-external-url".to_owned(), url]);
     }
@@ -168,10 +177,18 @@ pub async fn preflight(
     Ok(())
 }
 
-/// Runs DTR's restore with the backup's metadata on its standard input. `created` is told
-/// the container's id before it starts (the journal records it). Returns the id of the
-/// container, exited with status 0 and not yet removed: the caller records the success first,
-/// then removes it. On failure the container is removed.
+/// What [`run`] tells its caller as it goes, for the journal.
+pub enum Progress<'a> {
+    /// The container exists (not started yet).
+    Created(&'a str),
+    /// The whole archive is in its standard input, which is closed.
+    Fed,
+}
+
+/// Runs DTR's restore with the backup's metadata on its standard input. `progress` is told
+/// the container's id before it starts, and when the whole archive is in (the journal records
+/// both). Returns the id of the container, exited with status 0 and not yet removed: the
+/// caller records the success first, then removes it. On failure the container is removed.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     plan: &Plan,
@@ -182,7 +199,7 @@ pub async fn run(
     password: &Secret,
     reporter: std::sync::Arc<dyn Reporter>,
     cancel: crate::cancel::Cancel,
-    created: impl FnOnce(&str) -> Result<()>,
+    progress: &mut dyn FnMut(Progress) -> Result<()>,
 ) -> Result<String> {
     let a = artifact(m)
         .ok_or_else(|| Error::Usage(format!("backup {} holds no metadata", m.backup_id)))?
@@ -210,7 +227,7 @@ pub async fn run(
         },
     )
     .await?;
-    if let Err(e) = created(&id) {
+    if let Err(e) = progress(Progress::Created(&id)) {
         let _ = container::remove(engine, &id).await;
         return Err(e);
     }
@@ -242,6 +259,7 @@ pub async fn run(
         crate::failpoint::hit("restore.metadata.feed");
         loop {
             if feeder_cancel.is_cancelled() {
+                let _ = tx.blocking_send(Err(Error::Interrupted));
                 return;
             }
             match plain.read(&mut buf) {
@@ -272,6 +290,7 @@ pub async fn run(
                 message: line,
             })
         },
+        || progress(Progress::Fed),
         cancel.clone(),
     )
     .await;

@@ -106,7 +106,7 @@ pub async fn run(plan: &Plan, stores: &Stores, warn: &(dyn Fn(String) + Sync)) -
     if plan.needs_docker() {
         let engine = docker::connect(&plan.docker)?;
         engine.check().await?;
-        remove_leftovers(&engine, plan, warn).await?;
+        remove_leftovers(&engine, plan, false, warn).await?;
     }
     if let (Some(u), Some(pw)) = (&plan.ucp, &ucp_password) {
         ucp::check(u, pw, plan.check_ucp_login).await?;
@@ -132,13 +132,26 @@ pub async fn run(plan: &Plan, stores: &Stores, warn: &(dyn Fn(String) + Sync)) -
 /// backup` container holds the UCP password in its environment (readable with `docker
 /// inspect`) for as long as it exists. Containers of a live run are left alone; those of
 /// releases that did not record their creator, only for this plan (whose lock this run holds).
+/// DTR's restore containers are judged only by a restore of their own plan (`restoring`),
+/// which has read its journal first: their exit status says whether the metadata is restored.
 pub async fn remove_leftovers(
     engine: &docker::Engine,
     plan: &Plan,
+    restoring: bool,
     warn: &(dyn Fn(String) + Sync),
 ) -> Result<()> {
     let me = crate::process::ProcessId::current();
     for c in docker::container::ours(engine).await? {
+        if c.role == "restore" && !(restoring && c.plan == plan.name.as_str()) {
+            if c.owner.as_ref().and_then(|o| o.gone(&me)).is_some() {
+                warn(format!(
+                    "container {} of DTR's restore, left by an interrupted restore of plan {}, is kept: `dtr-backup restore` of that plan judges and removes it (it holds the UCP password in its environment)",
+                    if c.name.is_empty() { &c.id } else { &c.name },
+                    c.plan
+                ));
+            }
+            continue;
+        }
         let why = match &c.owner {
             Some(owner) => owner.gone(&me),
             None => (c.plan == plan.name.as_str()).then_some("an earlier run of this plan"),

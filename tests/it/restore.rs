@@ -408,3 +408,27 @@ fn a_killed_drill_is_cleaned_up_by_the_next_run_and_a_live_restore_is_not_abando
     let out = run(&mut restore_cmd(&fx, &["--drill"]));
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
 }
+
+#[test]
+fn sigterm_stops_a_restore_with_130_and_the_next_one_finishes() {
+    let (fx, _) = backed_up("restore-term");
+    let target = fx.dir.path().join("restored");
+    let to = target.to_str().expect("utf-8");
+    let child = spawn_until(
+        restore_cmd(&fx, &["--images-to", to]).env("DTR_BACKUP_FAILPOINT", "restore.file"),
+        "failpoint restore.file",
+    );
+    let out = terminate(child);
+    // Interrupted, not a damaged backup: the stopped reading is the interruption's.
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(!fx.plan_root().join(".state/lock.json").exists());
+    // Nothing was in place: the target is as it was (absent), and the next restore runs.
+    assert!(
+        !target.exists() || tree(&target).is_empty(),
+        "{:?}",
+        tree(&target)
+    );
+    let out = run(&mut restore_cmd(&fx, &["--images-to", to]));
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(tree(&target), tree(&fx.dir.path().join("registry")));
+}

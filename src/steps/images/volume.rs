@@ -164,6 +164,7 @@ impl VolumeTarget {
             rx,
             Vec::new(),
             move |l| sink.lock().expect("lines").push(l),
+            || Ok(()),
             cancel.clone(),
         )
         .await;
@@ -181,12 +182,26 @@ impl VolumeTarget {
     /// The volume must hold nothing but the staging folders of interrupted restores, which
     /// are removed (reported through `warn`); else restore refuses and touches nothing.
     pub async fn prepare(&self, warn: &(dyn Fn(String) + Sync), cancel: &Cancel) -> Result<()> {
+        // Shell globs only (no `ls`, no `grep`), and a last line that says it ran to its end:
+        // a helper that cannot list the volume never makes it look empty.
         let script = format!(
             "cd /storage || exit 3\n\
-             for s in {STAGING}*; do [ -d \"$s\" ] || continue; rm -rf \"$s\" && echo \"removed $s\"; done\n\
-             ls -A | grep -v '^{STAGING}' | head -n 5 | while read -r e; do echo \"entry $e\"; done"
+             for e in * .[!.]* ..?*; do\n\
+               [ -e \"$e\" ] || [ -L \"$e\" ] || continue\n\
+               case \"$e\" in {STAGING}*) if [ -d \"$e\" ] && [ ! -L \"$e\" ]; then rm -rf \"$e\" || exit 4; echo \"removed $e\"; continue; fi ;; esac\n\
+               echo \"entry $e\"\n\
+             done\n\
+             echo listed"
         );
         let lines = self.script(&script, Vec::new(), cancel).await?;
+        if lines.last().map(String::as_str) != Some("listed") {
+            return Err(Error::container(format!(
+                "the helper container of image {} could not list the volume {}: {}",
+                self.image,
+                self.volume,
+                lines.join("; ")
+            )));
+        }
         for l in &lines {
             if let Some(s) = l.strip_prefix("removed ") {
                 warn(format!(
@@ -204,7 +219,12 @@ impl VolumeTarget {
                 "the volume {} on {} is not empty (it holds {}): restore writes only into an empty volume; remove it and create it empty (`docker volume rm {0}; docker volume create {0}`), or restore into a folder with --images-to",
                 self.volume,
                 self.node.as_deref().unwrap_or(&self.engine.endpoint),
-                others.join(", ")
+                others
+                    .iter()
+                    .take(5)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         Ok(())
@@ -279,6 +299,11 @@ impl VolumeTarget {
         self.script(script, vec![format!("STAGING={staging}")], cancel)
             .await
             .map(drop)
+    }
+
+    /// Makes what was uploaded durable.
+    pub async fn sync(&self, cancel: &Cancel) -> Result<()> {
+        self.script("sync", Vec::new(), cancel).await.map(drop)
     }
 
     /// Removes `staging` from the volume (a restore that failed).
