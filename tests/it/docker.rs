@@ -1251,10 +1251,13 @@ fn a_restore_killed_around_dtr_restore_is_finished_by_the_next_one() {
             "{point}: {}",
             stdout(&out)
         );
-        let mut skipped = vec!["verify", "images"];
-        if !metadata_runs {
-            skipped.push("metadata");
-        }
+        // The backup is checked again before DTR's restore reads it once more; when DTR's
+        // restore had completed, there is nothing left to check it for.
+        let skipped = if metadata_runs {
+            vec!["images"]
+        } else {
+            vec!["verify", "images", "metadata"]
+        };
         assert_eq!(steps_with(&ev, "step_skipped"), skipped, "{point}");
         let restored = ev.iter().any(|e| {
             e["event"] == "log"
