@@ -19,6 +19,8 @@ use crate::manifest::Which;
 pub enum OnlyArg {
     /// The image content only.
     Images,
+    /// The metadata only, through DTR's restore (the image content already in place).
+    Metadata,
 }
 
 #[derive(Debug, clap::Args)]
@@ -99,7 +101,10 @@ pub fn run(args: &Args) -> Exit {
     };
     let opts = RestoreOptions {
         which,
-        only: args.only.map(|OnlyArg::Images| Only::Images),
+        only: args.only.map(|o| match o {
+            OnlyArg::Images => Only::Images,
+            OnlyArg::Metadata => Only::Metadata,
+        }),
         images_to: args.images_to.clone(),
         drill: args.drill,
         lock_timeout: args.lock_timeout,

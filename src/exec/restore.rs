@@ -35,6 +35,7 @@ use crate::verify::{self, Check, ReadData, Rehash};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Only {
     Images,
+    Metadata,
 }
 
 #[derive(Clone, Debug)]
@@ -358,6 +359,7 @@ fn open_restore(
 ) -> Result<(RestoreState, Manifest, Parts, bool)> {
     let warn = |w: String| reporter.emit(&Event::Warning { message: w });
     let only_images = opts.only == Some(Only::Images);
+    let only_metadata = opts.only == Some(Only::Metadata);
     if let Some(e) = state::load_restore(state)? {
         let same_backup = match &opts.which {
             Which::Latest => true,
@@ -377,8 +379,11 @@ fn open_restore(
                 }
             },
         };
-        let same =
-            same_backup && same_target && e.drill == opts.drill && e.only_images == only_images;
+        let same = same_backup
+            && same_target
+            && e.drill == opts.drill
+            && e.only_images == only_images
+            && e.only_metadata == only_metadata;
         let begun = clock::rfc3339(e.started_at);
         if same && !opts.fresh {
             let m = manifest::read(store, &e.backup_id).map_err(|err| {
@@ -396,7 +401,11 @@ fn open_restore(
                 e.backup_id,
                 e.target.display(),
                 e.backup_id,
-                if e.only_images { " --only images" } else { "" },
+                match (e.only_images, e.only_metadata) {
+                    (true, _) => " --only images",
+                    (_, true) => " --only metadata",
+                    _ => "",
+                },
             )));
         }
         abandon(&e);
@@ -431,6 +440,7 @@ fn open_restore(
         started_at: clock::now_unix(),
         drill: opts.drill,
         only_images,
+        only_metadata,
         target,
         volume,
         created_target: false,
@@ -827,10 +837,15 @@ struct Parts {
 fn parts(m: &Manifest, opts: &RestoreOptions) -> Result<Parts> {
     let has = |k| m.artifacts.iter().any(|a| a.kind == k);
     let p = Parts {
-        images: has(ArtifactKind::Images),
+        images: has(ArtifactKind::Images) && opts.only != Some(Only::Metadata),
         // A drill changes nothing live: metadata goes only into a DTR.
-        metadata: has(ArtifactKind::Metadata) && opts.only.is_none() && !opts.drill,
+        metadata: has(ArtifactKind::Metadata) && opts.only != Some(Only::Images) && !opts.drill,
     };
+    if opts.drill && opts.only == Some(Only::Metadata) {
+        return Err(Error::Usage(
+            "a drill restores image content into a scratch folder; --only metadata would go into a live DTR: leave out --drill or --only".into(),
+        ));
+    }
     if opts.drill && !p.images {
         return Err(Error::Usage(format!(
             "backup {} holds no image content to drill",

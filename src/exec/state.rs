@@ -109,6 +109,9 @@ pub struct RestoreState {
     pub drill: bool,
     /// `--only images`.
     pub only_images: bool,
+    /// `--only metadata`.
+    #[serde(default)]
+    pub only_metadata: bool,
     /// Where the image content goes (empty when the restore brings back none).
     pub target: std::path::PathBuf,
     /// The Docker volume the image content goes into, instead of a folder.

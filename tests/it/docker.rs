@@ -1156,6 +1156,25 @@ fn a_full_restore_puts_the_volume_back_then_runs_dtr_restore_with_the_metadata()
     let all = stdout(&out) + &stderr(&out);
     assert!(!all.contains(&bed.ucp_password), "the UCP password leaked");
 
+    // The metadata alone, the image content already in place (the volume is not touched).
+    let out = run(&mut restore_cmd(&bed, &dir, &plan, &["--only", "metadata"]));
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(
+        steps_with(&events(&out), "step_finished"),
+        ["preflight", "verify", "metadata"]
+    );
+    assert_eq!(
+        registry_tree(Path::new(&mount)),
+        registry_tree(&root().join("plans/quickstart/registry"))
+    );
+    let out = run(&mut restore_cmd(
+        &bed,
+        &dir,
+        &plan,
+        &["--only", "metadata", "--drill"],
+    ));
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+
     // A plan of another DTR version is refused: DTR restores only into its own version.
     let other = dir.write(
         "other.yaml",

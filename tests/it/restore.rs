@@ -138,7 +138,8 @@ fn a_damaged_backup_restores_nothing_and_exits_5() {
     let (fx, id) = backed_up("restore-damaged");
     let file = artifact(&fx, &id);
     let bytes = std::fs::read(&file).expect("read");
-    for at in [bytes.len() / 2, bytes.len() - 10] {
+    // Damage at the start (the key packet), in the middle, at the end (the integrity check).
+    for at in [40, bytes.len() / 2, bytes.len() - 10] {
         let mut damaged = bytes.clone();
         damaged[at] ^= 0x40;
         std::fs::write(&file, &damaged).expect("damage");
