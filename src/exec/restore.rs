@@ -361,6 +361,26 @@ fn open_restore(
     let only_images = opts.only == Some(Only::Images);
     let only_metadata = opts.only == Some(Only::Metadata);
     if let Some(e) = state::load_restore(state)? {
+        // Folders are this host's: a journal kept with the backups (in S3, say) may come
+        // from another machine, whose folders are not here to finish or to remove.
+        let here = crate::process::hostname();
+        let foreign = !e.host.is_empty() && e.host != here && e.volume.is_none() && e.s3.is_none();
+        if foreign && !opts.fresh {
+            return Err(Error::Usage(format!(
+                "an unfinished restore of backup {} into {} was begun on host {}, not on {here}: finish it there, or abandon it with --fresh (nothing on that host is touched)",
+                e.backup_id,
+                e.target.display(),
+                e.host
+            )));
+        }
+        if foreign {
+            state::clear_restore(state)?;
+            warn(format!(
+                "abandoned the unfinished restore of backup {} begun on host {}; what it wrote there stays",
+                e.backup_id, e.host
+            ));
+            return new_restore(plan, opts, store, &warn);
+        }
         let same_backup = match &opts.which {
             Which::Latest => true,
             Which::Id(id) => *id == e.backup_id,
@@ -416,7 +436,19 @@ fn open_restore(
             e.backup_id
         ));
     }
-    let backup_id = manifest::resolve(store, &opts.which, &warn)?;
+    new_restore(plan, opts, store, &warn)
+}
+
+/// A restore that starts afresh: which backup, its parts, where they go.
+fn new_restore(
+    plan: &Plan,
+    opts: &RestoreOptions,
+    store: &dyn Store,
+    warn: &dyn Fn(String),
+) -> Result<(RestoreState, Manifest, Parts, bool)> {
+    let only_images = opts.only == Some(Only::Images);
+    let only_metadata = opts.only == Some(Only::Metadata);
+    let backup_id = manifest::resolve(store, &opts.which, warn)?;
     let m = manifest::read(store, &backup_id)?;
     let p = parts(&m, opts)?;
     let volume = if p.images {
@@ -441,6 +473,7 @@ fn open_restore(
         drill: opts.drill,
         only_images,
         only_metadata,
+        host: crate::process::hostname(),
         target,
         volume,
         created_target: false,

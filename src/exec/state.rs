@@ -109,6 +109,9 @@ pub struct RestoreState {
     pub drill: bool,
     /// `--only images`.
     pub only_images: bool,
+    /// The host the restore runs on (its folders are that host's).
+    #[serde(default)]
+    pub host: String,
     /// `--only metadata`.
     #[serde(default)]
     pub only_metadata: bool,

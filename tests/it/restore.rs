@@ -433,3 +433,35 @@ fn sigterm_stops_a_restore_with_130_and_the_next_one_finishes() {
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     assert_eq!(tree(&target), tree(&fx.dir.path().join("registry")));
 }
+
+#[test]
+fn a_restore_begun_on_another_host_is_not_finished_here() {
+    let (fx, _) = backed_up("restore-host");
+    let target = fx.dir.path().join("restored");
+    let to = target.to_str().expect("utf-8");
+    let mut child = spawn_until(
+        restore_cmd(&fx, &["--images-to", to]).env("DTR_BACKUP_FAILPOINT", "restore.staged"),
+        "failpoint restore.staged",
+    );
+    child.kill().expect("kill -9");
+    child.wait().expect("reaped");
+    // The journal, as if another machine had written it (state kept with the backups).
+    let journal = fx.plan_root().join(".state/restore.json");
+    let mut j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&journal).expect("journal")).expect("json");
+    assert!(!j["host"].as_str().unwrap_or("").is_empty(), "{j}");
+    j["host"] = "elsewhere".into();
+    std::fs::write(&journal, serde_json::to_vec(&j).expect("json")).expect("write");
+    let out = run(&mut restore_cmd(&fx, &["--images-to", to]));
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(
+        error_of(&out).contains("begun on host elsewhere"),
+        "{}",
+        error_of(&out)
+    );
+    // --fresh abandons it without touching its paths; here, the staging folder it left is
+    // an interrupted restore's leftover, removed by the new restore.
+    let out = run(&mut restore_cmd(&fx, &["--images-to", to, "--fresh"]));
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(tree(&target), tree(&fx.dir.path().join("registry")));
+}
