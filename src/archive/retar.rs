@@ -67,16 +67,20 @@ pub fn copy_checked(
         left -= got as u64;
     }
     let got = crate::hex::encode(&hasher.finalize());
-    if let Some(want) = want
-        && got != want
-    {
-        return Err(Refused::Digest {
+    matches(rel, want, &got)?;
+    Ok(got)
+}
+
+/// Refuses the member `rel` whose sha256 `got` is not the `want`ed one.
+fn matches(rel: &str, want: Option<&str>, got: &str) -> Result<(), Refused> {
+    match want {
+        Some(want) if got != want => Err(Refused::Digest {
             path: rel.to_owned(),
             want: format!("sha256:{want}"),
             got: format!("sha256:{got}"),
-        });
+        }),
+        _ => Ok(()),
     }
-    Ok(got)
 }
 
 /// How stored members are read.
@@ -204,15 +208,7 @@ impl Seen {
                 "the hard link {rel:?} points to {target:?}, which the archive has not written"
             )));
         };
-        if let Some(want) = want
-            && sha != want
-        {
-            return Err(Refused::Digest {
-                path: rel.to_owned(),
-                want: format!("sha256:{want}"),
-                got: format!("sha256:{sha}"),
-            });
-        }
+        matches(rel, want, &sha)?;
         to.link(rel, target)?;
         self.out.links += 1;
         self.out.checked += u64::from(want.is_some());
@@ -250,15 +246,26 @@ impl<W: Write> Emitter<W> {
     }
 }
 
-/// Copies into a tar entry whose header already gave the size.
-struct Checked<'a> {
-    data: &'a mut dyn Read,
+/// Copies into a tar entry whose header already gave the size: hashes what it reads, and
+/// fails a member that ends before `left` bytes were read (the tar writer would pass the
+/// short member on, and every member after it would be read out of place).
+struct Checked<'a, R> {
+    data: R,
+    left: u64,
+    rel: &'a str,
     hasher: Sha256,
 }
 
-impl Read for Checked<'_> {
+impl<R: Read> Read for Checked<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.data.read(buf)?;
+        if n == 0 && self.left > 0 && !buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} ends {} bytes early", self.rel, self.left),
+            ));
+        }
+        self.left -= n as u64;
         self.hasher.update(&buf[..n]);
         Ok(n)
     }
@@ -294,10 +301,11 @@ impl<W: Write> Members for Emitter<W> {
         h.set_mtime(header.mtime().unwrap_or(0));
         h.set_size(size);
         let mut checked = Checked {
-            data: &mut data.take(size),
+            data: data.take(size),
+            left: size,
+            rel,
             hasher: Sha256::new(),
         };
-        // The tar writer pads a short member with nothing: it fails, as a short read.
         self.builder
             .append_data(&mut h, format!("{}/{rel}", self.prefix), &mut checked)
             .map_err(|e| match e.kind() {
@@ -305,15 +313,7 @@ impl<W: Write> Members for Emitter<W> {
                 _ => Refused::Write(e),
             })?;
         let got = crate::hex::encode(&checked.hasher.finalize());
-        if let Some(want) = want
-            && got != want
-        {
-            return Err(Refused::Digest {
-                path: rel.to_owned(),
-                want: format!("sha256:{want}"),
-                got: format!("sha256:{got}"),
-            });
-        }
+        matches(rel, want, &got)?;
         Ok(got)
     }
 
@@ -518,5 +518,21 @@ mod tests {
             .expect("link");
         let input = b.into_inner().expect("tar");
         assert!(matches!(run(&input, &none), Err(Refused::Hostile(_))));
+    }
+
+    #[test]
+    fn a_member_shorter_than_its_size_is_refused() {
+        // Objects of a blob store come with the size their listing gave; content that ends
+        // early must not pass as a member the tar writer leaves short.
+        let mut emit = Emitter::new(Vec::new(), ".stage").expect("emitter");
+        let header = tar::Header::new_gnu();
+        let mut data: &[u8] = b"abc";
+        match emit.file("docker/tag", &header, 10, &mut data, None) {
+            Err(Refused::Read(e)) => {
+                assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+                assert!(e.to_string().contains("7 bytes early"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -227,9 +227,14 @@ pub async fn wait_exit(engine: &Engine, id: &str, cancel: &Cancel) -> Result<Opt
             }
         }
     }
-    let mut wait = engine
-        .docker
-        .wait_container(id, Some(WaitContainerOptionsBuilder::new().build()));
+    exit_status(&engine.docker, id, cancel).await
+}
+
+/// Waits for the started container `id` to exit and returns its exit status (`-1` when the
+/// engine does not say); `None` when no such container exists; `Error::Interrupted` when
+/// the run is cancelled first.
+async fn exit_status(docker: &bollard::Docker, id: &str, cancel: &Cancel) -> Result<Option<i64>> {
+    let mut wait = docker.wait_container(id, Some(WaitContainerOptionsBuilder::new().build()));
     let waited = tokio::select! {
         w = wait.next() => w,
         _ = cancel.cancelled() => return Err(Error::Interrupted),
@@ -358,26 +363,16 @@ pub async fn run_streaming(
         let end = match end {
             Err(e) => Err(e),
             Ok(()) => {
-                let mut wait =
-                    docker.wait_container(&id, Some(WaitContainerOptionsBuilder::new().build()));
-                let waited = tokio::select! {
-                    w = wait.next() => w,
-                    _ = cancel.cancelled() => {
+                let code = match exit_status(&docker, &id, &cancel).await {
+                    Ok(code) => code.unwrap_or(-1),
+                    Err(Error::Interrupted) => {
                         let _ = tx.send(Msg::End(Err("interrupted".to_owned()))).await;
                         return;
                     }
-                };
-                let code = match waited {
-                    Some(Ok(r)) => r.status_code,
-                    Some(Err(bollard::errors::Error::DockerContainerWaitError {
-                        code, ..
-                    })) => code,
-                    Some(Err(e)) => {
-                        let end = Msg::End(Err(format!("waiting for the container: {e}")));
-                        let _ = send(&tx, end, &cancel).await;
+                    Err(e) => {
+                        let _ = send(&tx, Msg::End(Err(e.to_string())), &cancel).await;
                         return;
                     }
-                    None => -1,
                 };
                 if code == 0 {
                     Ok(())
@@ -526,19 +521,9 @@ pub async fn run_with_input(
         let _ = lines.await;
         return Err(e);
     }
-    let mut wait = engine
-        .docker
-        .wait_container(id, Some(WaitContainerOptionsBuilder::new().build()));
-    let waited = tokio::select! {
-        w = wait.next() => w,
-        _ = cancel.cancelled() => return Err(Error::Interrupted),
-    };
-    let code = match waited {
-        Some(Ok(r)) => r.status_code,
-        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
-        Some(Err(e)) => return Err(Error::docker(format!("waiting for container {id}: {e}"))),
-        None => -1,
-    };
+    let code = exit_status(&engine.docker, id, &cancel)
+        .await?
+        .unwrap_or(-1);
     let tail = lines.await.unwrap_or_default();
     if code == 0 {
         Ok(())

@@ -127,6 +127,46 @@ fn s3_target<'p>(plan: &'p Plan, opts: &RestoreOptions) -> Option<&'p crate::pla
     }
 }
 
+/// Where a restore puts the image content.
+enum Destination<'p> {
+    /// The restore brings no image content back.
+    Nowhere,
+    Folder(PathBuf),
+    /// A Docker volume, by the name the backup recorded.
+    Volume(String),
+    S3(&'p crate::plan::S3Cfg),
+}
+
+/// The one answer to where the image content of the backup `m` goes (`images`: whether
+/// the restore brings image content back at all).
+fn destination<'p>(
+    plan: &'p Plan,
+    m: &Manifest,
+    opts: &RestoreOptions,
+    images: bool,
+) -> Result<Destination<'p>> {
+    if !images {
+        return Ok(Destination::Nowhere);
+    }
+    if let Some(v) = volume_target(plan, m, opts)? {
+        return Ok(Destination::Volume(v));
+    }
+    if let Some(cfg) = s3_target(plan, opts) {
+        return Ok(Destination::S3(cfg));
+    }
+    Ok(Destination::Folder(target(plan, opts)?.0))
+}
+
+/// The image of the helper containers that write a volume: `images.helper_image`, else the
+/// plan's DTR image.
+fn helper_image(plan: &Plan) -> Option<String> {
+    match &plan.images {
+        Some(ImagesCfg::Volume { helper_image, .. }) => helper_image.clone(),
+        _ => None,
+    }
+    .or_else(|| plan.dtr.image.clone())
+}
+
 /// How an S3 target is named in the journal and in messages.
 fn s3_describe(cfg: &crate::plan::S3Cfg) -> String {
     match &cfg.endpoint {
@@ -451,20 +491,11 @@ fn new_restore(
     let backup_id = manifest::resolve(store, &opts.which, warn)?;
     let m = manifest::read(store, &backup_id)?;
     let p = parts(&m, opts)?;
-    let volume = if p.images {
-        volume_target(plan, &m, opts)?
-    } else {
-        None
-    };
-    let s3 = if p.images {
-        s3_target(plan, opts).map(s3_describe)
-    } else {
-        None
-    };
-    let target = if p.images && volume.is_none() && s3.is_none() {
-        target(plan, opts)?.0
-    } else {
-        PathBuf::new()
+    let (target, volume, s3) = match destination(plan, &m, opts, p.images)? {
+        Destination::Nowhere => (PathBuf::new(), None, None),
+        Destination::Folder(t) => (t, None, None),
+        Destination::Volume(v) => (PathBuf::new(), Some(v), None),
+        Destination::S3(cfg) => (PathBuf::new(), None, Some(s3_describe(cfg))),
     };
     let journal = RestoreState {
         s3,
@@ -1001,12 +1032,7 @@ async fn to_volume(
     reporter: &dyn Reporter,
     cancel: &Cancel,
 ) -> Result<Restored> {
-    let image = match &plan.images {
-        Some(ImagesCfg::Volume { helper_image, .. }) => helper_image.clone(),
-        _ => None,
-    }
-    .or_else(|| plan.dtr.image.clone())
-    .ok_or_else(|| {
+    let image = helper_image(plan).ok_or_else(|| {
         Error::Usage(
             "set `images.helper_image` or `dtr.image`: the volume is written through a container of that image".into(),
         )
@@ -1083,21 +1109,7 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
     let backup_id = manifest::resolve(store, &opts.which, &|_| {})?;
     let m = manifest::read(store, &backup_id)?;
     let parts = parts(&m, opts)?;
-    let volume = if parts.images {
-        volume_target(plan, &m, opts)?
-    } else {
-        None
-    };
-    let s3 = if parts.images {
-        s3_target(plan, opts)
-    } else {
-        None
-    };
-    let target = if parts.images && volume.is_none() && s3.is_none() {
-        target(plan, opts)?.0
-    } else {
-        PathBuf::new()
-    };
+    let dest = destination(plan, &m, opts, parts.images)?;
     let mut steps = vec![];
     let lock = format!(
         "take the lock of plan {} (no backup runs during the restore)",
@@ -1140,13 +1152,8 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
         ));
     }
     let mut images = if parts.metadata { vec![] } else { vec![lock] };
-    if let Some(v) = &volume {
-        let image = match &plan.images {
-            Some(ImagesCfg::Volume { helper_image, .. }) => helper_image.clone(),
-            _ => None,
-        }
-        .or_else(|| plan.dtr.image.clone())
-        .unwrap_or_else(|| "?".into());
+    if let Destination::Volume(v) = &dest {
+        let image = helper_image(plan).unwrap_or_else(|| "?".into());
         let node = m.dtr.node.as_deref().unwrap_or("?");
         images.extend([
             format!(
@@ -1162,7 +1169,7 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
         steps.push(("images".to_owned(), images));
         images = Vec::new();
     }
-    if let Some(cfg) = s3 {
+    if let Destination::S3(cfg) = dest {
         images.extend([
             format!(
                 "check that {} holds no object (else stop)",
@@ -1183,7 +1190,7 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
         steps.push(("images".to_owned(), images));
         images = Vec::new();
     }
-    if volume.is_none() && s3.is_none() && parts.images {
+    if let Destination::Folder(target) = &dest {
         images.push(if opts.drill {
             format!(
                 "create the scratch folder {} (absent or empty)",
@@ -1247,12 +1254,12 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
             ],
         ));
     }
-    if opts.drill {
+    if let (true, Destination::Folder(scratch)) = (opts.drill, &dest) {
         steps.push((
             "drill".to_owned(),
             vec![
                 "check that every blob the metadata references is in the scratch folder".into(),
-                format!("remove {}", target.display()),
+                format!("remove {}", scratch.display()),
             ],
         ));
     }

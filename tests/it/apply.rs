@@ -210,13 +210,7 @@ fn killed_at_any_point_the_next_apply_resumes() {
             );
         }
         // The lock of the killed process was taken over, not waited for.
-        assert!(
-            ev.iter().any(|e| e["event"] == "warning"
-                && e["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("stale lock"))),
-            "{point}: no stale-lock warning"
-        );
+        assert!(warned(&ev, "stale lock"), "{point}: no stale-lock warning");
         let dirs: Vec<PathBuf> = fx
             .backup_dirs()
             .into_iter()
@@ -331,10 +325,7 @@ fn a_second_sigterm_ends_the_process_at_once() {
     let started = ev.iter().find(|e| e["event"] == "run_started");
     assert_eq!(started.expect("run_started")["resumed"], true);
     assert!(
-        ev.iter().any(|e| e["event"] == "warning"
-            && e["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("stale lock"))),
+        warned(&ev, "stale lock"),
         "the lock left behind was taken over"
     );
 }
@@ -441,12 +432,7 @@ fn stale_lock_of_a_dead_process_is_taken_over() {
     .expect("write lock");
     let out = run(&mut fx.apply());
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(events(&out).iter().any(|e| {
-        e["event"] == "warning"
-            && e["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("deadbeef"))
-    }));
+    assert!(warned(&events(&out), "deadbeef"));
 
     // A lock of another host is never taken over.
     std::fs::write(
@@ -602,12 +588,7 @@ fn changed_plan_is_not_resumed_without_fresh() {
 
     let out = run(fx.apply().arg("--fresh"));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(events(&out).iter().any(|e| {
-        e["event"] == "warning"
-            && e["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("--fresh: discarded"))
-    }));
+    assert!(warned(&events(&out), "--fresh: discarded"));
     let dirs = fx.backup_dirs();
     assert_eq!(dirs.len(), 1, "the old unfinished run was removed");
     assert_ne!(dirs[0], old_dirs[0]);

@@ -234,6 +234,13 @@ pub fn error_of(out: &Output) -> String {
         .unwrap_or_default()
 }
 
+/// Whether one of the `warning` events says `needle`.
+pub fn warned(events: &[serde_json::Value], needle: &str) -> bool {
+    events.iter().any(|e| {
+        e["event"] == "warning" && e["message"].as_str().is_some_and(|m| m.contains(needle))
+    })
+}
+
 /// The JSON events of an `--output json` run.
 pub fn events(o: &Output) -> Vec<serde_json::Value> {
     stdout(o)

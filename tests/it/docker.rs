@@ -68,6 +68,16 @@ impl Bed {
             .collect()
     }
 
+    /// Removes the containers of the replica `id` (a replica destroyed; its volume stays).
+    fn remove_replica(&self, id: &str) {
+        self.docker(&[
+            "rm",
+            "-f",
+            &format!("dtr-rethinkdb-{id}"),
+            &format!("dtr-registry-{id}"),
+        ]);
+    }
+
     /// No container, no volume.
     fn reset(&self) {
         let ids = self.lines(&["ps", "-aq"]);
@@ -562,12 +572,7 @@ fn replica_selection_rules() {
     assert!(error_of(&out).contains("--allow-replica-change"));
     let out = run(apply(&bed, &dir, &other).arg("--allow-replica-change"));
     assert_eq!(out.status.code(), Some(0), "{}", error_of(&out));
-    assert!(
-        events(&out)
-            .iter()
-            .any(|e| e["event"] == "warning"
-                && e["message"].as_str().is_some_and(|m| m.contains(R2)))
-    );
+    assert!(warned(&events(&out), R2));
 }
 
 #[test]
@@ -695,12 +700,7 @@ fn through_a_client_bundle_over_mutual_tls() {
     // helper's archive upload, the metadata into DTR's restore, both over mutual TLS; the
     // restore container's standard input is closed at the end of the archive.
     let volume = format!("dtr-registry-{R1}");
-    bed.docker(&[
-        "rm",
-        "-f",
-        &format!("dtr-rethinkdb-{R1}"),
-        &format!("dtr-registry-{R1}"),
-    ]);
+    bed.remove_replica(R1);
     bed.docker(&["volume", "rm", &volume]);
     let out = run(&mut restore_cmd(&bed, &dir, &plan, &[]));
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
@@ -793,12 +793,7 @@ fn killed_during_the_metadata_stream_then_resumed() {
 
     let out = run(&mut apply(&bed, &dir, &plan));
     assert_eq!(out.status.code(), Some(0), "{}", error_of(&out));
-    assert!(events(&out).iter().any(|e| {
-        e["event"] == "warning"
-            && e["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("left by an interrupted run"))
-    }));
+    assert!(warned(&events(&out), "left by an interrupted run"));
     assert!(bed.our_containers().is_empty());
     let backups = complete_backups(&dir);
     assert_eq!(backups.len(), 1);
@@ -1097,12 +1092,7 @@ fn a_full_restore_puts_the_volume_back_then_runs_dtr_restore_with_the_metadata()
     assert!(!scratch.exists(), "nothing written");
 
     // The replica is destroyed and its storage lost; restore brings both back.
-    bed.docker(&[
-        "rm",
-        "-f",
-        &format!("dtr-rethinkdb-{R1}"),
-        &format!("dtr-registry-{R1}"),
-    ]);
+    bed.remove_replica(R1);
     bed.docker(&["volume", "rm", &volume]);
     bed.docker(&["volume", "create", &volume]);
     let out = run(&mut restore_cmd(
@@ -1206,12 +1196,7 @@ fn a_restore_killed_around_dtr_restore_is_finished_by_the_next_one() {
     let out = run(&mut apply(&bed, &dir, &plan));
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     let volume = format!("dtr-registry-{R1}");
-    bed.docker(&[
-        "rm",
-        "-f",
-        &format!("dtr-rethinkdb-{R1}"),
-        &format!("dtr-registry-{R1}"),
-    ]);
+    bed.remove_replica(R1);
     let journal = dir.path().join("backups/dtr/.state/restore.json");
     // Killed while DTR's restore waits for the archive on its standard input: the container
     // sees the input end early and fails; the next restore removes it and runs it again.
@@ -1264,12 +1249,7 @@ fn a_restore_killed_around_dtr_restore_is_finished_by_the_next_one() {
             stderr(&out)
         );
         let ev = events(&out);
-        assert!(
-            ev.iter().any(|e| e["event"] == "warning"
-                && e["message"].as_str().is_some_and(|m| m.contains(warning))),
-            "{point}: {}",
-            stdout(&out)
-        );
+        assert!(warned(&ev, warning), "{point}: {}", stdout(&out));
         // The backup is checked again before DTR's restore reads it once more; when DTR's
         // restore had completed, there is nothing left to check it for.
         let skipped = if metadata_runs {
@@ -1312,12 +1292,7 @@ fn image_content_goes_back_into_its_volume_through_the_docker_api() {
             .remove(0)
     };
     let want = registry_tree(&root().join("plans/quickstart/registry"));
-    bed.docker(&[
-        "rm",
-        "-f",
-        &format!("dtr-rethinkdb-{R1}"),
-        &format!("dtr-registry-{R1}"),
-    ]);
+    bed.remove_replica(R1);
 
     // A volume that holds something is refused, and left as it was.
     let keep = Path::new(&mount()).join("keep.txt");
@@ -1361,10 +1336,7 @@ fn image_content_goes_back_into_its_volume_through_the_docker_api() {
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     let ev = events(&out);
     assert!(
-        ev.iter().any(|e| e["event"] == "warning"
-            && e["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("left by an interrupted restore"))),
+        warned(&ev, "left by an interrupted restore"),
         "{}",
         stdout(&out)
     );

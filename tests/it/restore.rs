@@ -22,12 +22,16 @@ fn tree(dir: &Path) -> Vec<(PathBuf, String)> {
 }
 
 fn restore(fx: &Fixture, args: &[&str]) -> std::process::Output {
+    run(&mut restore_cmd(fx, args))
+}
+
+fn restore_cmd(fx: &Fixture, args: &[&str]) -> std::process::Command {
     let mut cmd = dtr_backup(fx.dir.path());
     cmd.env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
         .args(["restore", "--output", "json"])
         .arg(&fx.plan)
         .args(args);
-    run(&mut cmd)
+    cmd
 }
 
 fn backed_up(tag: &str) -> (Fixture, String) {
@@ -252,11 +256,7 @@ fn leftovers_of_an_interrupted_restore_are_cleared_and_a_drill_keeps_a_given_fol
     let out = restore(&fx, &["--images-to", target.to_str().expect("utf-8")]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     assert!(
-        events(&out).iter().any(|e| e["event"] == "warning"
-            && e["message"]
-                .as_str()
-                .unwrap_or("")
-                .contains("interrupted restore")),
+        warned(&events(&out), "interrupted restore"),
         "{}",
         stdout(&out)
     );
@@ -287,15 +287,6 @@ const RESTORE_KILL_POINTS: &[(&str, &[&str])] = &[
     ("restore.step.images.done-not-journaled", &[]),
     ("restore.step.images.journaled", &["images"]),
 ];
-
-fn restore_cmd(fx: &Fixture, args: &[&str]) -> std::process::Command {
-    let mut cmd = dtr_backup(fx.dir.path());
-    cmd.env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
-        .args(["restore", "--output", "json"])
-        .arg(&fx.plan)
-        .args(args);
-    cmd
-}
 
 #[test]
 fn killed_at_any_point_the_next_restore_finishes_the_job() {
@@ -351,13 +342,7 @@ fn killed_at_any_point_the_next_restore_finishes_the_job() {
                 "{point}: {s} was redone"
             );
         }
-        assert!(
-            ev.iter().any(|e| e["event"] == "warning"
-                && e["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("stale lock"))),
-            "{point}: no stale-lock warning"
-        );
+        assert!(warned(&ev, "stale lock"), "{point}: no stale-lock warning");
         // The content whole and only it: no staging folder, no temporary, no journal left.
         assert_eq!(tree(&target), registry, "{point}");
         assert!(

@@ -414,12 +414,7 @@ fn recipients_encryption_interoperates_with_gpg() {
         .args(["plan", "apply", "--output", "json"])
         .arg(&fx.plan));
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
-    assert!(events(&out).iter().any(|e| {
-        e["event"] == "warning"
-            && e["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("verify.key"))
-    }));
+    assert!(warned(&events(&out), "verify.key"));
     let out = run(dtr_backup(fx.dir.path())
         .args(["verify", "--output", "json"])
         .arg(&fx.plan));
