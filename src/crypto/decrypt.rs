@@ -75,6 +75,60 @@ struct Helper {
     key_password: Option<Password>,
 }
 
+/// Session keys already found in this process, so that many messages under the same key
+/// packet (the blobs one run wrote: one session for the run) cost one key derivation or one
+/// public-key decryption, not one each. An entry is found by the sha256 of what opened the
+/// packet (the passphrase, or the secret key's fingerprint) and the packet itself: another
+/// passphrase never finds it. Bounded; in memory only.
+mod cache {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use sequoia_openpgp::crypto::SessionKey;
+    use sequoia_openpgp::types::SymmetricAlgorithm;
+    use sha2::{Digest, Sha256};
+
+    const ENTRIES: usize = 64;
+
+    type Entry = ([u8; 32], SymmetricAlgorithm, SessionKey);
+
+    static FOUND: Mutex<VecDeque<Entry>> = Mutex::new(VecDeque::new());
+
+    /// The cache key of `packet` opened with `credential`.
+    pub fn id(credential: &[u8], packet: &[u8]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update((credential.len() as u64).to_be_bytes());
+        h.update(credential);
+        h.update(packet);
+        h.finalize().into()
+    }
+
+    pub fn get(id: &[u8; 32]) -> Option<(SymmetricAlgorithm, SessionKey)> {
+        let found = FOUND.lock().ok()?;
+        found
+            .iter()
+            .find(|(k, _, _)| k == id)
+            .map(|(_, a, s)| (*a, s.clone()))
+    }
+
+    pub fn put(id: [u8; 32], algo: SymmetricAlgorithm, key: &SessionKey) {
+        if let Ok(mut found) = FOUND.lock() {
+            if found.iter().any(|(k, _, _)| *k == id) {
+                return;
+            }
+            if found.len() == ENTRIES {
+                found.pop_front();
+            }
+            found.push_back((id, algo, key.clone()));
+        }
+    }
+}
+
+/// The serialized form of a key packet, for [`cache::id`].
+fn packet_bytes(p: &impl openpgp::serialize::MarshalInto) -> Vec<u8> {
+    p.to_vec().unwrap_or_default()
+}
+
 impl Helper {
     /// Finds the session key of a SEIPD v1 message with the passphrase or the keys. `None`
     /// when it is under a cipher that [`seipd`] does not read (sequoia's parser then does).
@@ -104,9 +158,18 @@ impl Helper {
         })?;
         if let Some(password) = &self.password {
             for skesk in &pending.skesks {
+                let id = password.map(|pw| cache::id(&pw[..], &packet_bytes(skesk)));
+                if let Some((algo, key)) = cache::get(&id)
+                    && try_key(Some(algo), &key)
+                {
+                    break;
+                }
                 if let Ok((algo, key)) = skesk.decrypt(password)
                     && try_key(algo, &key)
                 {
+                    if let (Some(algo), Some((_, found))) = (algo, &*found.borrow()) {
+                        cache::put(id, algo, found);
+                    }
                     break;
                 }
             }
@@ -152,6 +215,12 @@ impl Helper {
                     if !matches {
                         continue;
                     }
+                    let id = cache::id(ka.key().fingerprint().as_bytes(), &packet_bytes(pkesk));
+                    if let Some((algo, sk)) = cache::get(&id)
+                        && decrypt(Some(algo), &sk)
+                    {
+                        return Ok(true);
+                    }
                     let mut key = ka.key().clone();
                     if key.secret().is_encrypted() {
                         let Some(pw) = &self.key_password else {
@@ -178,6 +247,9 @@ impl Helper {
                     if let Some((algo, sk)) = pkesk.decrypt(&mut pair, sym_algo)
                         && decrypt(algo, &sk)
                     {
+                        if let Some(algo) = algo.or(sym_algo) {
+                            cache::put(id, algo, &sk);
+                        }
                         return Ok(true);
                     }
                 }
@@ -379,6 +451,45 @@ mod tests {
         let tampered = decrypt(&out[..], &Decryption::Passphrase(secret))
             .and_then(|mut r| r.read_to_end(&mut Vec::new()));
         assert!(tampered.is_err(), "a flipped byte must fail");
+    }
+
+    #[test]
+    fn messages_of_one_session_share_one_key_derivation_and_a_wrong_passphrase_still_fails() {
+        let secret = Secret::for_test("one run's passphrase");
+        let enc = Encryption::Passphrase(secret.clone());
+        let session = super::super::Session::new(&enc).unwrap();
+        let sealed: Vec<Vec<u8>> = [b"first blob".as_slice(), b"second blob"]
+            .iter()
+            .map(|data| {
+                let mut out = Vec::new();
+                let mut w = super::super::encrypt_in(&mut out, &session).unwrap();
+                w.write_all(data).unwrap();
+                w.finish().unwrap();
+                out
+            })
+            .collect();
+        // The same key packet, different ciphertexts (each message its own random prefix).
+        let skesk = |m: &[u8]| match seipd::open(m).unwrap() {
+            seipd::Opened::Seipd(p) => p.skesks[0].clone(),
+            seipd::Opened::Other(_) => panic!("not ours"),
+        };
+        assert_eq!(skesk(&sealed[0]), skesk(&sealed[1]));
+        assert_ne!(sealed[0], sealed[1]);
+        let id = |pw: &str| cache::id(pw.as_bytes(), &packet_bytes(&skesk(&sealed[0])));
+        assert!(cache::get(&id("one run's passphrase")).is_none());
+        let dec = Decryption::Passphrase(secret);
+        let read = |m: &[u8], dec: &Decryption| -> io::Result<Vec<u8>> {
+            let mut back = Vec::new();
+            decrypt(m, dec)?.read_to_end(&mut back)?;
+            Ok(back)
+        };
+        assert_eq!(read(&sealed[0], &dec).unwrap(), b"first blob");
+        // Found once, remembered for the next message of the session.
+        assert!(cache::get(&id("one run's passphrase")).is_some());
+        assert_eq!(read(&sealed[1], &dec).unwrap(), b"second blob");
+        assert!(cache::get(&id("another")).is_none());
+        let wrong = Decryption::Passphrase(Secret::for_test("another"));
+        assert!(read(&sealed[1], &wrong).is_err());
     }
 
     fn pattern(len: usize) -> Vec<u8> {

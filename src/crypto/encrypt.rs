@@ -166,7 +166,17 @@ pub fn encrypt<'a, W: Write + Send + Sync + 'a>(
     sink: W,
     enc: &Encryption,
 ) -> io::Result<Box<dyn FinishWrite + 'a>> {
-    let session = Session::new(enc)?;
+    encrypt_in(sink, &Session::new(enc)?)
+}
+
+/// The same, one message of `session`: many messages may share one session (the blobs of a
+/// run), so that its key packets are made once, and read back with one key derivation
+/// (`decrypt` remembers the session key of a key packet). Each message has its own random
+/// prefix, the IV of OpenPGP's CFB.
+pub fn encrypt_in<'a, W: Write + Send + Sync + 'a>(
+    sink: W,
+    session: &Session,
+) -> io::Result<Box<dyn FinishWrite + 'a>> {
     let sealed = session.seal(Copying(sink))?;
     Ok(Box::new(session.frame(Copying(sealed))?))
 }
