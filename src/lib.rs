@@ -39,6 +39,7 @@ pub mod manifest;
 pub mod plan;
 pub mod process;
 pub mod secret;
+pub mod snapshot;
 pub mod steps;
 pub mod storage;
 pub mod ucp;

@@ -69,6 +69,8 @@ pub struct DtrInfo {
 pub enum ArtifactKind {
     Metadata,
     Images,
+    /// The list of blobs the backup keeps in the blob store (`snapshot::FILE`).
+    Blobs,
 }
 
 /// One file of a backup.
@@ -101,9 +103,9 @@ impl Manifest {
             format_version: u32,
         }
         let format: Format = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
-        if format.format_version != 1 {
+        if !(1..=2).contains(&format.format_version) {
             return Err(Error::Verify(format!(
-                "{what} has format_version {}; this dtr-backup reads 1: use the dtr-backup release that wrote it",
+                "{what} has format_version {}; this dtr-backup reads 1 and 2: use the dtr-backup release that wrote it",
                 format.format_version
             )));
         }
@@ -371,9 +373,9 @@ mod tests {
 
     #[test]
     fn a_newer_format_is_named_as_such() {
-        let err = Manifest::parse(b"{\"format_version\": 2}", "x", "x/manifest.json")
+        let err = Manifest::parse(b"{\"format_version\": 3}", "x", "x/manifest.json")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("format_version 2"), "{err}");
+        assert!(err.contains("format_version 3"), "{err}");
     }
 }

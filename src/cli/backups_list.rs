@@ -46,9 +46,11 @@ pub fn run(args: &Args) -> Exit {
                 let parts: Vec<&str> = m
                     .artifacts
                     .iter()
-                    .map(|a| match a.kind {
-                        ArtifactKind::Metadata => "metadata",
-                        ArtifactKind::Images => "images",
+                    .filter_map(|a| match a.kind {
+                        ArtifactKind::Metadata => Some("metadata"),
+                        ArtifactKind::Images => Some("images"),
+                        // The list of the images' blobs: part of `images`.
+                        ArtifactKind::Blobs => None,
                     })
                     .collect();
                 println!(

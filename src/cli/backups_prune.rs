@@ -42,6 +42,9 @@ pub fn run(args: &Args) -> Exit {
             for u in &p.unreadable {
                 eprintln!("warning: {}", u.warning());
             }
+            for w in &p.warnings {
+                eprintln!("warning: {w}");
+            }
             let verb = if args.dry_run {
                 "would delete"
             } else {

@@ -1110,6 +1110,12 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
     let m = manifest::read(store, &backup_id)?;
     let parts = parts(&m, opts)?;
     let dest = destination(plan, &m, opts, parts.images)?;
+    // The blobs the backup keeps in the blob store (its list is read, nothing else).
+    let blobs = if parts.images {
+        crate::snapshot::blobs_of(store, &m)?.count()
+    } else {
+        0
+    };
     let mut steps = vec![];
     let lock = format!(
         "take the lock of plan {} (no backup runs during the restore)",
@@ -1166,6 +1172,14 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
                 "move the staged content into the root of the volume {v} with `sh -c mv` in a helper once all of it is in and checked; sync"
             ),
         ]);
+        if blobs > 0 {
+            images.insert(
+                images.len() - 1,
+                format!(
+                    "decrypt {blobs} blobs from the blob store into the same stream (each checked against its digest on the way)"
+                ),
+            );
+        }
         steps.push(("images".to_owned(), images));
         images = Vec::new();
     }
@@ -1180,7 +1194,6 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
                 s3_describe(cfg)
             ),
         ]);
-        let blobs = m.objects.iter().filter(|o| o.blob.is_some()).count();
         if blobs > 0 {
             images.push(format!(
                 "decrypt {blobs} blobs from the blob store into {} (each checked against its digest before its upload completes)",
@@ -1214,7 +1227,6 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
             target.display()
         ));
         }
-        let blobs = m.objects.iter().filter(|o| o.blob.is_some()).count();
         if blobs > 0 {
             images.push(format!(
             "decrypt {blobs} blobs from the blob store into {} (each checked against its digest)",

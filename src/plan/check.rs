@@ -354,31 +354,38 @@ pub fn ucp_tls(
 
 fn images_cfg(images: &raw::ImageSource, dir: &Path) -> ImagesCfg {
     let name = |n: &Option<Sp<String>>| n.as_ref().map(|n| n.value.clone());
+    let mode = |m: &Option<Sp<ImagesMode>>| m.as_ref().map_or(ImagesMode::Incremental, |m| m.value);
     match images {
         raw::ImageSource::Volume {
             name: n,
             helper_image,
+            mode: m,
         } => ImagesCfg::Volume {
             name: name(n),
             helper_image: name(helper_image),
+            mode: mode(m),
         },
         raw::ImageSource::Path {
             path,
             name: n,
             allow_empty,
+            mode: m,
         } => ImagesCfg::Path {
             path: absolute(dir, &path.value),
             name: name(n),
             allow_empty: allow_empty.as_ref().is_some_and(|a| a.value),
+            mode: mode(m),
         },
         raw::ImageSource::Nfs {
             path,
             server,
             name: n,
+            mode: m,
         } => ImagesCfg::Nfs {
             path: absolute(dir, &path.value),
             server: server.value.clone(),
             name: name(n),
+            mode: mode(m),
         },
         raw::ImageSource::S3(s3) => ImagesCfg::S3(s3_cfg(s3, dir)),
     }

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 pub use addresses::{BucketName, DockerHost, DtrUrl, EndpointUrl, NfsExport, S3Prefix, UcpUrl};
 pub use diag::{Diag, FileReport, Severity};
 pub use names::{PlanName, ReplicaId, ReplicaSel, SecretRef};
-pub use raw::{Order, RawPlan};
+pub use raw::{ImagesMode, Order, RawPlan};
 
 /// A checked plan with defaults applied and paths made absolute.
 #[derive(Clone, Debug)]
@@ -93,16 +93,19 @@ pub enum ImagesCfg {
     Volume {
         name: Option<String>,
         helper_image: Option<String>,
+        mode: ImagesMode,
     },
     Path {
         path: PathBuf,
         name: Option<String>,
         allow_empty: bool,
+        mode: ImagesMode,
     },
     Nfs {
         path: PathBuf,
         server: NfsExport,
         name: Option<String>,
+        mode: ImagesMode,
     },
     S3(S3Cfg),
 }
@@ -114,6 +117,16 @@ impl ImagesCfg {
             ImagesCfg::Path { .. } => "path",
             ImagesCfg::Nfs { .. } => "nfs",
             ImagesCfg::S3(_) => "s3",
+        }
+    }
+
+    /// How the content is kept: S3 content always object by object (incremental).
+    pub fn mode(&self) -> ImagesMode {
+        match self {
+            ImagesCfg::Volume { mode, .. }
+            | ImagesCfg::Path { mode, .. }
+            | ImagesCfg::Nfs { mode, .. } => *mode,
+            ImagesCfg::S3(_) => ImagesMode::Incremental,
         }
     }
 }

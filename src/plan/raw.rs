@@ -83,6 +83,17 @@ pub enum Part {
     Images,
 }
 
+/// How image content is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[schemars(rename_all = "snake_case")]
+pub enum ImagesMode {
+    /// Blobs in the plan's blob store, each once, shared by the backups that list them; the
+    /// rest (repositories) as the backup's archive. A repeat backup costs the change.
+    Incremental,
+    /// One self-contained tar of everything, every backup (`gpg -d | tar -x` restores it).
+    Archive,
+}
+
 /// The order of the two parts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 #[schemars(rename_all = "kebab-case")]
@@ -143,6 +154,8 @@ pub enum ImageSource {
         name: Option<Sp<String>>,
         /// Image for the helper container that mounts the volume. Default: the DTR image.
         helper_image: Option<Sp<String>>,
+        /// `incremental` (default) or `archive`.
+        mode: Option<Sp<ImagesMode>>,
     },
     /// A local folder holding `docker/registry/v2`.
     Path {
@@ -152,6 +165,8 @@ pub enum ImageSource {
         name: Option<Sp<String>>,
         /// Accept a tree without `docker/registry/v2`.
         allow_empty: Option<Sp<bool>>,
+        /// `incremental` (default) or `archive`.
+        mode: Option<Sp<ImagesMode>>,
     },
     /// An NFS mount point holding `docker/registry/v2`.
     Nfs {
@@ -160,6 +175,8 @@ pub enum ImageSource {
         /// `host:/export` the mount must come from.
         server: Sp<NfsExport>,
         name: Option<Sp<String>>,
+        /// `incremental` (default) or `archive`.
+        mode: Option<Sp<ImagesMode>>,
     },
     /// An S3 bucket (DTR's S3 storage driver).
     S3(Box<S3>),

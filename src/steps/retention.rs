@@ -79,6 +79,8 @@ pub struct Pruned {
     pub blobs: Vec<String>,
     /// Folders whose manifest cannot be read: left alone.
     pub unreadable: Vec<manifest::Unreadable>,
+    /// Why no blob was deleted, when a kept backup's blob list cannot be read.
+    pub warnings: Vec<String>,
 }
 
 /// Applies the plan's retention to the store. `current` (the running or unfinished run) and
@@ -139,8 +141,33 @@ pub fn prune(
         return Ok(pruned);
     }
     let mut referenced: BTreeSet<String> = protected.clone();
+    // The blob list of the current run, once its images step wrote it (before its manifest).
+    let current_list = format!("{current}/{}", crate::snapshot::FILE);
+    let unfinished = (!current.is_empty() && !complete.iter().any(|m| m.backup_id == current))
+        .then(|| store.size(&current_list))
+        .transpose()?
+        .flatten()
+        .is_some();
+    let mut lists: Vec<Result<Vec<String>>> = Vec::new();
+    if unfinished {
+        lists.push(list_paths(store, &current_list));
+    }
     for m in complete.iter().filter(|m| keep.contains(&m.backup_id)) {
-        referenced.extend(m.objects.iter().filter_map(|o| o.blob.clone()));
+        lists.push(
+            crate::snapshot::blobs_of(store, m)
+                .and_then(|blobs| blobs.map(|k| k.map(|k| k.path)).collect()),
+        );
+    }
+    for list in lists {
+        match list {
+            Ok(paths) => referenced.extend(paths),
+            Err(e) => {
+                pruned.warnings.push(format!(
+                    "no blob was deleted: {e}; run `dtr-backup verify` on that backup"
+                ));
+                return Ok(pruned);
+            }
+        }
     }
     let listed = store.list_sized(crate::blob_store::ROOT)?;
     let mut live_stores = BTreeSet::new();
@@ -166,6 +193,18 @@ pub fn prune(
     Ok(pruned)
 }
 
+/// The blob-store paths of the blob list at `path` (of a run not finished yet).
+fn list_paths(store: &dyn Store, path: &str) -> Result<Vec<String>> {
+    let reader = crate::snapshot::Reader::new(
+        std::io::BufReader::with_capacity(1 << 16, store.open(path)?),
+        path,
+    )?;
+    let blobs = reader.store.clone();
+    reader
+        .map(|b| b.map(|b| blobs.path(&crate::snapshot::sha_hex(&b.digest))))
+        .collect()
+}
+
 pub async fn run(ctx: Ctx) -> Result<Outcome> {
     let Some(cfg) = ctx.plan.retention else {
         return Ok(Outcome::default());
@@ -181,6 +220,9 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
             .await?;
     for u in &pruned.unreadable {
         ctx.warn(u.warning());
+    }
+    for w in &pruned.warnings {
+        ctx.warn(w.clone());
     }
     for id in pruned.backups.iter().chain(&pruned.incomplete) {
         ctx.reporter.emit(&Event::Log {

@@ -23,7 +23,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 /// Alignment of buffers, lengths and offsets.
 pub const ALIGN: usize = 4096;
 /// Files smaller than this are read through the page cache.
-const SMALL: u64 = 4 << 20;
+pub const SMALL: u64 = 4 << 20;
 /// Bytes per direct write or read.
 const BLOCK: usize = 1 << 20;
 

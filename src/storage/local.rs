@@ -186,11 +186,23 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// fsync the file, rename it to its final name, fsync the folder.
-fn publish(file: &File, temp: &Path, final_path: &Path) -> io::Result<()> {
-    file.sync_all()?;
+/// Flushes the whole filesystem that holds `dir` (data, sizes and folders: `syncfs(2)`,
+/// which reports write-back errors since Linux 5.8).
+fn syncfs(dir: &Path) -> io::Result<()> {
+    rustix::fs::syncfs(File::open(dir)?).map_err(io::Error::from)
+}
+
+/// fsync the file, rename it to its final name, fsync the folder; or only rename, for an
+/// object of [`Store::create_many`] (made durable by `sync_many`).
+fn publish(file: &File, temp: &Path, final_path: &Path, sync: bool) -> io::Result<()> {
+    if sync {
+        file.sync_all()?;
+    }
     fs::rename(temp, final_path)?;
-    sync_dir(final_path.parent().unwrap_or(Path::new("/")))
+    if sync {
+        sync_dir(final_path.parent().unwrap_or(Path::new("/")))?;
+    }
+    Ok(())
 }
 
 /// Small files (state, manifests) go through the cache; streamed artifacts use direct I/O.
@@ -203,6 +215,8 @@ struct LocalWriter {
     file: Option<Sink>,
     temp: PathBuf,
     final_path: PathBuf,
+    /// fsync at commit (`false`: one of many, see `Store::create_many`).
+    sync: bool,
 }
 
 impl Write for LocalWriter {
@@ -231,7 +245,7 @@ impl ObjectWriter for LocalWriter {
             Sink::Buffered(b) => b.into_inner().map_err(|e| e.into_error()),
             Sink::Direct(d) => d.finish(),
         }
-        .and_then(|file| publish(&file, &self.temp, &self.final_path));
+        .and_then(|file| publish(&file, &self.temp, &self.final_path, self.sync));
         if published.is_err() {
             // Nothing half-done stays behind under any name.
             let _ = fs::remove_file(&self.temp);
@@ -261,7 +275,33 @@ impl Store for LocalStore {
             file: Some(Sink::Direct(file)),
             temp,
             final_path,
+            sync: true,
         }))
+    }
+
+    fn create_many(&self, rel: &str, size: u64) -> Result<Box<dyn ObjectWriter>> {
+        // Large objects as `create` (direct I/O, their own fsync: its cost is small next to
+        // theirs); small ones through the page cache, flushed together by `sync_many`.
+        if size >= direct::SMALL {
+            return self.create(rel);
+        }
+        let (temp, final_path) = self.temp_for(rel)?;
+        let file =
+            new_private_file(&temp).map_err(|e| io(e, format!("creating {}", temp.display())))?;
+        Ok(Box::new(LocalWriter {
+            file: Some(Sink::Buffered(io::BufWriter::with_capacity(1 << 16, file))),
+            temp,
+            final_path,
+            sync: false,
+        }))
+    }
+
+    fn sync_many(&self, prefix: &str) -> Result<()> {
+        let dir = self.path(prefix);
+        if !dir.exists() {
+            return Ok(());
+        }
+        syncfs(&dir).map_err(|e| io(e, format!("flushing {}", dir.display())))
     }
 
     fn put(&self, rel: &str, bytes: &[u8]) -> Result<()> {
@@ -272,6 +312,7 @@ impl Store for LocalStore {
             file: Some(Sink::Buffered(io::BufWriter::new(file))),
             temp,
             final_path,
+            sync: true,
         });
         w.write_all(bytes)
             .map_err(|e| io(e, format!("writing {}", self.path(rel).display())))?;

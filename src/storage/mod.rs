@@ -24,6 +24,20 @@ pub trait Store: Send + Sync {
     fn describe(&self) -> String;
     /// Starts an object that becomes visible under `path` only on `commit`.
     fn create(&self, path: &str) -> Result<Box<dyn ObjectWriter>>;
+    /// Starts one of many objects written together (the blobs of a run), of `size` bytes:
+    /// visible under `path` on `commit` like [`Store::create`]'s, but durable only once
+    /// [`Store::sync_many`] returned, so that many small objects cost one flush, not one
+    /// each. Readers must not take such an object for whole before then (the blob store
+    /// checks each object's size against what it must hold).
+    fn create_many(&self, path: &str, size: u64) -> Result<Box<dyn ObjectWriter>> {
+        let _ = size;
+        self.create(path)
+    }
+    /// Makes durable what [`Store::create_many`] published under `prefix`.
+    fn sync_many(&self, prefix: &str) -> Result<()> {
+        let _ = prefix;
+        Ok(())
+    }
     /// Writes a small object atomically, replacing any previous one.
     fn put(&self, path: &str, bytes: &[u8]) -> Result<()>;
     /// Replaces a small object that this store last read or wrote, only if nobody changed it

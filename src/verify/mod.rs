@@ -248,10 +248,11 @@ pub fn check_backup(
             match a.kind {
                 ArtifactKind::Metadata => references = Some(w.references),
                 ArtifactKind::Images => blobs = Some(w.blobs),
+                ArtifactKind::Blobs => {}
             }
         }
     }
-    if !manifest.objects.is_empty() {
+    if crate::snapshot::has_blobs(manifest) {
         let snapshot = check_blob_store(store, manifest, dec, read_data, cancel, &mut checks);
         blobs = Some(
             blobs

@@ -7,6 +7,7 @@ use crate::archive::HashReader;
 use crate::cancel::Cancel;
 use crate::crypto::{self, Decryption};
 use crate::manifest::Manifest;
+use crate::snapshot;
 use crate::storage::Store;
 
 use super::{Check, ReadData};
@@ -22,54 +23,46 @@ pub(super) fn check_blob_store(
     cancel: &Cancel,
     checks: &mut Vec<Check>,
 ) -> BTreeSet<String> {
-    let blobs: Vec<_> = manifest
-        .objects
-        .iter()
-        .filter(|o| o.blob.is_some())
-        .collect();
+    let mut digests = BTreeSet::new();
     let mut missing = Vec::new();
-    for o in &blobs {
-        let path = o.blob.as_deref().unwrap_or_default();
+    let mut bad = Vec::new();
+    let mut hashed = 0usize;
+    let mut listed = 0usize;
+    let encrypted = manifest.encryption != "none";
+    let read = read_data != ReadData::Layout && (dec.is_some() || !encrypted);
+    let blobs = match snapshot::blobs_of(store, manifest) {
+        Ok(b) => b,
+        Err(e) => {
+            checks.push(Check::new(
+                "blob store holds every blob of the snapshot",
+                Err(format!("the snapshot cannot be read: {e}")),
+            ));
+            return digests;
+        }
+    };
+    for kept in blobs {
+        if cancel.is_cancelled() {
+            break;
+        }
+        let kept = match kept {
+            Ok(k) => k,
+            Err(e) => {
+                missing.push(format!("the snapshot cannot be read to its end: {e}"));
+                break;
+            }
+        };
+        listed += 1;
+        let digest = snapshot::sha_hex(&kept.blob.digest);
+        let path = &kept.path;
         match store.size(path) {
-            Ok(Some(s)) if o.stored_size.is_none_or(|want| want == s) => {}
-            Ok(Some(s)) => missing.push(format!(
-                "{path} ({s} bytes, {} recorded)",
-                o.stored_size.unwrap_or(0)
-            )),
+            Ok(Some(s)) if !kept.stored_known || s == kept.blob.stored => {}
+            Ok(Some(s)) => {
+                missing.push(format!("{path} ({s} bytes, {} recorded)", kept.blob.stored))
+            }
             Ok(None) => missing.push(path.to_owned()),
             Err(e) => missing.push(format!("{path}: {e}")),
         }
-    }
-    checks.push(Check::new(
-        "blob store holds every blob of the snapshot",
-        if missing.is_empty() {
-            Ok(format!(
-                "{} blobs, {} other objects",
-                blobs.len(),
-                manifest.objects.len() - blobs.len()
-            ))
-        } else {
-            Err(format!(
-                "{} missing: {}",
-                missing.len(),
-                missing
-                    .iter()
-                    .take(10)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        },
-    ));
-    let encrypted = manifest.encryption != "none";
-    if read_data != ReadData::Layout && (dec.is_some() || !encrypted) {
-        let mut bad = Vec::new();
-        let mut hashed = 0usize;
-        for o in blobs.iter().filter(|o| read_data.selects(&o.sha256)) {
-            if cancel.is_cancelled() {
-                break;
-            }
-            let path = o.blob.as_deref().unwrap_or_default();
+        if read && read_data.selects(&digest) {
             let result = store.open(path).map_err(|e| e.to_string()).and_then(|r| {
                 let plain: Box<dyn Read + Send + Sync> = match (encrypted, dec) {
                     (true, Some(d)) => crypto::decrypt(r, d).map_err(|e| e.to_string())?,
@@ -79,23 +72,35 @@ pub(super) fn check_blob_store(
             });
             hashed += 1;
             match result {
-                Ok((sha, _)) if sha == o.sha256 => {}
+                Ok((sha, size)) if sha == digest && size == kept.blob.size => {}
+                Ok((sha, size)) if sha == digest => bad.push(format!(
+                    "{path} ({size} bytes, {} recorded)",
+                    kept.blob.size
+                )),
                 Ok((sha, _)) => bad.push(format!("{path} (content hashes to {sha})")),
                 Err(e) => bad.push(format!("{path}: {e}")),
             }
         }
+        digests.insert(digest);
+    }
+    let first = |v: &[String]| v.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
+    checks.push(Check::new(
+        "blob store holds every blob of the snapshot",
+        if missing.is_empty() {
+            Ok(format!("{listed} blobs"))
+        } else {
+            Err(format!("{} missing: {}", missing.len(), first(&missing)))
+        },
+    ));
+    if read {
         checks.push(Check::new(
             "blob store contents match their digests",
             if bad.is_empty() {
                 Ok(format!("{hashed} blobs hashed"))
             } else {
-                Err(format!(
-                    "{} bad: {}",
-                    bad.len(),
-                    bad.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
-                ))
+                Err(format!("{} bad: {}", bad.len(), first(&bad)))
             },
         ));
     }
-    blobs.iter().map(|o| o.sha256.clone()).collect()
+    digests
 }

@@ -149,6 +149,16 @@ impl Decoder<'_> {
         })
     }
 
+    fn images_mode(&mut self, at: At) -> Option<Sp<ImagesMode>> {
+        self.choice(
+            at,
+            &[
+                ("incremental", ImagesMode::Incremental),
+                ("archive", ImagesMode::Archive),
+            ],
+        )
+    }
+
     fn parts(&mut self, at: At) -> Option<Sp<Vec<Sp<Part>>>> {
         let parts = self.list(at, |d, at| {
             d.choice(
@@ -277,24 +287,37 @@ impl Decoder<'_> {
             Some("volume") => {
                 let name = opt!(self, f, "name", volume_name);
                 let helper_image = opt!(self, f, "helper_image", string);
-                Some(ImageSource::Volume { name, helper_image })
+                let mode = opt!(self, f, "mode", images_mode);
+                Some(ImageSource::Volume {
+                    name,
+                    helper_image,
+                    mode,
+                })
             }
             Some("path") => {
                 let path = req!(self, f, "path", path);
                 let name = opt!(self, f, "name", volume_name);
                 let allow_empty = opt!(self, f, "allow_empty", boolean);
+                let mode = opt!(self, f, "mode", images_mode);
                 path.map(|path| ImageSource::Path {
                     path,
                     name,
                     allow_empty,
+                    mode,
                 })
             }
             Some("nfs") => {
                 let path = req!(self, f, "path", path);
                 let server = req!(self, f, "server", valid);
                 let name = opt!(self, f, "name", volume_name);
+                let mode = opt!(self, f, "mode", images_mode);
                 match (path, server) {
-                    (Some(path), Some(server)) => Some(ImageSource::Nfs { path, server, name }),
+                    (Some(path), Some(server)) => Some(ImageSource::Nfs {
+                        path,
+                        server,
+                        name,
+                        mode,
+                    }),
                     _ => None,
                 }
             }

@@ -10,6 +10,7 @@
 //! - `volume.rs`: a Docker volume, read through a helper container;
 //! - `s3.rs`: DTR's S3 storage, copied object by object into the blob store.
 
+pub mod blobs;
 mod folder;
 pub mod restore;
 pub mod s3;

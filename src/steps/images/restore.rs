@@ -22,6 +22,7 @@ use crate::cancel::Cancel;
 use crate::crypto::{self, Decryption};
 use crate::error::{Error, Result, io};
 use crate::manifest::{ArtifactKind, Manifest};
+use crate::snapshot;
 use crate::storage::Store;
 
 /// What a restore wrote.
@@ -404,19 +405,21 @@ pub fn restore_into(
         done.checked += got.checked;
     }
     let encrypted = manifest.encryption != "none";
-    for o in &manifest.objects {
-        let Some(blob) = &o.blob else { continue };
+    for kept in snapshot::blobs_of(store, manifest)? {
+        let kept = kept?;
         cancel.check().map_err(|e| io(e, "restoring blobs"))?;
-        let want = blob_digest(&o.key).unwrap_or_else(|| o.sha256.clone());
-        if sink.keep(&o.key, &want, o.size) {
+        let key = snapshot::registry_key(&kept.blob.digest);
+        let want = snapshot::sha_hex(&kept.blob.digest);
+        let (blob, size) = (&kept.path, kept.blob.size);
+        if sink.keep(&key, &want, size) {
             done.files += 1;
-            done.bytes += o.size;
+            done.bytes += size;
             continue;
         }
         let stored = store.open(blob)?;
         let mut plain = open_plain(stored, encrypted, dec, blob)?;
         let size = sink
-            .object(&o.key, &mut plain, &want, o.size, cancel)
+            .object(&key, &mut plain, &want, size, cancel)
             .map_err(|r| {
                 if cancel.is_cancelled() {
                     Error::Interrupted

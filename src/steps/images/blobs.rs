@@ -1,0 +1,434 @@
+//! Incremental image content, whatever the source: the registry's blobs go to the plan's
+//! blob store (`blob_store`), each once; a backup lists the ones it keeps (`snapshot`).
+//!
+//! A source says which blobs it has (digest and size, sorted) and opens one by digest;
+//! [`keep`] learns what the store holds (one listing), copies only what it lacks (each blob
+//! checked against its digest on the way, encrypted on its own, both cores at work), makes
+//! them durable with one flush, and writes the backup's list. A blob the store holds but
+//! whose object cannot hold its content (cut short by a crash before the flush) is copied
+//! again. A blob listed by the source but gone when it is read (garbage collection since
+//! the listing) is reported by name and left out: verification then says whether the
+//! backup's metadata needs it.
+
+use std::io::{self, Read, Write};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::archive::HashReader;
+use crate::blob_store::BlobStore;
+use crate::cancel::Cancel;
+use crate::crypto::{self, Encryption, Session};
+use crate::error::{Error, Result, io};
+use crate::snapshot::{self, Blob, Sha};
+use crate::storage::Store;
+
+/// One blob a source holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub digest: Sha,
+    pub size: u64,
+}
+
+/// Where the blobs come from.
+pub trait BlobSource: Sync {
+    /// Opens the blob `digest` for reading; `None` when it is gone.
+    fn open(&self, digest: &Sha) -> io::Result<Option<Box<dyn Read + Send + '_>>>;
+    /// Where the blob `digest` is, for messages.
+    fn describe(&self, digest: &Sha) -> String;
+}
+
+/// What [`keep`] did.
+#[derive(Debug, Default)]
+pub struct Kept {
+    /// The list written: its size and sha256, for the manifest.
+    pub list: Option<snapshot::Written>,
+    /// Blobs copied into the store by this run, and their bytes.
+    pub copied: u64,
+    pub copied_bytes: u64,
+    /// Blobs the store held already.
+    pub reused: u64,
+    /// Blobs listed by the source but gone when read, by where they were.
+    pub gone: Vec<String>,
+}
+
+/// Whether a stored object of `stored` octets can hold a blob of `size` (an encrypted one
+/// carries at least its random prefix and its integrity check).
+fn plausible(stored: u64, size: u64, encrypted: bool) -> bool {
+    if encrypted {
+        stored >= size + 18 + 22
+    } else {
+        stored == size
+    }
+}
+
+/// Keeps every blob of `listed` (sorted by digest, each once) in the blob store of `enc` in
+/// `dest`, and writes the backup's list at `list_path`. `workers` blobs are copied at once;
+/// `bytes` counts what is read, for progress.
+#[allow(clippy::too_many_arguments)]
+pub fn keep(
+    listed: &[Listed],
+    source: &dyn BlobSource,
+    dest: &dyn Store,
+    enc: &Encryption,
+    list_path: &str,
+    workers: usize,
+    bytes: &AtomicU64,
+    cancel: &Cancel,
+) -> Result<Kept> {
+    let store = BlobStore::for_encryption(dest, enc)?;
+    let encrypted = enc.is_encrypted();
+    // What the store holds: one listing, by digest.
+    let mut held: Vec<(Sha, u64)> = store
+        .list(dest)?
+        .into_iter()
+        .filter_map(|(d, s)| snapshot::parse_sha(&d).map(|d| (d, s)))
+        .collect();
+    held.sort_unstable();
+    let stored_size = |d: &Sha| {
+        held.binary_search_by(|(h, _)| h.cmp(d))
+            .ok()
+            .map(|i| held[i].1)
+    };
+    let missing: Vec<usize> = (0..listed.len())
+        .filter(|&i| {
+            let b = &listed[i];
+            stored_size(&b.digest).is_none_or(|s| !plausible(s, b.size, encrypted))
+        })
+        .collect();
+
+    // The blobs the store lacks: one session for the run (one key derivation), `workers`
+    // at once.
+    let session = Session::new(enc).map_err(|e| io(e, "starting the encryption"))?;
+    let next = AtomicU64::new(0);
+    let copied: Mutex<Vec<(usize, u64)>> = Mutex::new(Vec::new());
+    let gone: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..workers.clamp(1, missing.len().max(1)) {
+            scope.spawn(|| {
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    if failed.lock().map_or(true, |f| f.is_some()) {
+                        return;
+                    }
+                    let n = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(&i) = missing.get(n) else { return };
+                    let b = &listed[i];
+                    let result =
+                        cancel
+                            .check()
+                            .map_err(|e| io(e, "copying blobs"))
+                            .and_then(|()| {
+                                copy(b, source, dest, &store, &session, &mut buf, bytes, cancel)
+                            });
+                    match result {
+                        Ok(Some(stored)) => {
+                            if let Ok(mut c) = copied.lock() {
+                                c.push((i, stored));
+                            }
+                        }
+                        Ok(None) => {
+                            if let Ok(mut g) = gone.lock() {
+                                g.push(source.describe(&b.digest));
+                            }
+                        }
+                        Err(e) => {
+                            if let Ok(mut f) = failed.lock() {
+                                f.get_or_insert(e);
+                            }
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failed.into_inner().unwrap_or(None) {
+        return Err(e);
+    }
+    if cancel.is_cancelled() {
+        return Err(Error::Interrupted);
+    }
+    // Durable before the list names them.
+    dest.sync_many(&store.prefix())?;
+    let mut copied = copied.into_inner().unwrap_or_default();
+    copied.sort_unstable();
+    let mut gone = gone.into_inner().unwrap_or_default();
+    gone.sort();
+
+    let mut kept = Kept {
+        gone,
+        ..Kept::default()
+    };
+    let mut list = snapshot::Writer::new(dest, list_path, &store)?;
+    let mut fresh = copied.iter().peekable();
+    let mut lacking = missing.iter().peekable();
+    for (i, b) in listed.iter().enumerate() {
+        let stored = if lacking.peek() == Some(&&i) {
+            lacking.next();
+            match fresh.peek() {
+                Some((j, stored)) if *j == i => {
+                    let stored = *stored;
+                    fresh.next();
+                    kept.copied += 1;
+                    kept.copied_bytes += b.size;
+                    stored
+                }
+                // Gone from the source: not in this backup.
+                _ => continue,
+            }
+        } else {
+            kept.reused += 1;
+            stored_size(&b.digest).unwrap_or(0)
+        };
+        list.push(&Blob {
+            digest: b.digest,
+            size: b.size,
+            stored,
+        })?;
+    }
+    kept.list = Some(list.finish()?);
+    Ok(kept)
+}
+
+/// Copies one blob into the store; `None` when the source no longer has it. Returns the
+/// stored object's size.
+#[allow(clippy::too_many_arguments)]
+fn copy(
+    b: &Listed,
+    source: &dyn BlobSource,
+    dest: &dyn Store,
+    store: &BlobStore,
+    session: &Session,
+    buf: &mut [u8],
+    bytes: &AtomicU64,
+    cancel: &Cancel,
+) -> Result<Option<u64>> {
+    let what = source.describe(&b.digest);
+    let Some(reader) = source
+        .open(&b.digest)
+        .map_err(|e| io(e, format!("opening {what}")))?
+    else {
+        return Ok(None);
+    };
+    let digest = snapshot::sha_hex(&b.digest);
+    let target = store.path(&digest);
+    let mut reader = HashReader::new(reader);
+    let mut object = Counted {
+        inner: Mutex::new(dest.create_many(&target, b.size)?),
+        n: 0,
+    };
+    {
+        let mut sealed = crypto::encrypt_in(&mut object, session)
+            .map_err(|e| io(e, format!("encrypting {what}")))?;
+        loop {
+            crate::failpoint::hit("blob.copy");
+            cancel.check().map_err(|e| io(e, "copying blobs"))?;
+            let n = reader
+                .read(buf)
+                .map_err(|e| io(e, format!("reading {what}")))?;
+            if n == 0 {
+                break;
+            }
+            bytes.fetch_add(n as u64, Ordering::Relaxed);
+            sealed
+                .write_all(&buf[..n])
+                .map_err(|e| io(e, format!("writing {target}")))?;
+        }
+        sealed
+            .finish()
+            .map_err(|e| io(e, format!("writing {target}")))?;
+    }
+    let (sha, size) = reader
+        .finish()
+        .map_err(|e| io(e, format!("reading {what}")))?;
+    if sha != digest || size != b.size {
+        // Dropping the object discards it: nothing lands under the digest's name.
+        return Err(Error::source(format!(
+            "{what} is {size} bytes hashing to sha256:{sha}, not the {} bytes of its digest: the registry storage is damaged or the blob changed while it was read; run `docker/registry garbage-collect --dry-run` or restore that blob, then back up again",
+            b.size
+        )));
+    }
+    let stored = object.n;
+    object
+        .inner
+        .into_inner()
+        .map_err(|_| Error::internal("a blob writer was poisoned"))?
+        .commit()?;
+    Ok(Some(stored))
+}
+
+/// Counts what goes into an object (behind a mutex: the cipher's writer must be `Sync`).
+struct Counted {
+    inner: Mutex<Box<dyn crate::storage::ObjectWriter>>,
+    n: u64,
+}
+
+impl Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let inner = self
+            .inner
+            .get_mut()
+            .map_err(|_| io::Error::other("a blob writer was poisoned"))?;
+        let n = inner.write(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner
+            .get_mut()
+            .map_err(|_| io::Error::other("a blob writer was poisoned"))?
+            .flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+    use crate::storage::memory::MemoryStore;
+    use std::collections::BTreeMap;
+
+    struct Blobs(Mutex<BTreeMap<Sha, Vec<u8>>>);
+
+    impl BlobSource for Blobs {
+        fn open(&self, d: &Sha) -> io::Result<Option<Box<dyn Read + Send + '_>>> {
+            Ok(self
+                .0
+                .lock()
+                .unwrap()
+                .get(d)
+                .cloned()
+                .map(|v| Box::new(io::Cursor::new(v)) as Box<dyn Read + Send>))
+        }
+        fn describe(&self, d: &Sha) -> String {
+            snapshot::registry_key(d)
+        }
+    }
+
+    fn source(contents: &[&[u8]]) -> (Blobs, Vec<Listed>) {
+        let mut map = BTreeMap::new();
+        for c in contents {
+            let d = snapshot::parse_sha(&crate::archive::sha256_hex(c)).unwrap();
+            map.insert(d, c.to_vec());
+        }
+        let listed = map
+            .iter()
+            .map(|(d, v)| Listed {
+                digest: *d,
+                size: v.len() as u64,
+            })
+            .collect();
+        (Blobs(Mutex::new(map)), listed)
+    }
+
+    fn read_list(store: &MemoryStore, path: &str) -> Vec<Blob> {
+        let bytes = store.get(path).unwrap().unwrap();
+        snapshot::Reader::new(&bytes[..], path)
+            .unwrap()
+            .collect::<Result<_>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn only_what_the_store_lacks_is_copied_and_a_gone_blob_is_named() {
+        let dest = MemoryStore::new();
+        let enc = Encryption::Passphrase(Secret::for_test("blobs"));
+        let n = AtomicU64::new(0);
+        let cancel = Cancel::new();
+        let (src, listed) = source(&[b"one", b"two", b"three"]);
+        let first = keep(&listed, &src, &dest, &enc, "b1/blobs.list", 2, &n, &cancel).unwrap();
+        assert_eq!((first.copied, first.reused), (3, 0));
+        assert_eq!(read_list(&dest, "b1/blobs.list").len(), 3);
+
+        // One more blob, and one listed that is gone when read.
+        let (src, mut listed) = source(&[b"one", b"two", b"three", b"four"]);
+        let ghost = Listed {
+            digest: [0xee; 32],
+            size: 5,
+        };
+        listed.push(ghost);
+        listed.sort_by_key(|l| l.digest);
+        let before = n.load(Ordering::Relaxed);
+        let second = keep(&listed, &src, &dest, &enc, "b2/blobs.list", 2, &n, &cancel).unwrap();
+        assert_eq!((second.copied, second.reused), (1, 3));
+        assert_eq!(
+            n.load(Ordering::Relaxed) - before,
+            4,
+            "only `four` was read"
+        );
+        assert_eq!(second.gone.len(), 1);
+        assert!(second.gone[0].contains(&"ee".repeat(32)));
+        let list = read_list(&dest, "b2/blobs.list");
+        assert_eq!(list.len(), 4);
+        assert!(list.iter().all(|b| b.digest != ghost.digest));
+
+        // Each stored blob decrypts to its content.
+        let dec = crypto::Decryption::Passphrase(Secret::for_test("blobs"));
+        let store = BlobStore::for_encryption(&dest, &enc).unwrap();
+        for b in &list {
+            let stored = dest
+                .get(&store.path(&snapshot::sha_hex(&b.digest)))
+                .unwrap()
+                .unwrap();
+            assert_eq!(stored.len() as u64, b.stored);
+            let mut plain = Vec::new();
+            crypto::decrypt(&stored[..], &dec)
+                .unwrap()
+                .read_to_end(&mut plain)
+                .unwrap();
+            assert_eq!(
+                crate::archive::sha256_hex(&plain),
+                snapshot::sha_hex(&b.digest)
+            );
+        }
+    }
+
+    #[test]
+    fn a_blob_that_does_not_match_its_digest_is_refused_and_not_stored() {
+        let dest = MemoryStore::new();
+        let (src, mut listed) = source(&[b"right"]);
+        listed[0].size = 99;
+        let err = keep(
+            &listed,
+            &src,
+            &dest,
+            &Encryption::None,
+            "b/blobs.list",
+            1,
+            &AtomicU64::new(0),
+            &Cancel::new(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::Source(_)), "{err:?}");
+        assert!(dest.list("blobs/plain/sha256").unwrap().is_empty());
+        assert!(dest.get("b/blobs.list").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_stored_object_too_short_for_its_blob_is_copied_again() {
+        let dest = MemoryStore::new();
+        let (src, listed) = source(&[b"content"]);
+        let run = |list: &str| {
+            keep(
+                &listed,
+                &src,
+                &dest,
+                &Encryption::None,
+                list,
+                1,
+                &AtomicU64::new(0),
+                &Cancel::new(),
+            )
+            .unwrap()
+        };
+        assert_eq!(run("a/blobs.list").copied, 1);
+        let path = format!("blobs/plain/sha256/{}", {
+            let d = snapshot::sha_hex(&listed[0].digest);
+            format!("{}/{d}", &d[..2])
+        });
+        dest.put(&path, b"").unwrap();
+        assert_eq!(run("b/blobs.list").copied, 1);
+        assert_eq!(dest.get(&path).unwrap().unwrap(), b"content");
+    }
+}
