@@ -39,6 +39,11 @@ pub struct Tree {
 
 /// Lists `root` depth-first, sorted by name, without following symlinks.
 pub fn scan(root: &Path) -> io::Result<Tree> {
+    scan_except(root, &[])
+}
+
+/// The same, leaving out the folders `skip` (paths relative to `root`) and all they hold.
+pub fn scan_except(root: &Path, skip: &[&Path]) -> io::Result<Tree> {
     let mut entries = Vec::new();
     let mut total = 0;
     let mut stack = vec![PathBuf::new()];
@@ -64,6 +69,9 @@ pub fn scan(root: &Path) -> io::Result<Tree> {
             } else {
                 Kind::Other
             };
+            if kind == Kind::Dir && skip.contains(&child.as_path()) {
+                continue;
+            }
             let size = if kind == Kind::File { meta.len() } else { 0 };
             total += size;
             if kind == Kind::Dir {
@@ -135,21 +143,28 @@ pub fn write_tar<W: MemberSink>(
     b.mode(tar::HeaderMode::Complete);
     let mut buf = vec![0u8; 1 << 20];
     let root_meta = fs::metadata(&tree.root)?;
+    // Folders as GNU tar writes them: the name ends with `/`.
+    let dir = |b: &mut tar::Builder<W>, meta: &fs::Metadata, name: &Path| -> io::Result<()> {
+        let mut h = tar::Header::new_gnu();
+        h.set_metadata_in_mode(meta, tar::HeaderMode::Complete);
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_size(0);
+        let mut name = name.as_os_str().to_owned();
+        name.push("/");
+        b.append_data(&mut h, Path::new(&name), io::empty())
+    };
     let mut acc = PathBuf::new();
     for part in Path::new(prefix).components() {
         acc.push(part);
-        let mut h = tar::Header::new_gnu();
-        h.set_metadata_in_mode(&root_meta, tar::HeaderMode::Complete);
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_size(0);
-        b.append_data(&mut h, &acc, io::empty())?;
+        dir(&mut b, &root_meta, &acc)?;
     }
     for e in &tree.entries {
         cancel.check()?;
         let src = tree.root.join(&e.rel);
         let name = Path::new(prefix).join(&e.rel);
         match e.kind {
-            Kind::Dir | Kind::Symlink => b.append_path_with_name(&src, &name)?,
+            Kind::Dir => dir(&mut b, &fs::symlink_metadata(&src)?, &name)?,
+            Kind::Symlink => b.append_path_with_name(&src, &name)?,
             Kind::File => {
                 let mut file = fs::File::open(&src)?;
                 let meta = file.metadata()?;
@@ -245,8 +260,10 @@ mod tests {
             "the symlink target must not be archived"
         );
         let names = names(&tar_bytes);
-        assert_eq!(names[0], "dtr-registry-x");
-        assert_eq!(names[1], "dtr-registry-x/_data");
+        // Folders as GNU tar names them, with a trailing `/`.
+        assert_eq!(names[0], "dtr-registry-x/");
+        assert_eq!(names[1], "dtr-registry-x/_data/");
+        assert!(names.contains(&"dtr-registry-x/_data/docker/registry/v2/".to_owned()));
         assert!(names.contains(&"dtr-registry-x/_data/docker/registry/v2/blobs/data".to_owned()));
         assert!(names.contains(&"dtr-registry-x/_data/docker/link".to_owned()));
         fs::remove_dir_all(&dir).unwrap();
@@ -319,7 +336,7 @@ pub fn reroot<R: Read, W: MemberSink>(
                 let mut h = header.clone();
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_size(0);
-                b.append_data(&mut h, &acc, io::empty())?;
+                b.append_data(&mut h, format!("{}/", acc.display()), io::empty())?;
             }
             wrote_parents = true;
         }
@@ -341,6 +358,9 @@ pub fn reroot<R: Read, W: MemberSink>(
                     io::Error::other(format!("hard link {path:?} points outside {from}/"))
                 })?;
                 b.append_link(&mut header, &new_path, target)?;
+            }
+            tar::EntryType::Directory => {
+                b.append_data(&mut header, format!("{new_path}/"), io::empty())?;
             }
             _ => {
                 // As in `write_tar`: the header from the tar crate, then the data.
@@ -415,8 +435,9 @@ mod reroot_tests {
         )
         .unwrap();
         let names = names(&out);
-        assert_eq!(names[0], "dtr-registry-x");
-        assert_eq!(names[1], "dtr-registry-x/_data");
+        // Folders as GNU tar names them, with a trailing `/`.
+        assert_eq!(names[0], "dtr-registry-x/");
+        assert_eq!(names[1], "dtr-registry-x/_data/");
         assert!(
             names[2].ends_with("/data")
                 && names[2].starts_with("dtr-registry-x/_data/docker/registry/v2/")

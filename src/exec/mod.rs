@@ -420,13 +420,26 @@ mod tests {
             .position(|l| l.starts_with(&format!("put {id}/dtr-images-")))
             .expect("the artifact");
         assert!(artifact < published, "{log:?}");
+        // Incremental by default: the blobs in the blob store, their list before the manifest.
+        let list = log
+            .iter()
+            .position(|l| *l == format!("put {id}/{}", crate::snapshot::FILE))
+            .expect("the blob list");
+        assert!(list < published, "{log:?}");
+        assert!(
+            log.iter().any(|l| l.starts_with("put blobs/")),
+            "blobs in the blob store: {log:?}"
+        );
         assert!(
             state.paths().is_empty(),
             "journal and lock gone: {:?}",
             state.paths()
         );
         let m = crate::manifest::read(&backups, &id).expect("a readable manifest");
-        assert_eq!(m.artifacts.len(), 1);
+        let kinds: Vec<_> = m.artifacts.iter().map(|a| a.kind).collect();
+        use crate::manifest::ArtifactKind;
+        assert_eq!(kinds, [ArtifactKind::Images, ArtifactKind::Blobs]);
+        assert_eq!(m.format_version, 2);
         assert!(matches!(
             events(&rec).last(),
             Some(Event::RunFinished {

@@ -19,7 +19,10 @@ use crate::blob_store::BlobStore;
 use crate::cancel::Cancel;
 use crate::crypto::{self, Encryption, Session};
 use crate::error::{Error, Result, io};
+use crate::events::Event;
+use crate::manifest::{Artifact, ArtifactKind};
 use crate::snapshot::{self, Blob, Sha};
+use crate::steps::{Ctx, FileRef, Outcome, blocking};
 use crate::storage::Store;
 
 /// One blob a source holds.
@@ -30,7 +33,10 @@ pub struct Listed {
 }
 
 /// Where the blobs come from.
-pub trait BlobSource: Sync {
+pub trait BlobSource: Send + Sync + 'static {
+    /// Every blob the source holds, sorted by digest, each once; and what lies among them
+    /// that is no blob (reported, not kept).
+    fn list(&self, cancel: &Cancel) -> Result<(Vec<Listed>, Vec<String>)>;
     /// Opens the blob `digest` for reading; `None` when it is gone.
     fn open(&self, digest: &Sha) -> io::Result<Option<Box<dyn Read + Send + '_>>>;
     /// Where the blob `digest` is, for messages.
@@ -49,6 +55,66 @@ pub struct Kept {
     pub reused: u64,
     /// Blobs listed by the source but gone when read, by where they were.
     pub gone: Vec<String>,
+}
+
+/// The blobs of `source` into the blob store and the backup's list into `done` (an images
+/// step's outcome, with its archive already): the second half of an incremental images step.
+pub async fn back_up_blobs(ctx: &Ctx, source: impl BlobSource, done: &mut Outcome) -> Result<()> {
+    let list_path = ctx.backup_path(snapshot::FILE);
+    let progress = ctx.progress(None);
+    let counter = progress.bytes.clone();
+    let (stores, enc, cancel, path) = (
+        ctx.stores.clone(),
+        ctx.secrets.encryption.clone(),
+        ctx.cancel.clone(),
+        list_path.clone(),
+    );
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let (kept, odd) = blocking(move || {
+        let (listed, odd) = source.list(&cancel)?;
+        let kept = keep(
+            &listed,
+            &source,
+            stores.backups.as_ref(),
+            &enc,
+            &path,
+            workers,
+            &counter,
+            &cancel,
+        )?;
+        Ok((kept, odd))
+    })
+    .await?;
+    drop(progress);
+    for o in odd.iter().take(20) {
+        ctx.warn(format!(
+            "{o} is not a registry blob: left out of the backup"
+        ));
+    }
+    for g in &kept.gone {
+        ctx.warn(format!(
+            "the blob {g} was listed but is gone (garbage collection during the backup): left out; verification says whether the metadata references it"
+        ));
+    }
+    ctx.reporter.emit(&Event::Log {
+        step: ctx.step_id.clone(),
+        message: format!(
+            "blobs: {} copied ({} bytes), {} already in the blob store",
+            kept.copied, kept.copied_bytes, kept.reused
+        ),
+    });
+    let list = kept
+        .list
+        .ok_or_else(|| Error::internal("the blob list was not written"))?;
+    done.artifacts.push(Artifact {
+        kind: ArtifactKind::Blobs,
+        path: snapshot::FILE.to_owned(),
+        size: list.size,
+        sha256: list.sha256,
+        encrypted: false,
+    });
+    done.files.push(FileRef::new(list_path, list.size));
+    Ok(())
 }
 
 /// Whether a stored object of `stored` octets can hold a blob of `size` (an encrypted one
@@ -292,6 +358,9 @@ mod tests {
     struct Blobs(Mutex<BTreeMap<Sha, Vec<u8>>>);
 
     impl BlobSource for Blobs {
+        fn list(&self, _: &Cancel) -> Result<(Vec<Listed>, Vec<String>)> {
+            Ok((Vec::new(), Vec::new()))
+        }
         fn open(&self, d: &Sha) -> io::Result<Option<Box<dyn Read + Send + '_>>> {
             Ok(self
                 .0

@@ -7,10 +7,15 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
+use std::io::Read;
+
+use super::blobs::{self, BlobSource, Listed};
 use super::{ImageSource, outcome, volume_name};
 use crate::archive::tree;
 use crate::error::{Error, Result, io};
 use crate::manifest;
+use crate::plan::ImagesMode;
+use crate::snapshot::{self, Sha};
 use crate::steps::stream::store_stream;
 use crate::steps::{Ctx, Outcome, blocking};
 
@@ -19,6 +24,7 @@ pub struct Folder {
     /// `nfs`: the server the folder must be mounted from.
     pub nfs_server: Option<String>,
     pub allow_empty: bool,
+    pub mode: ImagesMode,
 }
 
 impl Folder {
@@ -63,6 +69,7 @@ impl ImageSource for Folder {
     fn back_up(&self, ctx: Ctx) -> BoxFuture<'static, Result<Outcome>> {
         let root = self.path.clone();
         let nfs = self.nfs_server.clone();
+        let incremental = self.mode == ImagesMode::Incremental;
         Box::pin(async move {
             if let Some(server) = &nfs {
                 // Checked again right before reading: the mount may have dropped since.
@@ -73,9 +80,15 @@ impl ImageSource for Folder {
             let name = manifest::images_artifact(&plan, &volume);
             let path = ctx.backup_path(&name);
 
+            // Incremental: the blobs go to the blob store, the rest is the archive.
             let scan_root = root.clone();
             let tree = blocking(move || {
-                tree::scan(&scan_root)
+                let skip: &[&Path] = if incremental {
+                    &[Path::new(BLOBS)]
+                } else {
+                    &[]
+                };
+                tree::scan_except(&scan_root, skip)
                     .map_err(|e| io(e, format!("reading {}", scan_root.display())))
             })
             .await?;
@@ -101,9 +114,87 @@ impl ImageSource for Folder {
             })
             .await?;
             drop(progress);
-            Ok(outcome(&ctx, name, path, written, &volume))
+            let mut done = outcome(&ctx, name, path, written, &volume);
+            if incremental {
+                // After the archive: every blob its links name was there before the listing.
+                blobs::back_up_blobs(&ctx, FolderBlobs { root }, &mut done).await?;
+            }
+            Ok(done)
         })
     }
+}
+
+/// Where a registry tree keeps its blobs.
+const BLOBS: &str = "docker/registry/v2/blobs";
+
+/// The blobs of a registry tree on this machine.
+struct FolderBlobs {
+    root: PathBuf,
+}
+
+impl BlobSource for FolderBlobs {
+    fn list(&self, cancel: &crate::cancel::Cancel) -> Result<(Vec<Listed>, Vec<String>)> {
+        list_blobs(&self.root, cancel)
+    }
+
+    fn open(&self, digest: &Sha) -> std::io::Result<Option<Box<dyn Read + Send + '_>>> {
+        match std::fs::File::open(self.root.join(snapshot::registry_key(digest))) {
+            Ok(f) => Ok(Some(Box::new(f))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn describe(&self, digest: &Sha) -> String {
+        self.root
+            .join(snapshot::registry_key(digest))
+            .display()
+            .to_string()
+    }
+}
+
+/// The blobs under `root` (`docker/registry/v2/blobs/sha256/<ab>/<digest>/data`), sorted by
+/// digest, with their sizes; and what else lies there (not registry content: reported).
+fn list_blobs(root: &Path, cancel: &crate::cancel::Cancel) -> Result<(Vec<Listed>, Vec<String>)> {
+    let dir = root.join(BLOBS).join("sha256");
+    let what = |p: &Path, e: std::io::Error| io(e, format!("listing {}", p.display()));
+    let sorted = |p: &Path| -> Result<Vec<(String, std::fs::FileType)>> {
+        let mut names = Vec::new();
+        for e in std::fs::read_dir(p).map_err(|e| what(p, e))? {
+            let e = e.map_err(|e| what(p, e))?;
+            let t = e.file_type().map_err(|e| what(p, e))?;
+            names.push((e.file_name().to_string_lossy().into_owned(), t));
+        }
+        names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(names)
+    };
+    let mut listed = Vec::new();
+    let mut odd = Vec::new();
+    if !dir.is_dir() {
+        return Ok((listed, odd));
+    }
+    for (ab, t) in sorted(&dir)? {
+        let sub = dir.join(&ab);
+        if !t.is_dir() || ab.len() != 2 {
+            odd.push(sub.display().to_string());
+            continue;
+        }
+        cancel.check().map_err(|e| io(e, "listing blobs"))?;
+        for (name, _) in sorted(&sub)? {
+            let data = sub.join(&name).join("data");
+            let digest = snapshot::parse_sha(&name).filter(|_| name.starts_with(&ab));
+            match (digest, std::fs::symlink_metadata(&data)) {
+                (Some(digest), Ok(m)) if m.is_file() => listed.push(Listed {
+                    digest,
+                    size: m.len(),
+                }),
+                // Removed since the folder was read (garbage collection): not there.
+                (Some(_), Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                _ => odd.push(sub.join(&name).display().to_string()),
+            }
+        }
+    }
+    Ok((listed, odd))
 }
 
 /// A registry tree holds `docker/registry/v2`; an empty one is refused unless allowed, so that a

@@ -22,7 +22,7 @@ use futures_util::future::BoxFuture;
 
 use crate::error::{Error, Result};
 use crate::manifest::{self, Artifact, ArtifactKind};
-use crate::plan::{ImagesCfg, Plan};
+use crate::plan::{ImagesCfg, ImagesMode, Plan};
 use crate::steps::FileRef;
 
 use super::stream::Written;
@@ -61,16 +61,23 @@ pub trait ImageSource: Send + Sync {
 pub fn source(cfg: &ImagesCfg) -> Box<dyn ImageSource> {
     match cfg {
         ImagesCfg::Path {
-            path, allow_empty, ..
+            path,
+            allow_empty,
+            mode,
+            ..
         } => Box::new(folder::Folder {
             path: path.clone(),
             nfs_server: None,
             allow_empty: *allow_empty,
+            mode: *mode,
         }),
-        ImagesCfg::Nfs { path, server, .. } => Box::new(folder::Folder {
+        ImagesCfg::Nfs {
+            path, server, mode, ..
+        } => Box::new(folder::Folder {
             path: path.clone(),
             nfs_server: Some(server.to_string()),
             allow_empty: false,
+            mode: *mode,
         }),
         ImagesCfg::Volume { helper_image, .. } => Box::new(volume::Volume {
             helper_image: helper_image.clone(),
@@ -88,14 +95,47 @@ pub fn describe(plan: &Plan) -> Described {
         .as_ref()
         .map_or_else(|| "-".to_owned(), |s| s.describe(&volume));
     let dest = super::destination_text(plan);
-    Described {
-        inputs: src.iter().map(|s| s.input(&volume)).collect(),
+    let mode = plan.images.as_ref().map(ImagesCfg::mode);
+    let mode_name = match (mode, &plan.images) {
+        (Some(ImagesMode::Archive), _) => "archive",
+        // Not built yet for volumes: their content is still one archive per backup.
+        (_, Some(ImagesCfg::Volume { .. })) => "archive: incremental is not built for volumes yet",
+        _ => "incremental",
+    };
+    let mut d = Described {
+        inputs: src
+            .iter()
+            .map(|s| format!("{} (mode {mode_name})", s.input(&volume)))
+            .collect(),
         outputs: src.iter().map(|s| s.output(&dest, &artifact)).collect(),
         actions: vec![
             format!("tar {from} as {volume}/_data/... (symlinks kept, not followed)"),
             format!("encrypt and write <backup-id>/{artifact} (temporary name, fsync, rename)"),
         ],
+    };
+    // S3 sources say their own; folders keep blobs so in incremental mode.
+    let folder = matches!(
+        plan.images,
+        Some(ImagesCfg::Path { .. } | ImagesCfg::Nfs { .. })
+    );
+    if folder && mode == Some(ImagesMode::Incremental) {
+        let root = dest.trim_end_matches("<backup-id>/");
+        d.outputs.push(format!("{dest}{}", crate::snapshot::FILE));
+        d.outputs.push(format!(
+            "{root}blobs/<store>/sha256/ (shared by every backup)"
+        ));
+        d.actions = vec![
+            format!(
+                "tar {from} but docker/registry/v2/blobs as {volume}/_data/... (symlinks kept, not followed); encrypt and write <backup-id>/{artifact}"
+            ),
+            "list the blobs (docker/registry/v2/blobs/sha256/<ab>/<digest>/data) and the blob store once; copy each blob the store lacks, checked against its digest, encrypted on its own, into blobs/<store>/sha256/<ab>/<digest>; flush them once".into(),
+            format!(
+                "write <backup-id>/{} (every blob of the backup: digest, size, stored size)",
+                crate::snapshot::FILE
+            ),
+        ];
     }
+    d
 }
 
 pub async fn run(ctx: Ctx) -> Result<Outcome> {
