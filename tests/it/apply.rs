@@ -11,13 +11,40 @@ fn manifest(backup: &Path) -> serde_json::Value {
     serde_json::from_slice(&bytes).expect("manifest is JSON")
 }
 
+/// The blobs of the source tree: digest → content.
+fn source_blobs(fx: &Fixture) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let found = Command::new("find")
+        .arg(fx.dir.path().join("registry"))
+        .args(["-name", "data", "-path", "*/blobs/*"])
+        .output()
+        .expect("find");
+    stdout(&found)
+        .lines()
+        .map(|p| {
+            let digest = Path::new(p)
+                .parent()
+                .and_then(Path::file_name)
+                .expect("digest folder")
+                .to_string_lossy()
+                .into_owned();
+            (digest, std::fs::read(p).expect("blob"))
+        })
+        .collect()
+}
+
 /// The artifact files of a complete backup match the manifest, decrypt with gpg, and list the
-/// canonical layout with tar; every blob of the source is in the archive, intact.
+/// canonical layout with tar; every blob of the source is in the backup, intact: in the
+/// archive (`images.mode: archive`), or listed in `blobs.list` and kept in the blob store,
+/// where each decrypts with gpg to its content (incremental).
 fn assert_backup_sound(fx: &Fixture, backup: &Path) {
     let m = manifest(backup);
-    assert_eq!(m["format_version"], 1);
     assert_eq!(m["dtr"]["volume"], VOLUME);
     let artifacts = m["artifacts"].as_array().expect("artifacts");
+    if artifacts.len() == 2 {
+        assert_incremental_sound(fx, backup, &m);
+        return;
+    }
+    assert_eq!(m["format_version"], 1);
     assert_eq!(artifacts.len(), 1);
     let a = &artifacts[0];
     assert_eq!(a["path"], "dtr-images-0a1b2c3d4e5f.tar.gpg");
@@ -53,12 +80,63 @@ fn assert_backup_sound(fx: &Fixture, backup: &Path) {
             blobs += 1;
         }
     }
-    let source_blobs = Command::new("find")
-        .arg(fx.dir.path().join("registry"))
-        .args(["-name", "data", "-path", "*/blobs/*"])
-        .output()
-        .expect("find");
-    assert_eq!(blobs, stdout(&source_blobs).lines().count());
+    assert_eq!(blobs, source_blobs(fx).len());
+}
+
+fn assert_incremental_sound(fx: &Fixture, backup: &Path, m: &serde_json::Value) {
+    assert_eq!(m["format_version"], 2);
+    let artifacts = m["artifacts"].as_array().expect("artifacts");
+    assert_eq!(artifacts[0]["kind"], "images");
+    assert_eq!(artifacts[1]["kind"], "blobs");
+    for a in artifacts {
+        let bytes =
+            std::fs::read(backup.join(a["path"].as_str().expect("path"))).expect("artifact");
+        assert_eq!(a["size"], bytes.len() as u64);
+        assert_eq!(a["sha256"], dtr_backup::archive::sha256_hex(&bytes));
+    }
+    // The archive: the tree but its blobs, folders named as GNU tar names them.
+    let plain = gpg_decrypt(&backup.join("dtr-images-0a1b2c3d4e5f.tar.gpg"), PASSPHRASE);
+    let names = tar_list(&plain);
+    assert!(names.iter().all(|n| n.starts_with(VOLUME)), "{names:?}");
+    assert!(
+        names.contains(&format!("{VOLUME}/_data/docker/registry/v2/repositories/")),
+        "{names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.contains("/v2/blobs")),
+        "no blob in the archive: {names:?}"
+    );
+    // The list names every blob of the source; each stored object decrypts with gpg to it.
+    let list = std::fs::read_to_string(backup.join("blobs.list")).expect("blobs.list");
+    let mut lines = list.lines();
+    let store = lines
+        .next()
+        .and_then(|h| h.strip_prefix("dtr-backup blobs 1 "))
+        .expect("header")
+        .to_owned();
+    let source = source_blobs(fx);
+    let mut listed = 0;
+    for line in lines {
+        let f: Vec<&str> = line.split(' ').collect();
+        let (digest, size, stored) = (f[0], f[1], f[2]);
+        let want = source
+            .get(digest)
+            .unwrap_or_else(|| panic!("{digest} not in the source"));
+        assert_eq!(size, want.len().to_string());
+        let object = fx
+            .plan_root()
+            .join(format!("blobs/{store}/sha256/{}/{digest}", &digest[..2]));
+        assert_eq!(
+            std::fs::metadata(&object)
+                .expect("stored blob")
+                .len()
+                .to_string(),
+            stored
+        );
+        assert_eq!(&gpg_decrypt(&object, PASSPHRASE), want, "{digest}");
+        listed += 1;
+    }
+    assert_eq!(listed, source.len());
 }
 
 #[test]
@@ -129,7 +207,7 @@ fn shipped_quickstart_plan_runs_from_the_readme_command() {
         .args(["plan", "apply", "plans/quickstart.yaml"]));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains("complete: 1 artifacts"),
+        stdout(&out).contains("complete: 2 artifacts"),
         "{}",
         stdout(&out)
     );
@@ -176,6 +254,20 @@ fn assert_no_partial_final_files(fx: &Fixture) {
         } else if name.ends_with(".json") {
             serde_json::from_slice::<serde_json::Value>(&bytes)
                 .unwrap_or_else(|e| panic!("{} is partial: {e}", path.display()));
+        } else if name == "blobs.list" {
+            let text = String::from_utf8(bytes).expect("text");
+            assert!(text.starts_with("dtr-backup blobs 1 ") && text.ends_with('\n'));
+        } else if name == "key-check" {
+            assert!(!gpg_decrypt(&path, PASSPHRASE).is_empty());
+        } else if path.to_string_lossy().contains("/blobs/") && name.len() == 64 {
+            // A blob under its digest: a whole message of exactly that content.
+            let plain = gpg_decrypt(&path, PASSPHRASE);
+            assert_eq!(
+                dtr_backup::archive::sha256_hex(&plain),
+                name,
+                "{}",
+                path.display()
+            );
         } else {
             panic!("unexpected file {}", path.display());
         }
@@ -185,8 +277,23 @@ fn assert_no_partial_final_files(fx: &Fixture) {
 #[test]
 fn killed_at_any_point_the_next_apply_resumes() {
     assert!(KILL_POINTS.len() >= 10);
-    for (point, skipped) in KILL_POINTS {
-        let fx = Fixture::new("kill", 5, "retention: {keep_last: 2}\n");
+    // Archive mode: every point, the archive's stream among them. Incremental (the default):
+    // the same step boundaries, and inside the blob copy instead of the stream.
+    let incremental = KILL_POINTS
+        .iter()
+        .filter(|(p, _)| *p != "stream.middle")
+        .chain(&[("blob.middle", &[] as &[&str]), ("blob.committed", &[])]);
+    let runs = KILL_POINTS
+        .iter()
+        .map(|k| (k, true))
+        .chain(incremental.map(|k| (k, false)));
+    for ((point, skipped), archive) in runs {
+        let extra = "retention: {keep_last: 2}\n";
+        let fx = if archive {
+            Fixture::archive("kill", 5, extra)
+        } else {
+            Fixture::new("kill", 5, extra)
+        };
         let mut child = spawn_until(
             fx.apply().env("DTR_BACKUP_FAILPOINT", point),
             &format!("failpoint {point}"),
@@ -211,6 +318,22 @@ fn killed_at_any_point_the_next_apply_resumes() {
         }
         // The lock of the killed process was taken over, not waited for.
         assert!(warned(&ev, "stale lock"), "{point}: no stale-lock warning");
+        if *point == "blob.committed" {
+            // What the killed run put in the blob store is not copied again.
+            let said = ev
+                .iter()
+                .filter_map(|e| e["message"].as_str())
+                .find(|m| m.starts_with("blobs: "))
+                .expect("the blob count")
+                .to_owned();
+            let reused: u64 = said
+                .split(", ")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .expect("a count");
+            assert!(reused >= 1, "{said}");
+        }
         let dirs: Vec<PathBuf> = fx
             .backup_dirs()
             .into_iter()
@@ -225,7 +348,7 @@ fn killed_at_any_point_the_next_apply_resumes() {
 
 #[test]
 fn sigterm_stops_promptly_and_leaves_a_resumable_run() {
-    let fx = Fixture::new("term", 5, "");
+    let fx = Fixture::archive("term", 5, "");
     let child = spawn_until(
         fx.apply().env("DTR_BACKUP_FAILPOINT", "stream.middle"),
         "failpoint stream.middle",
@@ -258,7 +381,7 @@ fn sigterm_stops_promptly_and_leaves_a_resumable_run() {
 /// kept, nothing partial under a final name.
 #[test]
 fn sigterm_at_every_step_and_streaming_loop_exits_promptly() {
-    let fx = Fixture::new("term-all", 5, "retention:\n  keep_last: 2\n");
+    let fx = Fixture::archive("term-all", 5, "retention:\n  keep_last: 2\n");
     for point in [
         "step.preflight.before",
         "step.images.before",
@@ -289,6 +412,21 @@ fn sigterm_at_every_step_and_streaming_loop_exits_promptly() {
         );
         assert_no_partial_final_files(&fx);
     }
+    let out = run(&mut fx.apply());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(events(&out)[0]["resumed"], true);
+
+    // Incremental: inside the copy of a blob.
+    let fx = Fixture::new("term-blob", 5, "");
+    let child = spawn_until(
+        fx.apply().env("DTR_BACKUP_FAILPOINT", "blob.middle"),
+        "failpoint blob.middle",
+    );
+    let started = std::time::Instant::now();
+    let out = terminate(child);
+    assert_eq!(out.status.code(), Some(130));
+    assert!(started.elapsed().as_secs_f64() < 5.0);
+    assert_no_partial_final_files(&fx);
     let out = run(&mut fx.apply());
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(events(&out)[0]["resumed"], true);

@@ -164,6 +164,16 @@ impl Fixture {
     /// `extra` is appended to the plan. With `big_blob_mib > 0`, a blob of that size is added,
     /// so that the archive stream spans several pipe chunks.
     pub fn new(tag: &str, big_blob_mib: usize, extra: &str) -> Fixture {
+        // No `mode`: the default, incremental.
+        Fixture::in_mode(tag, big_blob_mib, extra, "")
+    }
+
+    /// The same with `images.mode: archive`: one self-contained tar per backup.
+    pub fn archive(tag: &str, big_blob_mib: usize, extra: &str) -> Fixture {
+        Fixture::in_mode(tag, big_blob_mib, extra, ", mode: archive")
+    }
+
+    fn in_mode(tag: &str, big_blob_mib: usize, extra: &str, mode: &str) -> Fixture {
         let dir = TempDir::new(tag);
         copy_tree(
             &root().join("plans/quickstart/registry"),
@@ -190,7 +200,7 @@ impl Fixture {
         let plan = dir.write(
             "plan.yaml",
             &format!(
-                "version: 1\nname: qs\nparts: [images]\nimages: {{type: path, path: registry, name: {VOLUME}}}\n\
+                "version: 1\nname: qs\nparts: [images]\nimages: {{type: path, path: registry, name: {VOLUME}{mode}}}\n\
                  destination: {{type: local, path: backups}}\n\
                  encryption: {{type: passphrase, passphrase: {{env: DTR_BACKUP_PASSPHRASE}}}}\n{extra}"
             ),
@@ -217,7 +227,7 @@ impl Fixture {
         let mut v: Vec<PathBuf> = std::fs::read_dir(self.plan_root())
             .map(|rd| {
                 rd.map(|e| e.expect("entry").path())
-                    .filter(|p| p.is_dir() && !p.ends_with(".state"))
+                    .filter(|p| p.is_dir() && !p.ends_with(".state") && !p.ends_with("blobs"))
                     .collect()
             })
             .unwrap_or_default();

@@ -38,7 +38,11 @@ fn s3_bed() -> Option<S3Bed> {
 
 /// A fixture whose destination is the test server's `backups` bucket under a unique prefix.
 fn s3_fixture(bed: &S3Bed, tag: &str, big_blob_mib: usize) -> (Fixture, String) {
-    let fx = Fixture::new(tag, big_blob_mib, "");
+    to_s3(bed, Fixture::new(tag, big_blob_mib, ""))
+}
+
+/// The plan of `fx` with its destination in the test bed's bucket.
+fn to_s3(bed: &S3Bed, fx: Fixture) -> (Fixture, String) {
     // Short: s3s-fs names a file after each multipart upload's key in base64, which must fit
     // in 255 bytes (keys of about 128 characters at most; S3 itself takes 1024).
     let prefix = fx
@@ -129,8 +133,29 @@ fn s3_destination_end_to_end() {
     assert!(
         names
             .iter()
-            .any(|n| n.starts_with(&format!("{VOLUME}/_data/docker/registry/v2/blobs/")))
+            .any(|n| n.starts_with(&format!("{VOLUME}/_data/docker/registry/v2/repositories/")))
     );
+    // The blobs are objects of the blob store in the bucket, each a whole message of its
+    // digest's content; the backup's list names each.
+    let list = std::fs::read_to_string(backups[0].join("blobs.list")).expect("blobs.list");
+    let store = plan_dir(&bed, &prefix).join("blobs");
+    let mut stored = 0;
+    for line in list.lines().skip(1) {
+        let digest = line.split(' ').next().expect("digest");
+        let object = std::fs::read_dir(&store)
+            .expect("blob store")
+            .map(|s| {
+                s.expect("s")
+                    .path()
+                    .join(format!("sha256/{}/{digest}", &digest[..2]))
+            })
+            .find(|p| p.exists())
+            .expect("stored blob");
+        let plain = gpg_decrypt(&object, PASSPHRASE);
+        assert_eq!(dtr_backup::archive::sha256_hex(&plain), digest);
+        stored += 1;
+    }
+    assert!(stored >= 9, "{list}");
     assert_final_keys_complete(&bed, &prefix);
     // The journal and the lock lived in the bucket, and are gone after a complete run.
     assert!(!plan_dir(&bed, &prefix).join(".state/run.json").exists());
@@ -196,7 +221,8 @@ fn stop_server(bed: &S3Bed) {
 #[test]
 fn server_stopped_mid_upload_then_rerun_completes() {
     let Some(bed) = s3_bed() else { return };
-    let (fx, prefix) = s3_fixture(&bed, "s3-outage", 24);
+    // The archive form: one long stream to the server.
+    let (fx, prefix) = to_s3(&bed, Fixture::archive("s3-outage", 24, ""));
     // The run pauses in the middle of the stream; meanwhile the server goes away, and comes
     // back only after the run has hit it.
     let mut cmd = fx.apply();

@@ -270,7 +270,7 @@ fn damage_of_every_kind_gives_exit_5_naming_the_cause() {
         ),
     ];
     for (what, damage, expected) in cases {
-        let fx = Fixture::new("verify-damage", 2, "");
+        let fx = Fixture::archive("verify-damage", 2, "");
         assert_eq!(run(&mut fx.apply()).status.code(), Some(0), "{what}");
         let backup = only_backup(&fx);
         let id = backup
@@ -300,7 +300,7 @@ fn damage_of_every_kind_gives_exit_5_naming_the_cause() {
 
 #[test]
 fn full_read_finds_a_blob_that_does_not_match_its_digest() {
-    let fx = Fixture::new("verify-blob", 0, "");
+    let fx = Fixture::archive("verify-blob", 0, "");
     // A blob whose content changed after it was stored (bit rot on the registry's disk).
     let blob = std::fs::read_dir(
         fx.dir
@@ -331,6 +331,109 @@ fn full_read_finds_a_blob_that_does_not_match_its_digest() {
             .any(|c| c.contains("blob contents") && c.contains(&digest)),
         "{f:?}"
     );
+
+    // Incremental: the blob is checked on its way into the blob store; the run refuses it
+    // by name and publishes nothing.
+    let fx = Fixture::new("verify-blob-inc", 0, "");
+    std::fs::write(
+        fx.dir.path().join(format!(
+            "registry/docker/registry/v2/blobs/sha256/{}/{digest}/data",
+            &digest[..2]
+        )),
+        b"rotten",
+    )
+    .expect("rot");
+    let out = run(&mut fx.apply());
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let error = error_of(&out);
+    assert!(
+        error.contains(&digest) && error.contains("damaged"),
+        "{error}"
+    );
+    assert!(
+        fx.backup_dirs()
+            .iter()
+            .all(|d| !d.join("manifest.json").exists()),
+        "nothing published"
+    );
+}
+
+/// Damage of an incremental backup: a blob-store object changed, missing or cut short, the
+/// blob list edited. Each is named (exit 5); a changed blob only with `--read-data`.
+#[test]
+fn damage_of_the_blob_store_and_the_blob_list_is_named() {
+    type Damage = fn(&Fixture, &Path);
+    let cases: [(&str, Damage, &[&str], &str); 4] = [
+        (
+            "flipped byte in a blob",
+            |fx, _| {
+                let p = object_of(fx);
+                let mut b = std::fs::read(&p).expect("read");
+                let mid = b.len() / 2;
+                b[mid] ^= 1;
+                std::fs::write(&p, b).expect("write");
+            },
+            &["blob store contents match their digests"],
+            "full",
+        ),
+        (
+            "missing blob",
+            |fx, _| std::fs::remove_file(object_of(fx)).expect("rm"),
+            &["blob store holds every blob"],
+            "layout",
+        ),
+        (
+            "blob cut short",
+            |fx, _| {
+                let p = object_of(fx);
+                let b = std::fs::read(&p).expect("read");
+                std::fs::write(&p, &b[..b.len() - 1]).expect("write");
+            },
+            &["blob store holds every blob"],
+            "layout",
+        ),
+        (
+            "edited blob list",
+            |_, b| {
+                let p = b.join("blobs.list");
+                let text = std::fs::read_to_string(&p).expect("read");
+                std::fs::write(&p, text.replacen(" ", "  ", 2)).expect("write");
+            },
+            &["blobs.list: sha256", "blobs.list: layout"],
+            "layout",
+        ),
+    ];
+    for (what, damage, expected, read_data) in cases {
+        let fx = Fixture::new("verify-store", 0, "");
+        assert_eq!(run(&mut fx.apply()).status.code(), Some(0), "{what}");
+        let backup = only_backup(&fx);
+        damage(&fx, &backup);
+        let out = verify_cmd(&fx, &["--read-data", read_data]);
+        assert_eq!(out.status.code(), Some(5), "{what}: {}", stdout(&out));
+        let f = failed(&out);
+        for e in expected {
+            assert!(
+                f.iter().any(|c| c.contains(e)),
+                "{what}: no failed {e:?} check in {f:?}"
+            );
+        }
+    }
+}
+
+/// The first object of the first blob store of the fixture's plan.
+fn object_of(fx: &Fixture) -> PathBuf {
+    let store = std::fs::read_dir(fx.plan_root().join("blobs"))
+        .expect("store")
+        .map(|s| s.expect("s").path())
+        .next()
+        .expect("a store");
+    let mut objects: Vec<PathBuf> = std::fs::read_dir(store.join("sha256"))
+        .expect("ab")
+        .flat_map(|d| std::fs::read_dir(d.expect("d").path()).expect("objects"))
+        .map(|o| o.expect("o").path())
+        .collect();
+    objects.sort();
+    objects.remove(0)
 }
 
 #[test]

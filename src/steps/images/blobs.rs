@@ -287,8 +287,11 @@ fn copy(
     {
         let mut sealed = crypto::encrypt_in(&mut object, session)
             .map_err(|e| io(e, format!("encrypting {what}")))?;
+        let mut read = 0u64;
         loop {
-            crate::failpoint::hit("blob.copy");
+            if read > 0 {
+                crate::failpoint::hit("blob.middle");
+            }
             cancel.check().map_err(|e| io(e, "copying blobs"))?;
             let n = reader
                 .read(buf)
@@ -296,6 +299,7 @@ fn copy(
             if n == 0 {
                 break;
             }
+            read += n as u64;
             bytes.fetch_add(n as u64, Ordering::Relaxed);
             sealed
                 .write_all(&buf[..n])
@@ -321,6 +325,7 @@ fn copy(
         .into_inner()
         .map_err(|_| Error::internal("a blob writer was poisoned"))?
         .commit()?;
+    crate::failpoint::hit("blob.committed");
     Ok(Some(stored))
 }
 
