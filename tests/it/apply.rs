@@ -895,7 +895,7 @@ fn damage_between_writing_and_reading_back_is_caught_and_nothing_is_published() 
     // apply's read-back does not hash what it decrypts again: the integrity protection must
     // catch a changed octet anywhere (key packets, data, MDC).
     for at in ["start", "middle", "end"] {
-        let fx = Fixture::new("damage", 5, "");
+        let fx = Fixture::archive("damage", 5, "");
         let point = "step.manifest.journaled";
         let mut child = spawn_until(
             fx.apply().env("DTR_BACKUP_FAILPOINT", point),
