@@ -450,3 +450,103 @@ fn a_restore_begun_on_another_host_is_not_finished_here() {
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     assert_eq!(tree(&target), tree(&fx.dir.path().join("registry")));
 }
+
+/// Adds a blob of `content` to the fixture's registry tree; returns its digest.
+fn add_blob(fx: &Fixture, content: &[u8]) -> String {
+    let digest = dtr_backup::archive::sha256_hex(content);
+    let dir = fx.dir.path().join(format!(
+        "registry/docker/registry/v2/blobs/sha256/{}/{digest}",
+        &digest[..2]
+    ));
+    std::fs::create_dir_all(&dir).expect("blob folder");
+    std::fs::write(dir.join("data"), content).expect("blob");
+    digest
+}
+
+/// What the `blobs: ...` log line of a run says: (copied, already in the store).
+fn copied_and_reused(out: &std::process::Output) -> (u64, u64) {
+    let line = events(out)
+        .iter()
+        .filter_map(|e| e["message"].as_str().map(str::to_owned))
+        .find(|m| m.starts_with("blobs: "))
+        .expect("the blob count");
+    let number = |part: &str| -> u64 {
+        part.split(' ')
+            .find_map(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"))
+    };
+    let mut parts = line.split(", ");
+    (
+        number(parts.next().expect("copied")),
+        number(parts.next().expect("reused")),
+    )
+}
+
+/// Incremental backups: each run copies only the blobs the store lacks; retention deletes a
+/// blob only once no kept backup lists it, and keeps one a kept and a deleted backup share;
+/// a backup whose blobs three runs wrote restores whole, byte for byte.
+#[test]
+fn repeat_backups_copy_the_change_and_share_blobs_that_retention_keeps() {
+    let fx = Fixture::new("incremental", 0, "retention: {keep_last: 2}\n");
+    let only_first = add_blob(&fx, b"a blob only the first backup has");
+    let store = || -> Vec<String> {
+        let mut found: Vec<String> = snapshot(&fx.plan_root().join("blobs"))
+            .into_iter()
+            .filter(|(p, _)| p.is_file() && !p.ends_with("key-check"))
+            .map(|(p, _)| p.file_name().expect("name").to_string_lossy().into_owned())
+            .collect();
+        found.sort();
+        found
+    };
+    let apply = || {
+        let out = run(&mut fx.apply());
+        assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        out
+    };
+    let first = apply();
+    let (copied, reused) = copied_and_reused(&first);
+    assert_eq!(reused, 0);
+    assert!(copied >= 9, "{copied}");
+    let shared = store();
+    assert!(shared.contains(&only_first));
+
+    // Second run: one new blob, one gone from the registry; only the new one is copied.
+    // (Its `<ab>` folder goes too: empty folders under blobs/ are not part of a backup.)
+    std::fs::remove_dir_all(fx.dir.path().join(format!(
+        "registry/docker/registry/v2/blobs/sha256/{}",
+        &only_first[..2]
+    )))
+    .expect("rm");
+    let second_blob = add_blob(&fx, b"written by the second run");
+    assert_eq!(copied_and_reused(&apply()), (1, copied - 1));
+    let third_blob = add_blob(&fx, b"written by the third run");
+    let third = apply();
+    assert_eq!(copied_and_reused(&third), (1, copied));
+
+    // keep_last 2: the first backup went, and with it the blob only it listed; the blobs
+    // it shared with the kept ones stay.
+    let now = store();
+    assert!(!now.contains(&only_first), "{now:?}");
+    assert!(now.contains(&second_blob) && now.contains(&third_blob));
+    for b in shared.iter().filter(|b| **b != only_first) {
+        assert!(now.contains(b), "the shared blob {b} was deleted");
+    }
+    assert_eq!(fx.backup_dirs().len(), 2);
+
+    // The third backup restores whole: blobs of all three runs.
+    let target = fx.dir.path().join("restored");
+    let out = restore(&fx, &["--images-to", target.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(tree(&target), tree(&fx.dir.path().join("registry")));
+    let id = third_id(&third);
+    let out = restore(&fx, &["--backup", &id, "--drill"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+}
+
+fn third_id(out: &std::process::Output) -> String {
+    events(out).last().expect("events")["backup_id"]
+        .as_str()
+        .expect("id")
+        .to_owned()
+}
