@@ -3,8 +3,11 @@
 //!
 //! ```text
 //! dtr-backup blobs 1 <store>
-//! <sha256, 64 hex digits> <size> <stored size>
+//! <sha256, 64 hex digits> <size> <stored size>[ new]
 //! ```
+//!
+//! `new` marks the blobs that the backup's own run copied into the store (apply reads those
+//! back before it publishes the backup).
 //!
 //! `<store>` is the blob store's folder (`blobs/<store>/sha256/<ab>/<digest>`), the sizes are
 //! the blob's and its stored object's (larger when encrypted). The list is written before the
@@ -55,6 +58,8 @@ pub struct Blob {
     pub size: u64,
     /// The size of its object in the blob store.
     pub stored: u64,
+    /// Copied into the store by the run that made this backup.
+    pub fresh: bool,
 }
 
 /// A list being written; published by [`Writer::finish`], discarded when dropped.
@@ -116,8 +121,15 @@ impl Writer {
         }
         self.last = Some(b.digest);
         self.count += 1;
-        writeln!(self.out, "{} {} {}", sha_hex(&b.digest), b.size, b.stored)
-            .map_err(|e| io(e, "writing the blob list"))
+        let mark = if b.fresh { " new" } else { "" };
+        writeln!(
+            self.out,
+            "{} {} {}{mark}",
+            sha_hex(&b.digest),
+            b.size,
+            b.stored
+        )
+        .map_err(|e| io(e, "writing the blob list"))
     }
 
     /// Publishes the list.
@@ -222,10 +234,19 @@ impl<R> Reader<R> {
 
     fn parse(&mut self, line: &str) -> Result<Blob> {
         let mut fields = line.split(' ');
-        let (Some(d), Some(size), Some(stored), None) =
-            (fields.next(), fields.next(), fields.next(), fields.next())
-        else {
-            return Err(self.bad("not `<digest> <size> <stored size>`"));
+        let (Some(d), Some(size), Some(stored), mark, None) = (
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+        ) else {
+            return Err(self.bad("not `<digest> <size> <stored size>[ new]`"));
+        };
+        let fresh = match mark {
+            None => false,
+            Some("new") => true,
+            Some(_) => return Err(self.bad("not `<digest> <size> <stored size>[ new]`")),
         };
         let digest = parse_sha(d).ok_or_else(|| self.bad("not a sha256 digest"))?;
         if self.last.is_some_and(|l| l >= digest) {
@@ -239,6 +260,7 @@ impl<R> Reader<R> {
             digest,
             size,
             stored,
+            fresh,
         })
     }
 }
@@ -289,6 +311,7 @@ pub fn blobs_of<'a>(
                     digest,
                     size: o.size,
                     stored: o.stored_size.unwrap_or(0),
+                    fresh: false,
                 },
                 path,
                 stored_known: o.stored_size.is_some(),
@@ -317,6 +340,7 @@ mod tests {
             digest: [n; 32],
             size,
             stored: size + 60,
+            fresh: n.is_multiple_of(2),
         }
     }
 

@@ -12,7 +12,7 @@ use super::{Ctx, Described, Outcome, blocking};
 
 pub fn describe(plan: &Plan) -> Described {
     let actions = vec![
-        "read every artifact back: size, decryption (integrity protection, which covers every octet), tar layout; sha256 of artifacts not decrypted"
+        "read every artifact back: size, decryption (integrity protection, which covers every octet), tar layout; sha256 of artifacts not decrypted; every blob of the blob list in the blob store with its size, and the blobs this run copied read back and hashed against their digests"
             .into(),
         format!(
             "publish <backup-id>/{} when all checks pass",
@@ -58,7 +58,7 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
             store,
             &m,
             dec.as_ref(),
-            verify::ReadData::Layout,
+            verify::ReadData::Written,
             verify::Rehash::Undecrypted,
             &cancel,
         );

@@ -62,7 +62,9 @@ pub(super) fn check_blob_store(
             Ok(None) => missing.push(path.to_owned()),
             Err(e) => missing.push(format!("{path}: {e}")),
         }
-        if read && read_data.selects(&digest) {
+        if read
+            && (read_data.selects(&digest) || (read_data == ReadData::Written && kept.blob.fresh))
+        {
             let result = store.open(path).map_err(|e| e.to_string()).and_then(|r| {
                 let plain: Box<dyn Read + Send + Sync> = match (encrypted, dec) {
                     (true, Some(d)) => crypto::decrypt(r, d).map_err(|e| e.to_string())?,

@@ -928,4 +928,36 @@ fn damage_between_writing_and_reading_back_is_caught_and_nothing_is_published() 
             "{at}: a damaged backup was published"
         );
     }
+
+    // Incremental: the blobs this run copied are read back from the blob store too.
+    let fx = Fixture::new("damage-blob", 5, "");
+    let point = "step.manifest.journaled";
+    let mut child = spawn_until(
+        fx.apply().env("DTR_BACKUP_FAILPOINT", point),
+        &format!("failpoint {point}"),
+    );
+    child.kill().expect("kill -9");
+    child.wait().expect("reaped");
+    let big = snapshot(&fx.plan_root().join("blobs"))
+        .into_iter()
+        .filter(|(p, _)| p.is_file())
+        .max_by_key(|(_, b)| b.len())
+        .expect("a stored blob");
+    let mut bytes = big.1;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&big.0, &bytes).expect("damaged");
+    let out = run(&mut fx.apply());
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let err = error_of(&out);
+    assert!(
+        err.contains("failed verification") && err.contains("blob store contents"),
+        "{err}"
+    );
+    assert!(
+        fx.backup_dirs()
+            .iter()
+            .all(|d| !d.join("manifest.json").exists()),
+        "a damaged backup was published"
+    );
 }

@@ -230,7 +230,7 @@ pub fn keep(
     let mut fresh = copied.iter().peekable();
     let mut lacking = missing.iter().peekable();
     for (i, b) in listed.iter().enumerate() {
-        let stored = if lacking.peek() == Some(&&i) {
+        let (stored, fresh_now) = if lacking.peek() == Some(&&i) {
             lacking.next();
             match fresh.peek() {
                 Some((j, stored)) if *j == i => {
@@ -238,19 +238,20 @@ pub fn keep(
                     fresh.next();
                     kept.copied += 1;
                     kept.copied_bytes += b.size;
-                    stored
+                    (stored, true)
                 }
                 // Gone from the source: not in this backup.
                 _ => continue,
             }
         } else {
             kept.reused += 1;
-            stored_size(&b.digest).unwrap_or(0)
+            (stored_size(&b.digest).unwrap_or(0), false)
         };
         list.push(&Blob {
             digest: b.digest,
             size: b.size,
             stored,
+            fresh: fresh_now,
         })?;
     }
     kept.list = Some(list.finish()?);
@@ -435,6 +436,8 @@ mod tests {
         assert!(second.gone[0].contains(&"ee".repeat(32)));
         let list = read_list(&dest, "b2/blobs.list");
         assert_eq!(list.len(), 4);
+        // Only what this run copied is marked as its own.
+        assert_eq!(list.iter().filter(|b| b.fresh).count(), 1);
         assert!(list.iter().all(|b| b.digest != ghost.digest));
 
         // Each stored blob decrypts to its content.
