@@ -189,6 +189,25 @@ pub fn write_tar<W: MemberSink>(
     b.into_inner()
 }
 
+/// A tar stream of the folders of `prefix` alone (`a/`, `a/b/`, ...): the archive of a
+/// tree that holds nothing yet.
+pub fn folders<W: std::io::Write>(prefix: &str, out: W) -> io::Result<W> {
+    let mut b = tar::Builder::new(out);
+    let now = crate::clock::now_unix().max(0) as u64;
+    let mut acc = String::new();
+    for part in prefix.split('/').filter(|p| !p.is_empty()) {
+        acc.push_str(part);
+        acc.push('/');
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_mtime(now);
+        h.set_size(0);
+        b.append_data(&mut h, &acc, io::empty())?;
+    }
+    b.into_inner()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

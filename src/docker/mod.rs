@@ -21,6 +21,7 @@ use crate::plan::{DockerCfg, ReplicaSel};
 const TIMEOUT: u64 = 600;
 
 /// A connected Docker API.
+#[derive(Clone)]
 pub struct Engine {
     pub docker: Docker,
     /// `unix:///var/run/docker.sock`, `tcp://ucp:443 (client bundle /etc/bundle)`.

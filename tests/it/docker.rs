@@ -367,7 +367,7 @@ fn assert_full_backup(backup: &Path, id: &str, offline: bool) {
         .iter()
         .map(|a| a["kind"].as_str().expect("kind"))
         .collect();
-    assert_eq!(kinds, ["metadata", "images"], "metadata first");
+    assert_eq!(kinds, ["metadata", "images", "blobs"], "metadata first");
 
     let meta = backup.join(format!("dtr-backup-v{VERSION}.tar.gz.gpg"));
     let gz = gpg_decrypt(&meta, PASSPHRASE);
@@ -403,9 +403,32 @@ fn assert_full_backup(backup: &Path, id: &str, offline: bool) {
             .all(|n| n.starts_with(&format!("dtr-registry-{id}"))),
         "{names:?}"
     );
+    // Incremental (the default): the blobs are not in the archive but in the blob store,
+    // streamed out of the volume one by one, each a message gpg decrypts to its content.
+    assert!(names.contains(&prefix), "{names:?}");
+    assert!(!names.iter().any(|n| n.contains("/v2/blobs")), "{names:?}");
+    let list = std::fs::read_to_string(backup.join("blobs.list")).expect("blobs.list");
+    let store = list
+        .lines()
+        .next()
+        .and_then(|h| h.strip_prefix("dtr-backup blobs 1 "))
+        .expect("header")
+        .to_owned();
+    let listed: Vec<&str> = list
+        .lines()
+        .skip(1)
+        .map(|l| l.split(' ').next().expect("digest"))
+        .collect();
     for d in blob_digests() {
-        let blob = format!("{prefix}blobs/sha256/{}/{d}/data", &d[..2]);
-        assert!(names.contains(&blob), "{blob} missing");
+        assert!(listed.contains(&d.as_str()), "{d} not listed");
+        let object = backup
+            .parent()
+            .expect("plan root")
+            .join(format!("blobs/{store}/sha256/{}/{d}", &d[..2]));
+        assert_eq!(
+            dtr_backup::archive::sha256_hex(&gpg_decrypt(&object, PASSPHRASE)),
+            d
+        );
     }
     let mut archive = tar::Archive::new(&plain[..]);
     for e in archive.entries().expect("entries") {
@@ -466,6 +489,46 @@ fn one_replica_full_backup_and_no_container_left() {
     );
     let all = stdout(&out) + &stderr(&out);
     assert!(!all.contains(&bed.ucp_password), "the UCP password leaked");
+
+    // A repeat backup streams no blob out of the volume; after one new blob, only that one.
+    let blob_line = |out: &Output| -> String {
+        events(out)
+            .iter()
+            .filter_map(|e| e["message"].as_str().map(str::to_owned))
+            .find(|m| m.starts_with("blobs: "))
+            .expect("the blob count")
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = run(&mut apply(&bed, &dir, &plan));
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let all = blob_digests().len();
+    assert_eq!(
+        blob_line(&out),
+        format!("blobs: 0 copied (0 bytes), {all} already in the blob store")
+    );
+    let volume = format!("dtr-registry-{R1}");
+    let mount = bed
+        .lines(&["volume", "inspect", "-f", "{{.Mountpoint}}", &volume])
+        .remove(0);
+    let content = b"a layer pushed after the first backup";
+    let digest = dtr_backup::archive::sha256_hex(content);
+    let folder = Path::new(&mount).join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{digest}",
+        &digest[..2]
+    ));
+    std::fs::create_dir_all(&folder).expect("blob folder");
+    std::fs::write(folder.join("data"), content).expect("blob");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = run(&mut apply(&bed, &dir, &plan));
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(
+        blob_line(&out),
+        format!(
+            "blobs: 1 copied ({} bytes), {all} already in the blob store",
+            content.len()
+        )
+    );
+    assert!(bed.our_containers().is_empty());
 }
 
 #[test]

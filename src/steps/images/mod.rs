@@ -15,6 +15,7 @@ mod folder;
 pub mod restore;
 pub mod s3;
 pub mod volume;
+mod volume_blobs;
 
 use std::collections::BTreeMap;
 
@@ -79,8 +80,11 @@ pub fn source(cfg: &ImagesCfg) -> Box<dyn ImageSource> {
             allow_empty: false,
             mode: *mode,
         }),
-        ImagesCfg::Volume { helper_image, .. } => Box::new(volume::Volume {
+        ImagesCfg::Volume {
+            helper_image, mode, ..
+        } => Box::new(volume::Volume {
             helper_image: helper_image.clone(),
+            mode: *mode,
         }),
         ImagesCfg::S3(cfg) => Box::new(s3::S3 { cfg: cfg.clone() }),
     }
@@ -98,8 +102,6 @@ pub fn describe(plan: &Plan) -> Described {
     let mode = plan.images.as_ref().map(ImagesCfg::mode);
     let mode_name = match (mode, &plan.images) {
         (Some(ImagesMode::Archive), _) => "archive",
-        // Not built yet for volumes: their content is still one archive per backup.
-        (_, Some(ImagesCfg::Volume { .. })) => "archive: incremental is not built for volumes yet",
         _ => "incremental",
     };
     let mut d = Described {
@@ -113,12 +115,12 @@ pub fn describe(plan: &Plan) -> Described {
             format!("encrypt and write <backup-id>/{artifact} (temporary name, fsync, rename)"),
         ],
     };
-    // S3 sources say their own; folders keep blobs so in incremental mode.
-    let folder = matches!(
+    // S3 sources say their own; folders and volumes keep blobs so in incremental mode.
+    let not_s3 = matches!(
         plan.images,
-        Some(ImagesCfg::Path { .. } | ImagesCfg::Nfs { .. })
+        Some(ImagesCfg::Path { .. } | ImagesCfg::Nfs { .. } | ImagesCfg::Volume { .. })
     );
-    if folder && mode == Some(ImagesMode::Incremental) {
+    if not_s3 && mode == Some(ImagesMode::Incremental) {
         let root = dest.trim_end_matches("<backup-id>/");
         d.outputs.push(format!("{dest}{}", crate::snapshot::FILE));
         d.outputs.push(format!(

@@ -6,18 +6,20 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-use super::{ImageSource, outcome, volume_name};
+use super::{ImageSource, outcome, volume_blobs, volume_name};
 use crate::archive::tree;
 use crate::cancel::Cancel;
 use crate::docker::{self, container};
 use crate::error::{Error, Result};
 use crate::manifest;
+use crate::plan::ImagesMode;
 use crate::steps::stream::store_stream;
 use crate::steps::{Ctx, Outcome, blocking};
 
 pub struct Volume {
     /// The image of the helper container; default the plan's DTR image.
     pub helper_image: Option<String>,
+    pub mode: ImagesMode,
 }
 
 impl ImageSource for Volume {
@@ -30,14 +32,14 @@ impl ImageSource for Volume {
     }
 
     fn back_up(&self, ctx: Ctx) -> BoxFuture<'static, Result<Outcome>> {
-        Box::pin(from_volume(ctx, self.helper_image.clone()))
+        Box::pin(from_volume(ctx, self.helper_image.clone(), self.mode))
     }
 }
 
 /// Image content in a Docker volume on the replica's node: a helper container (created, never
 /// started) mounts it read-only, and the archive endpoint streams its files. Members are
 /// re-rooted to `<volume>/_data/...`. The helper is always removed.
-async fn from_volume(ctx: Ctx, helper_image: Option<String>) -> Result<Outcome> {
+async fn from_volume(ctx: Ctx, helper_image: Option<String>, mode: ImagesMode) -> Result<Outcome> {
     let plan = ctx.plan.clone();
     let volume = volume_name(&ctx)?;
     let image = helper_image
@@ -53,7 +55,7 @@ async fn from_volume(ctx: Ctx, helper_image: Option<String>) -> Result<Outcome> 
     let id = container::create(
         &engine,
         container::Spec {
-            image,
+            image: image.clone(),
             cmd: vec!["true".into()],
             entrypoint: None,
             env: Vec::new(),
@@ -70,6 +72,13 @@ async fn from_volume(ctx: Ctx, helper_image: Option<String>) -> Result<Outcome> 
     .await?;
     let name = manifest::images_artifact(&plan, &volume);
     let path = ctx.backup_path(&name);
+    if mode == ImagesMode::Incremental {
+        let done = incremental(&ctx, &engine, &id, &image, &volume, name, path).await;
+        if let Err(e) = container::remove(&engine, &id).await {
+            ctx.warn(e);
+        }
+        return done;
+    }
     let (feed, pump) = container::download(&engine, &id, "/storage", ctx.cancel.clone());
     let progress = ctx.progress(None);
     let counter = progress.bytes.clone();
@@ -99,6 +108,82 @@ async fn from_volume(ctx: Ctx, helper_image: Option<String>) -> Result<Outcome> 
         ctx.warn(e);
     }
     Ok(outcome(&ctx, name, path, written?, &volume))
+}
+
+/// Incremental: `docker/registry/v2/repositories` as the archive (through the created
+/// helper `id`), then the volume listed by a helper that runs `sh`, then only the blobs
+/// the blob store lacks, each downloaded on its own (`volume_blobs`).
+async fn incremental(
+    ctx: &Ctx,
+    engine: &docker::Engine,
+    id: &str,
+    image: &str,
+    volume: &str,
+    name: String,
+    path: String,
+) -> Result<Outcome> {
+    let registry = "/storage/docker/registry/v2/repositories";
+    let (mut feed, pump) = container::download(engine, id, registry, ctx.cancel.clone());
+    let (first, ended) = feed.prefix(512).await;
+    let empty =
+        matches!(&ended, Some(Err(e)) if volume_blobs::gone(&std::io::Error::other(e.clone())));
+    let progress = ctx.progress(None);
+    let counter = progress.bytes.clone();
+    let (stores, encryption, cancel) = (
+        ctx.stores.clone(),
+        Arc::new(ctx.secrets.encryption.clone()),
+        ctx.cancel.clone(),
+    );
+    let object = path.clone();
+    let root = format!("{volume}/_data/docker/registry/v2/repositories");
+    let v2 = format!("{volume}/_data/docker/registry/v2");
+    let written = blocking(move || {
+        let reader = feed.into_reader(first, ended);
+        let tar_cancel = cancel.clone();
+        store_stream(
+            move |pipe| {
+                if empty {
+                    // A registry nothing was pushed to: its folders only.
+                    tree::folders(&v2, pipe).map(drop)
+                } else {
+                    tree::reroot(reader, "repositories", &root, pipe, &tar_cancel).map(drop)
+                }
+            },
+            stores.backups.as_ref(),
+            &object,
+            &encryption,
+            &cancel,
+            counter,
+        )
+    })
+    .await;
+    let _ = pump.await;
+    drop(progress);
+    let mut done = outcome(ctx, name, path, written?, volume);
+
+    let spec = volume_blobs::list_spec(
+        image,
+        volume,
+        ctx.facts.get("node").cloned(),
+        ctx.plan.name.as_str(),
+        &ctx.backup_id,
+    );
+    let listing = volume_blobs::list(engine, spec, &ctx.cancel).await?;
+    for o in listing.other.iter().take(20) {
+        ctx.warn(format!(
+            "{volume}: {o} is not registry content (docker/registry/v2/blobs or repositories): left out of the backup"
+        ));
+    }
+    let source = volume_blobs::VolumeBlobs {
+        engine: engine.clone(),
+        id: id.to_owned(),
+        volume: volume.to_owned(),
+        listed: listing.blobs,
+        handle: tokio::runtime::Handle::current(),
+        cancel: ctx.cancel.clone(),
+    };
+    super::blobs::back_up_blobs(ctx, source, &mut done).await?;
+    Ok(done)
 }
 
 /// The restore side: image content back into a Docker volume on the recorded node, through
