@@ -94,11 +94,26 @@ impl BlobStore {
 
     /// Digest → stored size of every blob in this store.
     pub fn list(&self, store: &dyn Store) -> Result<std::collections::BTreeMap<String, u64>> {
-        Ok(store
-            .list_sized(&format!("{}/sha256", self.prefix()))?
+        Ok(self
+            .held(store)?
             .into_iter()
-            .filter_map(|(p, s)| p.rsplit('/').next().map(|d| (d.to_owned(), s)))
+            .map(|(d, s)| (crate::snapshot::sha_hex(&d), s))
             .collect())
+    }
+
+    /// Every blob in this store with its stored size, sorted by digest: 40 octets each, the
+    /// listing streamed (no path held as a string).
+    pub fn held(&self, store: &dyn Store) -> Result<Vec<(crate::snapshot::Sha, u64)>> {
+        let mut held = Vec::new();
+        store.walk_sized(&format!("{}/sha256", self.prefix()), &mut |p, s| {
+            if let Some(d) = p.rsplit('/').next().and_then(crate::snapshot::parse_sha) {
+                held.push((d, s));
+            }
+            Ok(())
+        })?;
+        held.sort_unstable();
+        held.dedup_by_key(|(d, _)| *d);
+        Ok(held)
     }
 }
 

@@ -140,7 +140,10 @@ pub fn prune(
         pruned.unreadable = listing.unreadable;
         return Ok(pruned);
     }
-    let mut referenced: BTreeSet<String> = protected.clone();
+    let mut referenced = Referenced::default();
+    for p in protected {
+        referenced.add(p);
+    }
     // The blob list of the current run, once its images step wrote it (before its manifest).
     let current_list = format!("{current}/{}", crate::snapshot::FILE);
     let unfinished = (!current.is_empty() && !complete.iter().any(|m| m.backup_id == current))
@@ -148,61 +151,139 @@ pub fn prune(
         .transpose()?
         .flatten()
         .is_some();
-    let mut lists: Vec<Result<Vec<String>>> = Vec::new();
-    if unfinished {
-        lists.push(list_paths(store, &current_list));
+    let mut failed = None;
+    if unfinished && let Err(e) = list_paths(store, &current_list, &mut |p| referenced.add(p)) {
+        failed = Some(e);
     }
     for m in complete.iter().filter(|m| keep.contains(&m.backup_id)) {
-        lists.push(
-            crate::snapshot::blobs_of(store, m)
-                .and_then(|blobs| blobs.map(|k| k.map(|k| k.path)).collect()),
-        );
-    }
-    for list in lists {
-        match list {
-            Ok(paths) => referenced.extend(paths),
-            Err(e) => {
-                pruned.warnings.push(format!(
-                    "no blob was deleted: {e}; run `dtr-backup verify` on that backup"
-                ));
-                return Ok(pruned);
+        if failed.is_some() {
+            break;
+        }
+        let listed = crate::snapshot::blobs_of(store, m).and_then(|blobs| {
+            for k in blobs {
+                referenced.add(&k?.path);
             }
+            Ok(())
+        });
+        if let Err(e) = listed {
+            failed = Some(e);
         }
     }
-    let listed = store.list_sized(crate::blob_store::ROOT)?;
+    if let Some(e) = failed {
+        pruned.warnings.push(format!(
+            "no blob was deleted: {e}; run `dtr-backup verify` on that backup"
+        ));
+        return Ok(pruned);
+    }
+    referenced.seal();
+    // One walk of the store: what no kept backup lists goes (a store's key check only with
+    // its last blob, once the walk has seen whether any of its blobs stays).
     let mut live_stores = BTreeSet::new();
-    for (path, _) in &listed {
-        if referenced.contains(path) {
+    let mut key_checks = Vec::new();
+    let mut doomed = Vec::new();
+    store.walk_sized(crate::blob_store::ROOT, &mut |path, _| {
+        if path.ends_with("/key-check") && path.split('/').count() == 3 {
+            key_checks.push(path.to_owned());
+        } else if referenced.contains(path) {
             // `blobs/<store>/...` (the layout before stores had folders: `blobs/sha256/...`).
             live_stores.insert(path.split('/').nth(1).unwrap_or_default().to_owned());
+        } else {
+            doomed.push(path.to_owned());
         }
-    }
-    for (path, _) in listed {
-        let store_id = path.split('/').nth(1).unwrap_or_default();
-        // A store's key check goes only with its last blob.
-        let key_check = path.ends_with("/key-check") && path.split('/').count() == 3;
-        if referenced.contains(&path) || (key_check && live_stores.contains(store_id)) {
-            continue;
-        }
+        Ok(())
+    })?;
+    doomed.sort();
+    for path in doomed {
         go_on()?;
         store.delete(&path)?;
-        if !key_check {
-            pruned.blobs.push(path);
+        pruned.blobs.push(path);
+    }
+    for path in key_checks {
+        if !live_stores.contains(path.split('/').nth(1).unwrap_or_default()) {
+            go_on()?;
+            store.delete(&path)?;
         }
     }
     Ok(pruned)
 }
 
+/// The blob-store objects kept backups list, held compactly: a store's folder once, each
+/// digest as 32 octets (a million blobs in about 40 MiB).
+#[derive(Default)]
+struct Referenced {
+    stores: Vec<String>,
+    blobs: Vec<(u16, crate::snapshot::Sha)>,
+    /// Listed paths that are no blob-store path of either layout (kept as they are).
+    other: BTreeSet<String>,
+}
+
+impl Referenced {
+    /// `blobs/<store>/sha256/<ab>/<digest>`, or `blobs/sha256/<ab>/<digest>` (store `""`).
+    fn parse(path: &str) -> Option<(&str, crate::snapshot::Sha)> {
+        let rest = path.strip_prefix("blobs/")?;
+        let (store, tail) = match rest.strip_prefix("sha256/") {
+            Some(tail) => ("", tail),
+            None => {
+                let (store, tail) = rest.split_once('/')?;
+                (store, tail.strip_prefix("sha256/")?)
+            }
+        };
+        let (ab, digest) = tail.split_once('/')?;
+        let d = crate::snapshot::parse_sha(digest)
+            .filter(|_| digest.starts_with(ab) && ab.len() == 2)?;
+        Some((store, d))
+    }
+
+    fn store_index(&mut self, store: &str) -> u16 {
+        match self.stores.iter().position(|s| s == store) {
+            Some(i) => i as u16,
+            None => {
+                self.stores.push(store.to_owned());
+                (self.stores.len() - 1) as u16
+            }
+        }
+    }
+
+    fn add(&mut self, path: &str) {
+        match Self::parse(path) {
+            Some((store, d)) => {
+                let i = self.store_index(store);
+                self.blobs.push((i, d));
+            }
+            None => {
+                self.other.insert(path.to_owned());
+            }
+        }
+    }
+
+    fn seal(&mut self) {
+        self.blobs.sort_unstable();
+        self.blobs.dedup();
+    }
+
+    fn contains(&self, path: &str) -> bool {
+        match Self::parse(path) {
+            Some((store, d)) => self
+                .stores
+                .iter()
+                .position(|s| s == store)
+                .is_some_and(|i| self.blobs.binary_search(&(i as u16, d)).is_ok()),
+            None => self.other.contains(path),
+        }
+    }
+}
+
 /// The blob-store paths of the blob list at `path` (of a run not finished yet).
-fn list_paths(store: &dyn Store, path: &str) -> Result<Vec<String>> {
+fn list_paths(store: &dyn Store, path: &str, each: &mut dyn FnMut(&str)) -> Result<()> {
     let reader = crate::snapshot::Reader::new(
         std::io::BufReader::with_capacity(1 << 16, store.open(path)?),
         path,
     )?;
     let blobs = reader.store.clone();
-    reader
-        .map(|b| b.map(|b| blobs.path(&crate::snapshot::sha_hex(&b.digest))))
-        .collect()
+    for b in reader {
+        each(&blobs.path(&crate::snapshot::sha_hex(&b?.digest)));
+    }
+    Ok(())
 }
 
 pub async fn run(ctx: Ctx) -> Result<Outcome> {
@@ -343,6 +424,22 @@ mod tests {
         let err = prune(&store, &cfg, "", &BTreeSet::new(), &cancel).unwrap_err();
         assert!(matches!(err, Error::Interrupted), "{err}");
         assert_eq!(store.paths(), before);
+    }
+
+    #[test]
+    fn referenced_blobs_are_told_apart_by_store_and_layout() {
+        let d = "ab".repeat(32);
+        let mut r = Referenced::default();
+        r.add(&format!("blobs/p-1/sha256/ab/{d}"));
+        r.add(&format!("blobs/sha256/ab/{d}"));
+        r.add("blobs/odd/path");
+        r.seal();
+        assert!(r.contains(&format!("blobs/p-1/sha256/ab/{d}")));
+        assert!(r.contains(&format!("blobs/sha256/ab/{d}")));
+        assert!(!r.contains(&format!("blobs/p-2/sha256/ab/{d}")), "another store");
+        assert!(!r.contains(&format!("blobs/p-1/sha256/ab/{}", "cd".repeat(32))));
+        assert!(!r.contains(&format!("blobs/p-1/sha256/cd/{d}")), "wrong folder");
+        assert!(r.contains("blobs/odd/path"));
     }
 
     #[test]

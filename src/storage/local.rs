@@ -368,6 +368,15 @@ impl Store for LocalStore {
 
     fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
         let mut out = Vec::new();
+        self.walk_sized(prefix, &mut |p, s| {
+            out.push((p.to_owned(), s));
+            Ok(())
+        })?;
+        out.sort();
+        Ok(out)
+    }
+
+    fn walk_sized(&self, prefix: &str, f: &mut dyn FnMut(&str, u64) -> Result<()>) -> Result<()> {
         let mut stack = vec![prefix.trim_end_matches('/').to_owned()];
         while let Some(rel) = stack.pop() {
             let p = self.path(&rel);
@@ -390,12 +399,11 @@ impl Store for LocalStore {
                 if meta.is_dir() {
                     stack.push(child);
                 } else if !is_mutex_name(&e.file_name().to_string_lossy()) {
-                    out.push((child, meta.len()));
+                    f(&child, meta.len())?;
                 }
             }
         }
-        out.sort();
-        Ok(out)
+        Ok(())
     }
 
     fn swap(&self, rel: &str, old: &[u8], new: &[u8]) -> Result<bool> {

@@ -65,6 +65,14 @@ pub trait Store: Send + Sync {
     }
     /// Paths and sizes of every object under `prefix`, recursively.
     fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>>;
+    /// The same, one by one in no particular order, without holding them all (a blob store
+    /// of a million objects).
+    fn walk_sized(&self, prefix: &str, f: &mut dyn FnMut(&str, u64) -> Result<()>) -> Result<()> {
+        for (p, s) in self.list_sized(prefix)? {
+            f(&p, s)?;
+        }
+        Ok(())
+    }
     /// Replaces the small object at `path` by `new` only if it still holds exactly `old`:
     /// of several callers that read the same `old`, at most one succeeds (`true`); the others
     /// get `false`, as they do when the object holds something else or is gone.

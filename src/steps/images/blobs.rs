@@ -144,12 +144,7 @@ pub fn keep(
     let store = BlobStore::for_encryption(dest, enc)?;
     let encrypted = enc.is_encrypted();
     // What the store holds: one listing, by digest.
-    let mut held: Vec<(Sha, u64)> = store
-        .list(dest)?
-        .into_iter()
-        .filter_map(|(d, s)| snapshot::parse_sha(&d).map(|d| (d, s)))
-        .collect();
-    held.sort_unstable();
+    let held = store.held(dest)?;
     let stored_size = |d: &Sha| {
         held.binary_search_by(|(h, _)| h.cmp(d))
             .ok()
