@@ -42,6 +42,15 @@ impl BlobStore {
         )
     }
 
+    /// Where a repository tree is kept: `blobs/<store>/trees/<ab>/<digest>`.
+    pub fn tree_path(&self, digest: &str) -> String {
+        format!(
+            "{}/trees/{}/{digest}",
+            self.prefix(),
+            &digest[..2.min(digest.len())]
+        )
+    }
+
     /// The folder of this store: `blobs/<store>`.
     pub fn prefix(&self) -> String {
         format!("{ROOT}/{}", self.id)
@@ -104,8 +113,17 @@ impl BlobStore {
     /// Every blob in this store with its stored size, sorted by digest: 40 octets each, the
     /// listing streamed (no path held as a string).
     pub fn held(&self, store: &dyn Store) -> Result<Vec<(crate::snapshot::Sha, u64)>> {
+        self.held_in(store, "sha256")
+    }
+
+    /// The same for the repository trees (`trees/`).
+    pub fn held_trees(&self, store: &dyn Store) -> Result<Vec<(crate::snapshot::Sha, u64)>> {
+        self.held_in(store, "trees")
+    }
+
+    fn held_in(&self, store: &dyn Store, folder: &str) -> Result<Vec<(crate::snapshot::Sha, u64)>> {
         let mut held = Vec::new();
-        store.walk_sized(&format!("{}/sha256", self.prefix()), &mut |p, s| {
+        store.walk_sized(&format!("{}/{folder}", self.prefix()), &mut |p, s| {
             if let Some(d) = p.rsplit('/').next().and_then(crate::snapshot::parse_sha) {
                 held.push((d, s));
             }

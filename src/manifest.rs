@@ -71,6 +71,9 @@ pub enum ArtifactKind {
     Images,
     /// The list of blobs the backup keeps in the blob store (`snapshot::FILE`).
     Blobs,
+    /// The list of repository trees the backup keeps in the blob store
+    /// (`snapshot::TREES_FILE`).
+    Trees,
 }
 
 /// One file of a backup.

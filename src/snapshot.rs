@@ -26,7 +26,36 @@ use crate::storage::{ObjectWriter, Store};
 
 /// The list's name in the backup's folder.
 pub const FILE: &str = "blobs.list";
-const HEADER: &str = "dtr-backup blobs 1";
+/// The list of the repository trees the backup keeps in the blob store (`trees.list`, the
+/// same form; header `dtr-backup trees 1 <store>`): each a whole tar archive of one
+/// repository's folder, stored once however many backups list it.
+pub const TREES_FILE: &str = "trees.list";
+
+/// What a list lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listing {
+    /// Registry blobs (`blobs/<store>/sha256/...`).
+    Blobs,
+    /// Repository trees (`blobs/<store>/trees/...`).
+    Trees,
+}
+
+impl Listing {
+    fn header(self) -> &'static str {
+        match self {
+            Listing::Blobs => "dtr-backup blobs 1",
+            Listing::Trees => "dtr-backup trees 1",
+        }
+    }
+
+    /// Where an object of this listing lies in the blob store.
+    pub fn path(self, store: &BlobStore, digest: &Sha) -> String {
+        match self {
+            Listing::Blobs => store.path(&sha_hex(digest)),
+            Listing::Trees => store.tree_path(&sha_hex(digest)),
+        }
+    }
+}
 /// No line of a list is longer (digest, two sizes, separators).
 const MAX_LINE: u64 = 160;
 
@@ -96,8 +125,8 @@ pub struct Written {
 }
 
 impl Writer {
-    /// Starts the list at `path` of the blobs kept in `blobs`.
-    pub fn new(store: &dyn Store, path: &str, blobs: &BlobStore) -> Result<Writer> {
+    /// Starts the list at `path` of the objects kept in `blobs`.
+    pub fn new(store: &dyn Store, path: &str, blobs: &BlobStore, kind: Listing) -> Result<Writer> {
         let mut w = Writer {
             out: io::BufWriter::with_capacity(
                 1 << 16,
@@ -110,7 +139,8 @@ impl Writer {
             last: None,
             count: 0,
         };
-        writeln!(w.out, "{HEADER} {}", blobs.id).map_err(|e| io(e, "writing the blob list"))?;
+        writeln!(w.out, "{} {}", kind.header(), blobs.id)
+            .map_err(|e| io(e, "writing the blob list"))?;
         Ok(w)
     }
 
@@ -153,6 +183,8 @@ pub struct Reader<R> {
     lines: R,
     /// The blob store the blobs are kept in.
     pub store: BlobStore,
+    /// What it lists.
+    pub kind: Listing,
     last: Option<Sha>,
     what: String,
     line: String,
@@ -164,8 +196,11 @@ impl<R: BufRead> Reader<R> {
     pub fn new(mut from: R, what: &str) -> Result<Reader<R>> {
         let mut line = String::new();
         read_line(&mut from, &mut line, what)?;
-        let store = line
-            .strip_prefix(HEADER)
+        let (kind, rest) = [Listing::Blobs, Listing::Trees]
+            .into_iter()
+            .find_map(|k| line.strip_prefix(k.header()).map(|r| (k, r)))
+            .unwrap_or((Listing::Blobs, ""));
+        let store = Some(rest)
             .and_then(|r| r.strip_prefix(' '))
             .filter(|id| {
                 !id.is_empty()
@@ -183,6 +218,7 @@ impl<R: BufRead> Reader<R> {
             store: BlobStore {
                 id: store.to_owned(),
             },
+            kind,
             lines: from,
             last: None,
             what: what.to_owned(),
@@ -280,6 +316,30 @@ pub fn list_artifact(m: &Manifest) -> Option<&crate::manifest::Artifact> {
     m.artifacts.iter().find(|a| a.kind == ArtifactKind::Blobs)
 }
 
+/// Every repository tree the backup `m` keeps in the blob store (none for backups without
+/// a `trees.list`).
+pub fn trees_of<'a>(
+    store: &'a dyn Store,
+    m: &'a Manifest,
+) -> Result<Box<dyn Iterator<Item = Result<Kept>> + 'a>> {
+    let Some(a) = m.artifacts.iter().find(|a| a.kind == ArtifactKind::Trees) else {
+        return Ok(Box::new(std::iter::empty()));
+    };
+    let path = format!("{}/{}", m.backup_id, a.path);
+    let reader = Reader::new(BufReader::with_capacity(1 << 16, store.open(&path)?), &path)?;
+    if reader.kind != Listing::Trees {
+        return Err(Error::Verify(format!("{path} is not a list of trees")));
+    }
+    let blobs = reader.store.clone();
+    Ok(Box::new(reader.map(move |b| {
+        b.map(|blob| Kept {
+            path: Listing::Trees.path(&blobs, &blob.digest),
+            blob,
+            stored_known: true,
+        })
+    })))
+}
+
 /// Whether the backup `m` keeps blobs in the blob store.
 pub fn has_blobs(m: &Manifest) -> bool {
     list_artifact(m).is_some() || m.objects.iter().any(|o| o.blob.is_some())
@@ -294,6 +354,9 @@ pub fn blobs_of<'a>(
     if let Some(a) = list_artifact(m) {
         let path = format!("{}/{}", m.backup_id, a.path);
         let reader = Reader::new(BufReader::with_capacity(1 << 16, store.open(&path)?), &path)?;
+        if reader.kind != Listing::Blobs {
+            return Err(Error::Verify(format!("{path} is not a list of blobs")));
+        }
         let blobs = reader.store.clone();
         return Ok(Box::new(reader.map(move |b| {
             b.map(|blob| Kept {
@@ -350,7 +413,7 @@ mod tests {
         let bs = BlobStore {
             id: "p-0123abcd".into(),
         };
-        let mut w = Writer::new(&store, "b1/blobs.list", &bs).unwrap();
+        let mut w = Writer::new(&store, "b1/blobs.list", &bs, Listing::Blobs).unwrap();
         for b in [blob(1, 10), blob(2, 0), blob(0xab, 1 << 40)] {
             w.push(&b).unwrap();
         }

@@ -92,6 +92,24 @@ impl MemberSink for Vec<u8> {
     }
 }
 
+/// Any writer as a [`MemberSink`] (member data copied through the caller's buffer).
+pub struct Writes<W>(pub W);
+
+impl<W: Write> Write for Writes<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<W: Write> MemberSink for Writes<W> {
+    fn read_from(&mut self, from: &mut dyn Read, max: usize, buf: &mut [u8]) -> io::Result<usize> {
+        copy_some(from, max, self, buf)
+    }
+}
+
 impl<T: MemberSink + ?Sized> MemberSink for &mut T {
     fn read_from(&mut self, from: &mut dyn Read, max: usize, buf: &mut [u8]) -> io::Result<usize> {
         (**self).read_from(from, max, buf)

@@ -44,6 +44,14 @@ pub fn scan(root: &Path) -> io::Result<Tree> {
 
 /// The same, leaving out the folders `skip` (paths relative to `root`) and all they hold.
 pub fn scan_except(root: &Path, skip: &[&Path]) -> io::Result<Tree> {
+    scan_where(root, &mut |rel, kind| {
+        kind == Kind::Dir && skip.contains(&rel)
+    })
+}
+
+/// The same, leaving out every entry for which `skip` (its path relative to `root`, its
+/// kind) says so, and all it holds.
+pub fn scan_where(root: &Path, skip: &mut dyn FnMut(&Path, Kind) -> bool) -> io::Result<Tree> {
     let mut entries = Vec::new();
     let mut total = 0;
     let mut stack = vec![PathBuf::new()];
@@ -69,7 +77,7 @@ pub fn scan_except(root: &Path, skip: &[&Path]) -> io::Result<Tree> {
             } else {
                 Kind::Other
             };
-            if kind == Kind::Dir && skip.contains(&child.as_path()) {
+            if skip(&child, kind) {
                 continue;
             }
             let size = if kind == Kind::File { meta.len() } else { 0 };
@@ -138,11 +146,24 @@ pub fn write_tar<W: MemberSink>(
     out: W,
     cancel: &Cancel,
 ) -> io::Result<W> {
+    write_entries(&tree.root, &tree.entries, prefix, true, out, cancel)
+}
+
+/// Writes `entries` of the tree at `root` as a whole tar stream, every member under
+/// `prefix`; with `parents`, the folders of `prefix` first.
+pub fn write_entries<W: MemberSink>(
+    root: &Path,
+    entries: &[Entry],
+    prefix: &str,
+    parents: bool,
+    out: W,
+    cancel: &Cancel,
+) -> io::Result<W> {
     let mut b = tar::Builder::new(out);
     b.follow_symlinks(false);
     b.mode(tar::HeaderMode::Complete);
     let mut buf = vec![0u8; 1 << 20];
-    let root_meta = fs::metadata(&tree.root)?;
+    let root_meta = fs::metadata(root)?;
     // Folders as GNU tar writes them: the name ends with `/`.
     let dir = |b: &mut tar::Builder<W>, meta: &fs::Metadata, name: &Path| -> io::Result<()> {
         let mut h = tar::Header::new_gnu();
@@ -154,13 +175,13 @@ pub fn write_tar<W: MemberSink>(
         b.append_data(&mut h, Path::new(&name), io::empty())
     };
     let mut acc = PathBuf::new();
-    for part in Path::new(prefix).components() {
+    for part in Path::new(prefix).components().filter(|_| parents) {
         acc.push(part);
         dir(&mut b, &root_meta, &acc)?;
     }
-    for e in &tree.entries {
+    for e in entries {
         cancel.check()?;
-        let src = tree.root.join(&e.rel);
+        let src = root.join(&e.rel);
         let name = Path::new(prefix).join(&e.rel);
         match e.kind {
             Kind::Dir => dir(&mut b, &fs::symlink_metadata(&src)?, &name)?,
@@ -177,10 +198,13 @@ pub fn write_tar<W: MemberSink>(
                 b.append_data(&mut h, &name, io::empty())?;
                 let read = copy_member(&mut file, size, b.get_mut(), &mut buf, cancel)?;
                 if read != size {
-                    return Err(io::Error::other(format!(
-                        "{} shrank while it was read ({read} of {size} bytes); run the backup again",
-                        src.display(),
-                    )));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "{} shrank while it was read ({read} of {size} bytes); run the backup again",
+                            src.display(),
+                        ),
+                    ));
                 }
             }
             Kind::Other => {}
@@ -386,9 +410,10 @@ pub fn reroot<R: Read, W: MemberSink>(
                 b.append_data(&mut header, &new_path, io::empty())?;
                 let read = copy_member(&mut entry, size, b.get_mut(), &mut buf, cancel)?;
                 if read != size {
-                    return Err(io::Error::other(format!(
-                        "the archive ends inside {path:?} ({read} of {size} bytes)"
-                    )));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("the archive ends inside {path:?} ({read} of {size} bytes)"),
+                    ));
                 }
             }
         }

@@ -50,7 +50,7 @@ pub fn run(args: &Args) -> Exit {
                         ArtifactKind::Metadata => Some("metadata"),
                         ArtifactKind::Images => Some("images"),
                         // The list of the images' blobs: part of `images`.
-                        ArtifactKind::Blobs => None,
+                        ArtifactKind::Blobs | ArtifactKind::Trees => None,
                     })
                     .collect();
                 println!(

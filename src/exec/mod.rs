@@ -438,7 +438,14 @@ mod tests {
         let m = crate::manifest::read(&backups, &id).expect("a readable manifest");
         let kinds: Vec<_> = m.artifacts.iter().map(|a| a.kind).collect();
         use crate::manifest::ArtifactKind;
-        assert_eq!(kinds, [ArtifactKind::Images, ArtifactKind::Blobs]);
+        assert_eq!(
+            kinds,
+            [
+                ArtifactKind::Images,
+                ArtifactKind::Trees,
+                ArtifactKind::Blobs
+            ]
+        );
         assert_eq!(m.format_version, 2);
         assert!(matches!(
             events(&rec).last(),

@@ -160,7 +160,7 @@ pub fn prune(
             break;
         }
         let listed = crate::snapshot::blobs_of(store, m).and_then(|blobs| {
-            for k in blobs {
+            for k in blobs.chain(crate::snapshot::trees_of(store, m)?) {
                 referenced.add(&k?.path);
             }
             Ok(())
@@ -212,26 +212,31 @@ pub fn prune(
 #[derive(Default)]
 struct Referenced {
     stores: Vec<String>,
-    blobs: Vec<(u16, crate::snapshot::Sha)>,
+    /// Store index, folder (0 `sha256`, 1 `trees`), digest.
+    blobs: Vec<(u16, u8, crate::snapshot::Sha)>,
     /// Listed paths that are no blob-store path of either layout (kept as they are).
     other: BTreeSet<String>,
 }
 
 impl Referenced {
-    /// `blobs/<store>/sha256/<ab>/<digest>`, or `blobs/sha256/<ab>/<digest>` (store `""`).
-    fn parse(path: &str) -> Option<(&str, crate::snapshot::Sha)> {
+    /// `blobs/<store>/sha256|trees/<ab>/<digest>`, or `blobs/sha256/<ab>/<digest>` (store
+    /// `""`); with the folder: 0 `sha256`, 1 `trees`.
+    fn parse(path: &str) -> Option<(&str, u8, crate::snapshot::Sha)> {
         let rest = path.strip_prefix("blobs/")?;
-        let (store, tail) = match rest.strip_prefix("sha256/") {
-            Some(tail) => ("", tail),
+        let (store, kind, tail) = match rest.strip_prefix("sha256/") {
+            Some(tail) => ("", 0, tail),
             None => {
                 let (store, tail) = rest.split_once('/')?;
-                (store, tail.strip_prefix("sha256/")?)
+                match tail.strip_prefix("sha256/") {
+                    Some(t) => (store, 0, t),
+                    None => (store, 1, tail.strip_prefix("trees/")?),
+                }
             }
         };
         let (ab, digest) = tail.split_once('/')?;
         let d = crate::snapshot::parse_sha(digest)
             .filter(|_| digest.starts_with(ab) && ab.len() == 2)?;
-        Some((store, d))
+        Some((store, kind, d))
     }
 
     fn store_index(&mut self, store: &str) -> u16 {
@@ -246,9 +251,9 @@ impl Referenced {
 
     fn add(&mut self, path: &str) {
         match Self::parse(path) {
-            Some((store, d)) => {
+            Some((store, kind, d)) => {
                 let i = self.store_index(store);
-                self.blobs.push((i, d));
+                self.blobs.push((i, kind, d));
             }
             None => {
                 self.other.insert(path.to_owned());
@@ -263,11 +268,11 @@ impl Referenced {
 
     fn contains(&self, path: &str) -> bool {
         match Self::parse(path) {
-            Some((store, d)) => self
+            Some((store, kind, d)) => self
                 .stores
                 .iter()
                 .position(|s| s == store)
-                .is_some_and(|i| self.blobs.binary_search(&(i as u16, d)).is_ok()),
+                .is_some_and(|i| self.blobs.binary_search(&(i as u16, kind, d)).is_ok()),
             None => self.other.contains(path),
         }
     }
@@ -436,10 +441,24 @@ mod tests {
         r.seal();
         assert!(r.contains(&format!("blobs/p-1/sha256/ab/{d}")));
         assert!(r.contains(&format!("blobs/sha256/ab/{d}")));
-        assert!(!r.contains(&format!("blobs/p-2/sha256/ab/{d}")), "another store");
+        assert!(
+            !r.contains(&format!("blobs/p-2/sha256/ab/{d}")),
+            "another store"
+        );
         assert!(!r.contains(&format!("blobs/p-1/sha256/ab/{}", "cd".repeat(32))));
-        assert!(!r.contains(&format!("blobs/p-1/sha256/cd/{d}")), "wrong folder");
+        assert!(
+            !r.contains(&format!("blobs/p-1/sha256/cd/{d}")),
+            "wrong folder"
+        );
         assert!(r.contains("blobs/odd/path"));
+        let mut r = Referenced::default();
+        r.add(&format!("blobs/p-1/trees/ab/{d}"));
+        r.seal();
+        assert!(r.contains(&format!("blobs/p-1/trees/ab/{d}")));
+        assert!(
+            !r.contains(&format!("blobs/p-1/sha256/ab/{d}")),
+            "a tree is not a blob"
+        );
     }
 
     #[test]

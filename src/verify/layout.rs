@@ -46,7 +46,7 @@ pub(super) fn walk_archive(
     read_data: ReadData,
 ) -> Result<(String, Walk), String> {
     let mut buffered = io::BufReader::with_capacity(1 << 16, plain);
-    if kind == ArtifactKind::Blobs {
+    if matches!(kind, ArtifactKind::Blobs | ArtifactKind::Trees) {
         return walk_blob_list(buffered);
     }
     let gzip = io::BufRead::fill_buf(&mut buffered)
@@ -105,7 +105,9 @@ pub(super) fn walk_archive(
                     walk.blobs.insert(digest);
                 }
             }
-            ArtifactKind::Blobs => return Err("a blob list is not an archive".to_owned()),
+            ArtifactKind::Blobs | ArtifactKind::Trees => {
+                return Err("a blob list is not an archive".to_owned());
+            }
             ArtifactKind::Metadata => {
                 let first = name.split('/').next().unwrap_or("").to_owned();
                 let top = top.get_or_insert_with(|| first.clone());
@@ -152,7 +154,7 @@ pub(super) fn walk_archive(
         }
     }
     let detail = match kind {
-        ArtifactKind::Blobs => String::new(),
+        ArtifactKind::Blobs | ArtifactKind::Trees => String::new(),
         ArtifactKind::Images if under_registry == 0 => {
             return Err(format!("no member under {registry}"));
         }
@@ -181,6 +183,10 @@ pub(super) fn walk_archive(
 fn walk_blob_list(list: impl io::BufRead) -> Result<(String, Walk), String> {
     let reader = crate::snapshot::Reader::new(list, "the blob list").map_err(|e| e.to_string())?;
     let store = reader.store.id.clone();
+    let what = match reader.kind {
+        crate::snapshot::Listing::Blobs => "blobs",
+        crate::snapshot::Listing::Trees => "repository trees",
+    };
     let mut blobs = 0u64;
     let mut bytes = 0u64;
     for b in reader {
@@ -189,7 +195,7 @@ fn walk_blob_list(list: impl io::BufRead) -> Result<(String, Walk), String> {
         bytes += b.size;
     }
     Ok((
-        format!("{blobs} blobs ({bytes} bytes) in the blob store {store}"),
+        format!("{blobs} {what} ({bytes} bytes) in the blob store {store}"),
         Walk::default(),
     ))
 }

@@ -28,10 +28,16 @@ pub(super) fn check_blob_store(
     let mut bad = Vec::new();
     let mut hashed = 0usize;
     let mut listed = 0usize;
+    let mut trees = 0usize;
     let encrypted = manifest.encryption != "none";
     let read = read_data != ReadData::Layout && (dec.is_some() || !encrypted);
-    let blobs = match snapshot::blobs_of(store, manifest) {
-        Ok(b) => b,
+    let lists = snapshot::blobs_of(store, manifest).and_then(|blobs| {
+        Ok(blobs
+            .map(|b| (false, b))
+            .chain(snapshot::trees_of(store, manifest)?.map(|t| (true, t))))
+    });
+    let objects = match lists {
+        Ok(o) => o,
         Err(e) => {
             checks.push(Check::new(
                 "blob store holds every blob of the snapshot",
@@ -40,7 +46,7 @@ pub(super) fn check_blob_store(
             return digests;
         }
     };
-    for kept in blobs {
+    for (tree, kept) in objects {
         if cancel.is_cancelled() {
             break;
         }
@@ -52,6 +58,7 @@ pub(super) fn check_blob_store(
             }
         };
         listed += 1;
+        trees += usize::from(tree);
         let digest = snapshot::sha_hex(&kept.blob.digest);
         let path = &kept.path;
         match store.size(path) {
@@ -83,13 +90,18 @@ pub(super) fn check_blob_store(
                 Err(e) => bad.push(format!("{path}: {e}")),
             }
         }
-        digests.insert(digest);
+        if !tree {
+            digests.insert(digest);
+        }
     }
     let first = |v: &[String]| v.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
     checks.push(Check::new(
         "blob store holds every blob of the snapshot",
         if missing.is_empty() {
-            Ok(format!("{listed} blobs"))
+            Ok(format!(
+                "{} blobs, {trees} repository trees",
+                listed - trees
+            ))
         } else {
             Err(format!("{} missing: {}", missing.len(), first(&missing)))
         },

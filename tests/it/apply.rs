@@ -40,7 +40,7 @@ fn assert_backup_sound(fx: &Fixture, backup: &Path) {
     let m = manifest(backup);
     assert_eq!(m["dtr"]["volume"], VOLUME);
     let artifacts = m["artifacts"].as_array().expect("artifacts");
-    if artifacts.len() == 2 {
+    if artifacts.len() == 3 {
         assert_incremental_sound(fx, backup, &m);
         return;
     }
@@ -87,19 +87,44 @@ fn assert_incremental_sound(fx: &Fixture, backup: &Path, m: &serde_json::Value) 
     assert_eq!(m["format_version"], 2);
     let artifacts = m["artifacts"].as_array().expect("artifacts");
     assert_eq!(artifacts[0]["kind"], "images");
-    assert_eq!(artifacts[1]["kind"], "blobs");
+    assert_eq!(artifacts[1]["kind"], "trees");
+    assert_eq!(artifacts[2]["kind"], "blobs");
     for a in artifacts {
         let bytes =
             std::fs::read(backup.join(a["path"].as_str().expect("path"))).expect("artifact");
         assert_eq!(a["size"], bytes.len() as u64);
         assert_eq!(a["sha256"], dtr_backup::archive::sha256_hex(&bytes));
     }
-    // The archive: the tree but its blobs, folders named as GNU tar names them.
+    // The archive and the repository trees: the tree but its blobs, folders named as GNU tar
+    // names them. Each tree is a whole tar archive of one repository, a message of its own.
     let plain = gpg_decrypt(&backup.join("dtr-images-0a1b2c3d4e5f.tar.gpg"), PASSPHRASE);
-    let names = tar_list(&plain);
+    let mut names = tar_list(&plain);
+    let trees = std::fs::read_to_string(backup.join("trees.list")).expect("trees.list");
+    let tree_store = trees
+        .lines()
+        .next()
+        .and_then(|h| h.strip_prefix("dtr-backup trees 1 "))
+        .expect("header")
+        .to_owned();
+    for line in trees.lines().skip(1) {
+        let digest = line.split(' ').next().expect("digest");
+        let object = fx.plan_root().join(format!(
+            "blobs/{tree_store}/trees/{}/{digest}",
+            &digest[..2]
+        ));
+        let tar = gpg_decrypt(&object, PASSPHRASE);
+        assert_eq!(dtr_backup::archive::sha256_hex(&tar), digest);
+        names.extend(tar_list(&tar));
+    }
     assert!(names.iter().all(|n| n.starts_with(VOLUME)), "{names:?}");
     assert!(
         names.contains(&format!("{VOLUME}/_data/docker/registry/v2/repositories/")),
+        "{names:?}"
+    );
+    assert!(
+        names
+            .iter()
+            .any(|n| n.ends_with("/_manifests/tags/3.18/current/link")),
         "{names:?}"
     );
     assert!(
@@ -207,7 +232,7 @@ fn shipped_quickstart_plan_runs_from_the_readme_command() {
         .args(["plan", "apply", "plans/quickstart.yaml"]));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains("complete: 2 artifacts"),
+        stdout(&out).contains("complete: 3 artifacts"),
         "{}",
         stdout(&out)
     );
@@ -254,9 +279,9 @@ fn assert_no_partial_final_files(fx: &Fixture) {
         } else if name.ends_with(".json") {
             serde_json::from_slice::<serde_json::Value>(&bytes)
                 .unwrap_or_else(|e| panic!("{} is partial: {e}", path.display()));
-        } else if name == "blobs.list" {
+        } else if name == "blobs.list" || name == "trees.list" {
             let text = String::from_utf8(bytes).expect("text");
-            assert!(text.starts_with("dtr-backup blobs 1 ") && text.ends_with('\n'));
+            assert!(text.starts_with("dtr-backup ") && text.ends_with('\n'));
         } else if name == "key-check" {
             assert!(!gpg_decrypt(&path, PASSPHRASE).is_empty());
         } else if path.to_string_lossy().contains("/blobs/") && name.len() == 64 {

@@ -368,6 +368,7 @@ fn assert_full_backup(backup: &Path, id: &str, offline: bool) {
         .map(|a| a["kind"].as_str().expect("kind"))
         .collect();
     assert_eq!(kinds, ["metadata", "images", "blobs"], "metadata first");
+    // (A volume's repositories are one archive: per-repository trees are for folders yet.)
 
     let meta = backup.join(format!("dtr-backup-v{VERSION}.tar.gz.gpg"));
     let gz = gpg_decrypt(&meta, PASSPHRASE);

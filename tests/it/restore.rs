@@ -482,6 +482,20 @@ fn copied_and_reused(out: &std::process::Output) -> (u64, u64) {
     )
 }
 
+/// What the `repositories: ...` log line of a run says: (stored, unchanged).
+fn trees_stored_and_unchanged(out: &std::process::Output) -> (u64, u64) {
+    let line = events(out)
+        .iter()
+        .filter_map(|e| e["message"].as_str().map(str::to_owned))
+        .find(|m| m.starts_with("repositories: "))
+        .expect("the repository count");
+    let n: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (n[0], n[1])
+}
+
 /// Incremental backups: each run copies only the blobs the store lacks; retention deletes a
 /// blob only once no kept backup lists it, and keeps one a kept and a deleted backup share;
 /// a backup whose blobs three runs wrote restores whole, byte for byte.
@@ -508,6 +522,9 @@ fn repeat_backups_copy_the_change_and_share_blobs_that_retention_keeps() {
     let (copied, reused) = copied_and_reused(&first);
     assert_eq!(reused, 0);
     assert!(copied >= 9, "{copied}");
+    let (repos, unchanged) = trees_stored_and_unchanged(&first);
+    assert_eq!(unchanged, 0);
+    assert!(repos >= 2, "{repos}");
     let shared = store();
     assert!(shared.contains(&only_first));
 
@@ -519,10 +536,20 @@ fn repeat_backups_copy_the_change_and_share_blobs_that_retention_keeps() {
     )))
     .expect("rm");
     let second_blob = add_blob(&fx, b"written by the second run");
-    assert_eq!(copied_and_reused(&apply()), (1, copied - 1));
+    let second = apply();
+    assert_eq!(copied_and_reused(&second), (1, copied - 1));
+    // No repository changed: no repository tree is written again.
+    assert_eq!(trees_stored_and_unchanged(&second), (0, repos));
     let third_blob = add_blob(&fx, b"written by the third run");
+    // A new tag in one repository: that repository's tree alone is stored.
+    let tag = fx.dir.path().join(
+        "registry/docker/registry/v2/repositories/library/alpine/_manifests/tags/edge/current",
+    );
+    std::fs::create_dir_all(&tag).expect("tag folder");
+    std::fs::write(tag.join("link"), format!("sha256:{third_blob}")).expect("tag");
     let third = apply();
     assert_eq!(copied_and_reused(&third), (1, copied));
+    assert_eq!(trees_stored_and_unchanged(&third), (1, repos - 1));
 
     // keep_last 2: the first backup went, and with it the blob only it listed; the blobs
     // it shared with the kept ones stay.

@@ -119,7 +119,7 @@ pub async fn back_up_blobs(ctx: &Ctx, source: impl BlobSource, done: &mut Outcom
 
 /// Whether a stored object of `stored` octets can hold a blob of `size` (an encrypted one
 /// carries at least its random prefix and its integrity check).
-fn plausible(stored: u64, size: u64, encrypted: bool) -> bool {
+pub(super) fn plausible(stored: u64, size: u64, encrypted: bool) -> bool {
     if encrypted {
         stored >= size + 18 + 22
     } else {
@@ -221,7 +221,7 @@ pub fn keep(
         gone,
         ..Kept::default()
     };
-    let mut list = snapshot::Writer::new(dest, list_path, &store)?;
+    let mut list = snapshot::Writer::new(dest, list_path, &store, snapshot::Listing::Blobs)?;
     let mut fresh = copied.iter().peekable();
     let mut lacking = missing.iter().peekable();
     for (i, b) in listed.iter().enumerate() {
@@ -326,9 +326,9 @@ fn copy(
 }
 
 /// Counts what goes into an object (behind a mutex: the cipher's writer must be `Sync`).
-struct Counted {
-    inner: Mutex<Box<dyn crate::storage::ObjectWriter>>,
-    n: u64,
+pub(super) struct Counted {
+    pub(super) inner: Mutex<Box<dyn crate::storage::ObjectWriter>>,
+    pub(super) n: u64,
 }
 
 impl Write for Counted {

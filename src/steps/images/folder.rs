@@ -80,16 +80,32 @@ impl ImageSource for Folder {
             let name = manifest::images_artifact(&plan, &volume);
             let path = ctx.backup_path(&name);
 
-            // Incremental: the blobs go to the blob store, the rest is the archive.
+            // Incremental: the blobs go to the blob store, each repository's own content
+            // (`_layers`, `_manifests`, `_uploads`) is a tree there, the rest is the archive.
             let scan_root = root.clone();
-            let tree = blocking(move || {
-                let skip: &[&Path] = if incremental {
-                    &[Path::new(BLOBS)]
-                } else {
-                    &[]
-                };
-                tree::scan_except(&scan_root, skip)
-                    .map_err(|e| io(e, format!("reading {}", scan_root.display())))
+            let (tree, repos) = blocking(move || {
+                let mut repos: Vec<PathBuf> = Vec::new();
+                let tree = tree::scan_where(&scan_root, &mut |rel, kind| {
+                    if !incremental {
+                        return false;
+                    }
+                    if kind == tree::Kind::Dir && rel == Path::new(BLOBS) {
+                        return true;
+                    }
+                    match super::trees::starts_a_tree(rel) {
+                        Some(repo) => {
+                            if repos.last() != Some(&repo) {
+                                repos.push(repo);
+                            }
+                            true
+                        }
+                        None => false,
+                    }
+                })
+                .map_err(|e| io(e, format!("reading {}", scan_root.display())))?;
+                repos.sort_unstable();
+                repos.dedup();
+                Ok((tree, repos))
             })
             .await?;
             let progress = ctx.progress(Some(tree.total));
@@ -116,6 +132,43 @@ impl ImageSource for Folder {
             drop(progress);
             let mut done = outcome(&ctx, name, path, written, &volume);
             if incremental {
+                let list_path = ctx.backup_path(snapshot::TREES_FILE);
+                let (stores, enc, cancel, lp, tree_root) = (
+                    ctx.stores.clone(),
+                    ctx.secrets.encryption.clone(),
+                    ctx.cancel.clone(),
+                    list_path.clone(),
+                    root.clone(),
+                );
+                let prefix = format!("{volume}/_data");
+                let kept = blocking(move || {
+                    super::trees::keep(
+                        &tree_root,
+                        &repos,
+                        &prefix,
+                        stores.backups.as_ref(),
+                        &enc,
+                        &lp,
+                        &cancel,
+                    )
+                })
+                .await?;
+                ctx.reporter.emit(&crate::events::Event::Log {
+                    step: ctx.step_id.clone(),
+                    message: format!(
+                        "repositories: {} stored, {} unchanged, {} read again (changed while read)",
+                        kept.copied, kept.reused, kept.reread
+                    ),
+                });
+                done.artifacts.push(crate::manifest::Artifact {
+                    kind: crate::manifest::ArtifactKind::Trees,
+                    path: snapshot::TREES_FILE.to_owned(),
+                    size: kept.list.size,
+                    sha256: kept.list.sha256,
+                    encrypted: false,
+                });
+                done.files
+                    .push(crate::steps::FileRef::new(list_path, kept.list.size));
                 // After the archive: every blob its links name was there before the listing.
                 blobs::back_up_blobs(&ctx, FolderBlobs { root }, &mut done).await?;
             }

@@ -14,6 +14,7 @@ pub mod blobs;
 mod folder;
 pub mod restore;
 pub mod s3;
+mod trees;
 pub mod volume;
 mod volume_blobs;
 

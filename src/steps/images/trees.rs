@@ -1,0 +1,515 @@
+//! Repository trees: what a registry keeps besides its blobs (`repositories/<name>/_layers`,
+//! `_manifests`, `_uploads`: links, tags, upload state) is small per file but grows with the
+//! registry (a link per layer per repository). Kept whole in every backup, a registry of a
+//! hundred thousand blobs would write a hundred megabytes of links every night. So each
+//! repository's folder is a tar archive of its own, stored in the blob store under the
+//! sha256 of that archive (`blobs/<store>/trees/<ab>/<digest>`), once however many backups
+//! list it: a repository that did not change costs a read of its (small) files and nothing
+//! written. The backup's `trees.list` lists the trees it keeps; its images archive holds the
+//! rest (the folders above the repositories).
+//!
+//! A repository's folder is the path before the first component that starts with `_`
+//! (`repositories/library/alpine` for `repositories/library/alpine/_layers/...`).
+//!
+//! Repositories are read one at a time, each listed right before it is read and dropped
+//! after, so memory is bound by the largest repository, not by the registry; a repository
+//! that changes while it is read (a push, an upload finishing) is listed and read again.
+
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
+
+use super::blobs::Counted;
+use crate::archive::tree::{self, Entry};
+use crate::archive::{HashWriter, Writes};
+use crate::blob_store::BlobStore;
+use crate::cancel::Cancel;
+use crate::crypto::{self, Encryption, Session};
+use crate::error::{Error, Result, io};
+use crate::snapshot::{self, Blob, Listing};
+use crate::storage::Store;
+
+/// Where repositories are, in a registry tree.
+pub const REPOSITORIES: &str = "docker/registry/v2/repositories";
+
+/// The repository folder that `rel` (a path in a registry tree) belongs to, if any.
+fn repository_of(rel: &Path) -> Option<PathBuf> {
+    let rest = rel.strip_prefix(REPOSITORIES).ok()?;
+    let mut key = PathBuf::from(REPOSITORIES);
+    for c in rest.components() {
+        let Component::Normal(name) = c else {
+            return None;
+        };
+        if name.to_string_lossy().starts_with('_') {
+            return Some(key);
+        }
+        key.push(name);
+    }
+    None
+}
+
+/// Whether the entry `rel` of a registry tree is the first of a repository's own content
+/// (`repositories/<name>/_layers`, ...): left out of the images archive, its repository
+/// (returned) kept as a tree.
+pub fn starts_a_tree(rel: &Path) -> Option<PathBuf> {
+    let name = rel.file_name()?.to_string_lossy();
+    if !name.starts_with('_') {
+        return None;
+    }
+    let parent = rel.parent()?;
+    (repository_of(rel).as_deref() == Some(parent)).then(|| parent.to_path_buf())
+}
+
+/// What [`keep`] did.
+pub struct Kept {
+    pub list: snapshot::Written,
+    pub copied: u64,
+    pub reused: u64,
+    /// Repositories read more than once because they changed while they were read.
+    pub reread: u64,
+}
+
+/// How often a repository that changes while it is read (a push, an upload finishing) is
+/// read before the run gives up.
+const ATTEMPTS: u32 = 3;
+
+/// Why keeping one tree did not succeed.
+enum Failed {
+    /// The repository changed between the listing and the reading, or between two readings:
+    /// read it again.
+    Changed(String),
+    /// Anything else.
+    Error(Error),
+}
+
+impl From<Error> for Failed {
+    fn from(e: Error) -> Failed {
+        Failed::Error(e)
+    }
+}
+
+/// Whether `e`, met reading a repository's files, says that they changed since the listing
+/// (a file removed, or shorter than listed).
+fn changed(e: &io::Error) -> bool {
+    !crate::cancel::is_cancellation(e)
+        && matches!(
+            e.kind(),
+            io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof
+        )
+}
+
+/// The entries of the repository `key` as they are now, sorted (none when it is gone).
+fn scan(root: &Path, key: &Path) -> Result<Vec<Entry>> {
+    let tree = match tree::scan(&root.join(key)) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(e, format!("reading the repository {}", key.display()))),
+    };
+    Ok(tree
+        .entries
+        .into_iter()
+        .map(|mut e| {
+            e.rel = key.join(&e.rel);
+            e
+        })
+        .filter(|e| repository_of(&e.rel).as_deref() == Some(key))
+        .collect())
+}
+
+/// Keeps the tree of each repository of `repos` (folders of the registry tree at `root`,
+/// every member under `prefix`) in the blob store of `enc` in `dest`, unless it is there;
+/// writes the list at `list_path`. A repository that changed while it was read is listed
+/// again and read again.
+pub fn keep(
+    root: &Path,
+    repos: &[PathBuf],
+    prefix: &str,
+    dest: &dyn Store,
+    enc: &Encryption,
+    list_path: &str,
+    cancel: &Cancel,
+) -> Result<Kept> {
+    let store = BlobStore::for_encryption(dest, enc)?;
+    let held = store.held_trees(dest)?;
+    let session = Session::new(enc).map_err(|e| io(e, "starting the encryption"))?;
+    let one = One {
+        root,
+        prefix,
+        dest,
+        store: &store,
+        held: &held,
+        encrypted: enc.is_encrypted(),
+        session: &session,
+        cancel,
+    };
+    let mut listed: Vec<Blob> = Vec::with_capacity(repos.len());
+    let (mut copied, mut reused, mut reread) = (0, 0, 0);
+    for key in repos {
+        cancel
+            .check()
+            .map_err(|e| io(e, "keeping repository trees"))?;
+        let mut attempt = 1;
+        let (blob, fresh) = loop {
+            let entries = scan(root, key)?;
+            match one.keep(key, &entries) {
+                Ok(kept) => break kept,
+                Err(Failed::Changed(_)) if attempt < ATTEMPTS => {
+                    attempt += 1;
+                    reread += 1;
+                }
+                Err(Failed::Changed(why)) => {
+                    return Err(Error::source(format!(
+                        "the repository {} changed each of the {ATTEMPTS} times it was read ({why}): a push or a garbage collection is running; run the backup again when it is done",
+                        key.display()
+                    )));
+                }
+                Err(Failed::Error(e)) => return Err(e),
+            }
+        };
+        if fresh {
+            copied += 1;
+        } else {
+            reused += 1;
+        }
+        listed.push(blob);
+    }
+    dest.sync_many(&format!("{}/trees", store.prefix()))?;
+    listed.sort_unstable_by_key(|b| b.digest);
+    listed.dedup_by_key(|b| b.digest);
+    let mut list = snapshot::Writer::new(dest, list_path, &store, Listing::Trees)?;
+    for b in &listed {
+        list.push(b)?;
+    }
+    Ok(Kept {
+        list: list.finish()?,
+        copied,
+        reused,
+        reread,
+    })
+}
+
+/// What keeping one tree needs.
+struct One<'a> {
+    root: &'a Path,
+    prefix: &'a str,
+    dest: &'a dyn Store,
+    store: &'a BlobStore,
+    /// The trees in the store, sorted by digest.
+    held: &'a [(snapshot::Sha, u64)],
+    encrypted: bool,
+    session: &'a Session,
+    cancel: &'a Cancel,
+}
+
+impl One<'_> {
+    /// Keeps the tree of `entries` (the repository `key`): its archive's digest first (its
+    /// files are small; read once more only when the store lacks it). Returns the list's line
+    /// and whether this run stored it.
+    fn keep(&self, key: &Path, entries: &[Entry]) -> std::result::Result<(Blob, bool), Failed> {
+        let read = |e: io::Error| {
+            if changed(&e) {
+                Failed::Changed(e.to_string())
+            } else {
+                Failed::Error(io(e, format!("reading the repository {}", key.display())))
+            }
+        };
+        let hashed = tree::write_entries(
+            self.root,
+            entries,
+            self.prefix,
+            false,
+            Writes(HashWriter::new(io::sink())),
+            self.cancel,
+        )
+        .map_err(read)?;
+        let (_, sha, size) = hashed.0.finish();
+        let digest = snapshot::parse_sha(&sha).ok_or_else(|| Error::internal("a digest"))?;
+        if let Ok(i) = self.held.binary_search_by(|(d, _)| d.cmp(&digest))
+            && super::blobs::plausible(self.held[i].1, size, self.encrypted)
+        {
+            let blob = Blob {
+                digest,
+                size,
+                stored: self.held[i].1,
+                fresh: false,
+            };
+            return Ok((blob, false));
+        }
+        let target = self.store.tree_path(&sha);
+        let mut object = Counted {
+            inner: Mutex::new(self.dest.create_many(&target, size)?),
+            n: 0,
+        };
+        let again = {
+            let sealed = crypto::encrypt_in(&mut object, self.session)
+                .map_err(|e| io(e, format!("encrypting {target}")))?;
+            let written = tree::write_entries(
+                self.root,
+                entries,
+                self.prefix,
+                false,
+                Writes(HashWriter::new(sealed)),
+                self.cancel,
+            )
+            .map_err(read)?;
+            let (sealed, again, _) = written.0.finish();
+            sealed
+                .finish()
+                .map_err(|e| io(e, format!("writing {target}")))?;
+            again
+        };
+        if again != sha {
+            // Dropping the object discards it.
+            return Err(Failed::Changed(format!(
+                "its archive was {sha} and then {again}"
+            )));
+        }
+        let stored = object.n;
+        object
+            .inner
+            .into_inner()
+            .map_err(|_| Error::internal("a tree writer was poisoned"))?
+            .commit()?;
+        let blob = Blob {
+            digest,
+            size,
+            stored,
+            fresh: true,
+        };
+        Ok((blob, true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+    use crate::storage::memory::MemoryStore;
+    use std::fs;
+
+    const PREFIX: &str = "dtr-registry-0123456789ab/_data";
+
+    /// A fresh folder, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            let dir =
+                std::env::temp_dir().join(format!("dtr-backup-trees-{tag}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A registry tree with the repositories `names`, each with a layer link and a tag.
+    fn registry(root: &Path, names: &[&str]) {
+        for name in names {
+            let repo = root.join(REPOSITORIES).join(name);
+            let layer = repo.join("_layers/sha256").join("ab".repeat(32));
+            fs::create_dir_all(&layer).unwrap();
+            fs::write(layer.join("link"), format!("sha256:{}", "ab".repeat(32))).unwrap();
+            let tag = repo.join("_manifests/tags/latest/current");
+            fs::create_dir_all(&tag).unwrap();
+            fs::write(tag.join("link"), format!("sha256:{}", "cd".repeat(32))).unwrap();
+        }
+    }
+
+    fn repos(names: &[&str]) -> Vec<PathBuf> {
+        names
+            .iter()
+            .map(|n| Path::new(REPOSITORIES).join(n))
+            .collect()
+    }
+
+    fn listed(store: &MemoryStore, path: &str) -> Vec<Blob> {
+        let bytes = store.get(path).unwrap().unwrap();
+        let reader = snapshot::Reader::new(&bytes[..], path).unwrap();
+        assert_eq!(reader.kind, Listing::Trees);
+        reader.collect::<Result<_>>().unwrap()
+    }
+
+    #[test]
+    fn an_unchanged_repository_is_stored_once_and_each_tree_is_a_whole_archive() {
+        let dir = Scratch::new("kept");
+        let names = ["library/alpine", "library/alpine/sub", "team/app"];
+        registry(dir.path(), &names);
+        let dest = MemoryStore::new();
+        let enc = Encryption::Passphrase(Secret::for_test("trees"));
+        let cancel = Cancel::new();
+        let all = repos(&names);
+        let first = keep(
+            dir.path(),
+            &all,
+            PREFIX,
+            &dest,
+            &enc,
+            "b1/trees.list",
+            &cancel,
+        )
+        .unwrap();
+        assert_eq!((first.copied, first.reused, first.reread), (3, 0, 0));
+
+        // One repository gains a tag: only its tree is stored again.
+        let tag = dir
+            .path()
+            .join(REPOSITORIES)
+            .join("team/app/_manifests/tags/v2/current");
+        fs::create_dir_all(&tag).unwrap();
+        fs::write(tag.join("link"), "sha256:x").unwrap();
+        let second = keep(
+            dir.path(),
+            &all,
+            PREFIX,
+            &dest,
+            &enc,
+            "b2/trees.list",
+            &cancel,
+        )
+        .unwrap();
+        assert_eq!((second.copied, second.reused), (1, 2));
+        let (one, two) = (
+            listed(&dest, "b1/trees.list"),
+            listed(&dest, "b2/trees.list"),
+        );
+        assert_eq!((one.len(), two.len()), (3, 3));
+        assert_eq!(two.iter().filter(|b| b.fresh).count(), 1);
+
+        // Each tree decrypts to a tar of its own repository's content, whose sha256 is its
+        // name; a nested repository's content is in its own tree only.
+        let dec = crypto::Decryption::Passphrase(Secret::for_test("trees"));
+        let store = BlobStore::for_encryption(&dest, &enc).unwrap();
+        let mut names_seen = Vec::new();
+        for b in &two {
+            let sealed = dest
+                .get(&Listing::Trees.path(&store, &b.digest))
+                .unwrap()
+                .unwrap();
+            let mut plain = Vec::new();
+            io::Read::read_to_end(&mut crypto::decrypt(&sealed[..], &dec).unwrap(), &mut plain)
+                .unwrap();
+            assert_eq!(
+                crate::archive::sha256_hex(&plain),
+                snapshot::sha_hex(&b.digest)
+            );
+            assert_eq!(plain.len() as u64, b.size);
+            let mut tar = tar::Archive::new(&plain[..]);
+            let names: Vec<String> = tar
+                .entries()
+                .unwrap()
+                .map(|e| e.unwrap().path().unwrap().display().to_string())
+                .collect();
+            let repo: std::collections::BTreeSet<_> = names
+                .iter()
+                .map(|n| {
+                    let rel = n.strip_prefix(&format!("{PREFIX}/")).expect(n);
+                    repository_of(Path::new(rel)).expect(n)
+                })
+                .collect();
+            assert_eq!(repo.len(), 1, "{names:?}");
+            names_seen.extend(names);
+        }
+        for name in names {
+            assert!(
+                names_seen.iter().any(|n| n.ends_with(&format!(
+                    "repositories/{name}/_manifests/tags/latest/current/link"
+                ))),
+                "{name}: {names_seen:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_repository_that_changed_since_its_listing_is_read_again() {
+        let dir = Scratch::new("changed");
+        registry(dir.path(), &["a"]);
+        let dest = MemoryStore::new();
+        let enc = Encryption::Passphrase(Secret::for_test("trees"));
+        let cancel = Cancel::new();
+        let store = BlobStore::for_encryption(&dest, &enc).unwrap();
+        let session = Session::new(&enc).unwrap();
+        let one = One {
+            root: dir.path(),
+            prefix: PREFIX,
+            dest: &dest,
+            store: &store,
+            held: &[],
+            encrypted: true,
+            session: &session,
+            cancel: &cancel,
+        };
+        let key = Path::new(REPOSITORIES).join("a");
+        let entries = scan(dir.path(), &key).unwrap();
+        // A file listed, then removed (an upload finished): the repository changed.
+        fs::remove_file(
+            dir.path()
+                .join(&key)
+                .join("_manifests/tags/latest/current/link"),
+        )
+        .unwrap();
+        assert!(matches!(one.keep(&key, &entries), Err(Failed::Changed(_))));
+        assert!(
+            dest.paths().iter().all(|p| !p.contains("/trees/")),
+            "nothing stored"
+        );
+        // Listed again, it is kept as it is now.
+        let (blob, fresh) = match one.keep(&key, &scan(dir.path(), &key).unwrap()) {
+            Ok(kept) => kept,
+            Err(_) => panic!("a repository read again is kept"),
+        };
+        assert!(fresh);
+        assert!(
+            dest.paths()
+                .iter()
+                .any(|p| p.ends_with(&snapshot::sha_hex(&blob.digest)))
+        );
+        // A repository removed since the listing of repositories is an empty tree.
+        fs::remove_dir_all(dir.path().join(&key)).unwrap();
+        assert!(scan(dir.path(), &key).unwrap().is_empty());
+        // An interruption is not a change.
+        let stop = Cancel::new();
+        stop.cancel();
+        assert!(!changed(&stop.check().unwrap_err()));
+        assert!(changed(&io::Error::from(io::ErrorKind::NotFound)));
+    }
+
+    #[test]
+    fn a_repository_is_the_folder_before_the_first_underscore() {
+        let r = |p: &str| repository_of(Path::new(p)).map(|k| k.display().to_string());
+        assert_eq!(
+            r("docker/registry/v2/repositories/library/alpine/_layers/sha256/ab/link").as_deref(),
+            Some("docker/registry/v2/repositories/library/alpine")
+        );
+        assert_eq!(
+            r("docker/registry/v2/repositories/a/b/c/_manifests").as_deref(),
+            Some("docker/registry/v2/repositories/a/b/c")
+        );
+        assert_eq!(r("docker/registry/v2/repositories/library/alpine"), None);
+        assert_eq!(r("docker/registry/v2/blobs/sha256/ab"), None);
+    }
+
+    #[test]
+    fn a_tree_starts_at_the_first_underscore_below_the_repositories() {
+        let s = |p: &str| starts_a_tree(Path::new(p)).map(|k| k.display().to_string());
+        let repo = Some("docker/registry/v2/repositories/a/b".to_owned());
+        assert_eq!(s("docker/registry/v2/repositories/a/b/_layers"), repo);
+        assert_eq!(s("docker/registry/v2/repositories/a/b/_uploads"), repo);
+        assert_eq!(
+            s("docker/registry/v2/repositories/a/b/_layers/sha256"),
+            None
+        );
+        assert_eq!(s("docker/registry/v2/repositories/a/b/_layers/_x"), None);
+        assert_eq!(s("docker/registry/v2/repositories/a/b/c"), None);
+        assert_eq!(s("docker/registry/v2/_x"), None);
+    }
+}
