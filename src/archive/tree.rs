@@ -26,6 +26,49 @@ pub struct Entry {
     pub rel: PathBuf,
     pub kind: Kind,
     pub size: u64,
+    /// What its tar header records, as the scan saw it.
+    pub stat: Stat,
+}
+
+/// The fields of a tar header that come from a file's metadata (`HeaderMode::Complete`),
+/// taken once at the scan: the archive of a tree records the tree as it was listed, so
+/// that two archives of the same listing are the same octets even while a file grows or
+/// a folder gains an entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stat {
+    pub mtime: u64,
+    /// `st_mode`, as the tar crate records it.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Stat {
+    pub fn of(meta: &fs::Metadata) -> Stat {
+        use std::os::unix::fs::MetadataExt;
+        Stat {
+            mtime: meta.mtime().max(0) as u64,
+            mode: meta.mode(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+        }
+    }
+
+    /// A GNU header of this metadata, of the `kind` and `size` given.
+    fn header(&self, kind: tar::EntryType, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(self.mtime);
+        h.set_uid(u64::from(self.uid));
+        h.set_gid(u64::from(self.gid));
+        h.set_mode(self.mode);
+        h.set_entry_type(kind);
+        h.set_size(size);
+        if let Some(gnu) = h.as_gnu_mut() {
+            gnu.set_device_major(0);
+            gnu.set_device_minor(0);
+        }
+        h
+    }
 }
 
 /// The entries of a tree, read once before archiving (for progress and ETA).
@@ -89,6 +132,7 @@ pub fn scan_where(root: &Path, skip: &mut dyn FnMut(&Path, Kind) -> bool) -> io:
                 rel: child,
                 kind,
                 size,
+                stat: Stat::of(&meta),
             });
         }
         stack.extend(dirs.into_iter().rev());
@@ -163,13 +207,10 @@ pub fn write_entries<W: MemberSink>(
     b.follow_symlinks(false);
     b.mode(tar::HeaderMode::Complete);
     let mut buf = vec![0u8; 1 << 20];
-    let root_meta = fs::metadata(root)?;
+    let root_stat = Stat::of(&fs::metadata(root)?);
     // Folders as GNU tar writes them: the name ends with `/`.
-    let dir = |b: &mut tar::Builder<W>, meta: &fs::Metadata, name: &Path| -> io::Result<()> {
-        let mut h = tar::Header::new_gnu();
-        h.set_metadata_in_mode(meta, tar::HeaderMode::Complete);
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_size(0);
+    let dir = |b: &mut tar::Builder<W>, stat: &Stat, name: &Path| -> io::Result<()> {
+        let mut h = stat.header(tar::EntryType::Directory, 0);
         let mut name = name.as_os_str().to_owned();
         name.push("/");
         b.append_data(&mut h, Path::new(&name), io::empty())
@@ -177,22 +218,21 @@ pub fn write_entries<W: MemberSink>(
     let mut acc = PathBuf::new();
     for part in Path::new(prefix).components().filter(|_| parents) {
         acc.push(part);
-        dir(&mut b, &root_meta, &acc)?;
+        dir(&mut b, &root_stat, &acc)?;
     }
     for e in entries {
         cancel.check()?;
         let src = root.join(&e.rel);
         let name = Path::new(prefix).join(&e.rel);
         match e.kind {
-            Kind::Dir => dir(&mut b, &fs::symlink_metadata(&src)?, &name)?,
+            Kind::Dir => dir(&mut b, &e.stat, &name)?,
             Kind::Symlink => b.append_path_with_name(&src, &name)?,
             Kind::File => {
+                // As listed: a file that grew since is archived as it was (its first
+                // `size` octets); one that shrank is an error.
                 let mut file = fs::File::open(&src)?;
-                let meta = file.metadata()?;
-                let size = meta.len();
-                let mut h = tar::Header::new_gnu();
-                h.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
-                h.set_size(size);
+                let size = e.size;
+                let mut h = e.stat.header(tar::EntryType::Regular, size);
                 // The header (with GNU long-name records where needed) from the tar crate,
                 // which writes no data and no padding for an empty reader; then the data.
                 b.append_data(&mut h, &name, io::empty())?;
@@ -323,6 +363,7 @@ mod tests {
                 rel: "x".into(),
                 kind: Kind::File,
                 size: 1,
+                stat: Stat::default(),
             }],
             total: 1,
         };

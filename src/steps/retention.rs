@@ -144,16 +144,19 @@ pub fn prune(
     for p in protected {
         referenced.add(p);
     }
-    // The blob list of the current run, once its images step wrote it (before its manifest).
-    let current_list = format!("{current}/{}", crate::snapshot::FILE);
-    let unfinished = (!current.is_empty() && !complete.iter().any(|m| m.backup_id == current))
-        .then(|| store.size(&current_list))
-        .transpose()?
-        .flatten()
-        .is_some();
+    // The blob and tree lists of the current run, once its images step wrote them (before
+    // its manifest).
     let mut failed = None;
-    if unfinished && let Err(e) = list_paths(store, &current_list, &mut |p| referenced.add(p)) {
-        failed = Some(e);
+    if !current.is_empty() && !complete.iter().any(|m| m.backup_id == current) {
+        for list in [crate::snapshot::FILE, crate::snapshot::TREES_FILE] {
+            let path = format!("{current}/{list}");
+            if store.size(&path)?.is_none() {
+                continue;
+            }
+            if let Err(e) = list_paths(store, &path, &mut |p| referenced.add(p)) {
+                failed = Some(e);
+            }
+        }
     }
     for m in complete.iter().filter(|m| keep.contains(&m.backup_id)) {
         if failed.is_some() {
@@ -278,15 +281,15 @@ impl Referenced {
     }
 }
 
-/// The blob-store paths of the blob list at `path` (of a run not finished yet).
+/// The blob-store paths of the blob or tree list at `path` (of a run not finished yet).
 fn list_paths(store: &dyn Store, path: &str, each: &mut dyn FnMut(&str)) -> Result<()> {
     let reader = crate::snapshot::Reader::new(
         std::io::BufReader::with_capacity(1 << 16, store.open(path)?),
         path,
     )?;
-    let blobs = reader.store.clone();
+    let (blobs, kind) = (reader.store.clone(), reader.kind);
     for b in reader {
-        each(&blobs.path(&crate::snapshot::sha_hex(&b?.digest)));
+        each(&kind.path(&blobs, &b?.digest));
     }
     Ok(())
 }
@@ -413,6 +416,52 @@ mod tests {
         assert!(paths.contains(&format!("{}/{}", b[0], manifest::FILE)));
         assert!(paths.contains(&format!("{}/dtr-images-x.tar", b[0])));
         assert!(paths.contains(&"blobs/plain/sha256/ab/unlisted".to_owned()));
+    }
+
+    #[test]
+    fn the_blobs_and_trees_an_unfinished_run_lists_are_kept() {
+        use crate::snapshot::{Blob, Listing, Writer};
+        let b: Vec<String> = ids(&[0, 1, 2]).into_iter().map(|(id, _)| id).collect();
+        let store = store_with(&b[..2]);
+        let bs = crate::blob_store::BlobStore { id: "plain".into() };
+        let (blob, tree, loose) = ([0xab; 32], [0xcd; 32], [0xef; 32]);
+        for (kind, d) in [
+            (Listing::Blobs, &blob),
+            (Listing::Trees, &tree),
+            (Listing::Trees, &loose),
+        ] {
+            store.put(&kind.path(&bs, d), b"x").unwrap();
+        }
+        // The unfinished run b[2] (no manifest yet) listed a blob and a tree.
+        for (file, kind, d) in [
+            (crate::snapshot::FILE, Listing::Blobs, blob),
+            (crate::snapshot::TREES_FILE, Listing::Trees, tree),
+        ] {
+            let mut w = Writer::new(&store, &format!("{}/{file}", b[2]), &bs, kind).unwrap();
+            w.push(&Blob {
+                digest: d,
+                size: 1,
+                stored: 1,
+                fresh: true,
+            })
+            .unwrap();
+            w.finish().unwrap();
+        }
+        let cfg = RetentionCfg {
+            keep_last: 1,
+            ..Default::default()
+        };
+        let pruned = prune(&store, &cfg, &b[2], &BTreeSet::new(), &Cancel::new()).unwrap();
+        let paths = store.paths();
+        assert!(
+            paths.contains(&Listing::Blobs.path(&bs, &blob)),
+            "{paths:?}"
+        );
+        assert!(
+            paths.contains(&Listing::Trees.path(&bs, &tree)),
+            "{paths:?}"
+        );
+        assert_eq!(pruned.blobs, [Listing::Trees.path(&bs, &loose)]);
     }
 
     #[test]

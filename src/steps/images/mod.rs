@@ -137,6 +137,27 @@ pub fn describe(plan: &Plan) -> Described {
                 crate::snapshot::FILE
             ),
         ];
+        // Folders keep each repository's own content as a tree of its own.
+        if matches!(
+            plan.images,
+            Some(ImagesCfg::Path { .. } | ImagesCfg::Nfs { .. })
+        ) {
+            d.outputs
+                .push(format!("{dest}{}", crate::snapshot::TREES_FILE));
+            d.outputs.push(format!(
+                "{root}blobs/<store>/trees/ (shared by every backup)"
+            ));
+            d.actions.insert(
+                1,
+                format!(
+                    "tar each repository's _layers, _manifests and _uploads on its own; write it encrypted into blobs/<store>/trees/<ab>/<sha256 of the tar> unless the store holds it; write <backup-id>/{}",
+                    crate::snapshot::TREES_FILE
+                ),
+            );
+            d.actions[0] = format!(
+                "tar {from} but docker/registry/v2/blobs and the repositories' own content as {volume}/_data/... (symlinks kept, not followed); encrypt and write <backup-id>/{artifact}"
+            );
+        }
     }
     d
 }

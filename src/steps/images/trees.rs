@@ -99,11 +99,24 @@ fn changed(e: &io::Error) -> bool {
 }
 
 /// The entries of the repository `key` as they are now, sorted (none when it is gone).
-fn scan(root: &Path, key: &Path) -> Result<Vec<Entry>> {
-    let tree = match tree::scan(&root.join(key)) {
+fn scan(root: &Path, key: &Path) -> std::result::Result<Vec<Entry>, Failed> {
+    let folder = root.join(key);
+    let tree = match tree::scan(&folder) {
         Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io(e, format!("reading the repository {}", key.display()))),
+        // Something in it went while it was listed: the repository is changing, unless it
+        // is gone as a whole (deleted since the repositories were listed).
+        Err(e) if changed(&e) => {
+            return match std::fs::symlink_metadata(&folder) {
+                Err(gone) if gone.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+                _ => Err(Failed::Changed(e.to_string())),
+            };
+        }
+        Err(e) => {
+            return Err(Failed::Error(io(
+                e,
+                format!("reading the repository {}", key.display()),
+            )));
+        }
     };
     Ok(tree
         .entries
@@ -150,10 +163,11 @@ pub fn keep(
             .map_err(|e| io(e, "keeping repository trees"))?;
         let mut attempt = 1;
         let (blob, fresh) = loop {
-            let entries = scan(root, key)?;
-            match one.keep(key, &entries) {
+            match scan(root, key).and_then(|entries| one.keep(key, &entries)) {
                 Ok(kept) => break kept,
                 Err(Failed::Changed(_)) if attempt < ATTEMPTS => {
+                    // A moment for the change to finish (an upload moving into place).
+                    std::thread::sleep(std::time::Duration::from_millis(100 * u64::from(attempt)));
                     attempt += 1;
                     reread += 1;
                 }
@@ -332,6 +346,13 @@ mod tests {
             .collect()
     }
 
+    fn listing(root: &Path, key: &Path) -> Vec<Entry> {
+        match scan(root, key) {
+            Ok(entries) => entries,
+            Err(_) => panic!("{} cannot be listed", key.display()),
+        }
+    }
+
     fn listed(store: &MemoryStore, path: &str) -> Vec<Blob> {
         let bytes = store.get(path).unwrap().unwrap();
         let reader = snapshot::Reader::new(&bytes[..], path).unwrap();
@@ -430,6 +451,49 @@ mod tests {
     }
 
     #[test]
+    fn a_file_that_grows_while_it_is_read_is_archived_as_listed() {
+        let dir = Scratch::new("grows");
+        registry(dir.path(), &["a"]);
+        let key = Path::new(REPOSITORIES).join("a");
+        let upload = dir.path().join(&key).join("_uploads/u1");
+        fs::create_dir_all(&upload).unwrap();
+        fs::write(upload.join("data"), b"first part").unwrap();
+        let entries = listing(dir.path(), &key);
+        let cancel = Cancel::new();
+        let archive = || {
+            tree::write_entries(dir.path(), &entries, PREFIX, false, Vec::new(), &cancel).unwrap()
+        };
+        let before = archive();
+        // The upload goes on: its data grows, its folder gains an entry, times move.
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(100);
+        let mut data = fs::OpenOptions::new()
+            .append(true)
+            .open(upload.join("data"))
+            .unwrap();
+        io::Write::write_all(&mut data, b", second part").unwrap();
+        data.set_modified(later).unwrap();
+        fs::write(upload.join("hashstate"), b"x").unwrap();
+        fs::File::open(&upload)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        // The same listing gives the same octets: the digest of a pass and of the next agree.
+        assert_eq!(archive(), before);
+        let mut tar = tar::Archive::new(&before[..]);
+        let data = tar
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap())
+            .find(|e| e.path().unwrap().ends_with("_uploads/u1/data"))
+            .map(|mut e| {
+                let mut v = Vec::new();
+                io::Read::read_to_end(&mut e, &mut v).unwrap();
+                v
+            });
+        assert_eq!(data.as_deref(), Some(&b"first part"[..]));
+    }
+
+    #[test]
     fn a_repository_that_changed_since_its_listing_is_read_again() {
         let dir = Scratch::new("changed");
         registry(dir.path(), &["a"]);
@@ -449,7 +513,7 @@ mod tests {
             cancel: &cancel,
         };
         let key = Path::new(REPOSITORIES).join("a");
-        let entries = scan(dir.path(), &key).unwrap();
+        let entries = listing(dir.path(), &key);
         // A file listed, then removed (an upload finished): the repository changed.
         fs::remove_file(
             dir.path()
@@ -463,7 +527,7 @@ mod tests {
             "nothing stored"
         );
         // Listed again, it is kept as it is now.
-        let (blob, fresh) = match one.keep(&key, &scan(dir.path(), &key).unwrap()) {
+        let (blob, fresh) = match one.keep(&key, &listing(dir.path(), &key)) {
             Ok(kept) => kept,
             Err(_) => panic!("a repository read again is kept"),
         };
@@ -475,7 +539,7 @@ mod tests {
         );
         // A repository removed since the listing of repositories is an empty tree.
         fs::remove_dir_all(dir.path().join(&key)).unwrap();
-        assert!(scan(dir.path(), &key).unwrap().is_empty());
+        assert!(listing(dir.path(), &key).is_empty());
         // An interruption is not a change.
         let stop = Cancel::new();
         stop.cancel();
