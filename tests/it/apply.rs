@@ -307,7 +307,11 @@ fn killed_at_any_point_the_next_apply_resumes() {
     let incremental = KILL_POINTS
         .iter()
         .filter(|(p, _)| *p != "stream.middle")
-        .chain(&[("blob.middle", &[] as &[&str]), ("blob.committed", &[])]);
+        .chain(&[
+            ("blob.middle", &[] as &[&str]),
+            ("blob.committed", &[]),
+            ("tree.committed", &[]),
+        ]);
     let runs = KILL_POINTS
         .iter()
         .map(|k| (k, true))
@@ -358,6 +362,22 @@ fn killed_at_any_point_the_next_apply_resumes() {
                 .and_then(|n| n.parse().ok())
                 .expect("a count");
             assert!(reused >= 1, "{said}");
+        }
+        if *point == "tree.committed" {
+            // The repository tree the killed run stored is not stored again.
+            let said = ev
+                .iter()
+                .filter_map(|e| e["message"].as_str())
+                .find(|m| m.starts_with("repositories: "))
+                .expect("the repository count")
+                .to_owned();
+            let unchanged: u64 = said
+                .split(", ")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .expect("a count");
+            assert!(unchanged >= 1, "{said}");
         }
         let dirs: Vec<PathBuf> = fx
             .backup_dirs()

@@ -284,6 +284,7 @@ impl One<'_> {
             .into_inner()
             .map_err(|_| Error::internal("a tree writer was poisoned"))?
             .commit()?;
+        crate::failpoint::hit("tree.committed");
         let blob = Blob {
             digest,
             size,
