@@ -299,6 +299,21 @@ fn assert_no_partial_final_files(fx: &Fixture) {
     }
 }
 
+/// The number that opens the second part of the log line starting with `prefix`
+/// (`blobs: 3 copied (...), 7 already in the blob store` gives 7).
+fn second_count(ev: &[serde_json::Value], prefix: &str) -> u64 {
+    let said = ev
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .find(|m| m.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line {prefix}"));
+    said.split(", ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {said}"))
+}
+
 #[test]
 fn killed_at_any_point_the_next_apply_resumes() {
     assert!(KILL_POINTS.len() >= 10);
@@ -347,37 +362,12 @@ fn killed_at_any_point_the_next_apply_resumes() {
         }
         // The lock of the killed process was taken over, not waited for.
         assert!(warned(&ev, "stale lock"), "{point}: no stale-lock warning");
+        // What the killed run put in the blob store is not copied again.
         if *point == "blob.committed" {
-            // What the killed run put in the blob store is not copied again.
-            let said = ev
-                .iter()
-                .filter_map(|e| e["message"].as_str())
-                .find(|m| m.starts_with("blobs: "))
-                .expect("the blob count")
-                .to_owned();
-            let reused: u64 = said
-                .split(", ")
-                .nth(1)
-                .and_then(|r| r.split(' ').next())
-                .and_then(|n| n.parse().ok())
-                .expect("a count");
-            assert!(reused >= 1, "{said}");
+            assert!(second_count(&ev, "blobs: ") >= 1, "{point}");
         }
         if *point == "tree.committed" {
-            // The repository tree the killed run stored is not stored again.
-            let said = ev
-                .iter()
-                .filter_map(|e| e["message"].as_str())
-                .find(|m| m.starts_with("repositories: "))
-                .expect("the repository count")
-                .to_owned();
-            let unchanged: u64 = said
-                .split(", ")
-                .nth(1)
-                .and_then(|r| r.split(' ').next())
-                .and_then(|n| n.parse().ok())
-                .expect("a count");
-            assert!(unchanged >= 1, "{said}");
+            assert!(second_count(&ev, "repositories: ") >= 1, "{point}");
         }
         let dirs: Vec<PathBuf> = fx
             .backup_dirs()

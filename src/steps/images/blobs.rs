@@ -315,12 +315,7 @@ fn copy(
             b.size
         )));
     }
-    let stored = object.n;
-    object
-        .inner
-        .into_inner()
-        .map_err(|_| Error::internal("a blob writer was poisoned"))?
-        .commit()?;
+    let stored = object.commit()?;
     crate::failpoint::hit("blob.committed");
     Ok(Some(stored))
 }
@@ -329,6 +324,18 @@ fn copy(
 pub(super) struct Counted {
     pub(super) inner: Mutex<Box<dyn crate::storage::ObjectWriter>>,
     pub(super) n: u64,
+}
+
+impl Counted {
+    /// Publishes the object under its name; returns how many octets it holds.
+    pub(super) fn commit(self) -> Result<u64> {
+        let n = self.n;
+        self.inner
+            .into_inner()
+            .map_err(|_| Error::internal("an object writer was poisoned"))?
+            .commit()?;
+        Ok(n)
+    }
 }
 
 impl Write for Counted {

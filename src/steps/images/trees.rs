@@ -278,12 +278,7 @@ impl One<'_> {
                 "its archive was {sha} and then {again}"
             )));
         }
-        let stored = object.n;
-        object
-            .inner
-            .into_inner()
-            .map_err(|_| Error::internal("a tree writer was poisoned"))?
-            .commit()?;
+        let stored = object.commit()?;
         crate::failpoint::hit("tree.committed");
         let blob = Blob {
             digest,
