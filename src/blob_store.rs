@@ -19,12 +19,46 @@ use sha2::{Digest, Sha256};
 
 use crate::crypto::{self, Decryption, Encryption};
 use crate::error::{Result, io};
+use crate::hex::{Sha, parse_sha, sha_hex};
 use crate::storage::Store;
 
 /// Where the blob store lives, relative to the plan's root at the destination.
 pub const ROOT: &str = "blobs";
 const KEY_CHECK: &str = "key-check";
 const KEY_CHECK_TEXT: &[u8] = b"dtr-backup blob store key check\n";
+
+/// What the blob store keeps, each kind in a folder of its own, each object named by its
+/// sha256.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Listing {
+    /// Registry blobs (`blobs/<store>/sha256/...`).
+    Blobs,
+    /// Repository trees (`blobs/<store>/trees/...`).
+    Trees,
+}
+
+impl Listing {
+    /// The folder of this kind in a store.
+    pub fn folder(self) -> &'static str {
+        match self {
+            Listing::Blobs => "sha256",
+            Listing::Trees => "trees",
+        }
+    }
+
+    /// What objects of this kind are, in messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Listing::Blobs => "blobs",
+            Listing::Trees => "repository trees",
+        }
+    }
+
+    /// Where an object of this kind lies in the blob store.
+    pub fn path(self, store: &BlobStore, digest: &Sha) -> String {
+        store.object_path(self, &sha_hex(digest))
+    }
+}
 
 /// One folder of the blob store: the blobs encrypted one way.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,18 +69,15 @@ pub struct BlobStore {
 impl BlobStore {
     /// Where a blob is kept: `blobs/<store>/sha256/<ab>/<digest>`.
     pub fn path(&self, digest: &str) -> String {
-        format!(
-            "{}/sha256/{}/{digest}",
-            self.prefix(),
-            &digest[..2.min(digest.len())]
-        )
+        self.object_path(Listing::Blobs, digest)
     }
 
-    /// Where a repository tree is kept: `blobs/<store>/trees/<ab>/<digest>`.
-    pub fn tree_path(&self, digest: &str) -> String {
+    /// Where an object of `kind` is kept: `blobs/<store>/<folder>/<ab>/<digest>`.
+    pub fn object_path(&self, kind: Listing, digest: &str) -> String {
         format!(
-            "{}/trees/{}/{digest}",
+            "{}/{}/{}/{digest}",
             self.prefix(),
+            kind.folder(),
             &digest[..2.min(digest.len())]
         )
     }
@@ -104,31 +135,25 @@ impl BlobStore {
     /// Digest → stored size of every blob in this store.
     pub fn list(&self, store: &dyn Store) -> Result<std::collections::BTreeMap<String, u64>> {
         Ok(self
-            .held(store)?
+            .held(store, Listing::Blobs)?
             .into_iter()
-            .map(|(d, s)| (crate::snapshot::sha_hex(&d), s))
+            .map(|(d, s)| (sha_hex(&d), s))
             .collect())
     }
 
-    /// Every blob in this store with its stored size, sorted by digest: 40 octets each, the
-    /// listing streamed (no path held as a string).
-    pub fn held(&self, store: &dyn Store) -> Result<Vec<(crate::snapshot::Sha, u64)>> {
-        self.held_in(store, "sha256")
-    }
-
-    /// The same for the repository trees (`trees/`).
-    pub fn held_trees(&self, store: &dyn Store) -> Result<Vec<(crate::snapshot::Sha, u64)>> {
-        self.held_in(store, "trees")
-    }
-
-    fn held_in(&self, store: &dyn Store, folder: &str) -> Result<Vec<(crate::snapshot::Sha, u64)>> {
+    /// Every object of `kind` in this store with its stored size, sorted by digest: 40
+    /// octets each, the listing streamed (no path held as a string).
+    pub fn held(&self, store: &dyn Store, kind: Listing) -> Result<Vec<(Sha, u64)>> {
         let mut held = Vec::new();
-        store.walk_sized(&format!("{}/{folder}", self.prefix()), &mut |p, s| {
-            if let Some(d) = p.rsplit('/').next().and_then(crate::snapshot::parse_sha) {
-                held.push((d, s));
-            }
-            Ok(())
-        })?;
+        store.walk_sized(
+            &format!("{}/{}", self.prefix(), kind.folder()),
+            &mut |p, s| {
+                if let Some(d) = p.rsplit('/').next().and_then(parse_sha) {
+                    held.push((d, s));
+                }
+                Ok(())
+            },
+        )?;
         held.sort_unstable();
         held.dedup_by_key(|(d, _)| *d);
         Ok(held)

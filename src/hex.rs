@@ -16,6 +16,26 @@ pub fn is_sha256(d: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// A sha256 digest.
+pub type Sha = [u8; 32];
+
+/// The digest written as 64 lowercase hex digits, or `None`.
+pub fn parse_sha(hex: &str) -> Option<Sha> {
+    if !is_sha256(hex) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The digest as 64 lowercase hex digits.
+pub fn sha_hex(d: &Sha) -> String {
+    encode(d)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

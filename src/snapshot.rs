@@ -31,53 +31,19 @@ pub const FILE: &str = "blobs.list";
 /// repository's folder, stored once however many backups list it.
 pub const TREES_FILE: &str = "trees.list";
 
-/// What a list lists.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Listing {
-    /// Registry blobs (`blobs/<store>/sha256/...`).
-    Blobs,
-    /// Repository trees (`blobs/<store>/trees/...`).
-    Trees,
-}
+pub use crate::blob_store::Listing;
+pub use crate::hex::{Sha, parse_sha, sha_hex};
 
-impl Listing {
-    fn header(self) -> &'static str {
-        match self {
-            Listing::Blobs => "dtr-backup blobs 1",
-            Listing::Trees => "dtr-backup trees 1",
-        }
-    }
-
-    /// Where an object of this listing lies in the blob store.
-    pub fn path(self, store: &BlobStore, digest: &Sha) -> String {
-        match self {
-            Listing::Blobs => store.path(&sha_hex(digest)),
-            Listing::Trees => store.tree_path(&sha_hex(digest)),
-        }
+/// The first line of a list of `kind` (the store's id follows).
+fn header(kind: Listing) -> &'static str {
+    match kind {
+        Listing::Blobs => "dtr-backup blobs 1",
+        Listing::Trees => "dtr-backup trees 1",
     }
 }
+
 /// No line of a list is longer (digest, two sizes, separators).
 const MAX_LINE: u64 = 160;
-
-/// A sha256 digest.
-pub type Sha = [u8; 32];
-
-/// The digest written as 64 lowercase hex digits, or `None`.
-pub fn parse_sha(hex: &str) -> Option<Sha> {
-    if !crate::hex::is_sha256(hex) {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
-}
-
-/// The digest as 64 lowercase hex digits.
-pub fn sha_hex(d: &Sha) -> String {
-    crate::hex::encode(d)
-}
 
 /// One blob of a backup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,7 +105,7 @@ impl Writer {
             last: None,
             count: 0,
         };
-        writeln!(w.out, "{} {}", kind.header(), blobs.id)
+        writeln!(w.out, "{} {}", header(kind), blobs.id)
             .map_err(|e| io(e, "writing the blob list"))?;
         Ok(w)
     }
@@ -198,7 +164,7 @@ impl<R: BufRead> Reader<R> {
         read_line(&mut from, &mut line, what)?;
         let (kind, rest) = [Listing::Blobs, Listing::Trees]
             .into_iter()
-            .find_map(|k| line.strip_prefix(k.header()).map(|r| (k, r)))
+            .find_map(|k| line.strip_prefix(header(k)).map(|r| (k, r)))
             .unwrap_or((Listing::Blobs, ""));
         let store = Some(rest)
             .and_then(|r| r.strip_prefix(' '))
@@ -322,18 +288,31 @@ pub fn trees_of<'a>(
     store: &'a dyn Store,
     m: &'a Manifest,
 ) -> Result<Box<dyn Iterator<Item = Result<Kept>> + 'a>> {
-    let Some(a) = m.artifacts.iter().find(|a| a.kind == ArtifactKind::Trees) else {
-        return Ok(Box::new(std::iter::empty()));
-    };
+    match m.artifacts.iter().find(|a| a.kind == ArtifactKind::Trees) {
+        Some(a) => read_list(store, m, a, Listing::Trees),
+        None => Ok(Box::new(std::iter::empty())),
+    }
+}
+
+/// The objects the list artifact `a` of the backup `m` names, which must list `kind`.
+fn read_list<'a>(
+    store: &'a dyn Store,
+    m: &Manifest,
+    a: &crate::manifest::Artifact,
+    kind: Listing,
+) -> Result<Box<dyn Iterator<Item = Result<Kept>> + 'a>> {
     let path = format!("{}/{}", m.backup_id, a.path);
     let reader = Reader::new(BufReader::with_capacity(1 << 16, store.open(&path)?), &path)?;
-    if reader.kind != Listing::Trees {
-        return Err(Error::Verify(format!("{path} is not a list of trees")));
+    if reader.kind != kind {
+        return Err(Error::Verify(format!(
+            "{path} is not a list of {}",
+            kind.noun()
+        )));
     }
-    let blobs = reader.store.clone();
+    let objects = reader.store.clone();
     Ok(Box::new(reader.map(move |b| {
         b.map(|blob| Kept {
-            path: Listing::Trees.path(&blobs, &blob.digest),
+            path: kind.path(&objects, &blob.digest),
             blob,
             stored_known: true,
         })
@@ -352,19 +331,7 @@ pub fn blobs_of<'a>(
     m: &'a Manifest,
 ) -> Result<Box<dyn Iterator<Item = Result<Kept>> + 'a>> {
     if let Some(a) = list_artifact(m) {
-        let path = format!("{}/{}", m.backup_id, a.path);
-        let reader = Reader::new(BufReader::with_capacity(1 << 16, store.open(&path)?), &path)?;
-        if reader.kind != Listing::Blobs {
-            return Err(Error::Verify(format!("{path} is not a list of blobs")));
-        }
-        let blobs = reader.store.clone();
-        return Ok(Box::new(reader.map(move |b| {
-            b.map(|blob| Kept {
-                path: blobs.path(&sha_hex(&blob.digest)),
-                blob,
-                stored_known: true,
-            })
-        })));
+        return read_list(store, m, a, Listing::Blobs);
     }
     Ok(Box::new(m.objects.iter().filter_map(|o| {
         let path = o.blob.clone()?;

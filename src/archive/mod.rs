@@ -92,19 +92,8 @@ impl MemberSink for Vec<u8> {
     }
 }
 
-/// Any writer as a [`MemberSink`] (member data copied through the caller's buffer).
-pub struct Writes<W>(pub W);
-
-impl<W: Write> Write for Writes<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
-    }
-}
-
-impl<W: Write> MemberSink for Writes<W> {
+/// A hashed stream of tar members (member data copied through the caller's buffer).
+impl<W: Write> MemberSink for HashWriter<W> {
     fn read_from(&mut self, from: &mut dyn Read, max: usize, buf: &mut [u8]) -> io::Result<usize> {
         copy_some(from, max, self, buf)
     }

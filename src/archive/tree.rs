@@ -451,10 +451,9 @@ pub fn reroot<R: Read, W: MemberSink>(
                 b.append_data(&mut header, &new_path, io::empty())?;
                 let read = copy_member(&mut entry, size, b.get_mut(), &mut buf, cancel)?;
                 if read != size {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("the archive ends inside {path:?} ({read} of {size} bytes)"),
-                    ));
+                    return Err(io::Error::other(format!(
+                        "the archive ends inside {path:?} ({read} of {size} bytes)"
+                    )));
                 }
             }
         }

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::manifest;
 use crate::plan::{Plan, RetentionCfg};
+use crate::snapshot::Listing;
 use crate::storage::Store;
 
 use super::{Ctx, Described, Outcome, blocking};
@@ -215,25 +216,29 @@ pub fn prune(
 #[derive(Default)]
 struct Referenced {
     stores: Vec<String>,
-    /// Store index, folder (0 `sha256`, 1 `trees`), digest.
-    blobs: Vec<(u16, u8, crate::snapshot::Sha)>,
+    /// Store index, kind (its folder), digest.
+    blobs: Vec<(u16, Listing, crate::snapshot::Sha)>,
     /// Listed paths that are no blob-store path of either layout (kept as they are).
     other: BTreeSet<String>,
 }
 
 impl Referenced {
-    /// `blobs/<store>/sha256|trees/<ab>/<digest>`, or `blobs/sha256/<ab>/<digest>` (store
-    /// `""`); with the folder: 0 `sha256`, 1 `trees`.
-    fn parse(path: &str) -> Option<(&str, u8, crate::snapshot::Sha)> {
+    /// `blobs/<store>/<folder>/<ab>/<digest>` of either kind, or `blobs/sha256/<ab>/<digest>`
+    /// (store `""`).
+    fn parse(path: &str) -> Option<(&str, Listing, crate::snapshot::Sha)> {
+        fn in_folder(kind: Listing, tail: &str) -> Option<(Listing, &str)> {
+            let t = tail.strip_prefix(kind.folder())?.strip_prefix('/')?;
+            Some((kind, t))
+        }
         let rest = path.strip_prefix("blobs/")?;
-        let (store, kind, tail) = match rest.strip_prefix("sha256/") {
-            Some(tail) => ("", 0, tail),
+        let (store, (kind, tail)) = match in_folder(Listing::Blobs, rest) {
+            Some(found) => ("", found),
             None => {
                 let (store, tail) = rest.split_once('/')?;
-                match tail.strip_prefix("sha256/") {
-                    Some(t) => (store, 0, t),
-                    None => (store, 1, tail.strip_prefix("trees/")?),
-                }
+                let found = [Listing::Blobs, Listing::Trees]
+                    .into_iter()
+                    .find_map(|k| in_folder(k, tail))?;
+                (store, found)
             }
         };
         let (ab, digest) = tail.split_once('/')?;

@@ -183,10 +183,7 @@ pub(super) fn walk_archive(
 fn walk_blob_list(list: impl io::BufRead) -> Result<(String, Walk), String> {
     let reader = crate::snapshot::Reader::new(list, "the blob list").map_err(|e| e.to_string())?;
     let store = reader.store.id.clone();
-    let what = match reader.kind {
-        crate::snapshot::Listing::Blobs => "blobs",
-        crate::snapshot::Listing::Trees => "repository trees",
-    };
+    let what = reader.kind.noun();
     let mut blobs = 0u64;
     let mut bytes = 0u64;
     for b in reader {

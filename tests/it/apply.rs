@@ -99,21 +99,15 @@ fn assert_incremental_sound(fx: &Fixture, backup: &Path, m: &serde_json::Value) 
     // names them. Each tree is a whole tar archive of one repository, a message of its own.
     let plain = gpg_decrypt(&backup.join("dtr-images-0a1b2c3d4e5f.tar.gpg"), PASSPHRASE);
     let mut names = tar_list(&plain);
-    let trees = std::fs::read_to_string(backup.join("trees.list")).expect("trees.list");
-    let tree_store = trees
-        .lines()
-        .next()
-        .and_then(|h| h.strip_prefix("dtr-backup trees 1 "))
-        .expect("header")
-        .to_owned();
-    for line in trees.lines().skip(1) {
-        let digest = line.split(' ').next().expect("digest");
+    let (tree_store, trees) = object_list(backup, "trees");
+    for line in &trees {
+        let digest = &line[0];
         let object = fx.plan_root().join(format!(
             "blobs/{tree_store}/trees/{}/{digest}",
             &digest[..2]
         ));
         let tar = gpg_decrypt(&object, PASSPHRASE);
-        assert_eq!(dtr_backup::archive::sha256_hex(&tar), digest);
+        assert_eq!(&dtr_backup::archive::sha256_hex(&tar), digest);
         names.extend(tar_list(&tar));
     }
     assert!(names.iter().all(|n| n.starts_with(VOLUME)), "{names:?}");
@@ -132,18 +126,11 @@ fn assert_incremental_sound(fx: &Fixture, backup: &Path, m: &serde_json::Value) 
         "no blob in the archive: {names:?}"
     );
     // The list names every blob of the source; each stored object decrypts with gpg to it.
-    let list = std::fs::read_to_string(backup.join("blobs.list")).expect("blobs.list");
-    let mut lines = list.lines();
-    let store = lines
-        .next()
-        .and_then(|h| h.strip_prefix("dtr-backup blobs 1 "))
-        .expect("header")
-        .to_owned();
+    let (store, lines) = object_list(backup, "blobs");
     let source = source_blobs(fx);
     let mut listed = 0;
-    for line in lines {
-        let f: Vec<&str> = line.split(' ').collect();
-        let (digest, size, stored) = (f[0], f[1], f[2]);
+    for f in &lines {
+        let (digest, size, stored) = (f[0].as_str(), f[1].as_str(), f[2].as_str());
         let want = source
             .get(digest)
             .unwrap_or_else(|| panic!("{digest} not in the source"));
@@ -299,21 +286,6 @@ fn assert_no_partial_final_files(fx: &Fixture) {
     }
 }
 
-/// The number that opens the second part of the log line starting with `prefix`
-/// (`blobs: 3 copied (...), 7 already in the blob store` gives 7).
-fn second_count(ev: &[serde_json::Value], prefix: &str) -> u64 {
-    let said = ev
-        .iter()
-        .filter_map(|e| e["message"].as_str())
-        .find(|m| m.starts_with(prefix))
-        .unwrap_or_else(|| panic!("no line {prefix}"));
-    said.split(", ")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no count in {said}"))
-}
-
 #[test]
 fn killed_at_any_point_the_next_apply_resumes() {
     assert!(KILL_POINTS.len() >= 10);
@@ -364,10 +336,10 @@ fn killed_at_any_point_the_next_apply_resumes() {
         assert!(warned(&ev, "stale lock"), "{point}: no stale-lock warning");
         // What the killed run put in the blob store is not copied again.
         if *point == "blob.committed" {
-            assert!(second_count(&ev, "blobs: ") >= 1, "{point}");
+            assert!(logged_counts(&ev, "blobs: ")[1] >= 1, "{point}");
         }
         if *point == "tree.committed" {
-            assert!(second_count(&ev, "repositories: ") >= 1, "{point}");
+            assert!(logged_counts(&ev, "repositories: ")[1] >= 1, "{point}");
         }
         let dirs: Vec<PathBuf> = fx
             .backup_dirs()

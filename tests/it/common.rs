@@ -259,6 +259,40 @@ pub fn events(o: &Output) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A backup's `blobs.list` or `trees.list` (`what`: `blobs` or `trees`), read by hand: the
+/// blob store it names, and each object's line (digest, size, stored size, ...).
+pub fn object_list(backup: &Path, what: &str) -> (String, Vec<Vec<String>>) {
+    let path = backup.join(format!("{what}.list"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut lines = text.lines();
+    let store = lines
+        .next()
+        .and_then(|h| h.strip_prefix(&format!("dtr-backup {what} 1 ")))
+        .unwrap_or_else(|| panic!("{}: no header", path.display()))
+        .to_owned();
+    let objects = lines
+        .map(|l| l.split(' ').map(str::to_owned).collect())
+        .collect();
+    (store, objects)
+}
+
+/// The counts of the `log` line starting with `prefix`: the first number of each of its
+/// parts (`blobs: 3 copied (120 bytes), 7 already in the blob store` gives 3 and 7).
+pub fn logged_counts(ev: &[serde_json::Value], prefix: &str) -> Vec<u64> {
+    let line = ev
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .find(|m| m.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line {prefix}"));
+    line.split(", ")
+        .map(|part| {
+            part.split(' ')
+                .find_map(|w| w.parse().ok())
+                .unwrap_or_else(|| panic!("no count in {line}"))
+        })
+        .collect()
+}
+
 /// Ids of the steps that have an event of `kind`.
 pub fn steps_with(events: &[serde_json::Value], kind: &str) -> Vec<String> {
     events

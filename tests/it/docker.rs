@@ -408,18 +408,8 @@ fn assert_full_backup(backup: &Path, id: &str, offline: bool) {
     // streamed out of the volume one by one, each a message gpg decrypts to its content.
     assert!(names.contains(&prefix), "{names:?}");
     assert!(!names.iter().any(|n| n.contains("/v2/blobs")), "{names:?}");
-    let list = std::fs::read_to_string(backup.join("blobs.list")).expect("blobs.list");
-    let store = list
-        .lines()
-        .next()
-        .and_then(|h| h.strip_prefix("dtr-backup blobs 1 "))
-        .expect("header")
-        .to_owned();
-    let listed: Vec<&str> = list
-        .lines()
-        .skip(1)
-        .map(|l| l.split(' ').next().expect("digest"))
-        .collect();
+    let (store, lines) = object_list(backup, "blobs");
+    let listed: Vec<&str> = lines.iter().map(|l| l[0].as_str()).collect();
     for d in blob_digests() {
         assert!(listed.contains(&d.as_str()), "{d} not listed");
         let object = backup

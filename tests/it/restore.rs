@@ -463,36 +463,10 @@ fn add_blob(fx: &Fixture, content: &[u8]) -> String {
     digest
 }
 
-/// What the `blobs: ...` log line of a run says: (copied, already in the store).
-fn copied_and_reused(out: &std::process::Output) -> (u64, u64) {
-    let line = events(out)
-        .iter()
-        .filter_map(|e| e["message"].as_str().map(str::to_owned))
-        .find(|m| m.starts_with("blobs: "))
-        .expect("the blob count");
-    let number = |part: &str| -> u64 {
-        part.split(' ')
-            .find_map(|w| w.parse().ok())
-            .unwrap_or_else(|| panic!("{line}"))
-    };
-    let mut parts = line.split(", ");
-    (
-        number(parts.next().expect("copied")),
-        number(parts.next().expect("reused")),
-    )
-}
-
-/// What the `repositories: ...` log line of a run says: (stored, unchanged).
-fn trees_stored_and_unchanged(out: &std::process::Output) -> (u64, u64) {
-    let line = events(out)
-        .iter()
-        .filter_map(|e| e["message"].as_str().map(str::to_owned))
-        .find(|m| m.starts_with("repositories: "))
-        .expect("the repository count");
-    let n: Vec<u64> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|w| w.parse().ok())
-        .collect();
+/// The first two counts of the log line of `out` starting with `prefix`: (copied, already
+/// in the store) for `blobs: `, (stored, unchanged) for `repositories: `.
+fn two_counts(out: &std::process::Output, prefix: &str) -> (u64, u64) {
+    let n = logged_counts(&events(out), prefix);
     (n[0], n[1])
 }
 
@@ -519,10 +493,10 @@ fn repeat_backups_copy_the_change_and_share_blobs_that_retention_keeps() {
         out
     };
     let first = apply();
-    let (copied, reused) = copied_and_reused(&first);
+    let (copied, reused) = two_counts(&first, "blobs: ");
     assert_eq!(reused, 0);
     assert!(copied >= 9, "{copied}");
-    let (repos, unchanged) = trees_stored_and_unchanged(&first);
+    let (repos, unchanged) = two_counts(&first, "repositories: ");
     assert_eq!(unchanged, 0);
     assert!(repos >= 2, "{repos}");
     let shared = store();
@@ -537,9 +511,9 @@ fn repeat_backups_copy_the_change_and_share_blobs_that_retention_keeps() {
     .expect("rm");
     let second_blob = add_blob(&fx, b"written by the second run");
     let second = apply();
-    assert_eq!(copied_and_reused(&second), (1, copied - 1));
+    assert_eq!(two_counts(&second, "blobs: "), (1, copied - 1));
     // No repository changed: no repository tree is written again.
-    assert_eq!(trees_stored_and_unchanged(&second), (0, repos));
+    assert_eq!(two_counts(&second, "repositories: "), (0, repos));
     let third_blob = add_blob(&fx, b"written by the third run");
     // A new tag in one repository: that repository's tree alone is stored.
     let tag = fx.dir.path().join(
@@ -548,8 +522,8 @@ fn repeat_backups_copy_the_change_and_share_blobs_that_retention_keeps() {
     std::fs::create_dir_all(&tag).expect("tag folder");
     std::fs::write(tag.join("link"), format!("sha256:{third_blob}")).expect("tag");
     let third = apply();
-    assert_eq!(copied_and_reused(&third), (1, copied));
-    assert_eq!(trees_stored_and_unchanged(&third), (1, repos - 1));
+    assert_eq!(two_counts(&third, "blobs: "), (1, copied));
+    assert_eq!(two_counts(&third, "repositories: "), (1, repos - 1));
 
     // keep_last 2: the first backup went, and with it the blob only it listed; the blobs
     // it shared with the kept ones stay.

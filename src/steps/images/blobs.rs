@@ -144,7 +144,7 @@ pub fn keep(
     let store = BlobStore::for_encryption(dest, enc)?;
     let encrypted = enc.is_encrypted();
     // What the store holds: one listing, by digest.
-    let held = store.held(dest)?;
+    let held = store.held(dest, snapshot::Listing::Blobs)?;
     let stored_size = |d: &Sha| {
         held.binary_search_by(|(h, _)| h.cmp(d))
             .ok()
@@ -276,10 +276,7 @@ fn copy(
     let digest = snapshot::sha_hex(&b.digest);
     let target = store.path(&digest);
     let mut reader = HashReader::new(reader);
-    let mut object = Counted {
-        inner: Mutex::new(dest.create_many(&target, b.size)?),
-        n: 0,
-    };
+    let mut object = Counted::new(dest.create_many(&target, b.size)?);
     {
         let mut sealed = crypto::encrypt_in(&mut object, session)
             .map_err(|e| io(e, format!("encrypting {what}")))?;
@@ -322,11 +319,18 @@ fn copy(
 
 /// Counts what goes into an object (behind a mutex: the cipher's writer must be `Sync`).
 pub(super) struct Counted {
-    pub(super) inner: Mutex<Box<dyn crate::storage::ObjectWriter>>,
-    pub(super) n: u64,
+    inner: Mutex<Box<dyn crate::storage::ObjectWriter>>,
+    n: u64,
 }
 
 impl Counted {
+    pub(super) fn new(object: Box<dyn crate::storage::ObjectWriter>) -> Counted {
+        Counted {
+            inner: Mutex::new(object),
+            n: 0,
+        }
+    }
+
     /// Publishes the object under its name; returns how many octets it holds.
     pub(super) fn commit(self) -> Result<u64> {
         let n = self.n;

@@ -94,9 +94,7 @@ impl ImageSource for Folder {
                     }
                     match super::trees::starts_a_tree(rel) {
                         Some(repo) => {
-                            if repos.last() != Some(&repo) {
-                                repos.push(repo);
-                            }
+                            repos.push(repo);
                             true
                         }
                         None => false,

@@ -122,42 +122,42 @@ pub fn describe(plan: &Plan) -> Described {
         Some(ImagesCfg::Path { .. } | ImagesCfg::Nfs { .. } | ImagesCfg::Volume { .. })
     );
     if not_s3 && mode == Some(ImagesMode::Incremental) {
+        // Folders keep each repository's own content as a tree of its own.
+        let trees = matches!(
+            plan.images,
+            Some(ImagesCfg::Path { .. } | ImagesCfg::Nfs { .. })
+        );
         let root = dest.trim_end_matches("<backup-id>/");
+        let left_out = if trees {
+            "docker/registry/v2/blobs and the repositories' own content"
+        } else {
+            "docker/registry/v2/blobs"
+        };
+        d.actions = vec![format!(
+            "tar {from} but {left_out} as {volume}/_data/... (symlinks kept, not followed); encrypt and write <backup-id>/{artifact}"
+        )];
         d.outputs.push(format!("{dest}{}", crate::snapshot::FILE));
         d.outputs.push(format!(
             "{root}blobs/<store>/sha256/ (shared by every backup)"
         ));
-        d.actions = vec![
-            format!(
-                "tar {from} but docker/registry/v2/blobs as {volume}/_data/... (symlinks kept, not followed); encrypt and write <backup-id>/{artifact}"
-            ),
-            "list the blobs (docker/registry/v2/blobs/sha256/<ab>/<digest>/data) and the blob store once; copy each blob the store lacks, checked against its digest, encrypted on its own, into blobs/<store>/sha256/<ab>/<digest>; flush them once".into(),
-            format!(
-                "write <backup-id>/{} (every blob of the backup: digest, size, stored size)",
-                crate::snapshot::FILE
-            ),
-        ];
-        // Folders keep each repository's own content as a tree of its own.
-        if matches!(
-            plan.images,
-            Some(ImagesCfg::Path { .. } | ImagesCfg::Nfs { .. })
-        ) {
+        if trees {
             d.outputs
                 .push(format!("{dest}{}", crate::snapshot::TREES_FILE));
             d.outputs.push(format!(
                 "{root}blobs/<store>/trees/ (shared by every backup)"
             ));
-            d.actions.insert(
-                1,
-                format!(
-                    "tar each repository's _layers, _manifests and _uploads on its own; write it encrypted into blobs/<store>/trees/<ab>/<sha256 of the tar> unless the store holds it; write <backup-id>/{}",
-                    crate::snapshot::TREES_FILE
-                ),
-            );
-            d.actions[0] = format!(
-                "tar {from} but docker/registry/v2/blobs and the repositories' own content as {volume}/_data/... (symlinks kept, not followed); encrypt and write <backup-id>/{artifact}"
-            );
+            d.actions.push(format!(
+                "tar each repository's _layers, _manifests and _uploads on its own; write it encrypted into blobs/<store>/trees/<ab>/<sha256 of the tar> unless the store holds it; write <backup-id>/{}",
+                crate::snapshot::TREES_FILE
+            ));
         }
+        d.actions.extend([
+            "list the blobs (docker/registry/v2/blobs/sha256/<ab>/<digest>/data) and the blob store once; copy each blob the store lacks, checked against its digest, encrypted on its own, into blobs/<store>/sha256/<ab>/<digest>; flush them once".into(),
+            format!(
+                "write <backup-id>/{} (every blob of the backup: digest, size, stored size)",
+                crate::snapshot::FILE
+            ),
+        ]);
     }
     d
 }

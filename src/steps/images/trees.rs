@@ -15,19 +15,17 @@
 //! after, so memory is bound by the largest repository, not by the registry; a repository
 //! that changes while it is read (a push, an upload finishing) is listed and read again.
 
-use std::io;
-use std::path::{Component, Path, PathBuf};
-use std::sync::Mutex;
-
 use super::blobs::Counted;
+use crate::archive::HashWriter;
 use crate::archive::tree::{self, Entry};
-use crate::archive::{HashWriter, Writes};
 use crate::blob_store::BlobStore;
 use crate::cancel::Cancel;
 use crate::crypto::{self, Encryption, Session};
 use crate::error::{Error, Result, io};
 use crate::snapshot::{self, Blob, Listing};
 use crate::storage::Store;
+use std::io;
+use std::path::{Component, Path, PathBuf};
 
 /// Where repositories are, in a registry tree.
 pub const REPOSITORIES: &str = "docker/registry/v2/repositories";
@@ -143,7 +141,7 @@ pub fn keep(
     cancel: &Cancel,
 ) -> Result<Kept> {
     let store = BlobStore::for_encryption(dest, enc)?;
-    let held = store.held_trees(dest)?;
+    let held = store.held(dest, Listing::Trees)?;
     let session = Session::new(enc).map_err(|e| io(e, "starting the encryption"))?;
     let one = One {
         root,
@@ -232,11 +230,11 @@ impl One<'_> {
             entries,
             self.prefix,
             false,
-            Writes(HashWriter::new(io::sink())),
+            HashWriter::new(io::sink()),
             self.cancel,
         )
         .map_err(read)?;
-        let (_, sha, size) = hashed.0.finish();
+        let (_, sha, size) = hashed.finish();
         let digest = snapshot::parse_sha(&sha).ok_or_else(|| Error::internal("a digest"))?;
         if let Ok(i) = self.held.binary_search_by(|(d, _)| d.cmp(&digest))
             && super::blobs::plausible(self.held[i].1, size, self.encrypted)
@@ -249,11 +247,8 @@ impl One<'_> {
             };
             return Ok((blob, false));
         }
-        let target = self.store.tree_path(&sha);
-        let mut object = Counted {
-            inner: Mutex::new(self.dest.create_many(&target, size)?),
-            n: 0,
-        };
+        let target = Listing::Trees.path(self.store, &digest);
+        let mut object = Counted::new(self.dest.create_many(&target, size)?);
         let again = {
             let sealed = crypto::encrypt_in(&mut object, self.session)
                 .map_err(|e| io(e, format!("encrypting {target}")))?;
@@ -262,11 +257,11 @@ impl One<'_> {
                 entries,
                 self.prefix,
                 false,
-                Writes(HashWriter::new(sealed)),
+                HashWriter::new(sealed),
                 self.cancel,
             )
             .map_err(read)?;
-            let (sealed, again, _) = written.0.finish();
+            let (sealed, again, _) = written.finish();
             sealed
                 .finish()
                 .map_err(|e| io(e, format!("writing {target}")))?;
