@@ -12,7 +12,7 @@ use super::{Ctx, Described, Outcome, blocking};
 
 pub fn describe(plan: &Plan) -> Described {
     let actions = vec![
-        "read every artifact back: size, decryption (integrity protection, which covers every octet), tar layout; sha256 of artifacts not decrypted; every blob of the blob list in the blob store with its size, and the blobs this run copied read back and hashed against their digests"
+        "read every artifact back: size, decryption (integrity protection, which covers every octet), tar layout; sha256 of artifacts not decrypted; every blob and repository tree of the backup's lists in the blob store with its size (the ones this run wrote were read back by the images step as it wrote them)"
             .into(),
         format!(
             "publish <backup-id>/{} when all checks pass",
@@ -58,7 +58,7 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
             store,
             &m,
             dec.as_ref(),
-            verify::ReadData::Written,
+            verify::ReadData::Layout,
             verify::Rehash::Undecrypted,
             &cancel,
         );

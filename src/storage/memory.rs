@@ -13,6 +13,8 @@ use crate::error::{Error, Result, io};
 struct Inner {
     objects: BTreeMap<String, Vec<u8>>,
     log: Vec<String>,
+    /// Objects committed under this prefix get one octet changed (see `damage_commits`).
+    damage: Option<String>,
 }
 
 /// Objects by path, and the log of changes (`put a/b`, `delete a/b`, `delete_all a`).
@@ -36,6 +38,12 @@ impl MemoryStore {
     /// Every path held.
     pub fn paths(&self) -> Vec<String> {
         self.inner().objects.keys().cloned().collect()
+    }
+
+    /// From now on, an object committed under `prefix` is kept with its middle octet changed
+    /// (`None`: as written again): storage that loses what it acknowledged.
+    pub fn damage_commits(&self, prefix: Option<&str>) {
+        self.inner().damage = prefix.map(str::to_owned);
     }
 
     fn insert(&self, path: &str, bytes: Vec<u8>) {
@@ -72,7 +80,13 @@ impl Write for Writer {
 
 impl ObjectWriter for Writer {
     fn commit(self: Box<Self>) -> Result<()> {
-        self.store.insert(&self.path, self.buf);
+        let mut buf = self.buf;
+        let damaged = self.store.inner().damage.clone();
+        if damaged.is_some_and(|d| under(&self.path, &d)) && !buf.is_empty() {
+            let mid = buf.len() / 2;
+            buf[mid] ^= 0x01;
+        }
+        self.store.insert(&self.path, buf);
         Ok(())
     }
 }

@@ -64,16 +64,13 @@ pub enum ReadData {
     Sample(u8),
     /// Every blob.
     Full,
-    /// Layout, and every blob that the backup's own run copied into the blob store
-    /// (`apply`'s read-back: what it wrote is read from the store again before it publishes).
-    Written,
 }
 
 impl ReadData {
     /// Whether the blob `digest` is hashed. The sample is fixed: the same digests every time.
     fn selects(self, digest: &str) -> bool {
         match self {
-            ReadData::Layout | ReadData::Written => false,
+            ReadData::Layout => false,
             ReadData::Full => true,
             ReadData::Sample(pct) => {
                 let h =

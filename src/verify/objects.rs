@@ -2,6 +2,8 @@
 
 use std::collections::BTreeSet;
 use std::io::Read;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, mpsc};
 
 use crate::archive::HashReader;
 use crate::cancel::Cancel;
@@ -14,7 +16,9 @@ use super::{Check, ReadData};
 
 /// Image content kept object by object: every blob of the snapshot is in the blob store with
 /// its stored size, and (with `--read-data`) decrypts to content that hashes to its digest.
-/// Returns the digests of the snapshot's blobs.
+/// Objects are read by as many threads as there are cores (each object's integrity check is
+/// serial, objects are not); the list is walked once, as a stream. Returns the digests of the
+/// snapshot's blobs.
 pub(super) fn check_blob_store(
     store: &dyn Store,
     manifest: &Manifest,
@@ -25,8 +29,8 @@ pub(super) fn check_blob_store(
 ) -> BTreeSet<String> {
     let mut digests = BTreeSet::new();
     let mut missing = Vec::new();
-    let mut bad = Vec::new();
-    let mut hashed = 0usize;
+    let bad = Mutex::new(Vec::new());
+    let hashed = AtomicUsize::new(0);
     let mut listed = 0usize;
     let mut trees = 0usize;
     let encrypted = manifest.encryption != "none";
@@ -46,63 +50,73 @@ pub(super) fn check_blob_store(
             return digests;
         }
     };
-    for (tree, kept) in objects {
-        if cancel.is_cancelled() {
-            break;
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let (jobs, queue) = mpsc::sync_channel::<Job>(workers * 4);
+    let queue = Mutex::new(queue);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let job = match queue.lock() {
+                        Ok(q) => q.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(job) = job else { return };
+                    if cancel.is_cancelled() {
+                        continue;
+                    }
+                    hashed.fetch_add(1, Ordering::Relaxed);
+                    if let Some(problem) = read_one(store, &job, encrypted, dec)
+                        && let Ok(mut b) = bad.lock()
+                    {
+                        b.push(problem);
+                    }
+                }
+            });
         }
-        let kept = match kept {
-            Ok(k) => k,
-            Err(e) => {
-                missing.push(format!("the snapshot cannot be read to its end: {e}"));
+        for (tree, kept) in objects {
+            if cancel.is_cancelled() {
                 break;
             }
-        };
-        listed += 1;
-        trees += usize::from(tree);
-        let digest = snapshot::sha_hex(&kept.blob.digest);
-        let path = &kept.path;
-        match store.size(path) {
-            Ok(Some(s)) if !kept.stored_known || s == kept.blob.stored => {}
-            Ok(Some(s)) => {
-                missing.push(format!("{path} ({s} bytes, {} recorded)", kept.blob.stored))
-            }
-            Ok(None) => missing.push(path.to_owned()),
-            Err(e) => missing.push(format!("{path}: {e}")),
-        }
-        if read
-            && (read_data.selects(&digest) || (read_data == ReadData::Written && kept.blob.fresh))
-        {
-            // Apply's read-back of what its own run wrote, encrypted: the integrity
-            // protection covers every octet, and the content was checked against its digest
-            // on the way in, so decrypting it whole is the check (no second SHA-256).
-            let mdc_only = read_data == ReadData::Written && encrypted;
-            let result = store.open(path).map_err(|e| e.to_string()).and_then(|r| {
-                let mut plain: Box<dyn Read + Send + Sync> = match (encrypted, dec) {
-                    (true, Some(d)) => crypto::decrypt(r, d).map_err(|e| e.to_string())?,
-                    _ => r,
-                };
-                if mdc_only {
-                    let n = std::io::copy(&mut plain, &mut std::io::sink())
-                        .map_err(|e| e.to_string())?;
-                    return Ok((digest.clone(), n));
+            let kept = match kept {
+                Ok(k) => k,
+                Err(e) => {
+                    missing.push(format!("the snapshot cannot be read to its end: {e}"));
+                    break;
                 }
-                HashReader::new(plain).finish().map_err(|e| e.to_string())
-            });
-            hashed += 1;
-            match result {
-                Ok((sha, size)) if sha == digest && size == kept.blob.size => {}
-                Ok((sha, size)) if sha == digest => bad.push(format!(
-                    "{path} ({size} bytes, {} recorded)",
-                    kept.blob.size
-                )),
-                Ok((sha, _)) => bad.push(format!("{path} (content hashes to {sha})")),
-                Err(e) => bad.push(format!("{path}: {e}")),
+            };
+            listed += 1;
+            trees += usize::from(tree);
+            let digest = snapshot::sha_hex(&kept.blob.digest);
+            let path = &kept.path;
+            match store.size(path) {
+                Ok(Some(s)) if !kept.stored_known || s == kept.blob.stored => {}
+                Ok(Some(s)) => {
+                    missing.push(format!("{path} ({s} bytes, {} recorded)", kept.blob.stored))
+                }
+                Ok(None) => missing.push(path.to_owned()),
+                Err(e) => missing.push(format!("{path}: {e}")),
+            }
+            if read && read_data.selects(&digest) {
+                let job = Job {
+                    path: kept.path,
+                    digest: digest.clone(),
+                    size: kept.blob.size,
+                };
+                if jobs.send(job).is_err() {
+                    break;
+                }
+            }
+            if !tree {
+                digests.insert(digest);
             }
         }
-        if !tree {
-            digests.insert(digest);
-        }
-    }
+        // Closing the queue lets the readers finish what is in it and stop.
+        drop(jobs);
+    });
+    let mut bad = bad.into_inner().unwrap_or_default();
+    bad.sort();
+    let hashed = hashed.into_inner();
     let first = |v: &[String]| v.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
     checks.push(Check::new(
         "blob store holds every blob of the snapshot",
@@ -126,4 +140,34 @@ pub(super) fn check_blob_store(
         ));
     }
     digests
+}
+
+/// One object to read.
+struct Job {
+    path: String,
+    digest: String,
+    size: u64,
+}
+
+/// Reads the object of `job` whole; what is wrong with it, if anything.
+fn read_one(
+    store: &dyn Store,
+    job: &Job,
+    encrypted: bool,
+    dec: Option<&Decryption>,
+) -> Option<String> {
+    let Job { path, digest, size } = job;
+    let result = store.open(path).map_err(|e| e.to_string()).and_then(|r| {
+        let plain: Box<dyn Read + Send + Sync> = match (encrypted, dec) {
+            (true, Some(d)) => crypto::decrypt(r, d).map_err(|e| e.to_string())?,
+            _ => r,
+        };
+        HashReader::new(plain).finish().map_err(|e| e.to_string())
+    });
+    match result {
+        Ok((sha, n)) if sha == *digest && n == *size => None,
+        Ok((sha, n)) if sha == *digest => Some(format!("{path} ({n} bytes, {size} recorded)")),
+        Ok((sha, _)) => Some(format!("{path} (content hashes to {sha})")),
+        Err(e) => Some(format!("{path}: {e}")),
+    }
 }

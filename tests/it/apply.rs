@@ -2,7 +2,7 @@
 //! every step boundary and mid-stream, locks, dry-run, secrets, interruption.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 use crate::common::*;
 
@@ -423,20 +423,22 @@ fn sigterm_at_every_step_and_streaming_loop_exits_promptly() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(events(&out)[0]["resumed"], true);
 
-    // Incremental: inside the copy of a blob.
-    let fx = Fixture::new("term-blob", 5, "");
-    let child = spawn_until(
-        fx.apply().env("DTR_BACKUP_FAILPOINT", "blob.middle"),
-        "failpoint blob.middle",
-    );
-    let started = std::time::Instant::now();
-    let out = terminate(child);
-    assert_eq!(out.status.code(), Some(130));
-    assert!(started.elapsed().as_secs_f64() < 5.0);
-    assert_no_partial_final_files(&fx);
-    let out = run(&mut fx.apply());
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(events(&out)[0]["resumed"], true);
+    // Incremental: inside the copy of a blob, and inside its read-back.
+    for point in ["blob.middle", "blob.read-back"] {
+        let fx = Fixture::new("term-blob", 5, "");
+        let child = spawn_until(
+            fx.apply().env("DTR_BACKUP_FAILPOINT", point),
+            &format!("failpoint {point}"),
+        );
+        let started = std::time::Instant::now();
+        let out = terminate(child);
+        assert_eq!(out.status.code(), Some(130), "{point}");
+        assert!(started.elapsed().as_secs_f64() < 5.0, "{point}");
+        assert_no_partial_final_files(&fx);
+        let out = run(&mut fx.apply());
+        assert_eq!(out.status.code(), Some(0), "{point}: {}", stderr(&out));
+        assert_eq!(events(&out)[0]["resumed"], true, "{point}");
+    }
 }
 
 /// A second SIGTERM ends a run that is stuck where cancellation cannot reach (here a point
@@ -936,35 +938,59 @@ fn damage_between_writing_and_reading_back_is_caught_and_nothing_is_published() 
         );
     }
 
-    // Incremental: the blobs this run copied are read back from the blob store too.
+    // Incremental: each object the run writes into the blob store is read back as soon as it
+    // is written. Storage that changes it in between fails the run; the object is removed,
+    // so the next run writes it again instead of trusting it.
     let fx = Fixture::new("damage-blob", 5, "");
-    let point = "step.manifest.journaled";
-    let mut child = spawn_until(
-        fx.apply().env("DTR_BACKUP_FAILPOINT", point),
-        &format!("failpoint {point}"),
-    );
-    child.kill().expect("kill -9");
-    child.wait().expect("reaped");
-    let big = snapshot(&fx.plan_root().join("blobs"))
+    let point = "blob.committed";
+    let events_file = fx.dir.path().join("events.ndjson");
+    let mut cmd = fx.apply();
+    cmd.env("DTR_BACKUP_FAILPOINT", point)
+        .env("DTR_BACKUP_FAILPOINT_PAUSE_MS", "1000")
+        .stdout(std::fs::File::create(&events_file).expect("events file"));
+    let mut child = spawn_marked(&mut cmd, &format!("failpoint {point}"));
+    // Every blob under its final name now is committed and paused before its read-back (the
+    // repository trees were written and read back before the blobs).
+    let damaged: Vec<PathBuf> = snapshot(&fx.plan_root().join("blobs"))
         .into_iter()
-        .filter(|(p, _)| p.is_file())
-        .max_by_key(|(_, b)| b.len())
-        .expect("a stored blob");
-    let mut bytes = big.1;
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x01;
-    std::fs::write(&big.0, &bytes).expect("damaged");
-    let out = run(&mut fx.apply());
-    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+        .filter(|(p, b)| {
+            p.is_file()
+                && !b.is_empty()
+                && p.to_string_lossy().contains("/sha256/")
+                && !p.to_string_lossy().contains(".partial-")
+        })
+        .map(|(p, mut b)| {
+            let mid = b.len() / 2;
+            b[mid] ^= 0x01;
+            std::fs::write(&p, &b).expect("damaged");
+            p
+        })
+        .collect();
+    assert!(!damaged.is_empty(), "a committed blob");
+    let status = child.wait().expect("reaped");
+    let out = Output {
+        status,
+        stdout: std::fs::read(&events_file).expect("events"),
+        stderr: Vec::new(),
+    };
+    assert_eq!(out.status.code(), Some(5), "{}", error_of(&out));
     let err = error_of(&out);
-    assert!(
-        err.contains("failed verification") && err.contains("blob store contents"),
-        "{err}"
-    );
+    assert!(err.contains("read back differently"), "{err}");
+    for p in &damaged {
+        assert!(!p.exists(), "{} was kept", p.display());
+    }
     assert!(
         fx.backup_dirs()
             .iter()
             .all(|d| !d.join("manifest.json").exists()),
         "a damaged backup was published"
     );
+    // The next run writes them again, and the backup reads back whole.
+    let out = run(&mut fx.apply());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = run(dtr_backup(fx.dir.path())
+        .env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
+        .args(["verify", "--read-data", "full"])
+        .arg(&fx.plan));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }

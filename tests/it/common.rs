@@ -342,9 +342,13 @@ pub fn tar_list(bytes: &[u8]) -> Vec<String> {
 
 /// Starts `cmd` and returns once its stderr shows `marker` (the child keeps running).
 pub fn spawn_until(cmd: &mut Command, marker: &str) -> std::process::Child {
+    spawn_marked(cmd.stdout(std::process::Stdio::null()), marker)
+}
+
+/// [`spawn_until`] with the command's standard output left as the caller set it.
+pub fn spawn_marked(cmd: &mut Command, marker: &str) -> std::process::Child {
     use std::io::BufRead;
     let mut child = cmd
-        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");

@@ -11,8 +11,10 @@
 //! backup's metadata needs it.
 
 use std::io::{self, Read, Write};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, mpsc};
+
+use xxhash_rust::xxh3::Xxh3Default;
 
 use crate::archive::HashReader;
 use crate::blob_store::BlobStore;
@@ -160,55 +162,101 @@ pub fn keep(
     // The blobs the store lacks: one session for the run (one key derivation), `workers`
     // at once.
     let session = Session::new(enc).map_err(|e| io(e, "starting the encryption"))?;
+    // Largest first: the cores finish together instead of one copying the last large blob
+    // alone.
+    let mut order = missing.clone();
+    order.sort_by_key(|&i| std::cmp::Reverse(listed[i].size));
     let next = AtomicU64::new(0);
     let copied: Mutex<Vec<(usize, u64)>> = Mutex::new(Vec::new());
     let gone: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let failed: Mutex<Option<Error>> = Mutex::new(None);
-    std::thread::scope(|scope| {
-        for _ in 0..workers.clamp(1, missing.len().max(1)) {
-            scope.spawn(|| {
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    if failed.lock().map_or(true, |f| f.is_some()) {
-                        return;
-                    }
-                    let n = next.fetch_add(1, Ordering::Relaxed) as usize;
-                    let Some(&i) = missing.get(n) else { return };
-                    let b = &listed[i];
-                    let result =
-                        cancel
-                            .check()
-                            .map_err(|e| io(e, "copying blobs"))
-                            .and_then(|()| {
-                                copy(b, source, dest, &store, &session, &mut buf, bytes, cancel)
-                            });
-                    match result {
-                        Ok(Some(stored)) => {
-                            if let Ok(mut c) = copied.lock() {
-                                c.push((i, stored));
-                            }
-                        }
-                        Ok(None) => {
-                            if let Ok(mut g) = gone.lock() {
-                                g.push(source.describe(&b.digest));
-                            }
-                        }
-                        Err(e) => {
-                            if let Ok(mut f) = failed.lock() {
-                                f.get_or_insert(e);
-                            }
+    // Each object is read back as soon as it is published, by a thread of its own, while the
+    // next ones are encrypted: reading the device overlaps the ciphers' work.
+    let (written, to_read) = mpsc::sync_channel::<(String, Stored)>(workers.max(1) * 8);
+    let (copied_ref, gone_ref, failed_ref, next_ref, order_ref, session_ref, store_ref) =
+        (&copied, &gone, &failed, &next, &order, &session, &store);
+    let bad = std::thread::scope(|outer| {
+        let reader = outer.spawn(move || {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut bad = Vec::new();
+            for (path, stored) in to_read {
+                match read_back(dest, &path, stored, &mut buf, cancel) {
+                    Ok(None) => {}
+                    Ok(Some(what)) => bad.push((path, what)),
+                    // Cancelled: the copy stops too.
+                    Err(_) => return bad,
+                }
+            }
+            bad
+        });
+        std::thread::scope(|scope| {
+            for _ in 0..workers.clamp(1, missing.len().max(1)) {
+                let written = written.clone();
+                scope.spawn(move || {
+                    let mut buf = vec![0u8; 1 << 20];
+                    loop {
+                        if failed_ref.lock().map_or(true, |f| f.is_some()) {
                             return;
                         }
+                        let n = next_ref.fetch_add(1, Ordering::Relaxed) as usize;
+                        let Some(&i) = order_ref.get(n) else { return };
+                        let b = &listed[i];
+                        let result =
+                            cancel
+                                .check()
+                                .map_err(|e| io(e, "copying blobs"))
+                                .and_then(|()| {
+                                    copy(
+                                        b,
+                                        source,
+                                        dest,
+                                        store_ref,
+                                        session_ref,
+                                        &mut buf,
+                                        bytes,
+                                        cancel,
+                                    )
+                                });
+                        match result {
+                            Ok(Some((path, stored))) => {
+                                if let Ok(mut c) = copied_ref.lock() {
+                                    c.push((i, stored.size));
+                                }
+                                // The reader is gone only when cancelled.
+                                let _ = written.send((path, stored));
+                            }
+                            Ok(None) => {
+                                if let Ok(mut g) = gone_ref.lock() {
+                                    g.push(source.describe(&b.digest));
+                                }
+                            }
+                            Err(e) => {
+                                if let Ok(mut f) = failed_ref.lock() {
+                                    f.get_or_insert(e);
+                                }
+                                return;
+                            }
+                        }
                     }
-                }
-            });
-        }
+                });
+            }
+        });
+        drop(written);
+        reader.join().unwrap_or_default()
     });
     if let Some(e) = failed.into_inner().unwrap_or(None) {
         return Err(e);
     }
     if cancel.is_cancelled() {
         return Err(Error::Interrupted);
+    }
+    if !bad.is_empty() {
+        // Removed, so that the next run writes them again instead of trusting them.
+        for (path, _) in &bad {
+            dest.delete(path)?;
+        }
+        let what: Vec<String> = bad.into_iter().map(|(_, w)| w).collect();
+        return Err(not_as_written(&what));
     }
     // Durable before the list names them.
     dest.sync_many(&store.prefix())?;
@@ -254,7 +302,7 @@ pub fn keep(
 }
 
 /// Copies one blob into the store; `None` when the source no longer has it. Returns the
-/// stored object's size.
+/// stored object's path and what it holds.
 #[allow(clippy::too_many_arguments)]
 fn copy(
     b: &Listed,
@@ -265,7 +313,7 @@ fn copy(
     buf: &mut [u8],
     bytes: &AtomicU64,
     cancel: &Cancel,
-) -> Result<Option<u64>> {
+) -> Result<Option<(String, Stored)>> {
     let what = source.describe(&b.digest);
     let Some(reader) = source
         .open(&b.digest)
@@ -314,13 +362,25 @@ fn copy(
     }
     let stored = object.commit()?;
     crate::failpoint::hit("blob.committed");
-    Ok(Some(stored))
+    Ok(Some((target, stored)))
 }
 
-/// Counts what goes into an object (behind a mutex: the cipher's writer must be `Sync`).
+/// What an object holds once written: its size and a check of its octets (XXH3-128, a
+/// fast hash to find octets the storage changed or lost, not a defence against tampering:
+/// that is the digest's and the integrity protection's work), to compare with what is read
+/// back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Stored {
+    pub size: u64,
+    pub check: u128,
+}
+
+/// Counts and checks what goes into an object (behind a mutex: the cipher's writer must be
+/// `Sync`).
 pub(super) struct Counted {
     inner: Mutex<Box<dyn crate::storage::ObjectWriter>>,
     n: u64,
+    check: Xxh3Default,
 }
 
 impl Counted {
@@ -328,17 +388,21 @@ impl Counted {
         Counted {
             inner: Mutex::new(object),
             n: 0,
+            check: Xxh3Default::new(),
         }
     }
 
-    /// Publishes the object under its name; returns how many octets it holds.
-    pub(super) fn commit(self) -> Result<u64> {
-        let n = self.n;
+    /// Publishes the object under its name; returns what it holds.
+    pub(super) fn commit(self) -> Result<Stored> {
+        let stored = Stored {
+            size: self.n,
+            check: self.check.digest128(),
+        };
         self.inner
             .into_inner()
             .map_err(|_| Error::internal("an object writer was poisoned"))?
             .commit()?;
-        Ok(n)
+        Ok(stored)
     }
 }
 
@@ -349,6 +413,7 @@ impl Write for Counted {
             .get_mut()
             .map_err(|_| io::Error::other("a blob writer was poisoned"))?;
         let n = inner.write(buf)?;
+        self.check.update(&buf[..n]);
         self.n += n as u64;
         Ok(n)
     }
@@ -358,6 +423,57 @@ impl Write for Counted {
             .map_err(|_| io::Error::other("a blob writer was poisoned"))?
             .flush()
     }
+}
+
+/// Reads the object at `path` back from `dest`, whole, and compares it with what was written:
+/// `Ok(None)` when it matches, `Ok(Some(what))` when it does not (or cannot be read).
+pub(super) fn read_back(
+    dest: &dyn Store,
+    path: &str,
+    want: Stored,
+    buf: &mut [u8],
+    cancel: &Cancel,
+) -> Result<Option<String>> {
+    let mut reader = match dest.open(path) {
+        Ok(r) => r,
+        Err(e) => return Ok(Some(format!("{path} cannot be read back: {e}"))),
+    };
+    let mut check = Xxh3Default::new();
+    let mut n = 0u64;
+    loop {
+        cancel.check().map_err(|e| io(e, "reading back"))?;
+        match reader.read(buf) {
+            Ok(0) => break,
+            Ok(k) => {
+                check.update(&buf[..k]);
+                n += k as u64;
+                crate::failpoint::hit("blob.read-back");
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Ok(Some(format!("{path} cannot be read back: {e}"))),
+        }
+    }
+    Ok(if n != want.size {
+        Some(format!(
+            "{path} reads back as {n} bytes, {} written",
+            want.size
+        ))
+    } else if check.digest128() != want.check {
+        Some(format!(
+            "{path} reads back with other octets than were written"
+        ))
+    } else {
+        None
+    })
+}
+
+/// The error for objects that did not read back as written, after they were removed.
+pub(super) fn not_as_written(bad: &[String]) -> Error {
+    Error::Verify(format!(
+        "{} object(s) of the blob store read back differently from what was written, so they were removed and the backup is not complete: {}; check the destination's storage (disk, filesystem, network mount or S3 gateway), then run the backup again (it writes them again)",
+        bad.len(),
+        bad.iter().take(10).cloned().collect::<Vec<_>>().join("; ")
+    ))
 }
 
 #[cfg(test)]
@@ -465,6 +581,49 @@ mod tests {
                 snapshot::sha_hex(&b.digest)
             );
         }
+    }
+
+    #[test]
+    fn an_object_that_reads_back_otherwise_is_removed_and_fails_the_run() {
+        let dest = MemoryStore::new();
+        let enc = Encryption::Passphrase(Secret::for_test("read back"));
+        let (src, listed) = source(&[b"one", b"two", b"three"]);
+        let run = |list: &str| {
+            keep(
+                &listed,
+                &src,
+                &dest,
+                &enc,
+                list,
+                2,
+                &AtomicU64::new(0),
+                &Cancel::new(),
+            )
+        };
+        // Storage that changes what it acknowledged.
+        dest.damage_commits(Some("blobs"));
+        let err = run("a/blobs.list").unwrap_err();
+        assert!(matches!(err, Error::Verify(_)), "{err:?}");
+        assert!(err.to_string().contains("read back differently"), "{err}");
+        assert_eq!(
+            dest.log()
+                .iter()
+                .filter(|l| l.starts_with("delete blobs/"))
+                .count(),
+            3,
+            "each damaged object is removed: {:?}",
+            dest.log()
+        );
+        assert!(!dest.paths().iter().any(|p| p.contains("/sha256/")));
+        assert!(
+            dest.get("a/blobs.list").unwrap().is_none(),
+            "no list names them"
+        );
+
+        // Once the storage keeps what it is given, the next run writes them again.
+        dest.damage_commits(None);
+        let kept = run("b/blobs.list").unwrap();
+        assert_eq!((kept.copied, kept.reused), (3, 0));
     }
 
     #[test]

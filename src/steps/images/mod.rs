@@ -147,12 +147,12 @@ pub fn describe(plan: &Plan) -> Described {
                 "{root}blobs/<store>/trees/ (shared by every backup)"
             ));
             d.actions.push(format!(
-                "tar each repository's _layers, _manifests and _uploads on its own; write it encrypted into blobs/<store>/trees/<ab>/<sha256 of the tar> unless the store holds it; write <backup-id>/{}",
+                "tar each repository's _layers, _manifests and _uploads on its own; write it encrypted into blobs/<store>/trees/<ab>/<sha256 of the tar> unless the store holds it, and read it back (removed if it differs from what was written); write <backup-id>/{}",
                 crate::snapshot::TREES_FILE
             ));
         }
         d.actions.extend([
-            "list the blobs (docker/registry/v2/blobs/sha256/<ab>/<digest>/data) and the blob store once; copy each blob the store lacks, checked against its digest, encrypted on its own, into blobs/<store>/sha256/<ab>/<digest>; flush them once".into(),
+            "list the blobs (docker/registry/v2/blobs/sha256/<ab>/<digest>/data) and the blob store once; copy each blob the store lacks, checked against its digest, encrypted on its own, into blobs/<store>/sha256/<ab>/<digest>, and read each back as soon as it is written (removed, and the run fails, if it differs from what was written); flush them once".into(),
             format!(
                 "write <backup-id>/{} (every blob of the backup: digest, size, stored size)",
                 crate::snapshot::FILE

@@ -15,7 +15,7 @@
 //! after, so memory is bound by the largest repository, not by the registry; a repository
 //! that changes while it is read (a push, an upload finishing) is listed and read again.
 
-use super::blobs::Counted;
+use super::blobs::{Counted, not_as_written, read_back};
 use crate::archive::HashWriter;
 use crate::archive::tree::{self, Entry};
 use crate::blob_store::BlobStore;
@@ -275,10 +275,16 @@ impl One<'_> {
         }
         let stored = object.commit()?;
         crate::failpoint::hit("tree.committed");
+        // Read back at once, as blobs are: removed when it differs from what was written.
+        let mut buf = vec![0u8; 1 << 16];
+        if let Some(what) = read_back(self.dest, &target, stored, &mut buf, self.cancel)? {
+            self.dest.delete(&target)?;
+            return Err(Failed::Error(not_as_written(&[what])));
+        }
         let blob = Blob {
             digest,
             size,
-            stored,
+            stored: stored.size,
             fresh: true,
         };
         Ok((blob, true))
@@ -439,6 +445,41 @@ mod tests {
                 "{name}: {names_seen:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_tree_that_reads_back_otherwise_is_removed_and_fails_the_run() {
+        let dir = Scratch::new("read-back");
+        registry(dir.path(), &["a", "b"]);
+        let dest = MemoryStore::new();
+        let enc = Encryption::Passphrase(Secret::for_test("trees"));
+        let run = |list: &str| {
+            keep(
+                dir.path(),
+                &repos(&["a", "b"]),
+                PREFIX,
+                &dest,
+                &enc,
+                list,
+                &Cancel::new(),
+            )
+        };
+        dest.damage_commits(Some("blobs"));
+        let Err(err) = run("b1/trees.list") else {
+            panic!("a damaged tree was kept");
+        };
+        assert!(matches!(err, Error::Verify(_)), "{err:?}");
+        assert!(err.to_string().contains("read back differently"), "{err}");
+        assert!(
+            !dest.paths().iter().any(|p| p.contains("/trees/")),
+            "{:?}",
+            dest.log()
+        );
+        assert!(dest.get("b1/trees.list").unwrap().is_none());
+
+        dest.damage_commits(None);
+        let kept = run("b2/trees.list").unwrap();
+        assert_eq!((kept.copied, kept.reused), (2, 0));
     }
 
     #[test]
