@@ -123,7 +123,19 @@ impl<R: Read> HashReader<R> {
 
     /// Reads what is left, then returns the hex sha256 and byte count of everything read.
     pub fn finish(mut self) -> io::Result<(String, u64)> {
-        copy_large(&mut self, &mut io::sink())?;
+        // Mostly called at the end already: a small read says so without a chunk buffer.
+        let mut probe = [0u8; 512];
+        loop {
+            match self.read(&mut probe) {
+                Ok(0) => break,
+                Ok(_) => {
+                    copy_large(&mut self, &mut io::sink())?;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
         Ok((crate::hex::encode(&self.hasher.finalize()), self.count))
     }
 }

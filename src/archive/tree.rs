@@ -206,7 +206,10 @@ pub fn write_entries<W: MemberSink>(
     let mut b = tar::Builder::new(out);
     b.follow_symlinks(false);
     b.mode(tar::HeaderMode::Complete);
-    let mut buf = vec![0u8; 1 << 20];
+    // As large as the largest file, at most 1 MiB: a tree of small files (a repository's
+    // links) does not allocate a megabyte each time.
+    let largest = entries.iter().map(|e| e.size).max().unwrap_or(0);
+    let mut buf = vec![0u8; largest.clamp(512, 1 << 20) as usize];
     let root_stat = Stat::of(&fs::metadata(root)?);
     // Folders as GNU tar writes them: the name ends with `/`.
     let dir = |b: &mut tar::Builder<W>, stat: &Stat, name: &Path| -> io::Result<()> {

@@ -274,8 +274,10 @@ struct PartialBody {
 impl PartialBody {
     /// A body that starts with `start`.
     fn new(start: &[u8]) -> Self {
-        let mut cur = vec![0u8; 1 + CHUNK];
-        cur[1..1 + start.len()].copy_from_slice(start);
+        // Grown as the body comes (`room`): a message of a few kilobytes (a small blob) does
+        // not allocate and zero a whole chunk.
+        let mut cur = vec![0u8; 1 + start.len()];
+        cur[1..].copy_from_slice(start);
         PartialBody {
             cur,
             len: start.len(),
@@ -288,7 +290,12 @@ impl PartialBody {
     fn room(&mut self, max: usize) -> &mut [u8] {
         if self.len < CHUNK {
             let n = (CHUNK - self.len).min(max);
-            return &mut self.cur[1 + self.len..1 + self.len + n];
+            let need = 1 + self.len + n;
+            if self.cur.len() < need {
+                let doubled = (self.cur.len() * 2).min(1 + CHUNK);
+                self.cur.resize(need.max(doubled), 0);
+            }
+            return &mut self.cur[1 + self.len..need];
         }
         if self.next.len() < 1 + CHUNK {
             self.next.resize(1 + CHUNK, 0);

@@ -103,6 +103,10 @@ impl ImageSource for Folder {
                 .map_err(|e| io(e, format!("reading {}", scan_root.display())))?;
                 repos.sort_unstable();
                 repos.dedup();
+                // Each repository's own folder is the first member of its tree.
+                let mut tree = tree;
+                tree.entries
+                    .retain(|e| e.kind != tree::Kind::Dir || repos.binary_search(&e.rel).is_err());
                 Ok((tree, repos))
             })
             .await?;
@@ -147,6 +151,7 @@ impl ImageSource for Folder {
                         stores.backups.as_ref(),
                         &enc,
                         &lp,
+                        std::thread::available_parallelism().map_or(2, |n| n.get()),
                         &cancel,
                     )
                 })

@@ -11,9 +11,10 @@
 //! A repository's folder is the path before the first component that starts with `_`
 //! (`repositories/library/alpine` for `repositories/library/alpine/_layers/...`).
 //!
-//! Repositories are read one at a time, each listed right before it is read and dropped
-//! after, so memory is bound by the largest repository, not by the registry; a repository
-//! that changes while it is read (a push, an upload finishing) is listed and read again.
+//! Each core reads one repository at a time, listed right before it is read and dropped
+//! after, so memory is bound by the largest repositories in hand, not by the registry; a
+//! repository that changes while it is read (a push, an upload finishing) is listed and read
+//! again. A tree this run stores is read back at once and compared with what was written.
 
 use super::blobs::{Counted, not_as_written, read_back};
 use crate::archive::HashWriter;
@@ -26,6 +27,8 @@ use crate::snapshot::{self, Blob, Listing};
 use crate::storage::Store;
 use std::io;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Where repositories are, in a registry tree.
 pub const REPOSITORIES: &str = "docker/registry/v2/repositories";
@@ -99,6 +102,23 @@ fn changed(e: &io::Error) -> bool {
 /// The entries of the repository `key` as they are now, sorted (none when it is gone).
 fn scan(root: &Path, key: &Path) -> std::result::Result<Vec<Entry>, Failed> {
     let folder = root.join(key);
+    // The repository's own folder is the tree's first member (not the images archive's: a
+    // header per repository there would be written again by every backup).
+    let own = match std::fs::symlink_metadata(&folder) {
+        Ok(meta) => Entry {
+            rel: key.to_path_buf(),
+            kind: tree::Kind::Dir,
+            size: 0,
+            stat: tree::Stat::of(&meta),
+        },
+        Err(gone) if gone.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(Failed::Error(io(
+                e,
+                format!("reading the repository {}", key.display()),
+            )));
+        }
+    };
     let tree = match tree::scan(&folder) {
         Ok(t) => t,
         // Something in it went while it was listed: the repository is changing, unless it
@@ -116,21 +136,24 @@ fn scan(root: &Path, key: &Path) -> std::result::Result<Vec<Entry>, Failed> {
             )));
         }
     };
-    Ok(tree
-        .entries
-        .into_iter()
-        .map(|mut e| {
-            e.rel = key.join(&e.rel);
-            e
-        })
-        .filter(|e| repository_of(&e.rel).as_deref() == Some(key))
+    Ok(std::iter::once(own)
+        .chain(
+            tree.entries
+                .into_iter()
+                .map(|mut e| {
+                    e.rel = key.join(&e.rel);
+                    e
+                })
+                .filter(|e| repository_of(&e.rel).as_deref() == Some(key)),
+        )
         .collect())
 }
 
 /// Keeps the tree of each repository of `repos` (folders of the registry tree at `root`,
 /// every member under `prefix`) in the blob store of `enc` in `dest`, unless it is there;
 /// writes the list at `list_path`. A repository that changed while it was read is listed
-/// again and read again.
+/// again and read again. `workers` repositories are kept at once.
+#[allow(clippy::too_many_arguments)]
 pub fn keep(
     root: &Path,
     repos: &[PathBuf],
@@ -138,6 +161,7 @@ pub fn keep(
     dest: &dyn Store,
     enc: &Encryption,
     list_path: &str,
+    workers: usize,
     cancel: &Cancel,
 ) -> Result<Kept> {
     let store = BlobStore::for_encryption(dest, enc)?;
@@ -153,36 +177,54 @@ pub fn keep(
         session: &session,
         cancel,
     };
-    let mut listed: Vec<Blob> = Vec::with_capacity(repos.len());
+    // Repositories are many and small (a file per link): `workers` at once, each taking the
+    // next; memory is bound by the largest ones in hand.
+    let next = AtomicUsize::new(0);
+    let done: Mutex<Vec<(Blob, bool, u32)>> = Mutex::new(Vec::with_capacity(repos.len()));
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..workers.clamp(1, repos.len().max(1)) {
+            scope.spawn(|| {
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    if failed.lock().map_or(true, |f| f.is_some()) {
+                        return;
+                    }
+                    let Some(key) = repos.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                        return;
+                    };
+                    match one.keep_repository(key, &mut buf) {
+                        Ok(kept) => {
+                            if let Ok(mut d) = done.lock() {
+                                d.push(kept);
+                            }
+                        }
+                        Err(e) => {
+                            if let Ok(mut f) = failed.lock() {
+                                f.get_or_insert(e);
+                            }
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failed.into_inner().unwrap_or(None) {
+        return Err(e);
+    }
+    cancel
+        .check()
+        .map_err(|e| io(e, "keeping repository trees"))?;
     let (mut copied, mut reused, mut reread) = (0, 0, 0);
-    for key in repos {
-        cancel
-            .check()
-            .map_err(|e| io(e, "keeping repository trees"))?;
-        let mut attempt = 1;
-        let (blob, fresh) = loop {
-            match scan(root, key).and_then(|entries| one.keep(key, &entries)) {
-                Ok(kept) => break kept,
-                Err(Failed::Changed(_)) if attempt < ATTEMPTS => {
-                    // A moment for the change to finish (an upload moving into place).
-                    std::thread::sleep(std::time::Duration::from_millis(100 * u64::from(attempt)));
-                    attempt += 1;
-                    reread += 1;
-                }
-                Err(Failed::Changed(why)) => {
-                    return Err(Error::source(format!(
-                        "the repository {} changed each of the {ATTEMPTS} times it was read ({why}): a push or a garbage collection is running; run the backup again when it is done",
-                        key.display()
-                    )));
-                }
-                Err(Failed::Error(e)) => return Err(e),
-            }
-        };
+    let mut listed: Vec<Blob> = Vec::with_capacity(repos.len());
+    for (blob, fresh, again) in done.into_inner().unwrap_or_default() {
         if fresh {
             copied += 1;
         } else {
             reused += 1;
         }
+        reread += u64::from(again);
         listed.push(blob);
     }
     dest.sync_many(&format!("{}/trees", store.prefix()))?;
@@ -214,10 +256,42 @@ struct One<'a> {
 }
 
 impl One<'_> {
+    /// Keeps the tree of the repository `key`, listed and read again when it changes while
+    /// read: the list's line, whether this run stored it, and how many times it was read
+    /// again.
+    fn keep_repository(&self, key: &Path, buf: &mut [u8]) -> Result<(Blob, bool, u32)> {
+        self.cancel
+            .check()
+            .map_err(|e| io(e, "keeping repository trees"))?;
+        let mut attempt = 1;
+        loop {
+            match scan(self.root, key).and_then(|entries| self.keep(key, &entries, buf)) {
+                Ok((blob, fresh)) => return Ok((blob, fresh, attempt - 1)),
+                Err(Failed::Changed(_)) if attempt < ATTEMPTS => {
+                    // A moment for the change to finish (an upload moving into place).
+                    std::thread::sleep(std::time::Duration::from_millis(100 * u64::from(attempt)));
+                    attempt += 1;
+                }
+                Err(Failed::Changed(why)) => {
+                    return Err(Error::source(format!(
+                        "the repository {} changed each of the {ATTEMPTS} times it was read ({why}): a push or a garbage collection is running; run the backup again when it is done",
+                        key.display()
+                    )));
+                }
+                Err(Failed::Error(e)) => return Err(e),
+            }
+        }
+    }
+
     /// Keeps the tree of `entries` (the repository `key`): its archive's digest first (its
     /// files are small; read once more only when the store lacks it). Returns the list's line
     /// and whether this run stored it.
-    fn keep(&self, key: &Path, entries: &[Entry]) -> std::result::Result<(Blob, bool), Failed> {
+    fn keep(
+        &self,
+        key: &Path,
+        entries: &[Entry],
+        buf: &mut [u8],
+    ) -> std::result::Result<(Blob, bool), Failed> {
         let read = |e: io::Error| {
             if changed(&e) {
                 Failed::Changed(e.to_string())
@@ -276,8 +350,7 @@ impl One<'_> {
         let stored = object.commit()?;
         crate::failpoint::hit("tree.committed");
         // Read back at once, as blobs are: removed when it differs from what was written.
-        let mut buf = vec![0u8; 1 << 16];
-        if let Some(what) = read_back(self.dest, &target, stored, &mut buf, self.cancel)? {
+        if let Some(what) = read_back(self.dest, &target, stored, buf, self.cancel)? {
             self.dest.delete(&target)?;
             return Err(Failed::Error(not_as_written(&[what])));
         }
@@ -373,6 +446,7 @@ mod tests {
             &dest,
             &enc,
             "b1/trees.list",
+            2,
             &cancel,
         )
         .unwrap();
@@ -392,6 +466,7 @@ mod tests {
             &dest,
             &enc,
             "b2/trees.list",
+            2,
             &cancel,
         )
         .unwrap();
@@ -427,14 +502,15 @@ mod tests {
                 .unwrap()
                 .map(|e| e.unwrap().path().unwrap().display().to_string())
                 .collect();
-            let repo: std::collections::BTreeSet<_> = names
+            let rel = |n: &String| PathBuf::from(n.strip_prefix(&format!("{PREFIX}/")).expect(n));
+            // The repository's own folder first, then its content.
+            let own = rel(&names[0]);
+            assert!(names[0].ends_with('/'), "{names:?}");
+            let repo: std::collections::BTreeSet<_> = names[1..]
                 .iter()
-                .map(|n| {
-                    let rel = n.strip_prefix(&format!("{PREFIX}/")).expect(n);
-                    repository_of(Path::new(rel)).expect(n)
-                })
+                .map(|n| repository_of(&rel(n)).expect(n))
                 .collect();
-            assert_eq!(repo.len(), 1, "{names:?}");
+            assert_eq!(repo.into_iter().collect::<Vec<_>>(), [own], "{names:?}");
             names_seen.extend(names);
         }
         for name in names {
@@ -461,6 +537,7 @@ mod tests {
                 &dest,
                 &enc,
                 list,
+                2,
                 &Cancel::new(),
             )
         };
@@ -553,13 +630,16 @@ mod tests {
                 .join("_manifests/tags/latest/current/link"),
         )
         .unwrap();
-        assert!(matches!(one.keep(&key, &entries), Err(Failed::Changed(_))));
+        assert!(matches!(
+            one.keep(&key, &entries, &mut [0u8; 4096]),
+            Err(Failed::Changed(_))
+        ));
         assert!(
             dest.paths().iter().all(|p| !p.contains("/trees/")),
             "nothing stored"
         );
         // Listed again, it is kept as it is now.
-        let (blob, fresh) = match one.keep(&key, &listing(dir.path(), &key)) {
+        let (blob, fresh) = match one.keep(&key, &listing(dir.path(), &key), &mut [0u8; 4096]) {
             Ok(kept) => kept,
             Err(_) => panic!("a repository read again is kept"),
         };
