@@ -106,9 +106,9 @@ impl Manifest {
             format_version: u32,
         }
         let format: Format = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
-        if !(1..=2).contains(&format.format_version) {
+        if !(1..=3).contains(&format.format_version) {
             return Err(Error::Verify(format!(
-                "{what} has format_version {}; this dtr-backup reads 1 and 2: use the dtr-backup release that wrote it",
+                "{what} has format_version {}; this dtr-backup reads 1 to 3: use the dtr-backup release that wrote it",
                 format.format_version
             )));
         }
@@ -376,9 +376,9 @@ mod tests {
 
     #[test]
     fn a_newer_format_is_named_as_such() {
-        let err = Manifest::parse(b"{\"format_version\": 3}", "x", "x/manifest.json")
+        let err = Manifest::parse(b"{\"format_version\": 4}", "x", "x/manifest.json")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("format_version 3"), "{err}");
+        assert!(err.contains("format_version 4"), "{err}");
     }
 }

@@ -3,11 +3,24 @@
 //!
 //! ```text
 //! dtr-backup blobs 1 <store>
+//! base <sha256 of the base> <its size>
 //! <sha256, 64 hex digits> <size> <stored size>[ new]
+//! <sha256> -
 //! ```
 //!
-//! `new` marks the blobs that the backup's own run copied into the store (apply reads those
-//! back before it publishes the backup).
+//! A list grows with the registry (about 90 octets a blob), so a backup does not write it
+//! whole every night: it names a *base*, a full list kept once in the blob store
+//! (`blobs/<store>/lists/<ab>/<sha256 of the base>`, the same form without a base line),
+//! and holds only what differs from it: a line per blob added or changed, `<digest> -` per
+//! blob of the base it no longer keeps. The base is the one the previous backup named, while
+//! the differences stay under an eighth of it; otherwise the run writes a new base (the full
+//! list, content-addressed: a list that did not change is the base it names) and its list is
+//! that base with no differences. A list without a base line is whole (releases before bases
+//! wrote those). Readers ([`open`], [`blobs_of`], [`trees_of`]) merge the base with the
+//! differences and check the base against its sha256, so nothing above this module sees it.
+//!
+//! `new` marks the blobs that the backup's own run copied into the store (a record: the run
+//! read each back as it wrote it).
 //!
 //! `<store>` is the blob store's folder (`blobs/<store>/sha256/<ab>/<digest>`), the sizes are
 //! the blob's and its stored object's (larger when encrypted). The list is written before the
@@ -42,8 +55,23 @@ fn header(kind: Listing) -> &'static str {
     }
 }
 
+/// The artifact kind of the list of `kind`.
+fn artifact_of(kind: Listing) -> ArtifactKind {
+    match kind {
+        Listing::Blobs => ArtifactKind::Blobs,
+        Listing::Trees => ArtifactKind::Trees,
+    }
+}
+
 /// No line of a list is longer (digest, two sizes, separators).
 const MAX_LINE: u64 = 160;
+
+/// Where bases are kept in a store's folder.
+const BASES: &str = "lists";
+
+/// A backup keeps its differences from its base while they are at most this fraction
+/// (1/n) of what it lists.
+const REBASE_AT: usize = 8;
 
 /// One blob of a backup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +83,38 @@ pub struct Blob {
     pub stored: u64,
     /// Copied into the store by the run that made this backup.
     pub fresh: bool,
+}
+
+/// A full list kept in the blob store, which backups' lists name as their base.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Base {
+    pub sha: Sha,
+    pub size: u64,
+}
+
+impl Base {
+    /// Where it lies: `blobs/<store>/lists/<ab>/<sha256>`.
+    pub fn path(&self, store: &BlobStore) -> String {
+        let hex = sha_hex(&self.sha);
+        format!("{}/{BASES}/{}/{hex}", store.prefix(), &hex[..2])
+    }
+}
+
+/// A line of a list: a blob it keeps, or (in a list with a base) a blob of the base it does
+/// not keep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Change {
+    Keep(Blob),
+    Drop(Sha),
+}
+
+impl Change {
+    fn digest(&self) -> Sha {
+        match self {
+            Change::Keep(b) => b.digest,
+            Change::Drop(d) => *d,
+        }
+    }
 }
 
 /// A list being written; published by [`Writer::finish`], discarded when dropped.
@@ -82,17 +142,35 @@ impl Write for Hashing {
     }
 }
 
-/// What a written list is: its size and sha256 (for the manifest), and how many blobs.
+/// What a written list is: its size and sha256 (for the manifest), how many lines of blobs
+/// it holds, and the base it names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Written {
     pub size: u64,
     pub sha256: String,
     pub blobs: u64,
+    pub base: Option<Base>,
+}
+
+/// A blob's line.
+fn line_of(b: &Blob) -> String {
+    let mark = if b.fresh { " new" } else { "" };
+    format!("{} {} {}{mark}\n", sha_hex(&b.digest), b.size, b.stored)
 }
 
 impl Writer {
-    /// Starts the list at `path` of the objects kept in `blobs`.
+    /// Starts the whole list at `path` of the objects kept in `blobs`.
     pub fn new(store: &dyn Store, path: &str, blobs: &BlobStore, kind: Listing) -> Result<Writer> {
+        Writer::start(store, path, blobs, kind, None)
+    }
+
+    fn start(
+        store: &dyn Store,
+        path: &str,
+        blobs: &BlobStore,
+        kind: Listing,
+        base: Option<&Base>,
+    ) -> Result<Writer> {
         let mut w = Writer {
             out: io::BufWriter::with_capacity(
                 1 << 16,
@@ -107,25 +185,38 @@ impl Writer {
         };
         writeln!(w.out, "{} {}", header(kind), blobs.id)
             .map_err(|e| io(e, "writing the blob list"))?;
+        if let Some(b) = base {
+            writeln!(w.out, "base {} {}", sha_hex(&b.sha), b.size)
+                .map_err(|e| io(e, "writing the blob list"))?;
+        }
         Ok(w)
+    }
+
+    fn order(&mut self, d: Sha) -> Result<()> {
+        if self.last.is_some_and(|l| l >= d) {
+            return Err(Error::internal("blob list entries out of order"));
+        }
+        self.last = Some(d);
+        self.count += 1;
+        Ok(())
     }
 
     /// Adds a blob; blobs come in increasing order of digest.
     pub fn push(&mut self, b: &Blob) -> Result<()> {
-        if self.last.is_some_and(|l| l >= b.digest) {
-            return Err(Error::internal("blob list entries out of order"));
+        self.order(b.digest)?;
+        self.out
+            .write_all(line_of(b).as_bytes())
+            .map_err(|e| io(e, "writing the blob list"))
+    }
+
+    fn change(&mut self, c: &Change) -> Result<()> {
+        match c {
+            Change::Keep(b) => self.push(b),
+            Change::Drop(d) => {
+                self.order(*d)?;
+                writeln!(self.out, "{} -", sha_hex(d)).map_err(|e| io(e, "writing the blob list"))
+            }
         }
-        self.last = Some(b.digest);
-        self.count += 1;
-        let mark = if b.fresh { " new" } else { "" };
-        writeln!(
-            self.out,
-            "{} {} {}{mark}",
-            sha_hex(&b.digest),
-            b.size,
-            b.stored
-        )
-        .map_err(|e| io(e, "writing the blob list"))
     }
 
     /// Publishes the list.
@@ -138,28 +229,183 @@ impl Writer {
             size: hashing.size,
             sha256: crate::hex::encode(&hashing.hasher.finalize()),
             blobs: self.count,
+            base: None,
         };
         hashing.inner.commit()?;
         Ok(written)
     }
 }
 
-/// A stored list, read line by line; every line is checked (digest, order, sizes).
-pub struct Reader<R> {
+/// Writes the list of a backup at `path`: `entries` (sorted by digest, each once) as their
+/// differences from `previous` (the base of the previous backup, if the store still holds
+/// it) while those are few, else against a new base. Returns what was written.
+pub fn write(
+    dest: &dyn Store,
+    path: &str,
+    blobs: &BlobStore,
+    kind: Listing,
+    entries: &[Blob],
+    previous: Option<Base>,
+) -> Result<Written> {
+    let against = previous.and_then(|base| {
+        // A base that cannot be read (removed, damaged) is no base: a new one is written.
+        differences(dest, blobs, kind, &base, entries)
+            .ok()
+            .flatten()
+            .map(|changes| (base, changes))
+    });
+    let (base, changes) = match against {
+        Some(found) => found,
+        // The list's own lines are then what its run wrote (marked `new`).
+        None => (
+            store_base(dest, blobs, kind, entries)?,
+            entries
+                .iter()
+                .filter(|b| b.fresh)
+                .map(|b| Change::Keep(*b))
+                .collect(),
+        ),
+    };
+    let mut w = Writer::start(dest, path, blobs, kind, Some(&base))?;
+    for c in &changes {
+        w.change(c)?;
+    }
+    let mut written = w.finish()?;
+    written.base = Some(base);
+    Ok(written)
+}
+
+/// What `entries` change in the base `base` of `blobs`; `None` when that is more than an
+/// [`REBASE_AT`]th of them.
+fn differences(
+    dest: &dyn Store,
+    blobs: &BlobStore,
+    kind: Listing,
+    base: &Base,
+    entries: &[Blob],
+) -> Result<Option<Vec<Change>>> {
+    let mut old = open_base(dest, blobs, kind, base)?.peekable();
+    let limit = entries.len() / REBASE_AT;
+    let mut changes = Vec::new();
+    let mut new = entries.iter().peekable();
+    loop {
+        if changes.len() > limit {
+            return Ok(None);
+        }
+        let o = match old.peek() {
+            Some(Ok(b)) => Some(*b),
+            Some(Err(_)) => {
+                return match old.next() {
+                    Some(Err(e)) => Err(e),
+                    _ => Err(Error::internal("a base list ended twice")),
+                };
+            }
+            None => None,
+        };
+        match (o, new.peek()) {
+            (None, None) => return Ok(Some(changes)),
+            (Some(o), None) => {
+                changes.push(Change::Drop(o.digest));
+                old.next();
+            }
+            (None, Some(&&n)) => {
+                changes.push(Change::Keep(n));
+                new.next();
+            }
+            (Some(o), Some(&&n)) => {
+                if o.digest < n.digest {
+                    changes.push(Change::Drop(o.digest));
+                    old.next();
+                } else if o.digest > n.digest {
+                    changes.push(Change::Keep(n));
+                    new.next();
+                } else {
+                    // What this run wrote is marked as its own, even where the line is the
+                    // base's.
+                    if n.fresh || n.size != o.size || n.stored != o.stored {
+                        changes.push(Change::Keep(n));
+                    }
+                    old.next();
+                    new.next();
+                }
+            }
+        }
+    }
+}
+
+/// Keeps `entries` as a base in the store of `blobs`, unless it holds that base already.
+fn store_base(
+    dest: &dyn Store,
+    blobs: &BlobStore,
+    kind: Listing,
+    entries: &[Blob],
+) -> Result<Base> {
+    let plain = |b: &Blob| Blob { fresh: false, ..*b };
+    // Its name is the sha256 of what it holds: hashed first, written when missing.
+    let mut hasher = Sha256::new();
+    let first = format!("{} {}\n", header(kind), blobs.id);
+    hasher.update(first.as_bytes());
+    let mut size = first.len() as u64;
+    for b in entries {
+        let line = line_of(&plain(b));
+        hasher.update(line.as_bytes());
+        size += line.len() as u64;
+    }
+    let sha: Sha = hasher.finalize().into();
+    let base = Base { sha, size };
+    let path = base.path(blobs);
+    if dest.size(&path)? == Some(size) {
+        return Ok(base);
+    }
+    let mut w = Writer::new(dest, &path, blobs, kind)?;
+    for b in entries {
+        w.push(&plain(b))?;
+    }
+    let written = w.finish()?;
+    if written.sha256 != sha_hex(&sha) || written.size != size {
+        return Err(Error::internal("a base list hashed otherwise when written"));
+    }
+    Ok(base)
+}
+
+/// The base that the newest complete backup's list of `kind` names, if it is in `blobs` and
+/// the store holds it with its size: what a new backup's list is written against.
+pub fn previous_base(dest: &dyn Store, blobs: &BlobStore, kind: Listing) -> Option<Base> {
+    let listing = crate::manifest::list(dest).ok()?;
+    let newest = listing
+        .complete
+        .iter()
+        .max_by(|a, b| a.backup_id.cmp(&b.backup_id))?;
+    let a = newest
+        .artifacts
+        .iter()
+        .find(|a| a.kind == artifact_of(kind))?;
+    let path = format!("{}/{}", newest.backup_id, a.path);
+    let lines = Lines::new(BufReader::new(dest.open(&path).ok()?), &path).ok()?;
+    let base = lines
+        .base
+        .filter(|_| lines.store == *blobs && lines.kind == kind)?;
+    (dest.size(&base.path(blobs)).ok()?? == base.size).then_some(base)
+}
+
+/// The lines of a stored list, read one by one; every line is checked (digest, order,
+/// sizes).
+struct Lines<R> {
     lines: R,
-    /// The blob store the blobs are kept in.
-    pub store: BlobStore,
-    /// What it lists.
-    pub kind: Listing,
+    store: BlobStore,
+    kind: Listing,
+    base: Option<Base>,
+    /// The line after the header when it is no base line.
+    pending: Option<String>,
     last: Option<Sha>,
     what: String,
     line: String,
     number: u64,
 }
 
-impl<R: BufRead> Reader<R> {
-    /// Reads the header of the list `what` from `from`.
-    pub fn new(mut from: R, what: &str) -> Result<Reader<R>> {
+impl<R: BufRead> Lines<R> {
+    /// Reads the header (and base line) of the list `what` from `from`.
+    fn new(mut from: R, what: &str) -> Result<Lines<R>> {
         let mut line = String::new();
         read_line(&mut from, &mut line, what)?;
         let (kind, rest) = [Listing::Blobs, Listing::Trees]
@@ -179,17 +425,40 @@ impl<R: BufRead> Reader<R> {
                     "{what} is not a blob list of this dtr-backup (its first line is {:?})",
                     line.chars().take(60).collect::<String>()
                 ))
-            })?;
-        Ok(Reader {
-            store: BlobStore {
-                id: store.to_owned(),
-            },
+            })?
+            .to_owned();
+        let mut second = String::new();
+        let n = read_line(&mut from, &mut second, what)?;
+        let (base, pending) = match second.strip_prefix("base ") {
+            Some(rest) => {
+                let base = rest.split_once(' ').and_then(|(sha, size)| {
+                    Some(Base {
+                        sha: parse_sha(sha)?,
+                        size: size.parse().ok()?,
+                    })
+                });
+                match base {
+                    Some(b) => (Some(b), None),
+                    None => {
+                        return Err(Error::Verify(format!(
+                            "{what} line 2: not `base <sha256> <size>`: the list is damaged"
+                        )));
+                    }
+                }
+            }
+            None if n == 0 => (None, None),
+            None => (None, Some(second)),
+        };
+        Ok(Lines {
+            store: BlobStore { id: store },
             kind,
+            base,
+            pending,
             lines: from,
             last: None,
             what: what.to_owned(),
             line: String::new(),
-            number: 1,
+            number: if base.is_some() { 2 } else { 1 },
         })
     }
 }
@@ -209,13 +478,16 @@ fn read_line(from: &mut impl BufRead, line: &mut String, what: &str) -> Result<u
     Ok(n)
 }
 
-impl<R: BufRead> Iterator for Reader<R> {
-    type Item = Result<Blob>;
+impl<R: BufRead> Iterator for Lines<R> {
+    type Item = Result<Change>;
 
-    fn next(&mut self) -> Option<Result<Blob>> {
+    fn next(&mut self) -> Option<Result<Change>> {
+        self.number += 1;
+        if let Some(line) = self.pending.take() {
+            return Some(self.parse(&line));
+        }
         let mut line = std::mem::take(&mut self.line);
         let got = read_line(&mut self.lines, &mut line, &self.what);
-        self.number += 1;
         let parsed = match got {
             Err(e) => Err(e),
             Ok(0) => {
@@ -229,41 +501,276 @@ impl<R: BufRead> Iterator for Reader<R> {
     }
 }
 
-impl<R> Reader<R> {
+impl<R> Lines<R> {
     fn bad(&self, why: &str) -> Error {
         Error::Verify(format!("{} line {}: {why}", self.what, self.number))
     }
 
-    fn parse(&mut self, line: &str) -> Result<Blob> {
+    fn parse(&mut self, line: &str) -> Result<Change> {
+        const FORM: &str = "not `<digest> <size> <stored size>[ new]`";
         let mut fields = line.split(' ');
-        let (Some(d), Some(size), Some(stored), mark, None) = (
+        let (Some(d), Some(size), stored, mark, None) = (
             fields.next(),
             fields.next(),
             fields.next(),
             fields.next(),
             fields.next(),
         ) else {
-            return Err(self.bad("not `<digest> <size> <stored size>[ new]`"));
-        };
-        let fresh = match mark {
-            None => false,
-            Some("new") => true,
-            Some(_) => return Err(self.bad("not `<digest> <size> <stored size>[ new]`")),
+            return Err(self.bad(FORM));
         };
         let digest = parse_sha(d).ok_or_else(|| self.bad("not a sha256 digest"))?;
         if self.last.is_some_and(|l| l >= digest) {
             return Err(self.bad("digests out of order"));
         }
+        if size == "-" && stored.is_none() && self.base.is_some() {
+            self.last = Some(digest);
+            return Ok(Change::Drop(digest));
+        }
+        let Some(stored) = stored else {
+            return Err(self.bad(FORM));
+        };
+        let fresh = match mark {
+            None => false,
+            Some("new") => true,
+            Some(_) => return Err(self.bad(FORM)),
+        };
         let (Ok(size), Ok(stored)) = (size.parse::<u64>(), stored.parse::<u64>()) else {
             return Err(self.bad("a size is not a number"));
         };
         self.last = Some(digest);
-        Ok(Blob {
+        Ok(Change::Keep(Blob {
             digest,
             size,
             stored,
             fresh,
-        })
+        }))
+    }
+}
+
+/// What a list holds by itself (without its base), every line checked.
+pub struct Summary {
+    pub store: BlobStore,
+    pub kind: Listing,
+    pub base: Option<Base>,
+    /// Lines of blobs it keeps (added or changed, against a base), and their sizes.
+    pub kept: u64,
+    pub bytes: u64,
+    /// Lines of blobs of its base it does not keep.
+    pub dropped: u64,
+}
+
+/// Reads the list `what` from `from` to its end, checking each line (digest, order, sizes).
+pub fn summarize(from: impl BufRead, what: &str) -> Result<Summary> {
+    let mut lines = Lines::new(from, what)?;
+    let mut summary = Summary {
+        store: lines.store.clone(),
+        kind: lines.kind,
+        base: lines.base,
+        kept: 0,
+        bytes: 0,
+        dropped: 0,
+    };
+    for c in lines.by_ref() {
+        match c? {
+            Change::Keep(b) => {
+                summary.kept += 1;
+                summary.bytes += b.size;
+            }
+            Change::Drop(_) => summary.dropped += 1,
+        }
+    }
+    Ok(summary)
+}
+
+/// Reads what it reads into a sha256, for checking a base against its name.
+struct Hashed<R> {
+    inner: R,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl<R: Read> Read for Hashed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+}
+
+type BaseLines<'a> = Lines<BufReader<Hashed<Box<dyn Read + Send + Sync + 'a>>>>;
+
+/// The blobs of the base `base` of `blobs`, checked against its sha256 and size at its end.
+fn open_base<'a>(
+    dest: &'a dyn Store,
+    blobs: &BlobStore,
+    kind: Listing,
+    base: &Base,
+) -> Result<BaseBlobs<'a>> {
+    let path = base.path(blobs);
+    let hashed = Hashed {
+        inner: dest.open(&path)?,
+        hasher: Sha256::new(),
+        size: 0,
+    };
+    let lines = Lines::new(BufReader::with_capacity(1 << 16, hashed), &path)?;
+    if lines.base.is_some() || lines.kind != kind || lines.store != *blobs {
+        return Err(Error::Verify(format!(
+            "{path} is not a base list of {} in {}",
+            kind.noun(),
+            blobs.id
+        )));
+    }
+    Ok(BaseBlobs {
+        lines: Some(lines),
+        base: *base,
+        path,
+    })
+}
+
+/// The blobs of a base, as [`open_base`] reads them.
+struct BaseBlobs<'a> {
+    lines: Option<BaseLines<'a>>,
+    base: Base,
+    path: String,
+}
+
+impl Iterator for BaseBlobs<'_> {
+    type Item = Result<Blob>;
+
+    fn next(&mut self) -> Option<Result<Blob>> {
+        let lines = self.lines.as_mut()?;
+        match lines.next() {
+            Some(Ok(Change::Keep(b))) => Some(Ok(Blob { fresh: false, ..b })),
+            Some(Ok(Change::Drop(_))) => {
+                self.lines = None;
+                Some(Err(Error::internal(
+                    "a base without a base line dropped a blob",
+                )))
+            }
+            Some(Err(e)) => {
+                self.lines = None;
+                Some(Err(e))
+            }
+            None => {
+                // The end: the base must be the one named.
+                let mut lines = self.lines.take()?;
+                let mut rest = Vec::new();
+                let hashed = match lines.lines.read_to_end(&mut rest) {
+                    Ok(_) => lines.lines.into_inner(),
+                    Err(e) => return Some(Err(io(e, format!("reading {}", self.path)))),
+                };
+                let sha: Sha = hashed.hasher.finalize().into();
+                if sha != self.base.sha || hashed.size != self.base.size {
+                    return Some(Err(Error::Verify(format!(
+                        "{} is {} bytes hashing to {}, not the base it is named for: the blob store is damaged",
+                        self.path,
+                        hashed.size,
+                        sha_hex(&sha)
+                    ))));
+                }
+                None
+            }
+        }
+    }
+}
+
+/// A stored list, read as a stream of the blobs it keeps: its base's, changed by its own
+/// lines.
+pub struct Reader<'a> {
+    /// The blob store the blobs are kept in.
+    pub store: BlobStore,
+    /// What it lists.
+    pub kind: Listing,
+    /// The base it names.
+    pub base: Option<Base>,
+    own: std::iter::Peekable<Lines<BufReader<Box<dyn Read + Send + Sync + 'a>>>>,
+    from_base: Option<std::iter::Peekable<BaseBlobs<'a>>>,
+    failed: bool,
+}
+
+/// Opens the list at `path` in `store`.
+pub fn open<'a>(store: &'a dyn Store, path: &str) -> Result<Reader<'a>> {
+    let lines = Lines::new(BufReader::with_capacity(1 << 16, store.open(path)?), path)?;
+    let (blobs, kind, base) = (lines.store.clone(), lines.kind, lines.base);
+    let from_base = match &base {
+        Some(b) => Some(open_base(store, &blobs, kind, b)?.peekable()),
+        None => None,
+    };
+    Ok(Reader {
+        store: blobs,
+        kind,
+        base,
+        own: lines.peekable(),
+        from_base,
+        failed: false,
+    })
+}
+
+impl Reader<'_> {
+    /// The path of its base in the store, if it names one.
+    pub fn base_path(&self) -> Option<String> {
+        self.base.map(|b| b.path(&self.store))
+    }
+
+    fn merged(&mut self) -> Option<Result<Blob>> {
+        loop {
+            let from_base = match self.from_base.as_mut().map(|b| b.peek()) {
+                Some(Some(Ok(b))) => Some(*b),
+                // An error (or the end, whose check may fail) comes from the base itself.
+                Some(Some(Err(_))) => return self.from_base.as_mut().and_then(|b| b.next()),
+                _ => None,
+            };
+            let own = match self.own.peek() {
+                Some(Ok(c)) => Some(*c),
+                Some(Err(_)) => {
+                    return match self.own.next() {
+                        Some(Err(e)) => Some(Err(e)),
+                        _ => None,
+                    };
+                }
+                None => None,
+            };
+            match (from_base, own) {
+                // The base's end checks its sha256.
+                (_, None) => return self.from_base.as_mut().and_then(|b| b.next()),
+                (Some(b), Some(c)) if b.digest < c.digest() => {
+                    return self.from_base.as_mut().and_then(|b| b.next());
+                }
+                (Some(b), Some(c)) if b.digest == c.digest() => {
+                    self.own.next();
+                    self.from_base.as_mut().and_then(|b| b.next());
+                    if let Change::Keep(x) = c {
+                        return Some(Ok(x));
+                    }
+                }
+                (_, Some(c)) => {
+                    self.own.next();
+                    return Some(match c {
+                        Change::Keep(x) => Ok(x),
+                        Change::Drop(d) => Err(Error::Verify(format!(
+                            "the list drops {}, which its base does not list: the list is damaged",
+                            sha_hex(&d)
+                        ))),
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Iterator for Reader<'_> {
+    type Item = Result<Blob>;
+
+    fn next(&mut self) -> Option<Result<Blob>> {
+        if self.failed {
+            return None;
+        }
+        let next = self.merged();
+        if matches!(next, Some(Err(_))) {
+            self.failed = true;
+        }
+        next
     }
 }
 
@@ -302,7 +809,7 @@ fn read_list<'a>(
     kind: Listing,
 ) -> Result<Box<dyn Iterator<Item = Result<Kept>> + 'a>> {
     let path = format!("{}/{}", m.backup_id, a.path);
-    let reader = Reader::new(BufReader::with_capacity(1 << 16, store.open(&path)?), &path)?;
+    let reader = open(store, &path)?;
     if reader.kind != kind {
         return Err(Error::Verify(format!(
             "{path} is not a list of {}",
@@ -317,6 +824,23 @@ fn read_list<'a>(
             stored_known: true,
         })
     })))
+}
+
+/// The bases in the blob store that the lists of the backup `m` name (retention keeps them
+/// while a kept backup does).
+pub fn bases_of(store: &dyn Store, m: &Manifest) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for kind in [Listing::Blobs, Listing::Trees] {
+        let Some(a) = m.artifacts.iter().find(|a| a.kind == artifact_of(kind)) else {
+            continue;
+        };
+        let path = format!("{}/{}", m.backup_id, a.path);
+        let lines = Lines::new(BufReader::new(store.open(&path)?), &path)?;
+        if let Some(b) = lines.base {
+            out.push(b.path(&lines.store));
+        }
+    }
+    Ok(out)
 }
 
 /// Whether the backup `m` keeps blobs in the blob store.
@@ -390,8 +914,9 @@ mod tests {
         let bytes = store.get("b1/blobs.list").unwrap().unwrap();
         assert_eq!(written.size, bytes.len() as u64);
         assert_eq!(written.sha256, crate::archive::sha256_hex(&bytes));
-        let r = Reader::new(&bytes[..], "b1/blobs.list").unwrap();
+        let r = open(&store, "b1/blobs.list").unwrap();
         assert_eq!(r.store, bs);
+        assert_eq!(r.base, None);
         let back: Vec<Blob> = r.collect::<Result<_>>().unwrap();
         assert_eq!(back, vec![blob(1, 10), blob(2, 0), blob(0xab, 1 << 40)]);
 
@@ -410,13 +935,105 @@ mod tests {
             (format!("{}\n{}", lines[0], "a".repeat(500)), "too long"),
             ("tar archive\n".to_owned(), "not a blob list"),
         ] {
-            let got =
-                Reader::new(damaged.as_bytes(), "L").and_then(|r| r.collect::<Result<Vec<_>>>());
+            store.put("L", damaged.as_bytes()).unwrap();
+            let got = open(&store, "L").and_then(|r| r.collect::<Result<Vec<_>>>());
             match got {
                 Err(Error::Verify(m)) => assert!(m.contains(says), "{says}: {m}"),
                 other => panic!("{says}: {other:?}"),
             }
         }
+    }
+
+    fn read(store: &MemoryStore, path: &str) -> Vec<Blob> {
+        open(store, path).unwrap().collect::<Result<_>>().unwrap()
+    }
+
+    #[test]
+    fn a_list_holds_its_differences_from_the_previous_base_until_they_are_many() {
+        let store = MemoryStore::new();
+        let bs = BlobStore { id: "plain".into() };
+        let old: Vec<Blob> = (1..=100u8).map(|n| blob(n, u64::from(n))).collect();
+        // The first list writes a base: the full list, in the store, named by its sha256.
+        let first = write(&store, "b1/blobs.list", &bs, Listing::Blobs, &old, None).unwrap();
+        let base = first.base.unwrap();
+        assert_eq!(first.blobs, 50, "its own lines: what its run wrote");
+        let base_bytes = store.get(&base.path(&bs)).unwrap().unwrap();
+        assert_eq!(crate::archive::sha256_hex(&base_bytes), sha_hex(&base.sha));
+        assert_eq!(read(&store, "b1/blobs.list"), old);
+
+        // A few blobs added, one gone, one changed: only those are written.
+        let mut new: Vec<Blob> = old
+            .iter()
+            .filter(|b| b.digest[0] != 7)
+            .map(|b| Blob { fresh: false, ..*b })
+            .collect();
+        new.push(Blob {
+            digest: [0xf0; 32],
+            size: 5,
+            stored: 65,
+            fresh: true,
+        });
+        new[0].stored += 1;
+        new.sort_by_key(|b| b.digest);
+        let previous = previous_base_of(&store, &bs, "b1/blobs.list");
+        assert_eq!(previous, Some(base));
+        let second = write(&store, "b2/blobs.list", &bs, Listing::Blobs, &new, previous).unwrap();
+        assert_eq!(second.base, Some(base), "the same base");
+        assert_eq!(second.blobs, 3);
+        let text = String::from_utf8(store.get("b2/blobs.list").unwrap().unwrap()).unwrap();
+        assert!(
+            text.contains(&format!("{} -\n", sha_hex(&[7; 32]))),
+            "{text}"
+        );
+        assert_eq!(read(&store, "b2/blobs.list"), new);
+        // The first list reads as it was.
+        assert_eq!(read(&store, "b1/blobs.list"), old);
+
+        // Changes beyond an eighth of the list: a new base.
+        let many: Vec<Blob> = (101..=200u8).map(|n| blob(n, 1)).collect();
+        let third = write(
+            &store,
+            "b3/blobs.list",
+            &bs,
+            Listing::Blobs,
+            &many,
+            Some(base),
+        )
+        .unwrap();
+        assert_ne!(third.base, Some(base));
+        assert_eq!(read(&store, "b3/blobs.list"), many);
+
+        // A base that was damaged is found out by every list that names it.
+        let mut bytes = base_bytes.clone();
+        let i = bytes.len() - 3;
+        bytes[i] = if bytes[i] == b'1' { b'2' } else { b'1' };
+        store.put(&base.path(&bs), &bytes).unwrap();
+        let err = open(&store, "b2/blobs.list")
+            .and_then(|r| r.collect::<Result<Vec<_>>>())
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("not the base it is named for"),
+            "{err}"
+        );
+        // And a new list is not written against it.
+        let fourth = write(
+            &store,
+            "b4/blobs.list",
+            &bs,
+            Listing::Blobs,
+            &new,
+            Some(base),
+        )
+        .unwrap();
+        assert_ne!(fourth.base, Some(base));
+        assert_eq!(read(&store, "b4/blobs.list"), new);
+    }
+
+    /// The base the list at `path` names, if the store holds it.
+    fn previous_base_of(store: &MemoryStore, bs: &BlobStore, path: &str) -> Option<Base> {
+        let lines = Lines::new(BufReader::new(store.open(path).unwrap()), path).unwrap();
+        let base = lines.base?;
+        (store.size(&base.path(bs)).unwrap() == Some(base.size)).then_some(base)
     }
 
     #[test]

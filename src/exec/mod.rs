@@ -446,7 +446,7 @@ mod tests {
                 ArtifactKind::Blobs
             ]
         );
-        assert_eq!(m.format_version, 2);
+        assert_eq!(m.format_version, 3);
         assert!(matches!(
             events(&rec).last(),
             Some(Event::RunFinished {

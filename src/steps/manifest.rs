@@ -33,14 +33,15 @@ pub fn describe(plan: &Plan) -> Described {
 pub fn build(ctx: &Ctx) -> Manifest {
     let plan = &ctx.plan;
     let fact = |k: &str| ctx.facts.get(k).cloned();
-    // A backup whose blobs are listed in `blobs.list` is format 2: releases that read only 1
-    // skip it (and then delete no blob), rather than take its blobs for unreferenced.
+    // A backup whose blobs are listed in `blobs.list` is format 3 (its lists name a base in
+    // the blob store; 2 had whole lists): releases that read only 1 or 2 skip it (and then
+    // delete no blob), rather than take its blobs for unreferenced or misread its lists.
     let listed = ctx
         .artifacts
         .iter()
         .any(|a| a.kind == manifest::ArtifactKind::Blobs);
     Manifest {
-        format_version: if listed { 2 } else { 1 },
+        format_version: if listed { 3 } else { 1 },
         plan: plan.name.to_string(),
         plan_digest: plan.digest.clone(),
         backup_id: ctx.backup_id.clone(),

@@ -167,6 +167,9 @@ pub fn prune(
             for k in blobs.chain(crate::snapshot::trees_of(store, m)?) {
                 referenced.add(&k?.path);
             }
+            for base in crate::snapshot::bases_of(store, m)? {
+                referenced.add(&base);
+            }
             Ok(())
         });
         if let Err(e) = listed {
@@ -286,12 +289,13 @@ impl Referenced {
     }
 }
 
-/// The blob-store paths of the blob or tree list at `path` (of a run not finished yet).
+/// The blob-store paths of the blob or tree list at `path` (of a run not finished yet), its
+/// base's among them.
 fn list_paths(store: &dyn Store, path: &str, each: &mut dyn FnMut(&str)) -> Result<()> {
-    let reader = crate::snapshot::Reader::new(
-        std::io::BufReader::with_capacity(1 << 16, store.open(path)?),
-        path,
-    )?;
+    let reader = crate::snapshot::open(store, path)?;
+    if let Some(base) = reader.base_path() {
+        each(&base);
+    }
     let (blobs, kind) = (reader.store.clone(), reader.kind);
     for b in reader {
         each(&kind.path(&blobs, &b?.digest));

@@ -178,21 +178,24 @@ pub(super) fn walk_archive(
 }
 
 /// The list of the blobs a backup keeps in the blob store: every line well formed, in order
-/// (`snapshot::Reader` checks each). What it lists is checked against the store by
-/// `objects::check_blob_store`.
+/// (`snapshot::summarize` checks each). What it lists, with its base, is checked against the
+/// store by `objects::check_blob_store`.
 fn walk_blob_list(list: impl io::BufRead) -> Result<(String, Walk), String> {
-    let reader = crate::snapshot::Reader::new(list, "the blob list").map_err(|e| e.to_string())?;
-    let store = reader.store.id.clone();
-    let what = reader.kind.noun();
-    let mut blobs = 0u64;
-    let mut bytes = 0u64;
-    for b in reader {
-        let b = b.map_err(|e| e.to_string())?;
-        blobs += 1;
-        bytes += b.size;
-    }
-    Ok((
-        format!("{blobs} {what} ({bytes} bytes) in the blob store {store}"),
-        Walk::default(),
-    ))
+    let s = crate::snapshot::summarize(list, "the blob list").map_err(|e| e.to_string())?;
+    let what = s.kind.noun();
+    let detail = match s.base {
+        Some(b) => format!(
+            "{} {what} added or changed ({} bytes), {} dropped, against the base {} in the blob store {}",
+            s.kept,
+            s.bytes,
+            s.dropped,
+            &crate::snapshot::sha_hex(&b.sha)[..12],
+            s.store.id
+        ),
+        None => format!(
+            "{} {what} ({} bytes) in the blob store {}",
+            s.kept, s.bytes, s.store.id
+        ),
+    };
+    Ok((detail, Walk::default()))
 }

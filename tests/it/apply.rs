@@ -84,7 +84,7 @@ fn assert_backup_sound(fx: &Fixture, backup: &Path) {
 }
 
 fn assert_incremental_sound(fx: &Fixture, backup: &Path, m: &serde_json::Value) {
-    assert_eq!(m["format_version"], 2);
+    assert_eq!(m["format_version"], 3);
     let artifacts = m["artifacts"].as_array().expect("artifacts");
     assert_eq!(artifacts[0]["kind"], "images");
     assert_eq!(artifacts[1]["kind"], "trees");
@@ -269,6 +269,15 @@ fn assert_no_partial_final_files(fx: &Fixture) {
         } else if name == "blobs.list" || name == "trees.list" {
             let text = String::from_utf8(bytes).expect("text");
             assert!(text.starts_with("dtr-backup ") && text.ends_with('\n'));
+        } else if path.to_string_lossy().contains("/lists/") && name.len() == 64 {
+            // A list base under its sha256: complete, exactly that content.
+            assert!(bytes.starts_with(b"dtr-backup ") && bytes.ends_with(b"\n"));
+            assert_eq!(
+                dtr_backup::archive::sha256_hex(&bytes),
+                name,
+                "{}",
+                path.display()
+            );
         } else if name == "key-check" {
             assert!(!gpg_decrypt(&path, PASSPHRASE).is_empty());
         } else if path.to_string_lossy().contains("/blobs/") && name.len() == 64 {
@@ -787,7 +796,7 @@ fn an_unreadable_manifest_is_skipped_never_picked_counted_or_deleted() {
     }
     let (old, newer) = (&ids[0], &ids[1]);
     let old_manifest = fx.plan_root().join(old).join("manifest.json");
-    std::fs::write(&old_manifest, "{\"format_version\":3}\n").expect("write");
+    std::fs::write(&old_manifest, "{\"format_version\":4}\n").expect("write");
 
     // The next apply keeps the two readable newest (keep_last: 2) and leaves the other alone.
     let out = run(&mut fx.apply());
@@ -797,7 +806,7 @@ fn an_unreadable_manifest_is_skipped_never_picked_counted_or_deleted() {
             e["event"] == "warning"
                 && e["message"]
                     .as_str()
-                    .is_some_and(|m| m.contains(id) && m.contains("format_version 3"))
+                    .is_some_and(|m| m.contains(id) && m.contains("format_version 4"))
         })
     };
     assert!(

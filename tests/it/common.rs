@@ -262,18 +262,45 @@ pub fn events(o: &Output) -> Vec<serde_json::Value> {
 /// A backup's `blobs.list` or `trees.list` (`what`: `blobs` or `trees`), read by hand: the
 /// blob store it names, and each object's line (digest, size, stored size, ...).
 pub fn object_list(backup: &Path, what: &str) -> (String, Vec<Vec<String>>) {
+    let read =
+        |p: &Path| std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     let path = backup.join(format!("{what}.list"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut lines = text.lines();
+    let text = read(&path);
+    let mut lines = text.lines().peekable();
     let store = lines
         .next()
         .and_then(|h| h.strip_prefix(&format!("dtr-backup {what} 1 ")))
         .unwrap_or_else(|| panic!("{}: no header", path.display()))
         .to_owned();
-    let objects = lines
-        .map(|l| l.split(' ').map(str::to_owned).collect())
-        .collect();
-    (store, objects)
+    let fields = |l: &str| l.split(' ').map(str::to_owned).collect::<Vec<_>>();
+    // The base it names (the full list in the blob store), changed by its own lines.
+    let mut objects = std::collections::BTreeMap::new();
+    if let Some(base) = lines.peek().and_then(|l| l.strip_prefix("base ")) {
+        let sha = base.split(' ').next().expect("base sha256").to_owned();
+        lines.next();
+        let base_path = backup
+            .parent()
+            .expect("plan folder")
+            .join(format!("blobs/{store}/lists/{}/{sha}", &sha[..2]));
+        let base_text = read(&base_path);
+        assert_eq!(dtr_backup::archive::sha256_hex(base_text.as_bytes()), sha);
+        for l in base_text.lines().skip(1) {
+            let f = fields(l);
+            objects.insert(f[0].clone(), f);
+        }
+    }
+    for l in lines {
+        let f = fields(l);
+        if f.get(1).map(String::as_str) == Some("-") {
+            assert!(
+                objects.remove(&f[0]).is_some(),
+                "{l} drops what the base lacks"
+            );
+        } else {
+            objects.insert(f[0].clone(), f);
+        }
+    }
+    (store, objects.into_values().collect())
 }
 
 /// The counts of the `log` line starting with `prefix`: the first number of each of its

@@ -480,7 +480,9 @@ fn repeat_backups_copy_the_change_and_share_blobs_that_retention_keeps() {
     let store = || -> Vec<String> {
         let mut found: Vec<String> = snapshot(&fx.plan_root().join("blobs"))
             .into_iter()
-            .filter(|(p, _)| p.is_file() && !p.ends_with("key-check"))
+            .filter(|(p, _)| {
+                p.is_file() && !p.ends_with("key-check") && !p.to_string_lossy().contains("/lists/")
+            })
             .map(|(p, _)| p.file_name().expect("name").to_string_lossy().into_owned())
             .collect();
         found.sort();
@@ -543,6 +545,97 @@ fn repeat_backups_copy_the_change_and_share_blobs_that_retention_keeps() {
     let id = third_id(&third);
     let out = restore(&fx, &["--backup", &id, "--drill"]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+
+    // The lists of the kept backups name bases in the blob store; retention removed the ones
+    // no kept backup names. The third list holds its differences only.
+    let lists = fx.plan_root().join("blobs");
+    let mut bases: Vec<String> = snapshot(&lists)
+        .into_iter()
+        .filter(|(p, _)| p.is_file() && p.to_string_lossy().contains("/lists/"))
+        .map(|(p, _)| p.file_name().expect("name").to_string_lossy().into_owned())
+        .collect();
+    bases.sort();
+    let mut named: Vec<String> = fx
+        .backup_dirs()
+        .iter()
+        .flat_map(|d| ["blobs.list", "trees.list"].map(|l| d.join(l)))
+        .map(|l| {
+            let text = std::fs::read_to_string(&l).expect("list");
+            let line = text.lines().nth(1).expect("a base line");
+            line.strip_prefix("base ")
+                .and_then(|b| b.split(' ').next())
+                .expect("base")
+                .to_owned()
+        })
+        .collect();
+    named.sort();
+    named.dedup();
+    assert_eq!(bases, named);
+    let third_dir = fx.plan_root().join(&id);
+    let third_list = std::fs::read_to_string(third_dir.join("blobs.list")).expect("list");
+    let lines: Vec<&str> = third_list.lines().collect();
+    assert_eq!(lines.len(), 3, "{third_list}");
+    assert!(
+        lines[2].starts_with(&format!("{third_blob} ")),
+        "{third_list}"
+    );
+
+    // The README's hand procedure (gpg, tar, sh) brings the same backup back.
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README");
+    let start = readme
+        .find("  ```sh\n  B=backups/quickstart/<backup-id>")
+        .expect("the hand procedure");
+    let block = &readme[start + "  ```sh\n".len()..];
+    let block = &block[..block.find("  ```").expect("its end")];
+    let by_hand = fx.dir.path().join("by-hand");
+    std::fs::create_dir_all(&by_hand).expect("folder");
+    let script: String = block
+        .lines()
+        .map(|l| l.strip_prefix("  ").unwrap_or(l))
+        .map(|l| {
+            if l.starts_with("B=") {
+                format!("B={}; V={}", third_dir.display(), by_hand.display())
+            } else {
+                l.replace("<volume>", VOLUME)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let bin = fx.dir.path().join("bin");
+    let home = fx.dir.path().join("gnupg");
+    std::fs::create_dir_all(&bin).expect("bin");
+    std::fs::create_dir_all(&home).expect("gnupg home");
+    let gpg = bin.join("gpg");
+    std::fs::write(
+        &gpg,
+        format!(
+            "#!/bin/sh\nexec /usr/bin/gpg --homedir {} --batch --quiet --pinentry-mode loopback --passphrase '{PASSPHRASE}' \"$@\"\n",
+            home.display()
+        ),
+    )
+    .expect("gpg wrapper");
+    std::process::Command::new("chmod")
+        .args(["+x", gpg.to_str().expect("utf-8")])
+        .status()
+        .expect("chmod");
+    let out = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .output()
+        .expect("bash");
+    assert!(out.status.success(), "{script}\n{}", stderr(&out));
+    let mut by_hand_tree = tree(&by_hand.join(format!("{VOLUME}/_data")));
+    let mut source = tree(&fx.dir.path().join("registry"));
+    by_hand_tree.sort();
+    source.sort();
+    assert_eq!(by_hand_tree, source);
 }
 
 fn third_id(out: &std::process::Output) -> String {

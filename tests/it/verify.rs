@@ -397,8 +397,11 @@ fn damage_of_the_blob_store_and_the_blob_list_is_named() {
             |_, b| {
                 let p = b.join("blobs.list");
                 let text = std::fs::read_to_string(&p).expect("read");
-                // One digit of the first digest, the length unchanged.
-                let at = text.find('\n').expect("header") + 1;
+                // One digit of the first digest after the header and the base line, the
+                // length unchanged.
+                let header = text.find('\n').expect("header") + 1;
+                assert!(text[header..].starts_with("base "), "{text}");
+                let at = header + text[header..].find('\n').expect("base line") + 1;
                 let mut bytes = text.into_bytes();
                 bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
                 std::fs::write(&p, bytes).expect("write");

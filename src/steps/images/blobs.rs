@@ -269,7 +269,7 @@ pub fn keep(
         gone,
         ..Kept::default()
     };
-    let mut list = snapshot::Writer::new(dest, list_path, &store, snapshot::Listing::Blobs)?;
+    let mut entries = Vec::with_capacity(listed.len());
     let mut fresh = copied.iter().peekable();
     let mut lacking = missing.iter().peekable();
     for (i, b) in listed.iter().enumerate() {
@@ -290,14 +290,22 @@ pub fn keep(
             kept.reused += 1;
             (stored_size(&b.digest).unwrap_or(0), false)
         };
-        list.push(&Blob {
+        entries.push(Blob {
             digest: b.digest,
             size: b.size,
             stored,
             fresh: fresh_now,
-        })?;
+        });
     }
-    kept.list = Some(list.finish()?);
+    let base = snapshot::previous_base(dest, &store, snapshot::Listing::Blobs);
+    kept.list = Some(snapshot::write(
+        dest,
+        list_path,
+        &store,
+        snapshot::Listing::Blobs,
+        &entries,
+        base,
+    )?);
     Ok(kept)
 }
 
@@ -520,8 +528,7 @@ mod tests {
     }
 
     fn read_list(store: &MemoryStore, path: &str) -> Vec<Blob> {
-        let bytes = store.get(path).unwrap().unwrap();
-        snapshot::Reader::new(&bytes[..], path)
+        snapshot::open(store, path)
             .unwrap()
             .collect::<Result<_>>()
             .unwrap()

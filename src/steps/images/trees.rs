@@ -230,12 +230,9 @@ pub fn keep(
     dest.sync_many(&format!("{}/trees", store.prefix()))?;
     listed.sort_unstable_by_key(|b| b.digest);
     listed.dedup_by_key(|b| b.digest);
-    let mut list = snapshot::Writer::new(dest, list_path, &store, Listing::Trees)?;
-    for b in &listed {
-        list.push(b)?;
-    }
+    let base = snapshot::previous_base(dest, &store, Listing::Trees);
     Ok(Kept {
-        list: list.finish()?,
+        list: snapshot::write(dest, list_path, &store, Listing::Trees, &listed, base)?,
         copied,
         reused,
         reread,
@@ -424,8 +421,7 @@ mod tests {
     }
 
     fn listed(store: &MemoryStore, path: &str) -> Vec<Blob> {
-        let bytes = store.get(path).unwrap().unwrap();
-        let reader = snapshot::Reader::new(&bytes[..], path).unwrap();
+        let reader = snapshot::open(store, path).unwrap();
         assert_eq!(reader.kind, Listing::Trees);
         reader.collect::<Result<_>>().unwrap()
     }
