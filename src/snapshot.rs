@@ -13,11 +13,12 @@
 //! (`blobs/<store>/lists/<ab>/<sha256 of the base>`, the same form without a base line),
 //! and holds only what differs from it: a line per blob added or changed, `<digest> -` per
 //! blob of the base it no longer keeps. The base is the one the previous backup named, while
-//! the differences stay under an eighth of it; otherwise the run writes a new base (the full
-//! list, content-addressed: a list that did not change is the base it names) and its list is
-//! that base with no differences. A list without a base line is whole (releases before bases
-//! wrote those). Readers ([`open`], [`blobs_of`], [`trees_of`]) merge the base with the
-//! differences and check the base against its sha256, so nothing above this module sees it.
+//! the differences are at most an eighth of the list; otherwise the run writes a new base
+//! (the full list, content-addressed, read back once written) and its own lines are the
+//! blobs it wrote. A list without a base line is whole (releases before bases wrote those).
+//! Readers ([`open`], [`blobs_of`], [`trees_of`]) merge the base with the differences, check
+//! the base against its sha256 and a backup's list against its manifest, so nothing above
+//! this module sees a base, and a list or base cut short is an error, never fewer blobs.
 //!
 //! `new` marks the blobs that the backup's own run copied into the store (a record: the run
 //! read each back as it wrote it).
@@ -354,7 +355,15 @@ fn store_base(
     let sha: Sha = hasher.finalize().into();
     let base = Base { sha, size };
     let path = base.path(blobs);
-    if dest.size(&path)? == Some(size) {
+    // Every backup that names a base depends on it: one already there is used only when it
+    // reads whole as named; one written is read back. A damaged one is written again.
+    let whole = |dest: &dyn Store| -> Result<()> {
+        for b in open_base(dest, blobs, kind, &base)? {
+            b?;
+        }
+        Ok(())
+    };
+    if dest.size(&path)? == Some(size) && whole(dest).is_ok() {
         return Ok(base);
     }
     let mut w = Writer::new(dest, &path, blobs, kind)?;
@@ -365,6 +374,11 @@ fn store_base(
     if written.sha256 != sha_hex(&sha) || written.size != size {
         return Err(Error::internal("a base list hashed otherwise when written"));
     }
+    whole(dest).map_err(|e| {
+        Error::Verify(format!(
+            "the list base {path} does not read back as written ({e}): check the destination's storage, then run the backup again"
+        ))
+    })?;
     Ok(base)
 }
 
@@ -598,7 +612,8 @@ impl<R: Read> Read for Hashed<R> {
     }
 }
 
-type BaseLines<'a> = Lines<BufReader<Hashed<Box<dyn Read + Send + Sync + 'a>>>>;
+/// The lines of a stored list, hashed as they are read.
+type HashedLines<'a> = Lines<BufReader<Hashed<Box<dyn Read + Send + Sync + 'a>>>>;
 
 /// The blobs of the base `base` of `blobs`, checked against its sha256 and size at its end.
 fn open_base<'a>(
@@ -630,7 +645,7 @@ fn open_base<'a>(
 
 /// The blobs of a base, as [`open_base`] reads them.
 struct BaseBlobs<'a> {
-    lines: Option<BaseLines<'a>>,
+    lines: Option<HashedLines<'a>>,
     base: Base,
     path: String,
 }
@@ -684,14 +699,34 @@ pub struct Reader<'a> {
     pub kind: Listing,
     /// The base it names.
     pub base: Option<Base>,
-    own: std::iter::Peekable<Lines<BufReader<Box<dyn Read + Send + Sync + 'a>>>>,
+    own: HashedLines<'a>,
+    /// Its next line, read ahead; and whether its end was reached (and checked).
+    own_next: Option<Change>,
+    own_done: bool,
+    /// The sha256 (hex) and size its manifest records, checked at its end.
+    expect: Option<(String, u64)>,
     from_base: Option<std::iter::Peekable<BaseBlobs<'a>>>,
     failed: bool,
 }
 
-/// Opens the list at `path` in `store`.
+/// Opens the list at `path` in `store` (of a run not finished yet: no manifest records it).
 pub fn open<'a>(store: &'a dyn Store, path: &str) -> Result<Reader<'a>> {
-    let lines = Lines::new(BufReader::with_capacity(1 << 16, store.open(path)?), path)?;
+    open_checked(store, path, None)
+}
+
+/// Opens the list at `path` in `store`; with `expect`, the sha256 (hex) and size that the
+/// backup's manifest records for it, checked when its end is read.
+fn open_checked<'a>(
+    store: &'a dyn Store,
+    path: &str,
+    expect: Option<(String, u64)>,
+) -> Result<Reader<'a>> {
+    let hashed = Hashed {
+        inner: store.open(path)?,
+        hasher: Sha256::new(),
+        size: 0,
+    };
+    let lines = Lines::new(BufReader::with_capacity(1 << 16, hashed), path)?;
     let (blobs, kind, base) = (lines.store.clone(), lines.kind, lines.base);
     let from_base = match &base {
         Some(b) => Some(open_base(store, &blobs, kind, b)?.peekable()),
@@ -701,7 +736,10 @@ pub fn open<'a>(store: &'a dyn Store, path: &str) -> Result<Reader<'a>> {
         store: blobs,
         kind,
         base,
-        own: lines.peekable(),
+        own: lines,
+        own_next: None,
+        own_done: false,
+        expect,
         from_base,
         failed: false,
     })
@@ -713,6 +751,41 @@ impl Reader<'_> {
         self.base.map(|b| b.path(&self.store))
     }
 
+    /// Its next own line, read ahead; at its end, the check against its manifest.
+    fn peek_own(&mut self) -> Result<Option<Change>> {
+        if self.own_next.is_none() && !self.own_done {
+            match self.own.next() {
+                Some(c) => self.own_next = Some(c?),
+                None => {
+                    self.own_done = true;
+                    self.check_own()?;
+                }
+            }
+        }
+        Ok(self.own_next)
+    }
+
+    fn check_own(&mut self) -> Result<()> {
+        let Some((sha, size)) = &self.expect else {
+            return Ok(());
+        };
+        let what = self.own.what.clone();
+        let mut rest = Vec::new();
+        self.own
+            .lines
+            .read_to_end(&mut rest)
+            .map_err(|e| io(e, format!("reading {what}")))?;
+        let hashed = self.own.lines.get_ref();
+        let got = crate::hex::encode(&hashed.hasher.clone().finalize());
+        if got != *sha || hashed.size != *size {
+            return Err(Error::Verify(format!(
+                "{what} is {} bytes hashing to {got}, not the {size} bytes its manifest records: the list is damaged",
+                hashed.size
+            )));
+        }
+        Ok(())
+    }
+
     fn merged(&mut self) -> Option<Result<Blob>> {
         loop {
             let from_base = match self.from_base.as_mut().map(|b| b.peek()) {
@@ -721,15 +794,9 @@ impl Reader<'_> {
                 Some(Some(Err(_))) => return self.from_base.as_mut().and_then(|b| b.next()),
                 _ => None,
             };
-            let own = match self.own.peek() {
-                Some(Ok(c)) => Some(*c),
-                Some(Err(_)) => {
-                    return match self.own.next() {
-                        Some(Err(e)) => Some(Err(e)),
-                        _ => None,
-                    };
-                }
-                None => None,
+            let own = match self.peek_own() {
+                Ok(o) => o,
+                Err(e) => return Some(Err(e)),
             };
             match (from_base, own) {
                 // The base's end checks its sha256.
@@ -738,14 +805,14 @@ impl Reader<'_> {
                     return self.from_base.as_mut().and_then(|b| b.next());
                 }
                 (Some(b), Some(c)) if b.digest == c.digest() => {
-                    self.own.next();
+                    self.own_next = None;
                     self.from_base.as_mut().and_then(|b| b.next());
                     if let Change::Keep(x) = c {
                         return Some(Ok(x));
                     }
                 }
                 (_, Some(c)) => {
-                    self.own.next();
+                    self.own_next = None;
                     return Some(match c {
                         Change::Keep(x) => Ok(x),
                         Change::Drop(d) => Err(Error::Verify(format!(
@@ -809,7 +876,7 @@ fn read_list<'a>(
     kind: Listing,
 ) -> Result<Box<dyn Iterator<Item = Result<Kept>> + 'a>> {
     let path = format!("{}/{}", m.backup_id, a.path);
-    let reader = open(store, &path)?;
+    let reader = open_checked(store, &path, Some((a.sha256.clone(), a.size)))?;
     if reader.kind != kind {
         return Err(Error::Verify(format!(
             "{path} is not a list of {}",
@@ -1027,6 +1094,35 @@ mod tests {
         .unwrap();
         assert_ne!(fourth.base, Some(base));
         assert_eq!(read(&store, "b4/blobs.list"), new);
+        // A list whose content is that base's writes it again: the lists that name it read
+        // whole again.
+        let fifth = write(
+            &store,
+            "b5/blobs.list",
+            &bs,
+            Listing::Blobs,
+            &old,
+            Some(base),
+        )
+        .unwrap();
+        assert_eq!(fifth.base, Some(base));
+        assert_eq!(store.get(&base.path(&bs)).unwrap().unwrap(), base_bytes);
+        assert_eq!(read(&store, "b2/blobs.list"), new);
+
+        // A list cut short at a line's end is refused against what its manifest records,
+        // never read as fewer blobs.
+        let whole = store.get("b2/blobs.list").unwrap().unwrap();
+        let expect = (crate::archive::sha256_hex(&whole), whole.len() as u64);
+        let end = whole[..whole.len() - 1]
+            .iter()
+            .rposition(|&c| c == b'\n')
+            .unwrap()
+            + 1;
+        store.put("b2/blobs.list", &whole[..end]).unwrap();
+        let err = open_checked(&store, "b2/blobs.list", Some(expect))
+            .and_then(|r| r.collect::<Result<Vec<_>>>())
+            .unwrap_err();
+        assert!(err.to_string().contains("its manifest records"), "{err}");
     }
 
     /// The base the list at `path` names, if the store holds it.

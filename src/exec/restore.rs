@@ -1112,7 +1112,8 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
     let dest = destination(plan, &m, opts, parts.images)?;
     // The blobs the backup keeps in the blob store (its list is read, nothing else).
     let blobs = if parts.images {
-        crate::snapshot::blobs_of(store, &m)?.count()
+        // Every line read: a damaged list or base fails the dry run instead of being counted.
+        crate::snapshot::blobs_of(store, &m)?.try_fold(0usize, |n, b| b.map(|_| n + 1))?
     } else {
         0
     };
