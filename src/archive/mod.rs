@@ -154,6 +154,18 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     crate::hex::encode(&Sha256::digest(bytes))
 }
 
+/// `from`, decompressed when it is a gzip stream (`1f 8b`), as it is otherwise: a tar archive
+/// stored either way reads as a tar archive.
+pub fn unzipped<'a>(from: impl Read + Send + 'a) -> io::Result<Box<dyn Read + Send + 'a>> {
+    let mut buffered = io::BufReader::with_capacity(1 << 16, from);
+    let gzip = io::BufRead::fill_buf(&mut buffered)?.starts_with(&[0x1f, 0x8b]);
+    Ok(if gzip {
+        Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
+    } else {
+        Box::new(buffered)
+    })
+}
+
 /// What the first bytes of a metadata stream say: gzip or plain tar, and the first member.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Sniffed {

@@ -102,6 +102,7 @@ pub(super) fn check_blob_store(
                     path: kept.path,
                     digest: digest.clone(),
                     size: kept.blob.size,
+                    tree,
                 };
                 if jobs.send(job).is_err() {
                     break;
@@ -147,6 +148,9 @@ struct Job {
     path: String,
     digest: String,
     size: u64,
+    /// A repository tree: a tar, compressed (or not, from earlier releases), named by the
+    /// sha256 of the tar.
+    tree: bool,
 }
 
 /// Reads the object of `job` whole; what is wrong with it, if anything.
@@ -156,11 +160,21 @@ fn read_one(
     encrypted: bool,
     dec: Option<&Decryption>,
 ) -> Option<String> {
-    let Job { path, digest, size } = job;
+    let Job {
+        path,
+        digest,
+        size,
+        tree,
+    } = job;
     let result = store.open(path).map_err(|e| e.to_string()).and_then(|r| {
         let plain: Box<dyn Read + Send + Sync> = match (encrypted, dec) {
             (true, Some(d)) => crypto::decrypt(r, d).map_err(|e| e.to_string())?,
             _ => r,
+        };
+        let plain: Box<dyn Read + Send> = if *tree {
+            crate::archive::unzipped(plain).map_err(|e| e.to_string())?
+        } else {
+            plain
         };
         HashReader::new(plain).finish().map_err(|e| e.to_string())
     });

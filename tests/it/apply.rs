@@ -106,7 +106,15 @@ fn assert_incremental_sound(fx: &Fixture, backup: &Path, m: &serde_json::Value) 
             "blobs/{tree_store}/trees/{}/{digest}",
             &digest[..2]
         ));
-        let tar = gpg_decrypt(&object, PASSPHRASE);
+        // Compressed (gzip) inside its message; named by the sha256 of the tar.
+        let zipped = gpg_decrypt(&object, PASSPHRASE);
+        assert!(zipped.starts_with(&[0x1f, 0x8b]), "{}", object.display());
+        let mut tar = Vec::new();
+        std::io::Read::read_to_end(
+            &mut dtr_backup::archive::unzipped(&zipped[..]).expect("gzip"),
+            &mut tar,
+        )
+        .expect("gunzip");
         assert_eq!(&dtr_backup::archive::sha256_hex(&tar), digest);
         names.extend(tar_list(&tar));
     }
@@ -281,8 +289,18 @@ fn assert_no_partial_final_files(fx: &Fixture) {
         } else if name == "key-check" {
             assert!(!gpg_decrypt(&path, PASSPHRASE).is_empty());
         } else if path.to_string_lossy().contains("/blobs/") && name.len() == 64 {
-            // A blob under its digest: a whole message of exactly that content.
-            let plain = gpg_decrypt(&path, PASSPHRASE);
+            // A blob under its digest: a whole message of exactly that content (a repository
+            // tree: of that tar, compressed).
+            let mut plain = gpg_decrypt(&path, PASSPHRASE);
+            if path.to_string_lossy().contains("/trees/") {
+                let mut tar = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut dtr_backup::archive::unzipped(&plain[..]).expect("gzip"),
+                    &mut tar,
+                )
+                .expect("a whole gzip stream");
+                plain = tar;
+            }
             assert_eq!(
                 dtr_backup::archive::sha256_hex(&plain),
                 name,

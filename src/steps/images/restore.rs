@@ -415,6 +415,8 @@ pub fn restore_into(
             .map_err(|e| io(e, "restoring repositories"))?;
         let stored = store.open(&kept.path)?;
         let plain = open_plain(stored, encrypted, dec, &kept.path)?;
+        // Trees are stored compressed (those of earlier releases as they are).
+        let plain = crate::archive::unzipped(plain).map_err(|e| unreadable(&kept.path, e))?;
         let mut hashed = HashReader::new(plain);
         let got = sink
             .archive(

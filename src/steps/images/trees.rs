@@ -2,8 +2,8 @@
 //! `_manifests`, `_uploads`: links, tags, upload state) is small per file but grows with the
 //! registry (a link per layer per repository). Kept whole in every backup, a registry of a
 //! hundred thousand blobs would write a hundred megabytes of links every night. So each
-//! repository's folder is a tar archive of its own, stored in the blob store under the
-//! sha256 of that archive (`blobs/<store>/trees/<ab>/<digest>`), once however many backups
+//! repository's folder is a tar archive of its own, compressed (gzip), stored in the blob
+//! store under the sha256 of that archive (`blobs/<store>/trees/<ab>/<digest>`), once however many backups
 //! list it: a repository that did not change costs a read of its (small) files and nothing
 //! written. The backup's `trees.list` lists the trees it keeps; its images archive holds the
 //! rest (the folders above the repositories).
@@ -25,6 +25,8 @@ use crate::crypto::{self, Encryption, Session};
 use crate::error::{Error, Result, io};
 use crate::snapshot::{self, Blob, Listing};
 use crate::storage::Store;
+use flate2::Compression;
+use flate2::write::GzEncoder;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
@@ -147,6 +149,14 @@ fn scan(root: &Path, key: &Path) -> std::result::Result<Vec<Entry>, Failed> {
                 .filter(|e| repository_of(&e.rel).as_deref() == Some(key)),
         )
         .collect())
+}
+
+/// Whether a stored tree of `stored` octets can be whole: a gzip stream of a tar (at least
+/// its header and trailer), in an OpenPGP message when encrypted (its random prefix and
+/// integrity check). Trees stored before they were compressed are larger, and pass too.
+fn plausible(stored: u64, encrypted: bool) -> bool {
+    let gzip = 18 + 2;
+    stored >= if encrypted { gzip + 18 + 22 } else { gzip }
 }
 
 /// Keeps the tree of each repository of `repos` (folders of the registry tree at `root`,
@@ -308,7 +318,7 @@ impl One<'_> {
         let (_, sha, size) = hashed.finish();
         let digest = snapshot::parse_sha(&sha).ok_or_else(|| Error::internal("a digest"))?;
         if let Ok(i) = self.held.binary_search_by(|(d, _)| d.cmp(&digest))
-            && super::blobs::plausible(self.held[i].1, size, self.encrypted)
+            && plausible(self.held[i].1, self.encrypted)
         {
             let blob = Blob {
                 digest,
@@ -323,16 +333,22 @@ impl One<'_> {
         let again = {
             let sealed = crypto::encrypt_in(&mut object, self.session)
                 .map_err(|e| io(e, format!("encrypting {target}")))?;
+            // Compressed before it is encrypted: a tree is mostly 512-octet headers and the
+            // padding of small files. Its name stays the sha256 of the tar.
+            let zipped = GzEncoder::new(sealed, Compression::fast());
             let written = tree::write_entries(
                 self.root,
                 entries,
                 self.prefix,
                 false,
-                HashWriter::new(sealed),
+                HashWriter::new(zipped),
                 self.cancel,
             )
             .map_err(read)?;
-            let (sealed, again, _) = written.finish();
+            let (zipped, again, _) = written.finish();
+            let sealed = zipped
+                .finish()
+                .map_err(|e| io(e, format!("writing {target}")))?;
             sealed
                 .finish()
                 .map_err(|e| io(e, format!("writing {target}")))?;
@@ -485,7 +501,14 @@ mod tests {
                 .unwrap()
                 .unwrap();
             let mut plain = Vec::new();
-            io::Read::read_to_end(&mut crypto::decrypt(&sealed[..], &dec).unwrap(), &mut plain)
+            let zipped = crypto::decrypt(&sealed[..], &dec).unwrap();
+            assert!(
+                (sealed.len() as u64) < b.size,
+                "stored compressed: {} of {}",
+                sealed.len(),
+                b.size
+            );
+            io::Read::read_to_end(&mut crate::archive::unzipped(zipped).unwrap(), &mut plain)
                 .unwrap();
             assert_eq!(
                 crate::archive::sha256_hex(&plain),
