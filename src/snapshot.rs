@@ -33,6 +33,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 
 use sha2::{Digest, Sha256};
 
+use crate::archive::HashReader;
 use crate::blob_store::BlobStore;
 use crate::error::{Error, Result, io};
 use crate::manifest::{ArtifactKind, Manifest};
@@ -386,10 +387,8 @@ fn store_base(
 /// the store holds it with its size: what a new backup's list is written against.
 pub fn previous_base(dest: &dyn Store, blobs: &BlobStore, kind: Listing) -> Option<Base> {
     let listing = crate::manifest::list(dest).ok()?;
-    let newest = listing
-        .complete
-        .iter()
-        .max_by(|a, b| a.backup_id.cmp(&b.backup_id))?;
+    // Sorted by id, oldest first (as `manifest::resolve` reads it).
+    let newest = listing.complete.last()?;
     let a = newest
         .artifacts
         .iter()
@@ -596,24 +595,24 @@ pub fn summarize(from: impl BufRead, what: &str) -> Result<Summary> {
     Ok(summary)
 }
 
-/// Reads what it reads into a sha256, for checking a base against its name.
-struct Hashed<R> {
-    inner: R,
-    hasher: Sha256,
-    size: u64,
-}
-
-impl<R: Read> Read for Hashed<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-}
-
 /// The lines of a stored list, hashed as they are read.
-type HashedLines<'a> = Lines<BufReader<Hashed<Box<dyn Read + Send + Sync + 'a>>>>;
+type HashedLines<'a> = Lines<BufReader<HashReader<Box<dyn Read + Send + Sync + 'a>>>>;
+
+/// Opens the stored list at `path` to be read line by line and hashed.
+fn hashed_lines<'a>(store: &'a dyn Store, path: &str) -> Result<HashedLines<'a>> {
+    let hashed = HashReader::new(store.open(path)?);
+    Lines::new(BufReader::with_capacity(1 << 16, hashed), path)
+}
+
+/// The hex sha256 and size of the whole list `lines` was read from, once its lines are read.
+fn hashed_whole(lines: &mut HashedLines<'_>) -> Result<(String, u64)> {
+    let mut rest = Vec::new();
+    lines
+        .lines
+        .read_to_end(&mut rest)
+        .map_err(|e| io(e, format!("reading {}", lines.what)))?;
+    Ok(lines.lines.get_ref().so_far())
+}
 
 /// The blobs of the base `base` of `blobs`, checked against its sha256 and size at its end.
 fn open_base<'a>(
@@ -623,12 +622,7 @@ fn open_base<'a>(
     base: &Base,
 ) -> Result<BaseBlobs<'a>> {
     let path = base.path(blobs);
-    let hashed = Hashed {
-        inner: dest.open(&path)?,
-        hasher: Sha256::new(),
-        size: 0,
-    };
-    let lines = Lines::new(BufReader::with_capacity(1 << 16, hashed), &path)?;
+    let lines = hashed_lines(dest, &path)?;
     if lines.base.is_some() || lines.kind != kind || lines.store != *blobs {
         return Err(Error::Verify(format!(
             "{path} is not a base list of {} in {}",
@@ -670,18 +664,14 @@ impl Iterator for BaseBlobs<'_> {
             None => {
                 // The end: the base must be the one named.
                 let mut lines = self.lines.take()?;
-                let mut rest = Vec::new();
-                let hashed = match lines.lines.read_to_end(&mut rest) {
-                    Ok(_) => lines.lines.into_inner(),
-                    Err(e) => return Some(Err(io(e, format!("reading {}", self.path)))),
+                let (sha, size) = match hashed_whole(&mut lines) {
+                    Ok(whole) => whole,
+                    Err(e) => return Some(Err(e)),
                 };
-                let sha: Sha = hashed.hasher.finalize().into();
-                if sha != self.base.sha || hashed.size != self.base.size {
+                if sha != sha_hex(&self.base.sha) || size != self.base.size {
                     return Some(Err(Error::Verify(format!(
-                        "{} is {} bytes hashing to {}, not the base it is named for: the blob store is damaged",
-                        self.path,
-                        hashed.size,
-                        sha_hex(&sha)
+                        "{} is {size} bytes hashing to {sha}, not the base it is named for: the blob store is damaged",
+                        self.path
                     ))));
                 }
                 None
@@ -721,12 +711,7 @@ fn open_checked<'a>(
     path: &str,
     expect: Option<(String, u64)>,
 ) -> Result<Reader<'a>> {
-    let hashed = Hashed {
-        inner: store.open(path)?,
-        hasher: Sha256::new(),
-        size: 0,
-    };
-    let lines = Lines::new(BufReader::with_capacity(1 << 16, hashed), path)?;
+    let lines = hashed_lines(store, path)?;
     let (blobs, kind, base) = (lines.store.clone(), lines.kind, lines.base);
     let from_base = match &base {
         Some(b) => Some(open_base(store, &blobs, kind, b)?.peekable()),
@@ -769,18 +754,11 @@ impl Reader<'_> {
         let Some((sha, size)) = &self.expect else {
             return Ok(());
         };
-        let what = self.own.what.clone();
-        let mut rest = Vec::new();
-        self.own
-            .lines
-            .read_to_end(&mut rest)
-            .map_err(|e| io(e, format!("reading {what}")))?;
-        let hashed = self.own.lines.get_ref();
-        let got = crate::hex::encode(&hashed.hasher.clone().finalize());
-        if got != *sha || hashed.size != *size {
+        let (got, n) = hashed_whole(&mut self.own)?;
+        if got != *sha || n != *size {
             return Err(Error::Verify(format!(
-                "{what} is {} bytes hashing to {got}, not the {size} bytes its manifest records: the list is damaged",
-                hashed.size
+                "{} is {n} bytes hashing to {got}, not the {size} bytes its manifest records: the list is damaged",
+                self.own.what
             )));
         }
         Ok(())
@@ -1019,9 +997,12 @@ mod tests {
     fn a_list_holds_its_differences_from_the_previous_base_until_they_are_many() {
         let store = MemoryStore::new();
         let bs = BlobStore { id: "plain".into() };
+        let put = |path: &str, entries: &[Blob], base: Option<Base>| {
+            write(&store, path, &bs, Listing::Blobs, entries, base).unwrap()
+        };
         let old: Vec<Blob> = (1..=100u8).map(|n| blob(n, u64::from(n))).collect();
         // The first list writes a base: the full list, in the store, named by its sha256.
-        let first = write(&store, "b1/blobs.list", &bs, Listing::Blobs, &old, None).unwrap();
+        let first = put("b1/blobs.list", &old, None);
         let base = first.base.unwrap();
         assert_eq!(first.blobs, 50, "its own lines: what its run wrote");
         let base_bytes = store.get(&base.path(&bs)).unwrap().unwrap();
@@ -1044,7 +1025,7 @@ mod tests {
         new.sort_by_key(|b| b.digest);
         let previous = previous_base_of(&store, &bs, "b1/blobs.list");
         assert_eq!(previous, Some(base));
-        let second = write(&store, "b2/blobs.list", &bs, Listing::Blobs, &new, previous).unwrap();
+        let second = put("b2/blobs.list", &new, previous);
         assert_eq!(second.base, Some(base), "the same base");
         assert_eq!(second.blobs, 3);
         let text = String::from_utf8(store.get("b2/blobs.list").unwrap().unwrap()).unwrap();
@@ -1058,15 +1039,7 @@ mod tests {
 
         // Changes beyond an eighth of the list: a new base.
         let many: Vec<Blob> = (101..=200u8).map(|n| blob(n, 1)).collect();
-        let third = write(
-            &store,
-            "b3/blobs.list",
-            &bs,
-            Listing::Blobs,
-            &many,
-            Some(base),
-        )
-        .unwrap();
+        let third = put("b3/blobs.list", &many, Some(base));
         assert_ne!(third.base, Some(base));
         assert_eq!(read(&store, "b3/blobs.list"), many);
 
@@ -1083,28 +1056,12 @@ mod tests {
             "{err}"
         );
         // And a new list is not written against it.
-        let fourth = write(
-            &store,
-            "b4/blobs.list",
-            &bs,
-            Listing::Blobs,
-            &new,
-            Some(base),
-        )
-        .unwrap();
+        let fourth = put("b4/blobs.list", &new, Some(base));
         assert_ne!(fourth.base, Some(base));
         assert_eq!(read(&store, "b4/blobs.list"), new);
         // A list whose content is that base's writes it again: the lists that name it read
         // whole again.
-        let fifth = write(
-            &store,
-            "b5/blobs.list",
-            &bs,
-            Listing::Blobs,
-            &old,
-            Some(base),
-        )
-        .unwrap();
+        let fifth = put("b5/blobs.list", &old, Some(base));
         assert_eq!(fifth.base, Some(base));
         assert_eq!(store.get(&base.path(&bs)).unwrap().unwrap(), base_bytes);
         assert_eq!(read(&store, "b2/blobs.list"), new);

@@ -121,6 +121,14 @@ impl<R: Read> HashReader<R> {
         }
     }
 
+    /// The hex sha256 and byte count of what was read so far.
+    pub fn so_far(&self) -> (String, u64) {
+        (
+            crate::hex::encode(&self.hasher.clone().finalize()),
+            self.count,
+        )
+    }
+
     /// Reads what is left, then returns the hex sha256 and byte count of everything read.
     pub fn finish(mut self) -> io::Result<(String, u64)> {
         // Mostly called at the end already: a small read says so without a chunk buffer.

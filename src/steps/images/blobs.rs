@@ -166,16 +166,10 @@ pub fn keep(
     // alone.
     let mut order = missing.clone();
     order.sort_by_key(|&i| std::cmp::Reverse(listed[i].size));
-    let next = AtomicU64::new(0);
-    let copied: Mutex<Vec<(usize, u64)>> = Mutex::new(Vec::new());
-    let gone: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let failed: Mutex<Option<Error>> = Mutex::new(None);
     // Each object is read back as soon as it is published, by a thread of its own, while the
     // next ones are encrypted: reading the device overlaps the ciphers' work.
     let (written, to_read) = mpsc::sync_channel::<(String, Stored)>(workers.max(1) * 8);
-    let (copied_ref, gone_ref, failed_ref, next_ref, order_ref, session_ref, store_ref) =
-        (&copied, &gone, &failed, &next, &order, &session, &store);
-    let bad = std::thread::scope(|outer| {
+    let (done, bad) = std::thread::scope(|outer| {
         let reader = outer.spawn(move || {
             let mut buf = vec![0u8; 1 << 20];
             let mut bad = Vec::new();
@@ -189,64 +183,25 @@ pub fn keep(
             }
             bad
         });
-        std::thread::scope(|scope| {
-            for _ in 0..workers.clamp(1, missing.len().max(1)) {
-                let written = written.clone();
-                scope.spawn(move || {
-                    let mut buf = vec![0u8; 1 << 20];
-                    loop {
-                        if failed_ref.lock().map_or(true, |f| f.is_some()) {
-                            return;
-                        }
-                        let n = next_ref.fetch_add(1, Ordering::Relaxed) as usize;
-                        let Some(&i) = order_ref.get(n) else { return };
-                        let b = &listed[i];
-                        let result =
-                            cancel
-                                .check()
-                                .map_err(|e| io(e, "copying blobs"))
-                                .and_then(|()| {
-                                    copy(
-                                        b,
-                                        source,
-                                        dest,
-                                        store_ref,
-                                        session_ref,
-                                        &mut buf,
-                                        bytes,
-                                        cancel,
-                                    )
-                                });
-                        match result {
-                            Ok(Some((path, stored))) => {
-                                if let Ok(mut c) = copied_ref.lock() {
-                                    c.push((i, stored.size));
-                                }
-                                // The reader is gone only when cancelled.
-                                let _ = written.send((path, stored));
-                            }
-                            Ok(None) => {
-                                if let Ok(mut g) = gone_ref.lock() {
-                                    g.push(source.describe(&b.digest));
-                                }
-                            }
-                            Err(e) => {
-                                if let Ok(mut f) = failed_ref.lock() {
-                                    f.get_or_insert(e);
-                                }
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
+        // Each copied blob's index and stored size; `None` for one gone from the source.
+        let done = super::on_threads(&order, workers, 1 << 20, |&i, buf| {
+            cancel.check().map_err(|e| io(e, "copying blobs"))?;
+            let copied = copy(
+                &listed[i], source, dest, &store, &session, buf, bytes, cancel,
+            )?;
+            Ok((
+                i,
+                copied.map(|(path, stored)| {
+                    // The reader is gone only when cancelled.
+                    let _ = written.send((path, stored));
+                    stored.size
+                }),
+            ))
         });
         drop(written);
-        reader.join().unwrap_or_default()
+        (done, reader.join().unwrap_or_default())
     });
-    if let Some(e) = failed.into_inner().unwrap_or(None) {
-        return Err(e);
-    }
+    let done = done?;
     if cancel.is_cancelled() {
         return Err(Error::Interrupted);
     }
@@ -260,9 +215,16 @@ pub fn keep(
     }
     // Durable before the list names them.
     dest.sync_many(&store.prefix())?;
-    let mut copied = copied.into_inner().unwrap_or_default();
+    let mut copied: Vec<(usize, u64)> = done
+        .iter()
+        .filter_map(|&(i, stored)| Some((i, stored?)))
+        .collect();
     copied.sort_unstable();
-    let mut gone = gone.into_inner().unwrap_or_default();
+    let mut gone: Vec<String> = done
+        .iter()
+        .filter(|(_, stored)| stored.is_none())
+        .map(|&(i, _)| source.describe(&listed[i].digest))
+        .collect();
     gone.sort();
 
     let mut kept = Kept {

@@ -19,6 +19,8 @@ pub mod volume;
 mod volume_blobs;
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::future::BoxFuture;
 
@@ -210,4 +212,48 @@ fn facts_of(volume: &str, plan: &Plan) -> BTreeMap<String, String> {
         facts.insert("replica".to_owned(), id.to_owned());
     }
     facts
+}
+
+/// Runs `work` on each of `items` with `workers` threads, each taking the next item and
+/// keeping a scratch buffer of `scratch` octets; returns the results in the order they
+/// were finished. The first error stops every thread after the item it has in hand, and is
+/// what returns.
+pub(super) fn on_threads<T: Sync, R: Send>(
+    items: &[T],
+    workers: usize,
+    scratch: usize,
+    work: impl Fn(&T, &mut [u8]) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let next = AtomicUsize::new(0);
+    let done = Mutex::new(Vec::with_capacity(items.len()));
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..workers.clamp(1, items.len().max(1)) {
+            scope.spawn(|| {
+                let mut buf = vec![0u8; scratch];
+                while failed.lock().is_ok_and(|f| f.is_none()) {
+                    let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                        return;
+                    };
+                    match work(item, &mut buf) {
+                        Ok(r) => {
+                            if let Ok(mut d) = done.lock() {
+                                d.push(r);
+                            }
+                        }
+                        Err(e) => {
+                            if let Ok(mut f) = failed.lock() {
+                                f.get_or_insert(e);
+                            }
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    match failed.into_inner().unwrap_or(None) {
+        Some(e) => Err(e),
+        None => Ok(done.into_inner().unwrap_or_default()),
+    }
 }

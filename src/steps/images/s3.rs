@@ -172,56 +172,22 @@ async fn run(ctx: Ctx, cfg: S3Cfg) -> Result<Outcome> {
             .collect();
 
         // Blobs: bounded parallel copies.
-        let queue = Mutex::new(missing.clone());
-        let copied: Mutex<Vec<(String, u64, u64)>> = Mutex::new(Vec::new());
-        let first_error: Mutex<Option<Error>> = Mutex::new(None);
         let bytes = AtomicU64::new(0);
-        std::thread::scope(|scope| {
-            for _ in 0..parallel.min(missing.len().max(1)) {
-                scope.spawn(|| {
-                    loop {
-                        if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
-                            return;
-                        }
-                        if ctx.cancel.is_cancelled() {
-                            if let Ok(mut f) = first_error.lock() {
-                                f.get_or_insert(Error::Interrupted);
-                            }
-                            return;
-                        }
-                        let Some((key, digest)) = queue.lock().ok().and_then(|mut q| q.pop()) else {
-                            return;
-                        };
-                        let target = blob_store.path(&digest);
-                        let result = if server_side {
-                            copy_on_server(source.as_ref(), dest.as_ref(), &target, &key)
-                        } else {
-                            copy_blob(source.as_ref(), dest.as_ref(), &target, &key, &digest, &enc, &ctx.cancel)
-                        };
-                        match result {
-                            Ok((size, stored)) => {
-                                bytes.fetch_add(size, Ordering::Relaxed);
-                                counter.fetch_add(size, Ordering::Relaxed);
-                                objects_done.fetch_add(1, Ordering::Relaxed);
-                                if let Ok(mut c) = copied.lock() {
-                                    c.push((digest, size, stored));
-                                }
-                            }
-                            Err(e) => {
-                                if let Ok(mut f) = first_error.lock() {
-                                    f.get_or_insert(e);
-                                }
-                                return;
-                            }
-                        }
-                    }
-                });
+        let copied = super::on_threads(&missing, parallel, 0, |(key, digest), _| {
+            if ctx.cancel.is_cancelled() {
+                return Err(Error::Interrupted);
             }
-        });
-        if let Some(e) = first_error.into_inner().unwrap_or(None) {
-            return Err(e);
-        }
-        let copied = copied.into_inner().unwrap_or_default();
+            let target = blob_store.path(digest);
+            let (size, stored) = if server_side {
+                copy_on_server(source.as_ref(), dest.as_ref(), &target, key)
+            } else {
+                copy_blob(source.as_ref(), dest.as_ref(), &target, key, digest, &enc, &ctx.cancel)
+            }?;
+            bytes.fetch_add(size, Ordering::Relaxed);
+            counter.fetch_add(size, Ordering::Relaxed);
+            objects_done.fetch_add(1, Ordering::Relaxed);
+            Ok((digest.clone(), size, stored))
+        })?;
 
         stored_sizes.extend(copied.iter().map(|(d, _, stored)| (d.clone(), *stored)));
         let mut objects: Vec<SnapshotObject> = blobs

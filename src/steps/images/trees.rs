@@ -29,8 +29,6 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use std::io;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Where repositories are, in a registry tree.
 pub const REPOSITORIES: &str = "docker/registry/v2/repositories";
@@ -189,46 +187,15 @@ pub fn keep(
     };
     // Repositories are many and small (a file per link): `workers` at once, each taking the
     // next; memory is bound by the largest ones in hand.
-    let next = AtomicUsize::new(0);
-    let done: Mutex<Vec<(Blob, bool, u32)>> = Mutex::new(Vec::with_capacity(repos.len()));
-    let failed: Mutex<Option<Error>> = Mutex::new(None);
-    std::thread::scope(|scope| {
-        for _ in 0..workers.clamp(1, repos.len().max(1)) {
-            scope.spawn(|| {
-                let mut buf = vec![0u8; 1 << 16];
-                loop {
-                    if failed.lock().map_or(true, |f| f.is_some()) {
-                        return;
-                    }
-                    let Some(key) = repos.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                        return;
-                    };
-                    match one.keep_repository(key, &mut buf) {
-                        Ok(kept) => {
-                            if let Ok(mut d) = done.lock() {
-                                d.push(kept);
-                            }
-                        }
-                        Err(e) => {
-                            if let Ok(mut f) = failed.lock() {
-                                f.get_or_insert(e);
-                            }
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = failed.into_inner().unwrap_or(None) {
-        return Err(e);
-    }
+    let done = super::on_threads(repos, workers, 1 << 16, |key, buf| {
+        one.keep_repository(key, buf)
+    })?;
     cancel
         .check()
         .map_err(|e| io(e, "keeping repository trees"))?;
     let (mut copied, mut reused, mut reread) = (0, 0, 0);
     let mut listed: Vec<Blob> = Vec::with_capacity(repos.len());
-    for (blob, fresh, again) in done.into_inner().unwrap_or_default() {
+    for (blob, fresh, again) in done {
         if fresh {
             copied += 1;
         } else {
