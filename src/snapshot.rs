@@ -257,20 +257,24 @@ pub fn write(
             .map(|changes| (base, changes))
     });
     let (base, changes) = match against {
-        Some(found) => found,
-        // The list's own lines are then what its run wrote (marked `new`).
-        None => (
-            store_base(dest, blobs, kind, entries)?,
-            entries
-                .iter()
-                .filter(|b| b.fresh)
-                .map(|b| Change::Keep(*b))
-                .collect(),
-        ),
+        Some((base, changes)) => (base, Some(changes)),
+        None => (store_base(dest, blobs, kind, entries)?, None),
     };
     let mut w = Writer::start(dest, path, blobs, kind, Some(&base))?;
-    for c in &changes {
-        w.change(c)?;
+    match changes {
+        Some(changes) => {
+            for c in &changes {
+                w.change(c)?;
+            }
+        }
+        // Against a new base, the list's own lines are what its run wrote (marked `new`),
+        // read from `entries` as they are written rather than gathered first: on a full
+        // backup that is every blob.
+        None => {
+            for b in entries.iter().filter(|b| b.fresh) {
+                w.change(&Change::Keep(*b))?;
+            }
+        }
     }
     let mut written = w.finish()?;
     written.base = Some(base);

@@ -1,6 +1,5 @@
 //! Image content kept object by object in the blob store.
 
-use std::collections::BTreeSet;
 use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, mpsc};
@@ -9,7 +8,7 @@ use crate::archive::HashReader;
 use crate::cancel::Cancel;
 use crate::crypto::{self, Decryption};
 use crate::manifest::Manifest;
-use crate::snapshot;
+use crate::snapshot::{self, Sha};
 use crate::storage::Store;
 
 use super::{Check, ReadData};
@@ -26,8 +25,8 @@ pub(super) fn check_blob_store(
     read_data: ReadData,
     cancel: &Cancel,
     checks: &mut Vec<Check>,
-) -> BTreeSet<String> {
-    let mut digests = BTreeSet::new();
+) -> Vec<Sha> {
+    let mut digests = Vec::new();
     let mut missing = Vec::new();
     let bad = Mutex::new(Vec::new());
     let hashed = AtomicUsize::new(0);
@@ -100,7 +99,7 @@ pub(super) fn check_blob_store(
             if read && read_data.selects(&digest) {
                 let job = Job {
                     path: kept.path,
-                    digest: digest.clone(),
+                    digest,
                     size: kept.blob.size,
                     tree,
                 };
@@ -109,7 +108,7 @@ pub(super) fn check_blob_store(
                 }
             }
             if !tree {
-                digests.insert(digest);
+                digests.push(kept.blob.digest);
             }
         }
         // Closing the queue lets the readers finish what is in it and stop.

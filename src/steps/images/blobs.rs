@@ -152,20 +152,18 @@ pub fn keep(
             .ok()
             .map(|i| held[i].1)
     };
-    let missing: Vec<usize> = (0..listed.len())
+    // The blobs the store lacks, largest first: the cores finish together instead of one
+    // copying the last large blob alone.
+    let mut order: Vec<usize> = (0..listed.len())
         .filter(|&i| {
             let b = &listed[i];
             stored_size(&b.digest).is_none_or(|s| !plausible(s, b.size, encrypted))
         })
         .collect();
-
-    // The blobs the store lacks: one session for the run (one key derivation), `workers`
-    // at once.
-    let session = Session::new(enc).map_err(|e| io(e, "starting the encryption"))?;
-    // Largest first: the cores finish together instead of one copying the last large blob
-    // alone.
-    let mut order = missing.clone();
     order.sort_by_key(|&i| std::cmp::Reverse(listed[i].size));
+
+    // One session for the run (one key derivation), `workers` blobs at once.
+    let session = Session::new(enc).map_err(|e| io(e, "starting the encryption"))?;
     // Each object is read back as soon as it is published, by a thread of its own, while the
     // next ones are encrypted: reading the device overlaps the ciphers' work.
     let (written, to_read) = mpsc::sync_channel::<(String, Stored)>(workers.max(1) * 8);
@@ -201,7 +199,8 @@ pub fn keep(
         drop(written);
         (done, reader.join().unwrap_or_default())
     });
-    let done = done?;
+    drop(order);
+    let mut done = done?;
     if cancel.is_cancelled() {
         return Err(Error::Interrupted);
     }
@@ -215,42 +214,28 @@ pub fn keep(
     }
     // Durable before the list names them.
     dest.sync_many(&store.prefix())?;
-    let mut copied: Vec<(usize, u64)> = done
-        .iter()
-        .filter_map(|&(i, stored)| Some((i, stored?)))
-        .collect();
-    copied.sort_unstable();
-    let mut gone: Vec<String> = done
-        .iter()
-        .filter(|(_, stored)| stored.is_none())
-        .map(|&(i, _)| source.describe(&listed[i].digest))
-        .collect();
-    gone.sort();
+    // By index: every blob the store lacked, with what its copy stored (`None`: gone).
+    done.sort_unstable_by_key(|&(i, _)| i);
 
-    let mut kept = Kept {
-        gone,
-        ..Kept::default()
-    };
+    let mut kept = Kept::default();
     let mut entries = Vec::with_capacity(listed.len());
-    let mut fresh = copied.iter().peekable();
-    let mut lacking = missing.iter().peekable();
+    let mut lacked = done.iter().peekable();
     for (i, b) in listed.iter().enumerate() {
-        let (stored, fresh_now) = if lacking.peek() == Some(&&i) {
-            lacking.next();
-            match fresh.peek() {
-                Some((j, stored)) if *j == i => {
-                    let stored = *stored;
-                    fresh.next();
-                    kept.copied += 1;
-                    kept.copied_bytes += b.size;
-                    (stored, true)
-                }
-                // Gone from the source: not in this backup.
-                _ => continue,
+        let (stored, fresh_now) = match lacked.next_if(|(j, _)| *j == i) {
+            Some(&(_, Some(stored))) => {
+                kept.copied += 1;
+                kept.copied_bytes += b.size;
+                (stored, true)
             }
-        } else {
-            kept.reused += 1;
-            (stored_size(&b.digest).unwrap_or(0), false)
+            // Gone from the source: not in this backup.
+            Some(&(_, None)) => {
+                kept.gone.push(source.describe(&b.digest));
+                continue;
+            }
+            None => {
+                kept.reused += 1;
+                (stored_size(&b.digest).unwrap_or(0), false)
+            }
         };
         entries.push(Blob {
             digest: b.digest,
@@ -259,6 +244,8 @@ pub fn keep(
             fresh: fresh_now,
         });
     }
+    drop(done);
+    kept.gone.sort();
     let base = snapshot::previous_base(dest, &store, snapshot::Listing::Blobs);
     kept.list = Some(snapshot::write(
         dest,
