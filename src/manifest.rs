@@ -22,6 +22,9 @@ pub struct Manifest {
     pub finished_at: String,
     pub dtr: DtrInfo,
     pub ucp_url: Option<String>,
+    /// UCP's own backup in this backup (`parts: [ucp, ...]`): which UCP made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ucp: Option<UcpInfo>,
     /// Where image content came from: `volume`, `path`, `nfs`, `s3`, or `none`.
     pub storage: String,
     /// `passphrase`, `recipients` or `none`.
@@ -64,9 +67,21 @@ pub struct DtrInfo {
     pub external_url: Option<String>,
 }
 
+/// The UCP whose backup a backup holds: UCP restores only into its own version.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UcpInfo {
+    pub version: Option<String>,
+    pub image: Option<String>,
+    /// The manager node the backup ran on.
+    pub node: Option<String>,
+}
+
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ArtifactKind {
+    /// UCP's own backup (users, organizations, teams, certificates): a tar from the UCP
+    /// image's `backup` command.
+    Ucp,
     Metadata,
     Images,
     /// The list of blobs the backup keeps in the blob store (`snapshot::FILE`).
@@ -106,9 +121,9 @@ impl Manifest {
             format_version: u32,
         }
         let format: Format = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
-        if !(1..=3).contains(&format.format_version) {
+        if !(1..=4).contains(&format.format_version) {
             return Err(Error::Verify(format!(
-                "{what} has format_version {}; this dtr-backup reads 1 to 3: use the dtr-backup release that wrote it",
+                "{what} has format_version {}; this dtr-backup reads 1 to 4: use the dtr-backup release that wrote it",
                 format.format_version
             )));
         }
@@ -148,6 +163,16 @@ impl Manifest {
 // The names of artifacts: the plan decides them (and the discovered replica, for the volume).
 
 /// File name of the metadata artifact.
+/// The name of UCP's backup in a backup folder, as the plan alone decides it.
+pub fn ucp_artifact(plan: &Plan) -> String {
+    let version = plan
+        .ucp
+        .as_ref()
+        .and_then(|u| u.version.as_deref())
+        .unwrap_or("unknown");
+    format!("ucp-backup-v{version}.tar{}", gpg_suffix(plan))
+}
+
 pub fn metadata_artifact(plan: &Plan) -> String {
     let version = plan.dtr.version.as_deref().unwrap_or("unknown");
     format!("dtr-backup-v{version}.tar.gz{}", gpg_suffix(plan))
@@ -327,6 +352,7 @@ mod tests {
             finished_at: String::new(),
             dtr: DtrInfo::default(),
             ucp_url: None,
+            ucp: None,
             storage: "path".into(),
             encryption: "none".into(),
             artifacts: vec![Artifact {
@@ -376,9 +402,9 @@ mod tests {
 
     #[test]
     fn a_newer_format_is_named_as_such() {
-        let err = Manifest::parse(b"{\"format_version\": 4}", "x", "x/manifest.json")
+        let err = Manifest::parse(b"{\"format_version\": 5}", "x", "x/manifest.json")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("format_version 4"), "{err}");
+        assert!(err.contains("format_version 5"), "{err}");
     }
 }

@@ -34,6 +34,11 @@ pub struct CappedRecords<R> {
     pax: Option<(Vec<u8>, u64)>,
     /// The size of the next member, from a PAX record.
     next_size: Option<u64>,
+    /// Members passed (headers of files, folders, links; not extension records).
+    members: u64,
+    /// A member name looked for (as written in the ustar name fields, without `./`), and
+    /// whether it passed.
+    watch: Option<(&'static str, bool)>,
 }
 
 impl<R: Read> CappedRecords<R> {
@@ -44,7 +49,29 @@ impl<R: Read> CappedRecords<R> {
             header: [0u8; BLOCK],
             pax: None,
             next_size: None,
+            members: 0,
+            watch: None,
         }
+    }
+
+    /// The same guard, also noting whether a member named `name` passes (`./` prefixes
+    /// aside). Names are read from the ustar header (name and prefix fields), where every tar
+    /// writer puts a name of up to 100 octets.
+    pub fn watching(inner: R, name: &'static str) -> CappedRecords<R> {
+        CappedRecords {
+            watch: Some((name, false)),
+            ..CappedRecords::new(inner)
+        }
+    }
+
+    /// Members passed so far.
+    pub fn members(&self) -> u64 {
+        self.members
+    }
+
+    /// Whether the member [`CappedRecords::watching`] looks for has passed.
+    pub fn seen(&self) -> bool {
+        self.watch.is_some_and(|(_, seen)| seen)
     }
 
     fn observe(&mut self, mut bytes: &[u8]) -> io::Result<()> {
@@ -136,6 +163,26 @@ impl<R: Read> CappedRecords<R> {
             return Ok(data(size));
         }
         let size = self.next_size.take().unwrap_or(size);
+        self.members += 1;
+        if let Some((name, seen)) = &mut self.watch
+            && !*seen
+        {
+            let field = |b: &[u8]| {
+                let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+                b[..end].to_vec()
+            };
+            let (base, prefix) = (field(&h[0..100]), field(&h[345..500]));
+            let mut full = prefix;
+            if !full.is_empty() {
+                full.push(b'/');
+            }
+            full.extend_from_slice(&base);
+            let mut rest = full.as_slice();
+            while let Some(r) = rest.strip_prefix(b"./") {
+                rest = r;
+            }
+            *seen = rest == name.as_bytes();
+        }
         if kind == b'S' && h[482] > 1 {
             return Err(damaged("a sparse header with a bad extension flag"));
         }
@@ -349,5 +396,30 @@ mod tests {
         f[7] = 0x02; // 2 << 32
         assert_eq!(field_size(&f).unwrap(), 2 << 32);
         assert!(field_size(b"0000000175x\0").is_err());
+    }
+
+    #[test]
+    fn a_watched_member_is_noted_with_or_without_dot_slash() {
+        let tar_of = |names: &[&str]| {
+            let mut b = tar::Builder::new(Vec::new());
+            for n in names {
+                let mut h = tar::Header::new_ustar();
+                h.set_size(3);
+                h.set_mode(0o600);
+                b.append_data(&mut h, n, &b"key"[..]).unwrap();
+            }
+            b.into_inner().unwrap()
+        };
+        let watch = |input: &[u8]| {
+            let mut r = CappedRecords::watching(input, "ucp-node-certs/key.pem");
+            io::copy(&mut r, &mut io::sink()).unwrap();
+            (r.members(), r.seen())
+        };
+        let with = tar_of(&["./ucp-kv/a", "./ucp-node-certs/key.pem", "./ucp-kv/b"]);
+        assert_eq!(watch(&with), (3, true));
+        assert_eq!(watch(&tar_of(&["ucp-node-certs/key.pem"])), (1, true));
+        // A name that only ends the same way, or lies deeper, is not the member.
+        let without = tar_of(&["./x/ucp-node-certs/key.pem", "ucp-node-certs/key.pem.bak"]);
+        assert_eq!(watch(&without), (2, false));
     }
 }

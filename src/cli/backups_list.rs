@@ -47,6 +47,7 @@ pub fn run(args: &Args) -> Exit {
                     .artifacts
                     .iter()
                     .filter_map(|a| match a.kind {
+                        ArtifactKind::Ucp => Some("ucp"),
                         ArtifactKind::Metadata => Some("metadata"),
                         ArtifactKind::Images => Some("images"),
                         // The list of the images' blobs: part of `images`.

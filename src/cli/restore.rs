@@ -21,6 +21,8 @@ pub enum OnlyArg {
     Images,
     /// The metadata only, through DTR's restore (the image content already in place).
     Metadata,
+    /// UCP's backup only, through the UCP image's restore (UCP uninstalled first).
+    Ucp,
 }
 
 #[derive(Debug, clap::Args)]
@@ -104,6 +106,7 @@ pub fn run(args: &Args) -> Exit {
         only: args.only.map(|o| match o {
             OnlyArg::Images => Only::Images,
             OnlyArg::Metadata => Only::Metadata,
+            OnlyArg::Ucp => Only::Ucp,
         }),
         images_to: args.images_to.clone(),
         drill: args.drill,

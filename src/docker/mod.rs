@@ -234,6 +234,60 @@ pub async fn replicas(engine: &Engine) -> Result<Vec<Replica>> {
     Ok(found)
 }
 
+/// UCP's controller as seen through the Docker API: a `ucp-controller` container runs on
+/// every manager node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Controller {
+    /// The node it runs on (from a bundle's `node/name`, or the engine's name).
+    pub node: Option<String>,
+    /// The image it runs, as created (`docker/ucp-controller:3.2.6`...).
+    pub image: String,
+    /// The image's tag: the UCP version.
+    pub version: Option<String>,
+}
+
+fn controller_name() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| Regex::new(r"(?:^|/)ucp-controller$").expect("valid regex"))
+}
+
+/// Finds UCP's controllers among the running containers.
+pub async fn ucp_controllers(engine: &Engine) -> Result<Vec<Controller>> {
+    let list = engine
+        .docker
+        .list_containers(Some(ListContainersOptionsBuilder::new().all(false).build()))
+        .await
+        .map_err(|e| Error::docker(format!("listing containers on {}: {e}", engine.endpoint)))?;
+    let mut found = Vec::new();
+    for c in &list {
+        let Some(name) = c
+            .names
+            .iter()
+            .flatten()
+            .map(|n| n.trim_start_matches('/'))
+            .find(|n| controller_name().is_match(n))
+        else {
+            continue;
+        };
+        let image = c.image.clone().unwrap_or_default();
+        found.push(Controller {
+            node: node_of(name),
+            version: crate::plan::image_version(&image).ok(),
+            image,
+        });
+    }
+    if found.iter().any(|c| c.node.is_none()) {
+        let name = engine.docker.info().await.ok().and_then(|i| i.name);
+        for c in &mut found {
+            if c.node.is_none() {
+                c.node = name.clone();
+            }
+        }
+    }
+    found.sort_by(|a, b| a.node.cmp(&b.node));
+    Ok(found)
+}
+
 fn listing(replicas: &[Replica]) -> String {
     replicas
         .iter()

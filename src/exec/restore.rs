@@ -28,6 +28,7 @@ use crate::secret;
 use crate::steps::images::restore::{self as images, Restored};
 use crate::steps::images::volume::VolumeTarget;
 use crate::steps::metadata_restore;
+use crate::steps::ucp::restore as ucp_restore;
 use crate::storage::{self, Store};
 use crate::verify::{self, Check, ReadData, Rehash};
 
@@ -36,6 +37,7 @@ use crate::verify::{self, Check, ReadData, Rehash};
 pub enum Only {
     Images,
     Metadata,
+    Ucp,
 }
 
 #[derive(Clone, Debug)]
@@ -382,7 +384,7 @@ async fn run(
 fn live(j: &RestoreState) -> bool {
     !j.drill
         && (j.container.is_some()
-            || ["images.begun", "images.staged", "images", "metadata"]
+            || ["images.begun", "images.staged", "images", "metadata", "ucp"]
                 .iter()
                 .any(|s| j.is_done(s)))
 }
@@ -400,6 +402,7 @@ fn open_restore(
     let warn = |w: String| reporter.emit(&Event::Warning { message: w });
     let only_images = opts.only == Some(Only::Images);
     let only_metadata = opts.only == Some(Only::Metadata);
+    let only_ucp = opts.only == Some(Only::Ucp);
     if let Some(e) = state::load_restore(state)? {
         // Folders are this host's: a journal kept with the backups (in S3, say) may come
         // from another machine, whose folders are not here to finish or to remove.
@@ -443,7 +446,8 @@ fn open_restore(
             && same_target
             && e.drill == opts.drill
             && e.only_images == only_images
-            && e.only_metadata == only_metadata;
+            && e.only_metadata == only_metadata
+            && e.only_ucp == only_ucp;
         let begun = clock::rfc3339(e.started_at);
         if same && !opts.fresh {
             let m = manifest::read(store, &e.backup_id).map_err(|err| {
@@ -461,9 +465,10 @@ fn open_restore(
                 e.backup_id,
                 e.target.display(),
                 e.backup_id,
-                match (e.only_images, e.only_metadata) {
-                    (true, _) => " --only images",
-                    (_, true) => " --only metadata",
+                match (e.only_images, e.only_metadata, e.only_ucp) {
+                    (true, _, _) => " --only images",
+                    (_, true, _) => " --only metadata",
+                    (_, _, true) => " --only ucp",
                     _ => "",
                 },
             )));
@@ -488,6 +493,7 @@ fn new_restore(
 ) -> Result<(RestoreState, Manifest, Parts, bool)> {
     let only_images = opts.only == Some(Only::Images);
     let only_metadata = opts.only == Some(Only::Metadata);
+    let only_ucp = opts.only == Some(Only::Ucp);
     let backup_id = manifest::resolve(store, &opts.which, warn)?;
     let m = manifest::read(store, &backup_id)?;
     let p = parts(&m, opts)?;
@@ -504,6 +510,7 @@ fn new_restore(
         drill: opts.drill,
         only_images,
         only_metadata,
+        only_ucp,
         host: crate::process::hostname(),
         target,
         volume,
@@ -610,10 +617,16 @@ async fn run_steps(
     let target = journal.target.clone();
     let (_, dec) = crypto::for_plan(plan)?;
 
-    // 0. What DTR's restore needs, before anything is written; a restore container that an
-    //    interrupted restore left is waited for and judged first.
-    let for_metadata = if parts.metadata && !journal.is_done("metadata") {
-        let password = secret::resolve(&metadata_restore::ucp_of(plan)?.password)?;
+    // 0. What UCP's and DTR's restores need, before anything is written; a restore
+    //    container that an interrupted restore left is waited for and judged first. With UCP
+    //    restored first, UCP cannot answer yet: its login is checked once it is back.
+    let ucp_left = parts.ucp && !journal.is_done("ucp");
+    let password = if parts.metadata && !journal.is_done("metadata") {
+        Some(secret::resolve(&metadata_restore::ucp_of(plan)?.password)?)
+    } else {
+        None
+    };
+    let engine = if password.is_some() || ucp_left {
         started(reporter, "preflight", "preflight");
         let start = Instant::now();
         let engine: Result<Engine> = async {
@@ -621,25 +634,32 @@ async fn run_steps(
             adopt(&engine, journal, state, reporter, cancel).await?;
             let warn = |w: String| reporter.emit(&Event::Warning { message: w });
             crate::steps::preflight::remove_leftovers(&engine, plan, true, &warn).await?;
-            if !journal.is_done("metadata") {
-                metadata_restore::preflight(plan, manifest, &engine, &password).await?;
+            if ucp_left {
+                ucp_restore::preflight(plan, manifest, &engine).await?;
+            }
+            if let Some(password) = &password
+                && !journal.is_done("metadata")
+            {
+                metadata_restore::preflight(plan, manifest, &engine, password, !ucp_left).await?;
             }
             Ok(engine)
         }
         .await;
         ended(reporter, summary, "preflight", start, &engine);
-        Some((engine?, password))
+        Some(engine?)
     } else {
         None
     };
 
-    // 1. Before DTR's restore reads the metadata, the whole backup's checks (integrity, and
-    //    the blobs the metadata references present): nothing is written when they fail. The
-    //    image content alone needs no pass of its own: its integrity and every blob's digest
-    //    are checked while it is restored, and nothing is moved into place before they hold.
-    if parts.metadata {
-        // Checked again on a resumed run: the metadata artifact may have changed since.
-        if journal.is_done("metadata") {
+    // 1. Before UCP's or DTR's restore reads its archive, the whole backup's checks
+    //    (integrity, and the blobs the metadata references present): nothing is written when
+    //    they fail. The image content alone needs no pass of its own: its integrity and every
+    //    blob's digest are checked while it is restored, and nothing is moved into place
+    //    before they hold.
+    if parts.metadata || parts.ucp {
+        // Checked again on a resumed run: the archives may have changed since.
+        let left = (parts.metadata && !journal.is_done("metadata")) || ucp_left;
+        if !left {
             skipped(reporter, summary, "verify");
         } else {
             step(reporter, summary, "verify", "verify", || {
@@ -658,6 +678,28 @@ async fn run_steps(
             })?;
             mark(journal, state, "verify")?;
         }
+    }
+
+    // 1b. UCP first, as a whole cluster restores: Swarm, UCP, then DTR.
+    if parts.ucp && journal.is_done("ucp") {
+        skipped(reporter, summary, "ucp");
+    } else if let (true, Some(engine)) = (parts.ucp, &engine) {
+        started(reporter, "ucp", "restore_ucp");
+        let start = Instant::now();
+        let done = ucp_restore::run(
+            plan,
+            manifest,
+            engine,
+            store.clone(),
+            dec.clone(),
+            reporter_arc.clone(),
+            cancel.clone(),
+        )
+        .await;
+        ended(reporter, summary, "ucp", start, &done);
+        done?;
+        failpoint::hit("restore.step.ucp.done-not-journaled");
+        mark(journal, state, "ucp")?;
     }
 
     // 2. The image content: staged inside the (absent or empty) target, moved into place
@@ -807,9 +849,23 @@ async fn run_steps(
     // 3. The metadata, through DTR's restore, once the image content is in place.
     if parts.metadata && journal.is_done("metadata") {
         skipped(reporter, summary, "metadata");
-    } else if let Some((engine, password)) = &for_metadata {
+    } else if let (Some(engine), Some(password)) = (&engine, &password) {
         started(reporter, "metadata", "restore_metadata");
         let start = Instant::now();
+        // UCP restored just now: it must answer and accept the login before DTR's restore.
+        let back = if ucp_left {
+            crate::ucp::check(metadata_restore::ucp_of(plan)?, password, true)
+                .await
+                .map_err(|e| {
+                    e.context("UCP was restored, but does not answer yet; once it does, run the same restore again to restore DTR's metadata")
+                })
+        } else {
+            Ok(())
+        };
+        if back.is_err() {
+            ended(reporter, summary, "metadata", start, &back);
+            back?;
+        }
         let done = metadata_restore::run(
             plan,
             manifest,
@@ -893,6 +949,7 @@ async fn run_steps(
 /// Which parts a restore brings back.
 #[derive(Clone, Copy, Debug)]
 struct Parts {
+    ucp: bool,
     images: bool,
     metadata: bool,
 }
@@ -900,14 +957,17 @@ struct Parts {
 /// What the backup holds and the options ask for; refuses a restore of nothing.
 fn parts(m: &Manifest, opts: &RestoreOptions) -> Result<Parts> {
     let has = |k| m.artifacts.iter().any(|a| a.kind == k);
+    let wants = |part| opts.only.is_none_or(|o| o == part);
     let p = Parts {
-        images: has(ArtifactKind::Images) && opts.only != Some(Only::Metadata),
-        // A drill changes nothing live: metadata goes only into a DTR.
-        metadata: has(ArtifactKind::Metadata) && opts.only != Some(Only::Images) && !opts.drill,
+        // A drill changes nothing live: UCP's backup goes only into a UCP, metadata only into
+        // a DTR.
+        ucp: has(ArtifactKind::Ucp) && wants(Only::Ucp) && !opts.drill,
+        images: has(ArtifactKind::Images) && wants(Only::Images),
+        metadata: has(ArtifactKind::Metadata) && wants(Only::Metadata) && !opts.drill,
     };
-    if opts.drill && opts.only == Some(Only::Metadata) {
+    if opts.drill && matches!(opts.only, Some(Only::Metadata | Only::Ucp)) {
         return Err(Error::Usage(
-            "a drill restores image content into a scratch folder; --only metadata would go into a live DTR: leave out --drill or --only".into(),
+            "a drill restores image content into a scratch folder; --only metadata or --only ucp would go into a live DTR or UCP: leave out --drill or --only".into(),
         ));
     }
     if opts.drill && !p.images {
@@ -916,7 +976,13 @@ fn parts(m: &Manifest, opts: &RestoreOptions) -> Result<Parts> {
             m.backup_id
         )));
     }
-    if !p.images && !p.metadata {
+    if opts.only == Some(Only::Ucp) && !p.ucp {
+        return Err(Error::Usage(format!(
+            "backup {} holds no UCP backup (its plan's `parts` did not list ucp)",
+            m.backup_id
+        )));
+    }
+    if !p.images && !p.metadata && !p.ucp {
         return Err(Error::Usage(format!(
             "backup {} holds nothing that --only asks for",
             m.backup_id
@@ -1123,34 +1189,52 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
         "take the lock of plan {} (no backup runs during the restore)",
         plan.name
     );
+    let mut preflight = vec![];
+    if parts.ucp {
+        let image = ucp_restore::image(plan, &m)?;
+        preflight.extend([
+            format!(
+                "check that the plan's UCP image {image} is UCP {} (the backup's version)",
+                m.ucp
+                    .as_ref()
+                    .and_then(|u| u.version.as_deref())
+                    .unwrap_or("?")
+            ),
+            "check that UCP is not installed (no container named ucp-controller)".into(),
+        ]);
+    }
     if parts.metadata {
         let ucp = plan.ucp.as_ref().ok_or_else(|| {
             Error::Usage(
                 "restoring metadata needs the plan's `ucp` section; or pass --only images".into(),
             )
         })?;
-        steps.push((
-            "preflight".to_owned(),
-            vec![
-                lock.clone(),
-                format!(
-                    "check that the plan's DTR image {} is DTR {} (the backup's version)",
-                    plan.dtr.image.as_deref().unwrap_or("?"),
-                    m.dtr.version.as_deref().unwrap_or("?")
-                ),
-                "check that no DTR replica runs (no container named dtr-rethinkdb-<replica>)"
-                    .into(),
-                format!(
-                    "GET {}/_ping; POST {}/auth/login as {} with the password {}",
-                    ucp.url,
-                    ucp.url,
-                    ucp.username,
-                    ucp.password.redacted()
-                ),
-            ],
-        ));
+        preflight.extend([
+            format!(
+                "check that the plan's DTR image {} is DTR {} (the backup's version)",
+                plan.dtr.image.as_deref().unwrap_or("?"),
+                m.dtr.version.as_deref().unwrap_or("?")
+            ),
+            "check that no DTR replica runs (no container named dtr-rethinkdb-<replica>)".into(),
+            format!(
+                "GET {}/_ping; POST {}/auth/login as {} with the password {}{}",
+                ucp.url,
+                ucp.url,
+                ucp.username,
+                ucp.password.redacted(),
+                if parts.ucp {
+                    " (after UCP's restore, before DTR's)"
+                } else {
+                    ""
+                }
+            ),
+        ]);
     }
-    if parts.metadata {
+    if !preflight.is_empty() {
+        preflight.insert(0, lock.clone());
+        steps.push(("preflight".to_owned(), preflight));
+    }
+    if parts.metadata || parts.ucp {
         steps.push((
             "verify".to_owned(),
             vec![format!(
@@ -1159,7 +1243,31 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
             )],
         ));
     }
-    let mut images = if parts.metadata { vec![] } else { vec![lock] };
+    if parts.ucp {
+        let artifact = ucp_restore::artifact(&m)
+            .map(|a| a.path.clone())
+            .unwrap_or_default();
+        steps.push((
+            "ucp".to_owned(),
+            vec![
+                format!(
+                    "docker create {} {} (bind {sock}:{sock}; stdin open once, no tty, log driver none, on node {})",
+                    ucp_restore::image(plan, &m)?,
+                    ucp_restore::command().join(" "),
+                    m.ucp.as_ref().and_then(|u| u.node.as_deref()).unwrap_or("?"),
+                    sock = crate::steps::ucp::SOCKET,
+                ),
+                format!(
+                    "attach, start, stream the decrypted {backup_id}/{artifact} into its standard input; its output as log events; remove the container"
+                ),
+            ],
+        ));
+    }
+    let mut images = if parts.metadata || parts.ucp {
+        vec![]
+    } else {
+        vec![lock]
+    };
     if let Destination::Volume(v) = &dest {
         let image = helper_image(plan).unwrap_or_else(|| "?".into());
         let node = m.dtr.node.as_deref().unwrap_or("?");

@@ -115,6 +115,9 @@ pub struct RestoreState {
     /// `--only metadata`.
     #[serde(default)]
     pub only_metadata: bool,
+    /// `--only ucp`.
+    #[serde(default)]
+    pub only_ucp: bool,
     /// Where the image content goes (empty when the restore brings back none).
     pub target: std::path::PathBuf,
     /// The Docker volume the image content goes into, instead of a folder.

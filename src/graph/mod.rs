@@ -1,6 +1,7 @@
 //! Plan → step graph: which steps run, in which order, reading and writing what.
 //!
-//! The graph follows the domain: preflight → discover replica → metadata → images (metadata
+//! The graph follows the domain: preflight → discover replica → UCP (when the plan backs it
+//! up; before DTR, as a cluster restores: Swarm, UCP, DTR) → metadata → images (metadata
 //! first, so the images are a superset of what the metadata references) → manifest → verify →
 //! retention. Steps for parts the plan leaves out do not appear. What each step reads and
 //! writes is the step's own description (`steps::describe`). `render.rs` prints the graph.
@@ -53,6 +54,9 @@ pub fn compile(plan: &Plan) -> StepGraph {
     if plan.needs_docker() {
         kinds.push(StepKind::Discover);
     }
+    if plan.ucp_backup {
+        kinds.push(StepKind::Ucp);
+    }
     let parts = match plan.order {
         Order::MetadataFirst => [StepKind::Metadata, StepKind::Images],
         Order::ImagesFirst => [StepKind::Images, StepKind::Metadata],
@@ -82,7 +86,7 @@ pub fn compile(plan: &Plan) -> StepGraph {
             step.depends_on.push(last.id.clone());
         }
         match kind {
-            StepKind::Metadata | StepKind::Images => {
+            StepKind::Ucp | StepKind::Metadata | StepKind::Images => {
                 artifacts.extend(step.outputs.iter().cloned());
             }
             StepKind::Manifest => step.inputs = std::mem::take(&mut artifacts),

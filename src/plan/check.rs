@@ -23,14 +23,29 @@ pub struct CrossView<'a> {
     pub state: Option<&'a Sp<raw::StateCfg>>,
 }
 
-/// Which parts a plan backs up: `parts`, or both by default.
-fn parts_of(parts: Option<&Sp<Vec<Sp<Part>>>>) -> (bool, bool) {
+/// Which parts a plan backs up: `parts`, or metadata and images by default.
+#[derive(Clone, Copy)]
+struct Parts {
+    ucp: bool,
+    metadata: bool,
+    images: bool,
+}
+
+fn parts_of(parts: Option<&Sp<Vec<Sp<Part>>>>) -> Parts {
     match parts {
-        None => (true, true),
-        Some(p) => (
-            p.value.iter().any(|p| p.value == Part::Metadata),
-            p.value.iter().any(|p| p.value == Part::Images),
-        ),
+        None => Parts {
+            ucp: false,
+            metadata: true,
+            images: true,
+        },
+        Some(p) => {
+            let has = |part| p.value.iter().any(|p| p.value == part);
+            Parts {
+                ucp: has(Part::Ucp),
+                metadata: has(Part::Metadata),
+                images: has(Part::Images),
+            }
+        }
     }
 }
 
@@ -45,12 +60,78 @@ pub fn cross(v: &CrossView, diags: &mut Vec<Diag>) {
     // Without a readable `parts`, which sections are needed is unknown.
     let Some(parts) = v.parts else { return };
     let parts_span = parts.map_or(top, |p| p.span);
-    let (metadata, images_part) = parts_of(parts);
+    let Parts {
+        ucp: ucp_part,
+        metadata,
+        images: images_part,
+    } = parts_of(parts);
     let parts_note = if parts.is_some() {
         "`parts` lists"
     } else {
         "`parts` is not given, so it defaults to metadata and images; it includes"
     };
+
+    if ucp_part {
+        match v.ucp {
+            Some(None) => diags.push(
+                Diag::error(
+                    "plan::missing-section",
+                    parts_span,
+                    "backing up UCP needs a `ucp` section with `image`",
+                )
+                .label("`parts` lists ucp")
+                .help("add `ucp:` with `url`, `username`, `password`, `ca_file` and `image: docker/ucp:<running version>`, or remove `ucp` from `parts`"),
+            ),
+            Some(Some(u)) if u.value.image.is_none() => diags.push(
+                Diag::error(
+                    "plan::missing-key",
+                    u.span,
+                    "backing up UCP needs `ucp.image`, the UCP image of the running version",
+                )
+                .label("no ucp.image")
+                .help("add `image: docker/ucp:<running version>` (or `mirantis/ucp:<version>`) to `ucp`; restore needs the same version"),
+            ),
+            _ => {}
+        }
+        if !metadata {
+            match v.encryption {
+                Some(None) => diags.push(
+                    Diag::error(
+                        "plan::encryption-required",
+                        parts_span,
+                        "UCP's backup holds the cluster's certificates and private keys, and this plan does not say how to encrypt it",
+                    )
+                    .label("`parts` lists ucp")
+                    .help(ENCRYPTION_EXAMPLE),
+                ),
+                Some(Some(Sp {
+                    value: raw::Encryption::None {},
+                    span,
+                })) => diags.push(
+                    Diag::warning(
+                        "plan::unencrypted",
+                        *span,
+                        "UCP's backup will be stored unencrypted, private keys included",
+                    )
+                    .label("type: none")
+                    .help("use `type: passphrase` or `type: recipients` unless the destination is itself encrypted and access-controlled"),
+                ),
+                _ => {}
+            }
+        }
+    } else if let Some(Some(u)) = v.ucp
+        && let Some(image) = &u.value.image
+    {
+        diags.push(
+            Diag::warning(
+                "plan::unused-key",
+                image.span,
+                "`ucp.image` is not used: `parts` does not include ucp",
+            )
+            .label("unused")
+            .help("add `ucp` to `parts` to back up UCP in the same run, or remove `ucp.image`"),
+        );
+    }
 
     if metadata {
         if matches!(v.ucp, Some(None)) {
@@ -102,15 +183,15 @@ pub fn cross(v: &CrossView, diags: &mut Vec<Diag>) {
             ),
             _ => {}
         }
-    } else if let Some(Some(ucp)) = v.ucp {
+    } else if !ucp_part && let Some(Some(ucp)) = v.ucp {
         diags.push(
             Diag::warning(
                 "plan::unused-section",
                 ucp.span,
-                "`ucp` is not used: `parts` does not include metadata",
+                "`ucp` is not used: `parts` includes neither metadata nor ucp",
             )
             .label("unused")
-            .help("remove `ucp`, or add `metadata` to `parts`"),
+            .help("remove `ucp`, or add `metadata` or `ucp` to `parts`"),
         );
     }
 
@@ -194,7 +275,11 @@ pub fn cross(v: &CrossView, diags: &mut Vec<Diag>) {
 
 /// Resolves a plan that decoded without errors: defaults, absolute paths, typed values.
 pub fn resolve(raw: RawPlan, file: &Path, dir: &Path, digest: String) -> Option<Plan> {
-    let (metadata, images_part) = parts_of(raw.parts.as_ref());
+    let Parts {
+        ucp: ucp_part,
+        metadata,
+        images: images_part,
+    } = parts_of(raw.parts.as_ref());
     let destination = match &raw.destination.value {
         raw::Destination::Local { path } => DestinationCfg::Local {
             path: absolute(dir, &path.value),
@@ -228,17 +313,28 @@ pub fn resolve(raw: RawPlan, file: &Path, dir: &Path, digest: String) -> Option<
         file: file.to_path_buf(),
         digest,
         metadata,
+        ucp_backup: ucp_part,
         images,
         order: raw.order.map_or(Order::MetadataFirst, |o| o.value),
-        ucp: raw.ucp.as_ref().filter(|_| metadata).map(|u| UcpCfg {
-            url: u.value.url.value.clone(),
-            username: u.value.username.value.clone(),
-            password: secret(&u.value.password.value, dir),
-            tls: match &u.value.ca_file {
-                Some(ca) => UcpTls::Ca(absolute(dir, &ca.value)),
-                None => UcpTls::Insecure,
-            },
-        }),
+        ucp: raw
+            .ucp
+            .as_ref()
+            .filter(|_| metadata || ucp_part)
+            .map(|u| UcpCfg {
+                url: u.value.url.value.clone(),
+                username: u.value.username.value.clone(),
+                password: secret(&u.value.password.value, dir),
+                tls: match &u.value.ca_file {
+                    Some(ca) => UcpTls::Ca(absolute(dir, &ca.value)),
+                    None => UcpTls::Insecure,
+                },
+                image: u.value.image.as_ref().map(|i| i.value.clone()),
+                version: u
+                    .value
+                    .image
+                    .as_ref()
+                    .and_then(|i| image_version(&i.value).ok()),
+            }),
         docker: DockerCfg {
             host: docker
                 .and_then(|d| d.host.as_ref())

@@ -31,6 +31,8 @@ pub struct Plan {
     /// sha256 of the plan file's bytes, hex.
     pub digest: String,
     pub metadata: bool,
+    /// `parts` includes `ucp`: UCP's own backup in the same run (`ucp.image` is then set).
+    pub ucp_backup: bool,
     pub images: Option<ImagesCfg>,
     pub order: Order,
     pub ucp: Option<UcpCfg>,
@@ -49,9 +51,10 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Whether running the plan talks to a Docker engine (metadata, or images from a volume).
+    /// Whether running the plan talks to a Docker engine (UCP, metadata, or images from a
+    /// volume).
     pub fn needs_docker(&self) -> bool {
-        self.metadata || matches!(self.images, Some(ImagesCfg::Volume { .. }))
+        self.ucp_backup || self.metadata || matches!(self.images, Some(ImagesCfg::Volume { .. }))
     }
 }
 
@@ -61,6 +64,10 @@ pub struct UcpCfg {
     pub username: String,
     pub password: SecretRef,
     pub tls: UcpTls,
+    /// The UCP image (`ucp.image`), for UCP's backup and restore.
+    pub image: Option<String>,
+    /// The tag of `image`: the UCP version.
+    pub version: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -49,7 +49,7 @@ pub struct RawPlan {
     /// What to back up. Default: both.
     #[schemars(length(min = 1))]
     pub parts: Option<Sp<Vec<Sp<Part>>>>,
-    /// The UCP that DTR belongs to. Needed when `parts` includes `metadata`.
+    /// The UCP that DTR belongs to. Needed when `parts` includes `metadata` or `ucp`.
     pub ucp: Option<Sp<Ucp>>,
     /// How to reach the Docker API that runs DTR.
     pub docker: Option<Sp<Docker>>,
@@ -77,6 +77,9 @@ pub struct RawPlan {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 #[schemars(rename_all = "snake_case")]
 pub enum Part {
+    /// UCP's own backup (users, organizations, teams) through the UCP image's `backup`
+    /// command, in the same run and under the same backup id. Needs `ucp.image`.
+    Ucp,
     /// DTR metadata through the `dtr backup` container.
     Metadata,
     /// Image content (the registry storage).
@@ -116,6 +119,9 @@ pub struct Ucp {
     pub ca_file: Option<Sp<PathBuf>>,
     /// Skip TLS verification of UCP. Insecure; prefer `ca_file`.
     pub insecure_tls: Option<Sp<bool>>,
+    /// UCP image whose tag is the running UCP version, e.g. `docker/ucp:3.2.6` or
+    /// `mirantis/ucp:3.3.16`. Needed when `parts` includes `ucp`.
+    pub image: Option<Sp<String>>,
 }
 
 /// Docker API connection.

@@ -25,7 +25,12 @@ pub fn describe(plan: &Plan) -> Described {
             manifest::FILE
         )],
         actions: vec![format!(
-            "write <backup-id>/{name}: plan digest, DTR version and image, replica, artifacts with sizes and sha256"
+            "write <backup-id>/{name}: plan digest, {}DTR version and image, replica, artifacts with sizes and sha256",
+            if plan.ucp_backup {
+                "UCP version and image, "
+            } else {
+                ""
+            }
         )],
     }
 }
@@ -40,8 +45,20 @@ pub fn build(ctx: &Ctx) -> Manifest {
         .artifacts
         .iter()
         .any(|a| a.kind == manifest::ArtifactKind::Blobs);
+    // UCP's backup is format 4: releases that read only 1 to 3 refuse it by its format
+    // instead of taking an unknown artifact kind for a damaged manifest.
+    let with_ucp = ctx
+        .artifacts
+        .iter()
+        .any(|a| a.kind == manifest::ArtifactKind::Ucp);
     Manifest {
-        format_version: if listed { 3 } else { 1 },
+        format_version: if with_ucp {
+            4
+        } else if listed {
+            3
+        } else {
+            1
+        },
         plan: plan.name.to_string(),
         plan_digest: plan.digest.clone(),
         backup_id: ctx.backup_id.clone(),
@@ -56,6 +73,11 @@ pub fn build(ctx: &Ctx) -> Manifest {
             external_url: plan.dtr.external_url.as_ref().map(|u| u.to_string()),
         },
         ucp_url: plan.ucp.as_ref().map(|u| u.url.to_string()),
+        ucp: with_ucp.then(|| manifest::UcpInfo {
+            version: fact("ucp_version").or_else(|| plan.ucp.as_ref()?.version.clone()),
+            image: plan.ucp.as_ref().and_then(|u| u.image.clone()),
+            node: fact("ucp_node"),
+        }),
         storage: fact("storage").unwrap_or_else(|| "none".into()),
         encryption: match plan.encryption {
             EncryptionCfg::None => "none",

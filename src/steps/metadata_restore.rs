@@ -10,11 +10,10 @@
 //! and UCP is reachable and accepts the login.
 
 use std::collections::HashMap;
-use std::io::Read;
 
 use zeroize::Zeroizing;
 
-use crate::crypto::{self, Decryption};
+use crate::crypto::Decryption;
 use crate::docker::{self, Engine, container};
 use crate::error::{Error, Result, io};
 use crate::events::{Event, Reporter};
@@ -151,12 +150,14 @@ pub async fn engine(plan: &Plan) -> Result<Engine> {
     Ok(engine)
 }
 
-/// What must hold before anything is written.
+/// What must hold before anything is written. `check_ucp`: UCP answers and accepts the
+/// login (not while UCP itself is yet to be restored).
 pub async fn preflight(
     plan: &Plan,
     m: &Manifest,
     engine: &Engine,
     password: &Secret,
+    check_ucp: bool,
 ) -> Result<()> {
     image(plan, m)?;
     storage_flag(plan, m)?;
@@ -173,7 +174,9 @@ pub async fn preflight(
                 .join(", ")
         )));
     }
-    ucp::check(ucp, password, true).await?;
+    if check_ucp {
+        ucp::check(ucp, password, true).await?;
+    }
     Ok(())
 }
 
@@ -232,52 +235,14 @@ pub async fn run(
         return Err(e);
     }
     // The decrypted archive, read on a thread of its own, in chunks down a bounded channel.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>>>(4);
-    let path = format!("{}/{}", m.backup_id, a.path);
-    let feeder_cancel = cancel.clone();
-    let feeder = std::thread::spawn(move || {
-        let opened = store.open(&path).and_then(|stored| {
-            if !a.encrypted {
-                return Ok(stored);
-            }
-            let dec = dec.as_ref().ok_or_else(|| {
-                Error::crypto(format!(
-                    "{path} is encrypted to recipients and the plan has no verify.key: set it to the secret key that decrypts the backup"
-                ))
-            })?;
-            crypto::decrypt(stored, dec)
-                .map_err(|e| Error::Verify(format!("{path} does not decrypt: {e}")))
-        });
-        let mut plain = match opened {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-        };
-        let mut buf = vec![0u8; 1 << 16];
-        crate::failpoint::hit("restore.metadata.feed");
-        loop {
-            if feeder_cancel.is_cancelled() {
-                let _ = tx.blocking_send(Err(Error::Interrupted));
-                return;
-            }
-            match plain.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    if tx.blocking_send(Ok(buf[..n].to_vec())).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(Error::Verify(format!(
-                        "{path} cannot be read to its end: {e}; restore another backup"
-                    ))));
-                    return;
-                }
-            }
-        }
-    });
+    let (rx, feeder) = super::stream::feed(
+        store,
+        format!("{}/{}", m.backup_id, a.path),
+        a.encrypted,
+        dec,
+        cancel.clone(),
+        "restore.metadata.feed",
+    );
     let step = "metadata".to_owned();
     let result = container::run_with_input(
         engine,

@@ -10,6 +10,7 @@ pub mod metadata_restore;
 pub mod preflight;
 pub mod retention;
 mod stream;
+pub mod ucp;
 pub mod verify;
 
 use std::collections::BTreeMap;
@@ -32,6 +33,7 @@ use crate::storage::Stores;
 pub enum StepKind {
     Preflight,
     Discover,
+    Ucp,
     Metadata,
     Images,
     Manifest,
@@ -44,6 +46,7 @@ impl StepKind {
         match self {
             StepKind::Preflight => "preflight",
             StepKind::Discover => "discover",
+            StepKind::Ucp => "ucp",
             StepKind::Metadata => "metadata",
             StepKind::Images => "images",
             StepKind::Manifest => "manifest",
@@ -179,6 +182,7 @@ pub async fn run(kind: StepKind, ctx: Ctx) -> Result<Outcome> {
     match kind {
         StepKind::Preflight => Err(Error::internal("preflight runs before the other steps")),
         StepKind::Discover => discover::run(ctx).await,
+        StepKind::Ucp => ucp::run(ctx).await,
         StepKind::Metadata => metadata::run(ctx).await,
         StepKind::Images => images::run(ctx).await,
         StepKind::Manifest => manifest::run(ctx).await,
@@ -192,6 +196,7 @@ pub fn describe(kind: StepKind, plan: &Plan) -> Described {
     match kind {
         StepKind::Preflight => preflight::describe(plan),
         StepKind::Discover => discover::describe(plan),
+        StepKind::Ucp => ucp::describe(plan),
         StepKind::Metadata => metadata::describe(plan),
         StepKind::Images => images::describe(plan),
         StepKind::Manifest => manifest::describe(plan),

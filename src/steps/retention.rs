@@ -363,6 +363,7 @@ mod tests {
                 finished_at: String::new(),
                 dtr: Default::default(),
                 ucp_url: None,
+                ucp: None,
                 storage: "path".into(),
                 encryption: "none".into(),
                 artifacts: vec![manifest::Artifact {

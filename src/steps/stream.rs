@@ -107,3 +107,66 @@ pub fn store_stream(
     object.commit()?;
     Ok(Written { size, sha256 })
 }
+
+/// The other way: a stored artifact, decrypted, read on a thread of its own and handed out in
+/// chunks down a bounded channel (for a restore container's standard input). A read error,
+/// an integrity failure or cancellation is the last item; the plaintext never touches disk.
+/// `failpoint` is hit once the artifact is open, before the first chunk.
+pub fn feed(
+    store: Arc<dyn Store>,
+    path: String,
+    encrypted: bool,
+    dec: Option<crypto::Decryption>,
+    cancel: Cancel,
+    failpoint: &'static str,
+) -> (
+    tokio::sync::mpsc::Receiver<Result<Vec<u8>>>,
+    std::thread::JoinHandle<()>,
+) {
+    use std::io::Read;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>>>(4);
+    let feeder = std::thread::spawn(move || {
+        let opened = store.open(&path).and_then(|stored| {
+            if !encrypted {
+                return Ok(stored);
+            }
+            let dec = dec.as_ref().ok_or_else(|| {
+                Error::crypto(format!(
+                    "{path} is encrypted to recipients and the plan has no verify.key: set it to the secret key that decrypts the backup"
+                ))
+            })?;
+            crypto::decrypt(stored, dec)
+                .map_err(|e| Error::Verify(format!("{path} does not decrypt: {e}")))
+        });
+        let mut plain = match opened {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        let mut buf = vec![0u8; 1 << 16];
+        failpoint::hit(failpoint);
+        loop {
+            if cancel.is_cancelled() {
+                let _ = tx.blocking_send(Err(Error::Interrupted));
+                return;
+            }
+            match plain.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if tx.blocking_send(Ok(buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(Error::Verify(format!(
+                        "{path} cannot be read to its end: {e}; restore another backup"
+                    ))));
+                    return;
+                }
+            }
+        }
+    });
+    (rx, feeder)
+}

@@ -70,6 +70,7 @@ pub(super) fn walk_archive(
     let mut top: Option<String> = None;
     let mut tables = BTreeSet::new();
     let mut properties = false;
+    let mut ucp_key = false;
     let mut buf = vec![0u8; 1 << 16];
     for entry in entries {
         let mut entry =
@@ -81,6 +82,13 @@ pub(super) fn walk_archive(
             .into_owned();
         members += 1;
         match kind {
+            ArtifactKind::Ucp => {
+                let mut rest = name.as_str();
+                while let Some(r) = rest.strip_prefix("./") {
+                    rest = r;
+                }
+                ucp_key |= rest == crate::steps::ucp::KEY_MEMBER;
+            }
             ArtifactKind::Images => {
                 if !(name == volume || name.starts_with(&format!("{volume}/"))) {
                     return Err(format!("member {name:?} is outside {volume}/"));
@@ -155,6 +163,17 @@ pub(super) fn walk_archive(
     }
     let detail = match kind {
         ArtifactKind::Blobs | ArtifactKind::Trees => String::new(),
+        ArtifactKind::Ucp if gzip => return Err("gzip, not the tar UCP writes".to_owned()),
+        ArtifactKind::Ucp if !ucp_key => {
+            return Err(format!(
+                "{members} members, none of them {}: not a UCP backup",
+                crate::steps::ucp::KEY_MEMBER
+            ));
+        }
+        ArtifactKind::Ucp => format!(
+            "tar of {members} members, {} among them",
+            crate::steps::ucp::KEY_MEMBER
+        ),
         ArtifactKind::Images if under_registry == 0 => {
             return Err(format!("no member under {registry}"));
         }

@@ -246,7 +246,7 @@ pub fn check_backup(
             match a.kind {
                 ArtifactKind::Metadata => references = Some(w.references),
                 ArtifactKind::Images => blobs = Some(w.blobs),
-                ArtifactKind::Blobs | ArtifactKind::Trees => {}
+                ArtifactKind::Ucp | ArtifactKind::Blobs | ArtifactKind::Trees => {}
             }
         }
     }

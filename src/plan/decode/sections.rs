@@ -163,7 +163,11 @@ impl Decoder<'_> {
         let parts = self.list(at, |d, at| {
             d.choice(
                 at,
-                &[("metadata", Part::Metadata), ("images", Part::Images)],
+                &[
+                    ("ucp", Part::Ucp),
+                    ("metadata", Part::Metadata),
+                    ("images", Part::Images),
+                ],
             )
         })?;
         if parts.value.is_empty() {
@@ -174,7 +178,7 @@ impl Decoder<'_> {
                     "`parts` is empty: nothing to back up",
                 )
                 .label("empty list")
-                .help("list `metadata`, `images` or both, or remove `parts` to back up both"),
+                .help("list `ucp`, `metadata`, `images` or several, or remove `parts` to back up metadata and images"),
             );
             return None;
         }
@@ -199,6 +203,7 @@ impl Decoder<'_> {
         let ca_file = opt!(self, f, "ca_file", path);
         let tls_given = f.entries.iter().any(|e| e.key == "insecure_tls");
         let insecure_tls = opt!(self, f, "insecure_tls", boolean);
+        let image = opt!(self, f, "image", ucp_image);
         let span = f.at;
         self.finish(f);
         if tls_given == insecure_tls.is_some() {
@@ -216,6 +221,7 @@ impl Decoder<'_> {
                 password: password?,
                 ca_file,
                 insecure_tls,
+                image,
             },
             span,
         })
@@ -273,6 +279,25 @@ impl Decoder<'_> {
                     )
                     .label("tag must be the DTR version")
                     .help("restore needs the same DTR version: write the running version, e.g. `docker/dtr:2.9.4`"),
+                );
+                None
+            }
+        }
+    }
+
+    fn ucp_image(&mut self, at: At) -> Option<Sp<String>> {
+        let image = self.string(at)?;
+        match crate::plan::image_version(&image.value) {
+            Ok(_) => Some(image),
+            Err(why) => {
+                self.push(
+                    Diag::error(
+                        "plan::image-tag",
+                        image.span,
+                        format!("the UCP image {:?} {why}", image.value),
+                    )
+                    .label("tag must be the UCP version")
+                    .help("UCP backs up and restores only with its own version: write the running version, e.g. `docker/ucp:3.2.6` or `mirantis/ucp:3.3.16`"),
                 );
                 None
             }
