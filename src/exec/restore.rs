@@ -1251,11 +1251,11 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
             "ucp".to_owned(),
             vec![
                 format!(
-                    "docker create {} {} (bind {sock}:{sock}; stdin open once, no tty, log driver none, on node {})",
+                    "docker create {} {} (bind {}; stdin open once, no tty, log driver none, on node {})",
                     ucp_restore::image(plan, &m)?,
                     ucp_restore::command().join(" "),
+                    crate::steps::ucp::socket_bind(plan),
                     m.ucp.as_ref().and_then(|u| u.node.as_deref()).unwrap_or("?"),
-                    sock = crate::steps::ucp::SOCKET,
                 ),
                 format!(
                     "attach, start, stream the decrypted {backup_id}/{artifact} into its standard input; its output as log events; remove the container"

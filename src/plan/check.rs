@@ -329,6 +329,11 @@ pub fn resolve(raw: RawPlan, file: &Path, dir: &Path, digest: String) -> Option<
                     None => UcpTls::Insecure,
                 },
                 image: u.value.image.as_ref().map(|i| i.value.clone()),
+                docker_socket: u
+                    .value
+                    .docker_socket
+                    .as_ref()
+                    .map_or_else(|| "/var/run/docker.sock".to_owned(), |s| s.value.clone()),
                 version: u
                     .value
                     .image

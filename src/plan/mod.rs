@@ -68,6 +68,8 @@ pub struct UcpCfg {
     pub image: Option<String>,
     /// The tag of `image`: the UCP version.
     pub version: Option<String>,
+    /// The Docker socket on the manager node, for UCP's containers (`ucp.docker_socket`).
+    pub docker_socket: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

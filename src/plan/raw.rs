@@ -122,6 +122,10 @@ pub struct Ucp {
     /// UCP image whose tag is the running UCP version, e.g. `docker/ucp:3.2.6` or
     /// `mirantis/ucp:3.3.16`. Needed when `parts` includes `ucp`.
     pub image: Option<Sp<String>>,
+    /// The Docker socket on the UCP manager node, mounted into UCP's backup and restore
+    /// containers at `/var/run/docker.sock`. Default `/var/run/docker.sock`.
+    #[schemars(regex(pattern = r"^/"))]
+    pub docker_socket: Option<Sp<String>>,
 }
 
 /// Docker API connection.

@@ -8,25 +8,25 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::common::*;
 
-const VERSION: &str = "2.9.4";
-const IMAGE: &str = "dtr-standin/dtr:2.9.4";
-const R1: &str = "a1640e1c15b6";
-const R2: &str = "0b7d2e9f3c41";
+pub(crate) const VERSION: &str = "2.9.4";
+pub(crate) const IMAGE: &str = "dtr-standin/dtr:2.9.4";
+pub(crate) const R1: &str = "a1640e1c15b6";
+pub(crate) const R2: &str = "0b7d2e9f3c41";
 
 /// The test bed started by scripts/test, from the environment.
-struct Bed {
-    sock: String,
+pub(crate) struct Bed {
+    pub(crate) sock: String,
     tcp: String,
-    certs: PathBuf,
-    ucp_url: String,
-    ucp_password: String,
+    pub(crate) certs: PathBuf,
+    pub(crate) ucp_url: String,
+    pub(crate) ucp_password: String,
     _serial: MutexGuard<'static, ()>,
 }
 
 /// The engine is shared: tests that use it run one at a time, each from a clean engine.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn bed() -> Option<Bed> {
+pub(crate) fn bed() -> Option<Bed> {
     let var = |n: &str| std::env::var(n).ok();
     let Some(sock) = var("DTR_BACKUP_TEST_DOCKER_SOCK") else {
         assert!(
@@ -49,7 +49,7 @@ fn bed() -> Option<Bed> {
 }
 
 impl Bed {
-    fn docker(&self, args: &[&str]) -> Output {
+    pub(crate) fn docker(&self, args: &[&str]) -> Output {
         let out = Command::new("docker")
             .arg("-H")
             .arg(format!("unix://{}", self.sock))
@@ -60,7 +60,7 @@ impl Bed {
         out
     }
 
-    fn lines(&self, args: &[&str]) -> Vec<String> {
+    pub(crate) fn lines(&self, args: &[&str]) -> Vec<String> {
         stdout(&self.docker(args))
             .lines()
             .map(str::to_owned)
@@ -69,7 +69,7 @@ impl Bed {
     }
 
     /// Removes the containers of the replica `id` (a replica destroyed; its volume stays).
-    fn remove_replica(&self, id: &str) {
+    pub(crate) fn remove_replica(&self, id: &str) {
         self.docker(&[
             "rm",
             "-f",
@@ -95,7 +95,13 @@ impl Bed {
     }
 
     /// Builds the stand-in DTR image from busybox (`docker import`).
-    fn standin_image(&self, tag: &str, version: &str, replicas: &[&str], padding: usize) {
+    pub(crate) fn standin_image(
+        &self,
+        tag: &str,
+        version: &str,
+        replicas: &[&str],
+        padding: usize,
+    ) {
         self.standin_image_referencing(tag, version, replicas, padding, &[]);
     }
 
@@ -108,6 +114,38 @@ impl Bed {
         padding: usize,
         extra: &[&str],
     ) {
+        let mut digests = blob_digests();
+        digests.extend(extra.iter().map(|d| d.to_string()));
+        let padding = if padding > 0 {
+            padding.to_string()
+        } else {
+            String::new()
+        };
+        self.import(
+            tag,
+            "/bin/dtr",
+            &[
+                ("bin/dtr", include_bytes!("../standin/dtr"), 0o755),
+                ("etc/standin/version", version.as_bytes(), 0o644),
+                ("etc/standin/password", self.ucp_password.as_bytes(), 0o644),
+                (
+                    "etc/standin/replicas",
+                    (replicas.join("\n") + "\n").as_bytes(),
+                    0o644,
+                ),
+                (
+                    "etc/standin/digests",
+                    (digests.join("\n") + "\n").as_bytes(),
+                    0o644,
+                ),
+                ("etc/standin/padding", padding.as_bytes(), 0o644),
+            ],
+        );
+    }
+
+    /// Imports an image (`docker import`): busybox with its applets, the `files` given
+    /// (path, content, mode), and `entrypoint`.
+    pub(crate) fn import(&self, tag: &str, entrypoint: &str, files: &[(&str, &[u8], u32)]) {
         let mut b = tar::Builder::new(Vec::new());
         let dir = |b: &mut tar::Builder<Vec<u8>>, p: &str, mode: u32| {
             let mut h = tar::Header::new_gnu();
@@ -124,6 +162,8 @@ impl Bed {
             ("dev", 0o755),
             ("proc", 0o755),
             ("sys", 0o755),
+            ("var", 0o755),
+            ("var/run", 0o755),
         ] {
             dir(&mut b, d, m);
         }
@@ -150,44 +190,15 @@ impl Bed {
             b.append_link(&mut h, format!("bin/{applet}"), "busybox")
                 .expect("link");
         }
-        file(&mut b, "bin/dtr", include_bytes!("../standin/dtr"), 0o755);
-        file(&mut b, "etc/standin/version", version.as_bytes(), 0o644);
-        file(
-            &mut b,
-            "etc/standin/password",
-            self.ucp_password.as_bytes(),
-            0o644,
-        );
-        file(
-            &mut b,
-            "etc/standin/replicas",
-            (replicas.join("\n") + "\n").as_bytes(),
-            0o644,
-        );
-        let mut digests = blob_digests();
-        digests.extend(extra.iter().map(|d| d.to_string()));
-        file(
-            &mut b,
-            "etc/standin/digests",
-            (digests.join("\n") + "\n").as_bytes(),
-            0o644,
-        );
-        file(
-            &mut b,
-            "etc/standin/padding",
-            if padding > 0 {
-                padding.to_string()
-            } else {
-                String::new()
-            }
-            .as_bytes(),
-            0o644,
-        );
+        for (path, data, mode) in files {
+            file(&mut b, path, data, *mode);
+        }
         let rootfs = b.into_inner().expect("tar");
+        let change = format!(r#"ENTRYPOINT ["{entrypoint}"]"#);
         let mut child = Command::new("docker")
             .arg("-H")
             .arg(format!("unix://{}", self.sock))
-            .args(["import", "--change", r#"ENTRYPOINT ["/bin/dtr"]"#, "-", tag])
+            .args(["import", "--change", &change, "-", tag])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -206,7 +217,7 @@ impl Bed {
 
     /// A running replica: its dtr-rethinkdb and dtr-registry containers, and its volume filled
     /// with the sample registry tree.
-    fn replica(&self, id: &str, version: &str) {
+    pub(crate) fn replica(&self, id: &str, version: &str) {
         let volume = format!("dtr-registry-{id}");
         self.docker(&["volume", "create", &volume]);
         let mount = self
@@ -245,7 +256,7 @@ impl Bed {
     }
 
     /// A client-bundle folder for the mutual-TLS listener, with `cert`/`key` of `client`.
-    fn bundle(&self, dir: &Path, client: &str) -> PathBuf {
+    pub(crate) fn bundle(&self, dir: &Path, client: &str) -> PathBuf {
         let b = dir.join("bundle");
         std::fs::create_dir_all(&b).expect("bundle dir");
         std::fs::copy(self.certs.join("ca.pem"), b.join("ca.pem")).expect("ca");
@@ -264,7 +275,7 @@ impl Bed {
     }
 
     /// Containers dtr-backup created (by label).
-    fn our_containers(&self) -> Vec<String> {
+    pub(crate) fn our_containers(&self) -> Vec<String> {
         self.lines(&["ps", "-aq", "--filter", "label=io.dtr-backup.plan"])
     }
 }
@@ -282,11 +293,11 @@ fn blob_digests() -> Vec<String> {
     out
 }
 
-struct Setup {
-    image: String,
-    replica: String,
-    docker: String,
-    extra: String,
+pub(crate) struct Setup {
+    pub(crate) image: String,
+    pub(crate) replica: String,
+    pub(crate) docker: String,
+    pub(crate) extra: String,
 }
 
 impl Default for Setup {
@@ -300,7 +311,7 @@ impl Default for Setup {
     }
 }
 
-fn write_plan(bed: &Bed, dir: &TempDir, s: &Setup) -> PathBuf {
+pub(crate) fn write_plan(bed: &Bed, dir: &TempDir, s: &Setup) -> PathBuf {
     let docker = if s.docker.is_empty() {
         format!("docker: {{host: \"unix://{}\"}}\n", bed.sock)
     } else {
@@ -325,7 +336,7 @@ fn write_plan(bed: &Bed, dir: &TempDir, s: &Setup) -> PathBuf {
     )
 }
 
-fn apply(bed: &Bed, dir: &TempDir, plan: &Path) -> Command {
+pub(crate) fn apply(bed: &Bed, dir: &TempDir, plan: &Path) -> Command {
     let mut cmd = dtr_backup(dir.path());
     cmd.env("UCP_PASSWORD", &bed.ucp_password)
         .env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
@@ -335,7 +346,7 @@ fn apply(bed: &Bed, dir: &TempDir, plan: &Path) -> Command {
     cmd
 }
 
-fn complete_backups(dir: &TempDir) -> Vec<PathBuf> {
+pub(crate) fn complete_backups(dir: &TempDir) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir.path().join("backups/dtr"))
         .map(|rd| {
             rd.map(|e| e.expect("e").path())
@@ -1075,7 +1086,7 @@ fn preflight_removes_leftovers_of_any_plan_and_spares_live_runs() {
     bed.docker(&["rm", "-f", "live-run"]);
 }
 
-fn restore_cmd(bed: &Bed, dir: &TempDir, plan: &Path, args: &[&str]) -> Command {
+pub(crate) fn restore_cmd(bed: &Bed, dir: &TempDir, plan: &Path, args: &[&str]) -> Command {
     let mut cmd = dtr_backup(dir.path());
     cmd.env("UCP_PASSWORD", &bed.ucp_password)
         .env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
@@ -1087,7 +1098,7 @@ fn restore_cmd(bed: &Bed, dir: &TempDir, plan: &Path, args: &[&str]) -> Command 
 }
 
 /// The registry tree under `dir`, relative paths with the sha256 of each file.
-fn registry_tree(dir: &Path) -> Vec<(PathBuf, String)> {
+pub(crate) fn registry_tree(dir: &Path) -> Vec<(PathBuf, String)> {
     snapshot(dir)
         .into_iter()
         .filter(|(p, _)| p.is_file())

@@ -12,5 +12,6 @@ mod restore;
 mod s3;
 mod schema;
 mod show;
+mod ucp;
 mod validate;
 mod verify;

@@ -204,6 +204,7 @@ impl Decoder<'_> {
         let tls_given = f.entries.iter().any(|e| e.key == "insecure_tls");
         let insecure_tls = opt!(self, f, "insecure_tls", boolean);
         let image = opt!(self, f, "image", ucp_image);
+        let docker_socket = opt!(self, f, "docker_socket", node_path);
         let span = f.at;
         self.finish(f);
         if tls_given == insecure_tls.is_some() {
@@ -222,6 +223,7 @@ impl Decoder<'_> {
                 ca_file,
                 insecure_tls,
                 image,
+                docker_socket,
             },
             span,
         })
@@ -283,6 +285,26 @@ impl Decoder<'_> {
                 None
             }
         }
+    }
+
+    /// An absolute path on a node (not the plan's machine: never made relative to the plan).
+    fn node_path(&mut self, at: At) -> Option<Sp<String>> {
+        let path = self.string(at)?;
+        if path.value.starts_with('/') && !path.value.split('/').any(|c| c == "..") {
+            return Some(path);
+        }
+        self.push(
+            Diag::error(
+                "plan::bad-path",
+                path.span,
+                format!("{:?} is not an absolute path", path.value),
+            )
+            .label("must start with /")
+            .help(
+                "write the socket's absolute path on the manager node, e.g. `/var/run/docker.sock`",
+            ),
+        );
+        None
     }
 
     fn ucp_image(&mut self, at: At) -> Option<Sp<String>> {

@@ -30,8 +30,18 @@ use super::{Ctx, Described, Outcome, blocking};
 /// `./ucp-node-certs/key.pem`").
 pub const KEY_MEMBER: &str = "ucp-node-certs/key.pem";
 
-/// Where UCP's containers reach the engine; the backup and restore need it mounted.
+/// Where UCP's containers reach the engine; the backup and restore need the node's socket
+/// (`ucp.docker_socket`) mounted there.
 pub const SOCKET: &str = "/var/run/docker.sock";
+
+/// The bind of the node's Docker socket into a UCP container.
+pub fn socket_bind(plan: &Plan) -> String {
+    let node = plan
+        .ucp
+        .as_ref()
+        .map_or(SOCKET, |u| u.docker_socket.as_str());
+    format!("{node}:{SOCKET}")
+}
 
 /// Bytes read before deciding that the output is a tar.
 const SNIFF: usize = 512;
@@ -50,7 +60,7 @@ pub fn describe(plan: &Plan) -> Described {
     Described {
         inputs: vec![
             format!("image {image}"),
-            format!("{SOCKET} of a UCP manager node"),
+            format!("{} of a UCP manager node", socket_bind(plan)),
         ],
         outputs: vec![format!(
             "{}{}",
@@ -59,8 +69,9 @@ pub fn describe(plan: &Plan) -> Described {
         )],
         actions: vec![
             format!(
-                "docker create {image} {} (on the manager running ucp-controller; bind {SOCKET}; no tty, stdin closed, log driver none, label {}={})",
+                "docker create {image} {} (on the manager running ucp-controller; bind {}; no tty, stdin closed, log driver none, label {}={})",
                 backup_command().join(" "),
+                socket_bind(plan),
                 container::LABEL_PLAN,
                 plan.name
             ),
@@ -104,7 +115,7 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
                 (container::LABEL_RUN.to_owned(), ctx.backup_id.clone()),
                 (container::LABEL_ROLE.to_owned(), "ucp".to_owned()),
             ]),
-            binds: vec![format!("{SOCKET}:{SOCKET}")],
+            binds: vec![socket_bind(&plan)],
             node: ctx.facts.get("ucp_node").cloned(),
             stdin: false,
         },

@@ -118,7 +118,7 @@ pub async fn run(
                 (container::LABEL_RUN.to_owned(), m.backup_id.clone()),
                 (container::LABEL_ROLE.to_owned(), "ucp-restore".to_owned()),
             ]),
-            binds: vec![format!("{SOCKET}:{SOCKET}")],
+            binds: vec![super::socket_bind(plan)],
             node: m.ucp.as_ref().and_then(|u| u.node.clone()),
             stdin: true,
         },
