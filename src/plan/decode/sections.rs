@@ -203,6 +203,10 @@ impl Decoder<'_> {
         let ca_file = opt!(self, f, "ca_file", path);
         let tls_given = f.entries.iter().any(|e| e.key == "insecure_tls");
         let insecure_tls = opt!(self, f, "insecure_tls", boolean);
+        // A key given but invalid (it has its own diagnostic) makes the section invalid, so
+        // that the checks across sections do not also call it missing.
+        let given = |k: &str| f.entries.iter().any(|e| e.key == k);
+        let (image_given, socket_given) = (given("image"), given("docker_socket"));
         let image = opt!(self, f, "image", ucp_image);
         let docker_socket = opt!(self, f, "docker_socket", node_path);
         let span = f.at;
@@ -214,6 +218,9 @@ impl Decoder<'_> {
                 span,
                 &mut self.diags,
             );
+        }
+        if (image_given && image.is_none()) || (socket_given && docker_socket.is_none()) {
+            return None;
         }
         Some(Sp {
             value: Ucp {
@@ -243,12 +250,17 @@ impl Decoder<'_> {
 
     fn dtr(&mut self, at: At) -> Option<Sp<Dtr>> {
         let mut f = self.fields(at)?;
+        // As for `ucp`: an invalid image is not also a missing one.
+        let image_given = f.entries.iter().any(|e| e.key == "image");
         let image = opt!(self, f, "image", dtr_image);
         let replica = opt!(self, f, "replica", replica);
         let offline = opt!(self, f, "offline", boolean);
         let external_url = opt!(self, f, "external_url", valid);
         let span = f.at;
         self.finish(f);
+        if image_given && image.is_none() {
+            return None;
+        }
         Some(Sp {
             value: Dtr {
                 image,
