@@ -162,8 +162,7 @@ impl Manifest {
 
 // The names of artifacts: the plan decides them (and the discovered replica, for the volume).
 
-/// File name of the metadata artifact.
-/// The name of UCP's backup in a backup folder, as the plan alone decides it.
+/// File name of UCP's backup, as the plan alone decides it.
 pub fn ucp_artifact(plan: &Plan) -> String {
     let version = plan
         .ucp
@@ -173,6 +172,7 @@ pub fn ucp_artifact(plan: &Plan) -> String {
     format!("ucp-backup-v{version}.tar{}", gpg_suffix(plan))
 }
 
+/// File name of the metadata artifact.
 pub fn metadata_artifact(plan: &Plan) -> String {
     let version = plan.dtr.version.as_deref().unwrap_or("unknown");
     format!("dtr-backup-v{version}.tar.gz{}", gpg_suffix(plan))

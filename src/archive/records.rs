@@ -29,16 +29,20 @@ pub struct CappedRecords<R> {
     inner: R,
     state: State,
     header: [u8; BLOCK],
-    /// The data of the PAX header being passed (at most [`MAX_RECORD`]), and how much of it
-    /// is data (not padding).
-    pax: Option<(Vec<u8>, u64)>,
+    /// The data of the PAX header (or, when watching, GNU long name) being passed (at most
+    /// [`MAX_RECORD`]), how much of it is data (not padding), and its kind.
+    pax: Option<(Vec<u8>, u64, u8)>,
     /// The size of the next member, from a PAX record.
     next_size: Option<u64>,
     /// Members passed (headers of files, folders, links; not extension records).
     members: u64,
-    /// A member name looked for (as written in the ustar name fields, without `./`), and
-    /// whether it passed.
+    /// A regular file looked for by name (`./` prefixes aside), and whether it passed with
+    /// content.
     watch: Option<(&'static str, bool)>,
+    /// When watching: the next member's name from a PAX `path` record or a GNU long name.
+    next_name: Option<Vec<u8>>,
+    /// All-zero header blocks in a row (two end a tar archive).
+    zeros: u64,
 }
 
 impl<R: Read> CappedRecords<R> {
@@ -51,12 +55,14 @@ impl<R: Read> CappedRecords<R> {
             next_size: None,
             members: 0,
             watch: None,
+            next_name: None,
+            zeros: 0,
         }
     }
 
-    /// The same guard, also noting whether a member named `name` passes (`./` prefixes
-    /// aside). Names are read from the ustar header (name and prefix fields), where every tar
-    /// writer puts a name of up to 100 octets.
+    /// The same guard, also noting whether a regular file named `name`, with content, passes
+    /// (`./` prefixes aside): its name as the tar crate reads it (a PAX `path` record or a
+    /// GNU long name, else the ustar name and prefix fields).
     pub fn watching(inner: R, name: &'static str) -> CappedRecords<R> {
         CappedRecords {
             watch: Some((name, false)),
@@ -74,6 +80,12 @@ impl<R: Read> CappedRecords<R> {
         self.watch.is_some_and(|(_, seen)| seen)
     }
 
+    /// Whether what passed ends as a whole tar archive does: between members, after the
+    /// end-of-archive blocks of zeros. A stream cut short at a member's boundary does not.
+    pub fn ended_whole(&self) -> bool {
+        matches!(self.state, State::Header { have: 0 }) && self.zeros >= 2
+    }
+
     fn observe(&mut self, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
             match self.state {
@@ -89,7 +101,7 @@ impl<R: Read> CappedRecords<R> {
                 }
                 State::Data { left } => {
                     let n = left.min(bytes.len() as u64) as usize;
-                    if let Some((buf, data)) = &mut self.pax {
+                    if let Some((buf, data, _)) = &mut self.pax {
                         let room = (*data as usize).saturating_sub(buf.len()).min(n);
                         buf.extend_from_slice(&bytes[..room]);
                     }
@@ -97,8 +109,20 @@ impl<R: Read> CappedRecords<R> {
                     let left = left - n as u64;
                     self.state = State::Data { left };
                     if left == 0 {
-                        if let Some((buf, _)) = self.pax.take() {
-                            self.next_size = pax_size(&buf)?.or(self.next_size);
+                        match self.pax.take() {
+                            Some((buf, _, b'L')) => {
+                                let end = buf.iter().position(|&c| c == 0).unwrap_or(buf.len());
+                                self.next_name = Some(buf[..end].to_vec());
+                            }
+                            Some((buf, _, _)) => {
+                                self.next_size = pax_size(&buf)?.or(self.next_size);
+                                if self.watch.is_some()
+                                    && let Some(path) = pax_path(&buf)
+                                {
+                                    self.next_name = Some(path);
+                                }
+                            }
+                            None => {}
                         }
                         self.state = State::Header { have: 0 };
                     }
@@ -129,8 +153,10 @@ impl<R: Read> CappedRecords<R> {
     fn next_member(&mut self) -> io::Result<State> {
         let h = &self.header;
         if h.iter().all(|&b| b == 0) {
+            self.zeros += 1;
             return Ok(State::Header { have: 0 });
         }
+        self.zeros = 0;
         let size = field_size(&h[124..136])?;
         let kind = h[156];
         if matches!(kind, b'L' | b'K' | b'x' | b'g') {
@@ -157,13 +183,14 @@ impl<R: Read> CappedRecords<R> {
                     ),
                 ));
             }
-            if kind == b'x' {
-                self.pax = Some((Vec::with_capacity(size as usize), size));
+            if kind == b'x' || (kind == b'L' && self.watch.is_some()) {
+                self.pax = Some((Vec::with_capacity(size as usize), size, kind));
             }
             return Ok(data(size));
         }
         let size = self.next_size.take().unwrap_or(size);
         self.members += 1;
+        let long = self.next_name.take();
         if let Some((name, seen)) = &mut self.watch
             && !*seen
         {
@@ -171,17 +198,27 @@ impl<R: Read> CappedRecords<R> {
                 let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
                 b[..end].to_vec()
             };
-            let (base, prefix) = (field(&h[0..100]), field(&h[345..500]));
-            let mut full = prefix;
-            if !full.is_empty() {
-                full.push(b'/');
-            }
-            full.extend_from_slice(&base);
+            let full = long.unwrap_or_else(|| {
+                let base = field(&h[0..100]);
+                // The prefix field is POSIX ustar's; GNU headers keep times there.
+                let prefix = if &h[257..263] == b"ustar\0" {
+                    field(&h[345..500])
+                } else {
+                    Vec::new()
+                };
+                let mut full = prefix;
+                if !full.is_empty() {
+                    full.push(b'/');
+                }
+                full.extend_from_slice(&base);
+                full
+            });
             let mut rest = full.as_slice();
             while let Some(r) = rest.strip_prefix(b"./") {
                 rest = r;
             }
-            *seen = rest == name.as_bytes();
+            // A regular file with content: a folder, a link or an empty file is no key.
+            *seen = rest == name.as_bytes() && matches!(kind, b'0' | 0 | b'7') && size > 0;
         }
         if kind == b'S' && h[482] > 1 {
             return Err(damaged("a sparse header with a bad extension flag"));
@@ -239,6 +276,25 @@ fn field_size(f: &[u8]) -> io::Result<u64> {
     }
     let s = std::str::from_utf8(&text).map_err(|_| bad())?;
     u64::from_str_radix(s, 8).map_err(|_| bad())
+}
+
+/// The `path` record of a PAX header's data, if it has a well-formed one.
+fn pax_path(mut records: &[u8]) -> Option<Vec<u8>> {
+    let mut path = None;
+    while !records.is_empty() && !records.iter().all(|&b| b == 0) {
+        let space = records.iter().position(|&b| b == b' ')?;
+        let len: usize = std::str::from_utf8(&records[..space])
+            .ok()?
+            .parse()
+            .ok()
+            .filter(|&l| l > space && l <= records.len())?;
+        let record = records[space + 1..len].strip_suffix(b"\n")?;
+        if let Some(v) = record.strip_prefix(b"path=") {
+            path = Some(v.to_vec());
+        }
+        records = &records[len..];
+    }
+    path
 }
 
 /// The `size` record of a PAX header's data (`<len> size=<decimal>\n`), if it has one.
@@ -400,26 +456,75 @@ mod tests {
 
     #[test]
     fn a_watched_member_is_noted_with_or_without_dot_slash() {
-        let tar_of = |names: &[&str]| {
+        // (name, content, folder?) members; ustar headers unless `gnu`.
+        let tar_of = |members: &[(&str, &[u8], bool)], gnu: bool| {
             let mut b = tar::Builder::new(Vec::new());
-            for n in names {
-                let mut h = tar::Header::new_ustar();
-                h.set_size(3);
+            for (n, data, folder) in members {
+                let mut h = if gnu {
+                    tar::Header::new_gnu()
+                } else {
+                    tar::Header::new_ustar()
+                };
+                h.set_size(data.len() as u64);
                 h.set_mode(0o600);
-                b.append_data(&mut h, n, &b"key"[..]).unwrap();
+                if *folder {
+                    h.set_entry_type(tar::EntryType::Directory);
+                }
+                b.append_data(&mut h, n, *data).unwrap();
             }
             b.into_inner().unwrap()
         };
         let watch = |input: &[u8]| {
             let mut r = CappedRecords::watching(input, "ucp-node-certs/key.pem");
             io::copy(&mut r, &mut io::sink()).unwrap();
-            (r.members(), r.seen())
+            (r.members(), r.seen(), r.ended_whole())
         };
-        let with = tar_of(&["./ucp-kv/a", "./ucp-node-certs/key.pem", "./ucp-kv/b"]);
-        assert_eq!(watch(&with), (3, true));
-        assert_eq!(watch(&tar_of(&["ucp-node-certs/key.pem"])), (1, true));
-        // A name that only ends the same way, or lies deeper, is not the member.
-        let without = tar_of(&["./x/ucp-node-certs/key.pem", "ucp-node-certs/key.pem.bak"]);
-        assert_eq!(watch(&without), (2, false));
+        let key: &[u8] = b"key";
+        let with = tar_of(
+            &[
+                ("./ucp-kv/a", key, false),
+                ("./ucp-node-certs/key.pem", key, false),
+                ("./ucp-kv/b", key, false),
+            ],
+            false,
+        );
+        assert_eq!(watch(&with), (3, true, true));
+        assert_eq!(
+            watch(&tar_of(&[("ucp-node-certs/key.pem", key, false)], true)),
+            (1, true, true)
+        );
+        // A name that only ends the same way, or lies deeper, is not the member; nor is a
+        // folder or an empty file of that name.
+        let without = tar_of(
+            &[
+                ("./x/ucp-node-certs/key.pem", key, false),
+                ("ucp-node-certs/key.pem.bak", key, false),
+                ("ucp-node-certs/key.pem", b"", false),
+                ("./ucp-node-certs/key.pem", b"", true),
+            ],
+            false,
+        );
+        assert_eq!(watch(&without), (4, false, true));
+        // A long name (a GNU long-name record, a PAX path record) is read as tar reads it.
+        let deep = format!("./{}/x", "d".repeat(120));
+        let gnu_long = tar_of(
+            &[
+                (deep.as_str(), key, false),
+                ("./ucp-node-certs/key.pem", key, false),
+            ],
+            true,
+        );
+        assert_eq!(watch(&gnu_long), (2, true, true));
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("path", "./ucp-node-certs/key.pem".as_bytes())])
+            .unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_size(3);
+        h.set_mode(0o600);
+        b.append_data(&mut h, "decoy", key).unwrap();
+        assert_eq!(watch(&b.into_inner().unwrap()), (1, true, true));
+        // Cut short, even between members, it does not end whole.
+        assert!(!watch(&with[..512 * 4]).2);
+        assert!(!watch(&with[..with.len() - 1024]).2);
     }
 }

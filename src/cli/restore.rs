@@ -32,9 +32,10 @@ pub struct Args {
     /// The backup id, or `latest` (the newest complete backup).
     #[arg(long, default_value = "latest", value_name = "ID")]
     pub backup: String,
-    /// Restore one part of the backup only.
-    #[arg(long, value_enum)]
-    pub only: Option<OnlyArg>,
+    /// Restore only these parts of the backup (`--only images,metadata`, or the flag
+    /// repeated); default: every part it holds.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<OnlyArg>,
     /// Restore the image content into PATH (absent or empty) instead of the plan's source;
     /// PATH then holds the registry root (`PATH/docker/registry/v2/...`).
     #[arg(long, value_name = "PATH")]
@@ -103,11 +104,15 @@ pub fn run(args: &Args) -> Exit {
     };
     let opts = RestoreOptions {
         which,
-        only: args.only.map(|o| match o {
-            OnlyArg::Images => Only::Images,
-            OnlyArg::Metadata => Only::Metadata,
-            OnlyArg::Ucp => Only::Ucp,
-        }),
+        only: args
+            .only
+            .iter()
+            .map(|o| match o {
+                OnlyArg::Images => Only::Images,
+                OnlyArg::Metadata => Only::Metadata,
+                OnlyArg::Ucp => Only::Ucp,
+            })
+            .collect(),
         images_to: args.images_to.clone(),
         drill: args.drill,
         lock_timeout: args.lock_timeout,
@@ -139,13 +144,26 @@ pub fn run(args: &Args) -> Exit {
                             report.backup_id, r.files, r.bytes, r.checked
                         );
                     } else {
+                        let said: Vec<String> = report
+                            .parts
+                            .iter()
+                            .map(|p| match p.as_str() {
+                                "images" => format!(
+                                    "the image content into {} ({} files, {} bytes, {} checked against their digests)",
+                                    report.target.display(),
+                                    r.files,
+                                    r.bytes,
+                                    r.checked
+                                ),
+                                "ucp" => "UCP (through the UCP image's restore)".to_owned(),
+                                "metadata" => "DTR's metadata (through DTR's restore)".to_owned(),
+                                other => other.to_owned(),
+                            })
+                            .collect();
                         println!(
-                            "restored the image content of backup {} into {}: {} files, {} bytes, {} checked against their digests",
+                            "restored backup {}: {}",
                             report.backup_id,
-                            report.target.display(),
-                            r.files,
-                            r.bytes,
-                            r.checked
+                            said.join("; then ")
                         );
                     }
                 }

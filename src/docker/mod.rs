@@ -270,9 +270,17 @@ pub async fn ucp_controllers(engine: &Engine) -> Result<Vec<Controller>> {
             continue;
         };
         let image = c.image.clone().unwrap_or_default();
+        // An image shown by its id has no tag: UCP labels its containers with its version.
+        let version = crate::plan::image_version(&image).ok().or_else(|| {
+            c.labels
+                .as_ref()?
+                .get("com.docker.ucp.version")
+                .filter(|v| crate::plan::image_version(&format!("ucp:{v}")).is_ok())
+                .cloned()
+        });
         found.push(Controller {
             node: node_of(name),
-            version: crate::plan::image_version(&image).ok(),
+            version,
             image,
         });
     }

@@ -43,7 +43,8 @@ pub enum Only {
 #[derive(Clone, Debug)]
 pub struct RestoreOptions {
     pub which: Which,
-    pub only: Option<Only>,
+    /// The parts asked for (`--only`); empty: every part the backup holds.
+    pub only: Vec<Only>,
     /// Restore the image content here instead of the plan's own source.
     pub images_to: Option<PathBuf>,
     pub drill: bool,
@@ -59,6 +60,8 @@ pub struct RestoreReport {
     /// Where the image content went (removed again after a drill).
     pub target: PathBuf,
     pub drill: bool,
+    /// The parts restored (`ucp`, `images`, `metadata`), in the order they were.
+    pub parts: Vec<String>,
     pub restored: Restored,
     /// The checks of a drill (empty otherwise).
     pub checks: Vec<Check>,
@@ -400,9 +403,9 @@ fn open_restore(
     reporter: &dyn Reporter,
 ) -> Result<(RestoreState, Manifest, Parts, bool)> {
     let warn = |w: String| reporter.emit(&Event::Warning { message: w });
-    let only_images = opts.only == Some(Only::Images);
-    let only_metadata = opts.only == Some(Only::Metadata);
-    let only_ucp = opts.only == Some(Only::Ucp);
+    let only_images = opts.only.contains(&Only::Images);
+    let only_metadata = opts.only.contains(&Only::Metadata);
+    let only_ucp = opts.only.contains(&Only::Ucp);
     if let Some(e) = state::load_restore(state)? {
         // Folders are this host's: a journal kept with the backups (in S3, say) may come
         // from another machine, whose folders are not here to finish or to remove.
@@ -465,11 +468,20 @@ fn open_restore(
                 e.backup_id,
                 e.target.display(),
                 e.backup_id,
-                match (e.only_images, e.only_metadata, e.only_ucp) {
-                    (true, _, _) => " --only images",
-                    (_, true, _) => " --only metadata",
-                    (_, _, true) => " --only ucp",
-                    _ => "",
+                {
+                    let only: Vec<&str> = [
+                        (e.only_ucp, "ucp"),
+                        (e.only_images, "images"),
+                        (e.only_metadata, "metadata"),
+                    ]
+                    .into_iter()
+                    .filter_map(|(on, part)| on.then_some(part))
+                    .collect();
+                    if only.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" --only {}", only.join(","))
+                    }
                 },
             )));
         }
@@ -491,9 +503,9 @@ fn new_restore(
     store: &dyn Store,
     warn: &dyn Fn(String),
 ) -> Result<(RestoreState, Manifest, Parts, bool)> {
-    let only_images = opts.only == Some(Only::Images);
-    let only_metadata = opts.only == Some(Only::Metadata);
-    let only_ucp = opts.only == Some(Only::Ucp);
+    let only_images = opts.only.contains(&Only::Images);
+    let only_metadata = opts.only.contains(&Only::Metadata);
+    let only_ucp = opts.only.contains(&Only::Ucp);
     let backup_id = manifest::resolve(store, &opts.which, warn)?;
     let m = manifest::read(store, &backup_id)?;
     let p = parts(&m, opts)?;
@@ -517,6 +529,7 @@ fn new_restore(
         created_target: false,
         staging: None,
         container: None,
+        container_of: None,
         restored: None,
         done: Default::default(),
     };
@@ -566,24 +579,41 @@ async fn adopt(
     let Some(id) = j.container.clone() else {
         return Ok(());
     };
+    // Whose restore it ran: UCP's, or DTR's (journals before UCP say nothing: DTR's).
+    let ucp = j.container_of.as_deref() == Some("ucp");
+    let (part, whose, archive, undo) = if ucp {
+        (
+            "ucp",
+            "UCP's restore",
+            "UCP archive",
+            "uninstall the UCP it may have installed (`docker container run --rm -it -v /var/run/docker.sock:/var/run/docker.sock <ucp image> uninstall-ucp --interactive`)",
+        )
+    } else {
+        (
+            "metadata",
+            "DTR's restore",
+            "metadata archive",
+            "remove the DTR replica it may have made (`docker run -it --rm docker/dtr:<version> destroy --ucp-insecure-tls`)",
+        )
+    };
     let warn = |w: String| reporter.emit(&Event::Warning { message: w });
     let status = container::wait_exit(engine, &id, cancel).await?;
     let mut unknown = None;
     match status {
-        Some(0) if j.is_done("metadata.fed") => {
+        Some(0) if j.is_done(&format!("{part}.fed")) => {
             warn(format!(
-                "DTR's restore in container {id}, started by the interrupted restore, had completed (status 0) with the whole metadata archive: the metadata is restored"
+                "{whose} in container {id}, started by the interrupted restore, had completed (status 0) with the whole {archive}: it is restored"
             ));
-            j.done.insert("metadata".into(), clock::now_unix());
+            j.done.insert(part.into(), clock::now_unix());
         }
         // Its input may have ended where the killed process stopped feeding it.
         Some(0) => {
             unknown = Some(Error::refused(format!(
-                "DTR's restore in container {id}, started by the interrupted restore, exited 0 before it was given the whole metadata archive: what it restored is unknown; remove the DTR replica it may have made (`docker run -it --rm docker/dtr:<version> destroy --ucp-insecure-tls`), then run this restore again"
+                "{whose} in container {id}, started by the interrupted restore, exited 0 before it was given the whole {archive}: what it restored is unknown; {undo}, then run this restore again"
             )));
         }
         Some(code) => warn(format!(
-            "DTR's restore in container {id}, started by the interrupted restore, ended with status {code}; it runs again"
+            "{whose} in container {id}, started by the interrupted restore, ended with status {code}; it runs again"
         )),
         None => {}
     }
@@ -591,10 +621,16 @@ async fn adopt(
         && let Err(e) = container::remove(engine, &id).await
     {
         warn(format!(
-            "{e}; remove it by hand (`docker rm -f {id}`): it holds the UCP password in its environment"
+            "{e}; remove it by hand (`docker rm -f {id}`){}",
+            if ucp {
+                ""
+            } else {
+                ": it holds the UCP password in its environment"
+            }
         ));
     }
     j.container = None;
+    j.container_of = None;
     state::save_restore(state, j)?;
     unknown.map_or(Ok(()), Err)
 }
@@ -620,7 +656,7 @@ async fn run_steps(
     // 0. What UCP's and DTR's restores need, before anything is written; a restore
     //    container that an interrupted restore left is waited for and judged first. With UCP
     //    restored first, UCP cannot answer yet: its login is checked once it is back.
-    let ucp_left = parts.ucp && !journal.is_done("ucp");
+    let mut ucp_left = parts.ucp && !journal.is_done("ucp");
     let password = if parts.metadata && !journal.is_done("metadata") {
         Some(secret::resolve(&metadata_restore::ucp_of(plan)?.password)?)
     } else {
@@ -629,9 +665,11 @@ async fn run_steps(
     let engine = if password.is_some() || ucp_left {
         started(reporter, "preflight", "preflight");
         let start = Instant::now();
-        let engine: Result<Engine> = async {
+        let engine: Result<(Engine, bool)> = async {
             let engine = metadata_restore::engine(plan).await?;
+            // A leftover container may have finished a part: judged before what is left.
             adopt(&engine, journal, state, reporter, cancel).await?;
+            let ucp_left = parts.ucp && !journal.is_done("ucp");
             let warn = |w: String| reporter.emit(&Event::Warning { message: w });
             crate::steps::preflight::remove_leftovers(&engine, plan, true, &warn).await?;
             if ucp_left {
@@ -642,11 +680,13 @@ async fn run_steps(
             {
                 metadata_restore::preflight(plan, manifest, &engine, password, !ucp_left).await?;
             }
-            Ok(engine)
+            Ok((engine, ucp_left))
         }
         .await;
         ended(reporter, summary, "preflight", start, &engine);
-        Some(engine?)
+        let (engine, left) = engine?;
+        ucp_left = left;
+        Some(engine)
     } else {
         None
     };
@@ -678,28 +718,6 @@ async fn run_steps(
             })?;
             mark(journal, state, "verify")?;
         }
-    }
-
-    // 1b. UCP first, as a whole cluster restores: Swarm, UCP, then DTR.
-    if parts.ucp && journal.is_done("ucp") {
-        skipped(reporter, summary, "ucp");
-    } else if let (true, Some(engine)) = (parts.ucp, &engine) {
-        started(reporter, "ucp", "restore_ucp");
-        let start = Instant::now();
-        let done = ucp_restore::run(
-            plan,
-            manifest,
-            engine,
-            store.clone(),
-            dec.clone(),
-            reporter_arc.clone(),
-            cancel.clone(),
-        )
-        .await;
-        ended(reporter, summary, "ucp", start, &done);
-        done?;
-        failpoint::hit("restore.step.ucp.done-not-journaled");
-        mark(journal, state, "ucp")?;
     }
 
     // 2. The image content: staged inside the (absent or empty) target, moved into place
@@ -846,19 +864,60 @@ async fn run_steps(
     }
     summary.bytes = restored.bytes;
 
+    // 2b. UCP before DTR's restore, as a whole cluster restores (Swarm, UCP, then DTR); after
+    //     the image content, so that every check dtr-backup makes of its own (the target
+    //     empty, the content whole) has passed before UCP is touched.
+    if parts.ucp && journal.is_done("ucp") {
+        skipped(reporter, summary, "ucp");
+    } else if let (true, Some(engine)) = (parts.ucp, &engine) {
+        started(reporter, "ucp", "restore_ucp");
+        let start = Instant::now();
+        let done = ucp_restore::run(
+            plan,
+            manifest,
+            engine,
+            store.clone(),
+            dec.clone(),
+            reporter_arc.clone(),
+            cancel.clone(),
+            &mut |p| {
+                match p {
+                    metadata_restore::Progress::Created(id) => {
+                        journal.container = Some(id.to_owned());
+                        journal.container_of = Some("ucp".into());
+                        journal.done.remove("ucp.fed");
+                    }
+                    metadata_restore::Progress::Fed => {
+                        journal.done.insert("ucp.fed".into(), clock::now_unix());
+                    }
+                }
+                state::save_restore(state, journal)
+            },
+        )
+        .await;
+        ended(reporter, summary, "ucp", start, &done);
+        let id = done?;
+        failpoint::hit("restore.step.ucp.done-not-journaled");
+        journal.container = None;
+        journal.container_of = None;
+        mark(journal, state, "ucp")?;
+        if let Err(e) = container::remove(engine, &id).await {
+            reporter.emit(&Event::Warning {
+                message: format!("{e}; remove it by hand (`docker rm -f {id}`)"),
+            });
+        }
+    }
+
     // 3. The metadata, through DTR's restore, once the image content is in place.
     if parts.metadata && journal.is_done("metadata") {
         skipped(reporter, summary, "metadata");
     } else if let (Some(engine), Some(password)) = (&engine, &password) {
         started(reporter, "metadata", "restore_metadata");
         let start = Instant::now();
-        // UCP restored just now: it must answer and accept the login before DTR's restore.
+        // UCP restored just now: it must answer and accept the login before DTR's restore;
+        // it takes a while to come up.
         let back = if ucp_left {
-            crate::ucp::check(metadata_restore::ucp_of(plan)?, password, true)
-                .await
-                .map_err(|e| {
-                    e.context("UCP was restored, but does not answer yet; once it does, run the same restore again to restore DTR's metadata")
-                })
+            ucp_back(plan, password, reporter, cancel).await
         } else {
             Ok(())
         };
@@ -879,6 +938,7 @@ async fn run_steps(
                 match p {
                     metadata_restore::Progress::Created(id) => {
                         journal.container = Some(id.to_owned());
+                        journal.container_of = None;
                         journal.done.remove("metadata.fed");
                     }
                     metadata_restore::Progress::Fed => {
@@ -895,6 +955,7 @@ async fn run_steps(
         let id = done?;
         failpoint::hit("restore.step.metadata.done-not-journaled");
         journal.container = None;
+        journal.container_of = None;
         mark(journal, state, "metadata")?;
         if let Err(e) = container::remove(engine, &id).await {
             reporter.emit(&Event::Warning {
@@ -941,9 +1002,61 @@ async fn run_steps(
             _ => target,
         },
         drill: opts.drill,
+        parts: [
+            (parts.images, "images"),
+            (parts.ucp, "ucp"),
+            (parts.metadata, "metadata"),
+        ]
+        .into_iter()
+        .filter(|&(on, _)| on)
+        .map(|(_, part)| part.to_owned())
+        .collect(),
         restored,
         checks,
     })
+}
+
+/// How long a restored UCP is given to answer and accept the login before DTR's restore.
+const UCP_BACK: Duration = Duration::from_secs(300);
+
+/// Waits for a UCP restored by this run to answer and accept the plan's login (at most
+/// [`UCP_BACK`], asking every 5 seconds).
+async fn ucp_back(
+    plan: &Plan,
+    password: &secret::Secret,
+    reporter: &dyn Reporter,
+    cancel: &Cancel,
+) -> Result<()> {
+    let ucp = metadata_restore::ucp_of(plan)?;
+    let start = Instant::now();
+    let mut said = false;
+    loop {
+        let last = match crate::ucp::check(ucp, password, true).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if start.elapsed() >= UCP_BACK {
+            return Err(last.context(format!(
+                "UCP was restored, but did not answer within {} s; once it does, run the same restore again to restore DTR's metadata",
+                UCP_BACK.as_secs()
+            )));
+        }
+        if !said {
+            reporter.emit(&Event::Log {
+                step: "metadata".into(),
+                message: format!(
+                    "waiting for the restored UCP at {} to answer (at most {} s): {last}",
+                    ucp.url,
+                    UCP_BACK.as_secs()
+                ),
+            });
+            said = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = cancel.cancelled() => return Err(Error::Interrupted),
+        }
+    }
 }
 
 /// Which parts a restore brings back.
@@ -957,7 +1070,7 @@ struct Parts {
 /// What the backup holds and the options ask for; refuses a restore of nothing.
 fn parts(m: &Manifest, opts: &RestoreOptions) -> Result<Parts> {
     let has = |k| m.artifacts.iter().any(|a| a.kind == k);
-    let wants = |part| opts.only.is_none_or(|o| o == part);
+    let wants = |part| opts.only.is_empty() || opts.only.contains(&part);
     let p = Parts {
         // A drill changes nothing live: UCP's backup goes only into a UCP, metadata only into
         // a DTR.
@@ -965,7 +1078,12 @@ fn parts(m: &Manifest, opts: &RestoreOptions) -> Result<Parts> {
         images: has(ArtifactKind::Images) && wants(Only::Images),
         metadata: has(ArtifactKind::Metadata) && wants(Only::Metadata) && !opts.drill,
     };
-    if opts.drill && matches!(opts.only, Some(Only::Metadata | Only::Ucp)) {
+    if opts.drill
+        && opts
+            .only
+            .iter()
+            .any(|o| matches!(o, Only::Metadata | Only::Ucp))
+    {
         return Err(Error::Usage(
             "a drill restores image content into a scratch folder; --only metadata or --only ucp would go into a live DTR or UCP: leave out --drill or --only".into(),
         ));
@@ -976,7 +1094,7 @@ fn parts(m: &Manifest, opts: &RestoreOptions) -> Result<Parts> {
             m.backup_id
         )));
     }
-    if opts.only == Some(Only::Ucp) && !p.ucp {
+    if opts.only.contains(&Only::Ucp) && !p.ucp {
         return Err(Error::Usage(format!(
             "backup {} holds no UCP backup (its plan's `parts` did not list ucp)",
             m.backup_id
@@ -1243,26 +1361,6 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
             )],
         ));
     }
-    if parts.ucp {
-        let artifact = ucp_restore::artifact(&m)
-            .map(|a| a.path.clone())
-            .unwrap_or_default();
-        steps.push((
-            "ucp".to_owned(),
-            vec![
-                format!(
-                    "docker create {} {} (bind {}; stdin open once, no tty, log driver none, on node {})",
-                    ucp_restore::image(plan, &m)?,
-                    ucp_restore::command().join(" "),
-                    crate::steps::ucp::socket_bind(plan),
-                    m.ucp.as_ref().and_then(|u| u.node.as_deref()).unwrap_or("?"),
-                ),
-                format!(
-                    "attach, start, stream the decrypted {backup_id}/{artifact} into its standard input; its output as log events; remove the container"
-                ),
-            ],
-        ));
-    }
     let mut images = if parts.metadata || parts.ucp {
         vec![]
     } else {
@@ -1348,6 +1446,26 @@ pub fn dry_run(plan: &Plan, opts: &RestoreOptions) -> Result<Vec<(String, Vec<St
             target.display()
         ));
         steps.push(("images".to_owned(), images));
+    }
+    if parts.ucp {
+        let artifact = ucp_restore::artifact(&m)
+            .map(|a| a.path.clone())
+            .unwrap_or_default();
+        steps.push((
+            "ucp".to_owned(),
+            vec![
+                format!(
+                    "docker create {} {} (bind {}; stdin open once, no tty, log driver none, on node {})",
+                    ucp_restore::image(plan, &m)?,
+                    ucp_restore::command().join(" "),
+                    crate::steps::ucp::socket_bind(plan),
+                    m.ucp.as_ref().and_then(|u| u.node.as_deref()).unwrap_or("?"),
+                ),
+                format!(
+                    "attach, start, stream the decrypted {backup_id}/{artifact} into its standard input; its output as log events; remove the container"
+                ),
+            ],
+        ));
     }
     if parts.metadata {
         let cmd =

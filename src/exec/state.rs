@@ -133,9 +133,12 @@ pub struct RestoreState {
     /// The staging folder inside the target, once named (before it is created).
     #[serde(default)]
     pub staging: Option<std::path::PathBuf>,
-    /// DTR's restore container, once created (before it is started).
+    /// DTR's (or UCP's) restore container, once created (before it is started).
     #[serde(default)]
     pub container: Option<String>,
+    /// Whose restore `container` runs: `ucp` for UCP's, none for DTR's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_of: Option<String>,
     /// What the image content step wrote, once it is staged.
     #[serde(default)]
     pub restored: Option<crate::steps::images::restore::Restored>,

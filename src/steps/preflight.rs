@@ -142,12 +142,26 @@ pub async fn remove_leftovers(
 ) -> Result<()> {
     let me = crate::process::ProcessId::current();
     for c in docker::container::ours(engine).await? {
-        if c.role == "restore" && !(restoring && c.plan == plan.name.as_str()) {
+        // A restore container may still be restoring after its run was killed: only a
+        // restore of its own plan, which reads its journal, judges it.
+        let restore = match c.role.as_str() {
+            "restore" => Some("DTR's restore"),
+            "ucp-restore" => Some("UCP's restore"),
+            _ => None,
+        };
+        if let Some(what) = restore
+            && !(restoring && c.plan == plan.name.as_str())
+        {
             if c.owner.as_ref().and_then(|o| o.gone(&me)).is_some() {
                 warn(format!(
-                    "container {} of DTR's restore, left by an interrupted restore of plan {}, is kept: `dtr-backup restore` of that plan judges and removes it (it holds the UCP password in its environment)",
+                    "container {} of {what}, left by an interrupted restore of plan {}, is kept: `dtr-backup restore` of that plan judges and removes it{}",
                     if c.name.is_empty() { &c.id } else { &c.name },
-                    c.plan
+                    c.plan,
+                    if c.role == "restore" {
+                        " (it holds the UCP password in its environment)"
+                    } else {
+                        ""
+                    }
                 ));
             }
             continue;

@@ -87,7 +87,10 @@ pub(super) fn walk_archive(
                 while let Some(r) = rest.strip_prefix("./") {
                     rest = r;
                 }
-                ucp_key |= rest == crate::steps::ucp::KEY_MEMBER;
+                // A regular file with content: a folder, a link or an empty file is no key.
+                ucp_key |= rest == crate::steps::ucp::KEY_MEMBER
+                    && entry.header().entry_type().is_file()
+                    && entry.size() > 0;
             }
             ArtifactKind::Images => {
                 if !(name == volume || name.starts_with(&format!("{volume}/"))) {

@@ -814,7 +814,7 @@ fn an_unreadable_manifest_is_skipped_never_picked_counted_or_deleted() {
     }
     let (old, newer) = (&ids[0], &ids[1]);
     let old_manifest = fx.plan_root().join(old).join("manifest.json");
-    std::fs::write(&old_manifest, "{\"format_version\":4}\n").expect("write");
+    std::fs::write(&old_manifest, "{\"format_version\":5}\n").expect("write");
 
     // The next apply keeps the two readable newest (keep_last: 2) and leaves the other alone.
     let out = run(&mut fx.apply());
@@ -824,7 +824,7 @@ fn an_unreadable_manifest_is_skipped_never_picked_counted_or_deleted() {
             e["event"] == "warning"
                 && e["message"]
                     .as_str()
-                    .is_some_and(|m| m.contains(id) && m.contains("format_version 4"))
+                    .is_some_and(|m| m.contains(id) && m.contains("format_version 5"))
         })
     };
     assert!(

@@ -198,15 +198,44 @@ fn ucp_metadata_and_images_in_one_backup_then_ucp_restored_first() {
         stdout(&out)
     );
 
-    // Restore: refused while UCP runs, with what to do.
-    let out = run(&mut restore_cmd(&bed, &dir, &plan, &["--only", "ucp"]));
-    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
-    assert!(
-        error_of(&out).contains("UCP still runs") && error_of(&out).contains("uninstall-ucp"),
-        "{}",
-        error_of(&out)
+    // Restore: refused while UCP runs, with what to do (UCP alone, or everything), before
+    // anything is written.
+    let before = registry_tree(Path::new(
+        &bed.lines(&[
+            "volume",
+            "inspect",
+            "-f",
+            "{{.Mountpoint}}",
+            &format!("dtr-registry-{R1}"),
+        ])
+        .remove(0),
+    ));
+    for only in [&["--only", "ucp"][..], &[]] {
+        let out = run(&mut restore_cmd(&bed, &dir, &plan, only));
+        assert_eq!(out.status.code(), Some(1), "{only:?}: {}", stdout(&out));
+        let e = error_of(&out);
+        assert!(
+            e.contains("UCP still runs")
+                && e.contains("uninstall-ucp")
+                && e.contains("--only images,metadata"),
+            "{only:?}: {e}"
+        );
+        assert!(!dir.path().join("backups/dtr/.state/restore.json").exists());
+    }
+    assert_eq!(
+        registry_tree(Path::new(
+            &bed.lines(&[
+                "volume",
+                "inspect",
+                "-f",
+                "{{.Mountpoint}}",
+                &format!("dtr-registry-{R1}")
+            ])
+            .remove(0)
+        )),
+        before
     );
-    // The dry run says what it would do, UCP first.
+    // The dry run says what it would do: UCP after the image content, before DTR's restore.
     let out = run(&mut restore_cmd(&bed, &dir, &plan, &["--dry-run"]));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let said = stdout(&out);
@@ -214,10 +243,19 @@ fn ucp_metadata_and_images_in_one_backup_then_ucp_restored_first() {
         said.contains(&format!("restore (bind {}:/var/run/docker.sock", bed.sock)),
         "{said}"
     );
+    let doc: serde_json::Value = serde_json::from_str(&said).expect("dry run JSON");
+    let ids: Vec<&str> = doc["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["preflight", "verify", "images", "ucp", "metadata"]);
     assert!(!said.contains(&bed.ucp_password) && !said.contains(PASSPHRASE));
 
     // The whole cluster lost: UCP uninstalled, the replica destroyed, its storage gone. The
-    // full restore brings back UCP first, then the image content, then DTR's metadata.
+    // full restore brings back the image content (every check of dtr-backup's own passed
+    // before UCP is touched), then UCP, then DTR's metadata.
     bed.docker(&["rm", "-f", "ucp-controller"]);
     bed.remove_replica(R1);
     let volume = format!("dtr-registry-{R1}");
@@ -242,7 +280,7 @@ fn ucp_metadata_and_images_in_one_backup_then_ucp_restored_first() {
     let ev = events(&out);
     assert_eq!(
         steps_with(&ev, "step_finished"),
-        ["preflight", "verify", "ucp", "images", "metadata"]
+        ["preflight", "verify", "images", "ucp", "metadata"]
     );
     let said = logs(&ev);
     assert!(
@@ -439,4 +477,87 @@ fn killed_during_the_ucp_stream_then_resumed_and_no_secret_in_sight() {
             f.display()
         );
     }
+}
+
+#[test]
+fn a_ucp_restore_killed_is_judged_by_the_next_one() {
+    let Some(bed) = bed() else { return };
+    bed.ucp_image(UCP_IMAGE, UCP_VERSION, "");
+    bed.docker(&["tag", UCP_IMAGE, CONTROLLER]);
+    bed.controller(CONTROLLER);
+    let dir = TempDir::new("ucp-restore-kill");
+    let plan = ucp_plan(&bed, &dir, "[ucp]", UCP_IMAGE);
+    let out = run(&mut apply(&bed, &dir, &plan));
+    assert_eq!(out.status.code(), Some(0), "{}", error_of(&out));
+    bed.docker(&["rm", "-f", "ucp-controller"]);
+    let journal = dir.path().join("backups/dtr/.state/restore.json");
+    // Killed while UCP's restore waits for the archive on its standard input: the container
+    // sees the input end early and fails; the next restore runs it again. Killed once UCP's
+    // restore has completed, before the journal says so: the next restore finds the
+    // container's status 0 with the whole archive given, and does not restore UCP twice.
+    for (point, warning, runs_again) in [
+        ("restore.ucp.feed", "it runs again", true),
+        (
+            "restore.step.ucp.done-not-journaled",
+            "had completed (status 0) with the whole UCP archive",
+            false,
+        ),
+    ] {
+        let mut child = spawn_until(
+            restore_cmd(&bed, &dir, &plan, &["--only", "ucp"]).env("DTR_BACKUP_FAILPOINT", point),
+            &format!("failpoint {point}"),
+        );
+        child.kill().expect("kill -9");
+        child.wait().expect("reaped");
+        assert_eq!(
+            bed.our_containers().len(),
+            1,
+            "{point}: its container is left"
+        );
+        let kept = std::fs::read_to_string(&journal).expect("journal");
+        assert!(
+            kept.contains("\"container_of\": \"ucp\""),
+            "{point}: {kept}"
+        );
+
+        let out = run(&mut restore_cmd(&bed, &dir, &plan, &["--only", "ucp"]));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{point}: {}\n{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        let ev = events(&out);
+        assert!(warned(&ev, warning), "{point}: {}", stdout(&out));
+        let again = logs(&ev).iter().any(|l| l.contains("Restore completed"));
+        assert_eq!(again, runs_again, "{point}: UCP's restore ran again");
+        let skipped = if runs_again {
+            vec![]
+        } else {
+            vec!["verify", "ucp"]
+        };
+        assert_eq!(steps_with(&ev, "step_skipped"), skipped, "{point}");
+        assert!(bed.our_containers().is_empty(), "{point}");
+        assert!(!journal.exists(), "{point}: the journal is cleared");
+    }
+
+    // Through a client bundle, UCP's restore cannot run (the bundle reaches the engine through
+    // the UCP that must be uninstalled first): refused, saying what to set instead.
+    let bundle = bed.bundle(dir.path(), "client");
+    let host = format!("docker: {{host: \"unix://{}\"}}", bed.sock);
+    let text = std::fs::read_to_string(&plan).expect("plan");
+    assert!(text.contains(&host), "{text}");
+    let via = dir.write(
+        "via-bundle.yaml",
+        &text.replace(&host, &format!("docker: {{bundle: {}}}", bundle.display())),
+    );
+    let out = run(&mut restore_cmd(&bed, &dir, &via, &["--only", "ucp"]));
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(
+        error_of(&out).contains("cannot run through a UCP client bundle")
+            && error_of(&out).contains("docker.host"),
+        "{}",
+        error_of(&out)
+    );
 }

@@ -216,19 +216,20 @@ async fn stream_backup(
         Arc::new(ctx.secrets.encryption.clone()),
         ctx.cancel.clone(),
     );
-    // How the tar ended, as the producer saw it: members, and whether the key was among them.
-    let seen = Arc::new(Mutex::new(None::<(u64, bool)>));
+    // How the tar ended, as the producer saw it: members, whether the key was among them,
+    // whether it ended as a whole archive does.
+    let seen = Arc::new(Mutex::new(None::<(u64, bool, bool)>));
     let verdict = seen.clone();
     let written = blocking(move || {
         let mut reader = CappedRecords::watching(feed.into_reader(prefix, ended), KEY_MEMBER);
         store_stream(
             move |pipe| {
                 crate::archive::copy_large(&mut reader, pipe)?;
-                let (members, key) = (reader.members(), reader.seen());
+                let (members, key, whole) = (reader.members(), reader.seen(), reader.ended_whole());
                 if let Ok(mut v) = verdict.lock() {
-                    *v = Some((members, key));
+                    *v = Some((members, key, whole));
                 }
-                if !key {
+                if !key || !whole {
                     // Not kept: the artifact is never published under its name.
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
@@ -249,13 +250,14 @@ async fn stream_backup(
     drop(progress);
     let seen = seen.lock().ok().and_then(|s| *s);
     match (written, seen) {
-        (Ok(w), Some((members, true))) => Ok((name, w, members)),
-        (Err(_), Some((members, false))) | (Ok(_), Some((members, false))) => {
-            Err(Error::container(format!(
-                "the UCP backup container ({image}) wrote a tar of {members} members without {KEY_MEMBER}: that is no UCP backup, and it was not kept; check that {image} is UCP's image"
-            )))
-        }
+        (Ok(w), Some((members, true, true))) => Ok((name, w, members)),
+        (_, Some((members, false, _))) => Err(Error::container(format!(
+            "the UCP backup container ({image}) wrote a tar of {members} members without {KEY_MEMBER}: that is no UCP backup, and it was not kept; check that {image} is UCP's image"
+        ))),
+        (_, Some((members, true, false))) => Err(Error::container(format!(
+            "the UCP backup container's tar ended after {members} members without the end of an archive: its output was cut short, and it was not kept; run the backup again"
+        ))),
         (Err(e), _) => Err(e.context("UCP's backup failed")),
-        (Ok(_), _) => Err(Error::internal("UCP's backup ended without a verdict")),
+        (Ok(_), None) => Err(Error::internal("UCP's backup ended without a verdict")),
     }
 }

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::events::{Event, Reporter};
 use crate::manifest::{Artifact, ArtifactKind, Manifest};
 use crate::plan::Plan;
+use crate::steps::metadata_restore::Progress;
 use crate::storage::Store;
 
 use super::SOCKET;
@@ -76,10 +77,18 @@ fn with_tag(image: &str, version: &str) -> String {
 /// its `uninstall-ucp` is the operator's call).
 pub async fn preflight(plan: &Plan, m: &Manifest, engine: &Engine) -> Result<()> {
     let image = image(plan, m)?;
+    // A client bundle reaches the engines through UCP itself, which is not there to restore
+    // into once it is uninstalled.
+    if engine.via_bundle {
+        return Err(Error::Usage(
+            "UCP's restore cannot run through a UCP client bundle (UCP must be uninstalled first, and the bundle reaches the engine through UCP): set docker.host to the engine of the manager node to restore on (e.g. unix:///var/run/docker.sock there), or pass --only images,metadata to restore DTR into the running UCP"
+            .into(),
+        ));
+    }
     let running = docker::ucp_controllers(engine).await?;
     if !running.is_empty() {
         return Err(Error::refused(format!(
-            "UCP still runs on {}: ucp-controller on {}; UCP restores only where it is not installed: uninstall it first (`docker container run --rm -it -v {SOCKET}:{SOCKET} {image} uninstall-ucp --interactive`), then restore again",
+            "UCP still runs on {}: ucp-controller on {}; UCP restores only where it is not installed: to restore DTR alone into the running UCP, pass --only images,metadata; to restore UCP too, uninstall it first (`docker container run --rm -it -v {SOCKET}:{SOCKET} {image} uninstall-ucp --interactive`), then restore again",
             engine.endpoint,
             running
                 .iter()
@@ -91,8 +100,12 @@ pub async fn preflight(plan: &Plan, m: &Manifest, engine: &Engine) -> Result<()>
     Ok(())
 }
 
-/// Runs UCP's restore with the backup's UCP archive on its standard input, and removes the
-/// container. Returns once it exited with status 0.
+/// Runs UCP's restore with the backup's UCP archive on its standard input. `progress` is
+/// told the container's id before it starts, and when the whole archive is in (the journal
+/// records both, as for DTR's restore). Returns the id of the container, exited with status
+/// 0 and not yet removed: the caller records the success first, then removes it. On failure
+/// the container is removed.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     plan: &Plan,
     m: &Manifest,
@@ -101,7 +114,8 @@ pub async fn run(
     dec: Option<Decryption>,
     reporter: Arc<dyn Reporter>,
     cancel: Cancel,
-) -> Result<()> {
+    progress: &mut dyn FnMut(Progress) -> Result<()>,
+) -> Result<String> {
     let a = artifact(m)
         .ok_or_else(|| Error::Usage(format!("backup {} holds no UCP backup", m.backup_id)))?
         .clone();
@@ -124,6 +138,10 @@ pub async fn run(
         },
     )
     .await?;
+    if let Err(e) = progress(Progress::Created(&id)) {
+        let _ = container::remove(engine, &id).await;
+        return Err(e);
+    }
     let (rx, feeder) = crate::steps::stream::feed(
         store,
         format!("{}/{}", m.backup_id, a.path),
@@ -132,33 +150,34 @@ pub async fn run(
         cancel.clone(),
         "restore.ucp.feed",
     );
-    let logs = reporter.clone();
     let result = container::run_with_input(
         engine,
         &id,
         rx,
         Vec::new(),
         move |line| {
-            let reporter = &logs;
             reporter.emit(&Event::Log {
                 step: "ucp".into(),
                 message: line,
             })
         },
-        || Ok(()),
+        || progress(Progress::Fed),
         cancel,
     )
     .await;
     let _ = feeder.join();
-    if let Err(e) = container::remove(engine, &id).await {
-        reporter.emit(&Event::Warning {
-            message: format!("{e}; remove it by hand (`docker rm -f {id}`)"),
-        });
+    match result {
+        Ok(()) => Ok(id),
+        Err(e) => {
+            let _ = container::remove(engine, &id).await;
+            Err(match e {
+                Error::Container(msg) => {
+                    Error::container(format!("UCP's restore ({image}) failed: {msg}"))
+                }
+                other => other,
+            })
+        }
     }
-    result.map_err(|e| match e {
-        Error::Container(msg) => Error::container(format!("UCP's restore ({image}) failed: {msg}")),
-        other => other,
-    })
 }
 
 #[cfg(test)]
