@@ -63,6 +63,10 @@ pub enum Error {
     #[error("{0}")]
     #[diagnostic(code(dtr_backup::refused))]
     Refused(String),
+    /// A hook of the plan (`hooks.before`, `hooks.after`) failed or timed out.
+    #[error("{0}")]
+    #[diagnostic(code(dtr_backup::hook))]
+    Hook(String),
     /// A broken invariant: a worker thread panicked, a dry run tried to write. A bug.
     #[error("{0}")]
     #[diagnostic(code(dtr_backup::internal))]
@@ -118,12 +122,14 @@ impl Error {
             | Error::Replica(_)
             | Error::Stored(_)
             | Error::Refused(_)
+            | Error::Hook(_)
             | Error::Internal(_) => Exit::RunFailed,
         }
     }
 
     constructors! {
         docker => Docker,
+        hook => Hook,
         container => Container,
         ucp => Ucp,
         s3 => S3,
@@ -157,6 +163,7 @@ impl Error {
             Error::Stored(m) => Error::Stored(pre(m)),
             Error::Refused(m) => Error::Refused(pre(m)),
             Error::Internal(m) => Error::Internal(pre(m)),
+            Error::Hook(m) => Error::Hook(pre(m)),
             other @ (Error::Locked(_)
             | Error::Interrupted
             | Error::PlanChanged(_)

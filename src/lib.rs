@@ -36,6 +36,7 @@ pub mod failpoint;
 pub mod graph;
 pub mod hex;
 pub mod manifest;
+pub mod ops;
 pub mod plan;
 pub mod process;
 pub mod secret;

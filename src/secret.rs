@@ -17,6 +17,11 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// A secret from a value the program holds (a URL written in the plan, say).
+    pub fn from_string(s: String) -> Secret {
+        Secret(Zeroizing::new(s))
+    }
 }
 
 impl Secret {

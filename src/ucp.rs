@@ -102,7 +102,7 @@ pub async fn check(ucp: &UcpCfg, password: &Secret, login: bool) -> Result<()> {
 }
 
 /// An error with its causes (reqwest hides the TLS reason in the source chain).
-fn chain(e: &dyn std::error::Error) -> String {
+pub fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

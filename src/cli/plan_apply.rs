@@ -36,19 +36,9 @@ pub struct Args {
     pub quiet: bool,
 }
 
-/// `90`, `30s`, `5m`, `1h`.
+/// `90`, `30s`, `5m`, `1h`, `2d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration; write e.g. 30s, 5m or 1h"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?}; use s, m or h")),
-    };
-    Ok(Duration::from_secs(secs))
+    crate::clock::parse_duration(s)
 }
 
 pub fn run(args: &Args) -> Exit {
@@ -137,5 +127,7 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert!(parse_duration("5 minutes").is_err());
         assert!(parse_duration("m").is_err());
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert!(parse_duration("5w").is_err());
     }
 }

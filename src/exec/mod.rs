@@ -19,6 +19,7 @@ use crate::clock;
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::graph;
+use crate::ops;
 use crate::plan::Plan;
 use crate::steps::{self, Ctx, StepKind};
 use crate::storage::{self, Store, Stores};
@@ -50,7 +51,8 @@ pub async fn apply(
     apply_to(plan, stores, source, opts, reporter, cancel).await
 }
 
-/// [`apply`] against the given stores (unit tests give in-memory ones).
+/// [`apply`] against the given stores (unit tests give in-memory ones). The plan's hooks,
+/// notifiers and metrics (`ops`) run around it.
 pub async fn apply_to(
     plan: Arc<Plan>,
     stores: Result<Arc<Stores>>,
@@ -60,20 +62,84 @@ pub async fn apply_to(
     cancel: Cancel,
 ) -> Result<String> {
     let start = Instant::now();
+    let ops = ops::Operations::new(plan.clone(), reporter);
+    let reporter = ops.reporter();
+    ops.started().await;
+    let kept_stores = stores.as_ref().ok().cloned();
     let mut summary = Summary::default();
+    let mut backup_id = None;
     let result = run(
-        plan,
+        plan.clone(),
         stores,
         source,
         opts,
-        reporter.clone(),
+        Around {
+            reporter: reporter.clone(),
+            ops: &ops,
+            backup_id: &mut backup_id,
+        },
         cancel,
         &mut summary,
     )
     .await;
+    let result = ops.after(result).await;
     summary.duration_ms = start.elapsed().as_millis() as u64;
-    reporter.emit(&run_finished(result.as_ref().map(Clone::clone), summary));
+    let event = run_finished(result.as_ref().map(Clone::clone), summary.clone());
+    let locked = matches!(result, Err(Error::Locked(_)));
+    let finished_at = clock::now_unix();
+    if let (Some(stores), false) = (&kept_stores, locked) {
+        let (status, exit_code, error) = match &result {
+            Ok(_) => ("ok", 0, None),
+            Err(e) => (
+                if matches!(e, Error::Interrupted) {
+                    "interrupted"
+                } else {
+                    "failed"
+                },
+                e.exit().code(),
+                Some(e.to_string()),
+            ),
+        };
+        let last = state::LastRun {
+            backup_id: backup_id.clone(),
+            status: status.to_owned(),
+            exit_code,
+            error,
+            finished_at,
+            duration_ms: summary.duration_ms,
+            bytes: summary.bytes,
+        };
+        if let Err(e) = state::save_last_run(stores.state.as_ref(), &last) {
+            reporter.emit(&Event::Warning {
+                message: format!("could not record how this run ended, for `status`: {e}"),
+            });
+        }
+    }
+    let metrics = plan
+        .metrics_textfile
+        .as_ref()
+        .map(|_| ops::metrics::RunMetrics {
+            plan: plan.name.to_string(),
+            finished_at,
+            ok: result.is_ok(),
+            duration_seconds: summary.duration_ms as f64 / 1000.0,
+            bytes: summary.bytes,
+            backups: kept_stores
+                .as_ref()
+                .and_then(|s| crate::manifest::list(s.backups.as_ref()).ok())
+                .map(|l| l.complete.len() as u64),
+        });
+    ops.finished(&event, metrics).await;
+    reporter.emit(&event);
     result
+}
+
+/// What the run reports to, and what runs around it.
+struct Around<'a> {
+    reporter: Arc<dyn Reporter>,
+    ops: &'a ops::Operations,
+    /// The run's backup id, once known (for hooks and the record of the last run).
+    backup_id: &'a mut Option<String>,
 }
 
 /// The `run_finished` event of a run that ended with `result` (the backup's id).
@@ -105,10 +171,11 @@ async fn run(
     stores: Result<Arc<Stores>>,
     source: &str,
     opts: &Options,
-    reporter: Arc<dyn Reporter>,
+    around: Around<'_>,
     cancel: Cancel,
     summary: &mut Summary,
 ) -> Result<String> {
+    let reporter = around.reporter;
     let stores = stores?;
     let _lock = lock::acquire(
         stores.state.clone(),
@@ -140,6 +207,8 @@ async fn run(
         resumed,
         time: clock::rfc3339(clock::now_unix()),
     });
+    *around.backup_id = Some(run.backup_id.clone());
+    around.ops.before(&run.backup_id, &cancel).await?;
     state::save(stores.state.as_ref(), &run)?;
     failpoint::hit("apply.journal-created");
 
@@ -430,10 +499,15 @@ mod tests {
             log.iter().any(|l| l.starts_with("put blobs/")),
             "blobs in the blob store: {log:?}"
         );
-        assert!(
-            state.paths().is_empty(),
-            "journal and lock gone: {:?}",
-            state.paths()
+        assert_eq!(
+            state.paths(),
+            [state::LAST_RUN],
+            "journal and lock gone, how the run ended recorded"
+        );
+        let last = state::load_last_run(&state).unwrap().expect("a record");
+        assert_eq!(
+            (last.status.as_str(), last.backup_id.as_deref()),
+            ("ok", Some(id.as_str()))
         );
         let m = crate::manifest::read(&backups, &id).expect("a readable manifest");
         let kinds: Vec<_> = m.artifacts.iter().map(|a| a.kind).collect();
@@ -476,9 +550,11 @@ mod tests {
         assert!(matches!(err, Error::Interrupted), "{err}");
         assert_eq!(
             state.paths(),
-            [state::FILE],
+            [state::LAST_RUN, state::FILE],
             "the journal stays, the lock goes"
         );
+        let last = state::load_last_run(&state).unwrap().expect("a record");
+        assert_eq!((last.status.as_str(), last.exit_code), ("interrupted", 130));
         let journal = state::load(&state).unwrap().expect("a journal");
         let rec = Arc::new(Recorder::default());
         let id = apply_to(

@@ -69,6 +69,53 @@ pub fn clear(store: &dyn Store) -> Result<()> {
     store.delete(FILE)
 }
 
+/// The record of the last `plan apply` that held the lock, kept beside the journal for
+/// `status`: how it ended, even when it left no backup.
+pub const LAST_RUN: &str = "last-run.json";
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "version")]
+enum LastRunFile {
+    #[serde(rename = "1")]
+    V1(LastRun),
+}
+
+/// How the last run ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastRun {
+    /// The backup it made or was making; `None` when it stopped before it had one.
+    pub backup_id: Option<String>,
+    /// `ok`, `failed` or `interrupted`.
+    pub status: String,
+    pub exit_code: u8,
+    pub error: Option<String>,
+    /// Unix seconds.
+    pub finished_at: i64,
+    pub duration_ms: u64,
+    pub bytes: u64,
+}
+
+pub fn save_last_run(store: &dyn Store, last: &LastRun) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(&LastRunFile::V1(last.clone()))
+        .map_err(|e| Error::internal(format!("encoding the last run: {e}")))?;
+    store.replace(LAST_RUN, &bytes)
+}
+
+/// The last run's record; `None` when there is none. An unreadable one is an error that says
+/// so (the next run replaces it).
+pub fn load_last_run(store: &dyn Store) -> Result<Option<LastRun>> {
+    let Some(bytes) = store.get(LAST_RUN)? else {
+        return Ok(None);
+    };
+    match serde_json::from_slice::<LastRunFile>(&bytes) {
+        Ok(LastRunFile::V1(l)) => Ok(Some(l)),
+        Err(e) => Err(Error::stored(format!(
+            "the record of the last run {}/{LAST_RUN} is unreadable ({e}); the next `plan apply` replaces it",
+            store.describe()
+        ))),
+    }
+}
+
 /// Lines only in `old` or only in `new`, marked `-` and `+`: what changed in the plan.
 pub fn plan_diff(old: &str, new: &str) -> String {
     let old_lines: Vec<&str> = old.lines().collect();

@@ -398,7 +398,54 @@ pub fn resolve(raw: RawPlan, file: &Path, dir: &Path, digest: String) -> Option<
             .as_ref()
             .and_then(|v| v.value.key_passphrase.as_ref())
             .map(|k| secret(&k.value, dir)),
+        hooks: raw.hooks.as_ref().map_or_else(HooksCfg::default, |h| {
+            let argvs = |c: &Option<Sp<raw::Commands>>| {
+                c.as_ref().map_or_else(Vec::new, |c| {
+                    c.value
+                        .iter()
+                        .map(|argv| argv.value.iter().map(|a| a.value.clone()).collect())
+                        .collect()
+                })
+            };
+            HooksCfg {
+                before: argvs(&h.value.before),
+                after: argvs(&h.value.after),
+                on_error: argvs(&h.value.on_error),
+                timeout: h
+                    .value
+                    .timeout
+                    .as_ref()
+                    .map_or(HooksCfg::default().timeout, |t| t.value),
+            }
+        }),
+        notify: raw.notify.as_ref().map_or_else(Vec::new, |n| {
+            n.value.iter().map(|n| notify_cfg(&n.value, dir)).collect()
+        }),
+        metrics_textfile: raw
+            .metrics
+            .as_ref()
+            .map(|m| absolute(dir, &m.value.textfile.value)),
     })
+}
+
+fn notify_cfg(n: &raw::Notifier, dir: &Path) -> NotifyCfg {
+    let (kind, url, on) = match n {
+        raw::Notifier::Healthchecks { url, on } => (NotifyKind::Healthchecks, url, on),
+        raw::Notifier::Webhook { url, on } => (NotifyKind::Webhook, url, on),
+    };
+    let has = |o| {
+        on.as_ref()
+            .is_none_or(|on| on.value.iter().any(|x| x.value == o))
+    };
+    NotifyCfg {
+        kind,
+        url: match &url.value {
+            raw::UrlRef::Url(u) => UrlSource::Literal(u.clone()),
+            raw::UrlRef::Secret(r) => UrlSource::Secret(secret(r, dir)),
+        },
+        on_success: has(raw::NotifyOn::Success),
+        on_failure: has(raw::NotifyOn::Failure),
+    }
 }
 
 /// Exactly one of `ca_file` and `insecure_tls: true` (a check within the `ucp` section).

@@ -48,6 +48,12 @@ pub struct Plan {
     /// The secret key that opens recipients-encrypted artifacts (for verification).
     pub verify_key: Option<SecretRef>,
     pub verify_key_passphrase: Option<SecretRef>,
+    /// Commands run around each `plan apply` (`hooks`).
+    pub hooks: HooksCfg,
+    /// Who is told how each `plan apply` ended (`notify`).
+    pub notify: Vec<NotifyCfg>,
+    /// The Prometheus textfile written after each `plan apply` (`metrics.textfile`).
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 impl Plan {
@@ -187,6 +193,74 @@ pub struct RetentionCfg {
     pub keep_daily: u32,
     pub keep_weekly: u32,
     pub keep_monthly: u32,
+}
+
+/// `hooks`: argv lists run in order, each within `timeout`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HooksCfg {
+    pub before: Vec<Vec<String>>,
+    pub after: Vec<Vec<String>>,
+    pub on_error: Vec<Vec<String>>,
+    pub timeout: std::time::Duration,
+}
+
+impl Default for HooksCfg {
+    fn default() -> Self {
+        HooksCfg {
+            before: Vec::new(),
+            after: Vec::new(),
+            on_error: Vec::new(),
+            timeout: std::time::Duration::from_secs(300),
+        }
+    }
+}
+
+/// One `notify` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotifyCfg {
+    pub kind: NotifyKind,
+    pub url: UrlSource,
+    pub on_success: bool,
+    pub on_failure: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotifyKind {
+    Healthchecks,
+    Webhook,
+}
+
+impl NotifyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyKind::Healthchecks => "healthchecks",
+            NotifyKind::Webhook => "webhook",
+        }
+    }
+}
+
+/// Where a notifier's URL comes from. A URL written in the plan is still treated as a secret:
+/// it never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub enum UrlSource {
+    Literal(String),
+    Secret(SecretRef),
+}
+
+impl UrlSource {
+    /// How the URL is shown: never the URL itself.
+    pub fn redacted(&self) -> String {
+        match self {
+            UrlSource::Literal(_) => "<redacted URL from the plan>".to_owned(),
+            UrlSource::Secret(r) => r.redacted(),
+        }
+    }
+}
+
+impl std::fmt::Debug for UrlSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
 }
 
 /// The outcome of loading one plan file: the plan when it has no errors, and every diagnostic.

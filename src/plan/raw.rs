@@ -71,6 +71,13 @@ pub struct RawPlan {
     pub verify: Option<Sp<VerifyCfg>>,
     /// Which part is copied first. Default `metadata-first` (see the README).
     pub order: Option<Sp<Order>>,
+    /// Commands run around each `plan apply`.
+    pub hooks: Option<Sp<Hooks>>,
+    /// Who is told how each `plan apply` ended.
+    #[schemars(length(min = 1))]
+    pub notify: Option<Sp<Vec<Sp<Notifier>>>>,
+    /// Metrics of each `plan apply` for Prometheus.
+    pub metrics: Option<Sp<Metrics>>,
 }
 
 /// A part of a DTR backup.
@@ -278,4 +285,73 @@ pub struct VerifyCfg {
     pub key: Option<Sp<SecretRef>>,
     /// The passphrase of `key`, when it is protected.
     pub key_passphrase: Option<Sp<SecretRef>>,
+}
+
+/// A list of commands, each an argv list.
+pub type Commands = Vec<Sp<Vec<Sp<String>>>>;
+
+/// Commands run around each `plan apply`: each an argv list (no shell), run in order, with the
+/// run's facts in `DTR_BACKUP_*` variables.
+#[derive(Clone, Debug, Default, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Hooks {
+    /// Before the run's first step; one failing fails the run before anything is written.
+    pub before: Option<Sp<Commands>>,
+    /// Once the backup is published; one failing fails the run, and the backup stays.
+    pub after: Option<Sp<Commands>>,
+    /// When the run fails or is interrupted (a `before` or `after` hook failing included).
+    pub on_error: Option<Sp<Commands>>,
+    /// How long each hook may run: `90s`, `5m`, `1h`. Default `5m`.
+    #[schemars(with = "Option<String>", regex(pattern = r"^[0-9]+[smh]?$"))]
+    pub timeout: Option<Sp<std::time::Duration>>,
+}
+
+/// Who is told how a run ended.
+#[derive(Clone, Debug, JsonSchema)]
+#[schemars(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Notifier {
+    /// The healthchecks.io protocol (also self-hosted): `<url>/start` when the run starts,
+    /// `<url>` on success, `<url>/fail` on failure with the last lines of the run's log.
+    Healthchecks {
+        /// The ping URL, written out or as a secret reference (it is a secret either way).
+        url: Sp<UrlRef>,
+        /// Which outcomes are sent. Default both.
+        on: Option<Sp<Vec<Sp<NotifyOn>>>>,
+    },
+    /// A `POST` of the run's `run_finished` event as JSON.
+    Webhook {
+        /// The URL, written out or as a secret reference (it is a secret either way).
+        url: Sp<UrlRef>,
+        /// Which outcomes are sent. Default both.
+        on: Option<Sp<Vec<Sp<NotifyOn>>>>,
+    },
+}
+
+/// A URL written in the plan, or a reference to a secret that holds it.
+#[derive(Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[schemars(untagged)]
+pub enum UrlRef {
+    /// An `http://` or `https://` URL.
+    Url(
+        #[schemars(regex(pattern = r"^https?://"))]
+        String,
+    ),
+    Secret(SecretRef),
+}
+
+/// An outcome of a run, for `notify.on`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[schemars(rename_all = "snake_case")]
+pub enum NotifyOn {
+    Success,
+    /// A failed, interrupted or locked-out run.
+    Failure,
+}
+
+/// Metrics for Prometheus.
+#[derive(Clone, Debug, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Metrics {
+    /// A file for node_exporter's textfile collector (`*.prom`); several plans may share it.
+    pub textfile: Sp<PathBuf>,
 }

@@ -54,6 +54,9 @@ impl Decoder<'_> {
         let preflight = opt!(self, f, "preflight", preflight);
         let verify = opt!(self, f, "verify", verify);
         let order = opt!(self, f, "order", order);
+        let hooks = opt!(self, f, "hooks", hooks);
+        let notify = opt!(self, f, "notify", notifiers);
+        let metrics = opt!(self, f, "metrics", metrics);
         self.finish(f);
         // Checks across sections run on what could be decoded, so that one pass reports all.
         // A section that is present but invalid already has its own diagnostic.
@@ -105,6 +108,9 @@ impl Decoder<'_> {
             preflight,
             verify,
             order,
+            hooks,
+            notify,
+            metrics,
         })
     }
 
@@ -576,5 +582,194 @@ impl Decoder<'_> {
                 ("images-first", Order::ImagesFirst),
             ],
         )
+    }
+
+    fn hooks(&mut self, at: At) -> Option<Sp<Hooks>> {
+        let mut f = self.fields(at)?;
+        let before = opt!(self, f, "before", commands);
+        let after = opt!(self, f, "after", commands);
+        let on_error = opt!(self, f, "on_error", commands);
+        let timeout = opt!(self, f, "timeout", duration);
+        let span = f.at;
+        self.finish(f);
+        Some(Sp {
+            value: Hooks {
+                before,
+                after,
+                on_error,
+                timeout,
+            },
+            span,
+        })
+    }
+
+    /// A list of commands, each an argv list: `[[/usr/local/bin/lb-drain, dtr-1]]`.
+    fn commands(&mut self, at: At) -> Option<Sp<Commands>> {
+        self.list(at, |d, at| {
+            if matches!(at.node.value, Value::Str(_)) {
+                d.push(
+                    Diag::error(
+                        "plan::hook-not-argv",
+                        at.span(),
+                        format!("`{}` is a string; a hook is a list of arguments", at.path),
+                    )
+                    .label("not a list")
+                    .help("write the program and its arguments as a list, e.g. `[/usr/local/bin/lb-drain, dtr-1]`; hooks run without a shell"),
+                );
+                return None;
+            }
+            let argv = d.list(at, |d, at| d.string(at))?;
+            if argv.value.is_empty() {
+                d.push(
+                    Diag::error(
+                        "plan::hook-not-argv",
+                        at.span(),
+                        format!("`{}` is an empty command", at.path),
+                    )
+                    .label("empty")
+                    .help("give the program and its arguments, e.g. `[/usr/local/bin/lb-drain, dtr-1]`"),
+                );
+                return None;
+            }
+            Some(Sp {
+                value: argv.value,
+                span: at.span(),
+            })
+        })
+    }
+
+    fn duration(&mut self, at: At) -> Option<Sp<std::time::Duration>> {
+        let s = self.string(at)?;
+        match crate::clock::parse_duration(&s.value) {
+            Ok(d) if !d.is_zero() => Some(Sp {
+                value: d,
+                span: s.span,
+            }),
+            Ok(_) => {
+                self.push(
+                    Diag::error(
+                        "plan::bad-duration",
+                        s.span,
+                        format!("`{}` is zero", at.path),
+                    )
+                    .label("zero")
+                    .help("give a time above zero, e.g. `5m`"),
+                );
+                None
+            }
+            Err(why) => {
+                self.push(
+                    Diag::error("plan::bad-duration", s.span, why)
+                        .label("not a duration")
+                        .help("write a number with s, m, h or d, e.g. `90s` or `5m`"),
+                );
+                None
+            }
+        }
+    }
+
+    fn notifiers(&mut self, at: At) -> Option<Sp<Vec<Sp<Notifier>>>> {
+        let list = self.list(at, |d, at| d.notifier(at))?;
+        if list.value.is_empty() {
+            self.push(
+                Diag::error("plan::no-notifiers", list.span, "`notify` is empty")
+                    .label("no notifier")
+                    .help("list a `type: healthchecks` or `type: webhook` notifier, or remove `notify`"),
+            );
+            return None;
+        }
+        Some(list)
+    }
+
+    fn notifier(&mut self, at: At) -> Option<Sp<Notifier>> {
+        let mut f = self.fields(at)?;
+        let span = f.at;
+        let kind = self.tag(&mut f, &["healthchecks", "webhook"]);
+        let url = kind.and_then(|_| req!(self, f, "url", url_ref));
+        let on = kind.and_then(|_| opt!(self, f, "on", notify_on));
+        if kind.is_some() {
+            self.finish(f);
+        }
+        let value = match kind? {
+            "healthchecks" => Notifier::Healthchecks { url: url?, on },
+            _ => Notifier::Webhook { url: url?, on },
+        };
+        Some(Sp { value, span })
+    }
+
+    /// A URL, written out or as a secret reference. Either way it is masked wherever the
+    /// plan is shown: ping and webhook URLs carry their own credentials.
+    fn url_ref(&mut self, at: At) -> Option<Sp<UrlRef>> {
+        if matches!(at.node.value, Value::Map(_)) {
+            let secret = self.secret_ref(at)?;
+            return Some(Sp {
+                value: UrlRef::Secret(secret.value),
+                span: secret.span,
+            });
+        }
+        super::spans_within(at.node, &mut self.masked);
+        let url = self.string(at)?;
+        let rest = url
+            .value
+            .strip_prefix("https://")
+            .or_else(|| url.value.strip_prefix("http://"));
+        let host_ok = rest.is_some_and(|r| {
+            let host = r.split(['/', '?', '#']).next().unwrap_or("");
+            !host.is_empty() && !host.contains(char::is_whitespace)
+        });
+        if !host_ok || url.value.contains(char::is_whitespace) {
+            self.push(
+                Diag::error(
+                    "plan::bad-url",
+                    url.span,
+                    format!("`{}` is not an http:// or https:// URL", at.path),
+                )
+                .label("not a URL")
+                .help("write the whole URL, e.g. `https://hc-ping.com/<uuid>`, or a secret reference `{env: HC_PING_URL}`"),
+            );
+            return None;
+        }
+        Some(Sp {
+            value: UrlRef::Url(url.value),
+            span: url.span,
+        })
+    }
+
+    fn notify_on(&mut self, at: At) -> Option<Sp<Vec<Sp<NotifyOn>>>> {
+        let list = self.list(at, |d, at| {
+            d.choice(
+                at,
+                &[
+                    ("success", NotifyOn::Success),
+                    ("failure", NotifyOn::Failure),
+                ],
+            )
+        })?;
+        if list.value.is_empty() {
+            self.push(
+                Diag::error(
+                    "plan::no-outcomes",
+                    list.span,
+                    "`on` is empty: this notifier would never be sent",
+                )
+                .label("empty list")
+                .help("write `on: [failure]`, `on: [success]`, or remove `on` for both"),
+            );
+            return None;
+        }
+        Some(list)
+    }
+
+    fn metrics(&mut self, at: At) -> Option<Sp<Metrics>> {
+        let mut f = self.fields(at)?;
+        let textfile = req!(self, f, "textfile", path);
+        let span = f.at;
+        self.finish(f);
+        Some(Sp {
+            value: Metrics {
+                textfile: textfile?,
+            },
+            span,
+        })
     }
 }
