@@ -99,6 +99,7 @@ fn dry_run(plan: &crate::plan::Plan, output: Output) -> Exit {
                 "steps": steps.iter().map(|(s, actions)| serde_json::json!({
                     "id": s.id, "kind": s.kind, "depends_on": s.depends_on, "actions": actions,
                 })).collect::<Vec<_>>(),
+                "around": crate::ops::describe(plan),
             });
             println!("{doc}");
         }
@@ -107,6 +108,13 @@ fn dry_run(plan: &crate::plan::Plan, output: Output) -> Exit {
             for (i, (step, actions)) in steps.iter().enumerate() {
                 println!("\n{:>2}. {} ({})", i + 1, step.id, step.kind.as_str());
                 for a in actions {
+                    println!("      {a}");
+                }
+            }
+            let around = crate::ops::describe(plan);
+            if !around.is_empty() {
+                println!("\naround the run:");
+                for a in around {
                     println!("      {a}");
                 }
             }

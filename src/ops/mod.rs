@@ -277,6 +277,41 @@ impl Operations {
     }
 }
 
+/// What a plan runs around `plan apply`, one line each, for `--dry-run` (URLs redacted).
+pub fn describe(plan: &Plan) -> Vec<String> {
+    let mut out = Vec::new();
+    let h = &plan.hooks;
+    for (stage, cmds) in [
+        ("before the first step", &h.before),
+        ("once the backup is published", &h.after),
+        ("if the run fails", &h.on_error),
+    ] {
+        for argv in cmds.iter() {
+            out.push(format!(
+                "{stage}: run hook `{}` (at most {}s)",
+                argv.join(" "),
+                h.timeout.as_secs()
+            ));
+        }
+    }
+    for n in &plan.notify {
+        let when = match (n.on_success, n.on_failure) {
+            (true, true) => "success and failure",
+            (true, false) => "success",
+            _ => "failure",
+        };
+        out.push(format!(
+            "notify {} {} of {when}",
+            n.kind.as_str(),
+            n.url.redacted()
+        ));
+    }
+    if let Some(p) = &plan.metrics_textfile {
+        out.push(format!("write the metrics textfile {}", p.display()));
+    }
+    out
+}
+
 /// `ok`, `failed` or `interrupted`: a locked-out run failed.
 fn status_word(s: RunStatus) -> &'static str {
     match s {

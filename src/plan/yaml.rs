@@ -179,5 +179,48 @@ impl<'de> Deserialize<'de> for KeyText {
 
 /// Parses a whole document. An empty document is a `Null` node.
 pub fn parse(source: &str) -> Result<Node, serde_saphyr::Error> {
-    serde_saphyr::from_str::<Node>(source)
+    let mut node = serde_saphyr::from_str::<Node>(source)?;
+    keys_as_written(&mut node, source);
+    Ok(node)
+}
+
+/// A key read as a boolean or null (`on:`, `yes:`, `off:`, `~:`) is the word as written: a
+/// plan's keys are names (`notify[].on`), never values.
+fn keys_as_written(node: &mut Node, source: &str) {
+    match &mut node.value {
+        Value::Map(entries) => {
+            for e in entries {
+                if matches!(e.key.as_str(), "true" | "false" | "null") {
+                    let end = e.key_span.offset.saturating_add(e.key_span.len);
+                    if let Some(text) = source.get(e.key_span.offset..end)
+                        && !text.is_empty()
+                        && text.bytes().all(|b| b.is_ascii_alphabetic() || b == b'~')
+                    {
+                        e.key = text.to_owned();
+                    }
+                }
+                keys_as_written(&mut e.value, source);
+            }
+        }
+        Value::Seq(items) => items.iter_mut().for_each(|n| keys_as_written(n, source)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys_are_words_as_written() {
+        let node = super::parse("a: {on: [x], off: 1, true: 2}\nyes: 3\n").unwrap();
+        let super::Value::Map(top) = &node.value else {
+            panic!("a map")
+        };
+        let keys: Vec<&str> = top.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["a", "yes"]);
+        let super::Value::Map(inner) = &top[0].value.value else {
+            panic!("a map")
+        };
+        let keys: Vec<&str> = inner.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["on", "off", "true"]);
+    }
 }

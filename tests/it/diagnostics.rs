@@ -308,6 +308,34 @@ const CASES: &[Case] = &[
         12,
         8,
     ),
+    err(
+        "hook_not_argv",
+        "version: 1\nname: p\nparts: [images]\nimages: {type: path, path: /r}\ndestination: {type: local, path: /b}\nencryption: {type: none}\nhooks:\n  before: [/usr/local/bin/lb-drain]\n",
+        "plan::hook-not-argv",
+        8,
+        12,
+    ),
+    err(
+        "hook_timeout_not_a_duration",
+        "version: 1\nname: p\nparts: [images]\nimages: {type: path, path: /r}\ndestination: {type: local, path: /b}\nencryption: {type: none}\nhooks: {timeout: 5 minutes}\n",
+        "plan::bad-duration",
+        7,
+        18,
+    ),
+    err(
+        "notify_url_not_http",
+        "version: 1\nname: p\nparts: [images]\nimages: {type: path, path: /r}\ndestination: {type: local, path: /b}\nencryption: {type: none}\nnotify: [{type: webhook, url: 'ftp://x.example/t0ken'}]\n",
+        "plan::bad-url",
+        7,
+        31,
+    ),
+    err(
+        "notify_on_nothing",
+        "version: 1\nname: p\nparts: [images]\nimages: {type: path, path: /r}\ndestination: {type: local, path: /b}\nencryption: {type: none}\nnotify: [{type: healthchecks, url: {env: U}, on: []}]\n",
+        "plan::no-outcomes",
+        7,
+        46,
+    ),
 ];
 
 fn render(report: &plan::FileReport) -> String {

@@ -7,6 +7,7 @@ mod common;
 mod diagnostics;
 mod docker;
 mod fuzz;
+mod operations;
 mod registry;
 mod restore;
 mod s3;
