@@ -15,7 +15,8 @@
 //!   encryption identity.
 //! - Adapters, which know nothing of plans' steps: [`storage`] (where backups go),
 //!   [`crypto`] (OpenPGP streams, keys), [`archive`] (tar, pipes, hashing), [`docker`]
-//!   (the Docker API: replicas, containers), [`ucp`] (UCP's HTTPS API).
+//!   (the Docker API: replicas, containers), [`ucp`] (UCP's HTTPS API), [`ops`] (hooks,
+//!   notifiers and the metrics textfile around `plan apply`).
 //! - Leaves everyone may use: [`error`] (kinds, exit codes), [`secret`] (secret references,
 //!   resolved and zeroized), [`cancel`], [`clock`], [`hex`], [`failpoint`].
 //! - [`cli`] holds one file per subcommand; it parses, prints, and maps outcomes to the exit

@@ -76,6 +76,10 @@ pub struct UcpInfo {
     pub node: Option<String>,
 }
 
+/// The member every UCP backup (`ArtifactKind::Ucp`) holds (UCP's documentation: "over 100
+/// entries and `./ucp-node-certs/key.pem`").
+pub const UCP_KEY_MEMBER: &str = "ucp-node-certs/key.pem";
+
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ArtifactKind {

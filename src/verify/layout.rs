@@ -88,7 +88,7 @@ pub(super) fn walk_archive(
                     rest = r;
                 }
                 // A regular file with content: a folder, a link or an empty file is no key.
-                ucp_key |= rest == crate::steps::ucp::KEY_MEMBER
+                ucp_key |= rest == crate::manifest::UCP_KEY_MEMBER
                     && entry.header().entry_type().is_file()
                     && entry.size() > 0;
             }
@@ -170,12 +170,12 @@ pub(super) fn walk_archive(
         ArtifactKind::Ucp if !ucp_key => {
             return Err(format!(
                 "{members} members, none of them {}: not a UCP backup",
-                crate::steps::ucp::KEY_MEMBER
+                crate::manifest::UCP_KEY_MEMBER
             ));
         }
         ArtifactKind::Ucp => format!(
             "tar of {members} members, {} among them",
-            crate::steps::ucp::KEY_MEMBER
+            crate::manifest::UCP_KEY_MEMBER
         ),
         ArtifactKind::Images if under_registry == 0 => {
             return Err(format!("no member under {registry}"));

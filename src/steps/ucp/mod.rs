@@ -26,9 +26,8 @@ use crate::steps::FileRef;
 use super::stream::store_stream;
 use super::{Ctx, Described, Outcome, blocking};
 
-/// The member every UCP backup holds (UCP's documentation: "over 100 entries and
-/// `./ucp-node-certs/key.pem`").
-pub const KEY_MEMBER: &str = "ucp-node-certs/key.pem";
+/// The member every UCP backup holds (kept with the artifact kinds, for verify too).
+pub use crate::manifest::UCP_KEY_MEMBER as KEY_MEMBER;
 
 /// Where UCP's containers reach the engine; the backup and restore need the node's socket
 /// (`ucp.docker_socket`) mounted there.
