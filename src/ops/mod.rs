@@ -111,13 +111,15 @@ impl Operations {
         *self.backup_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(backup_id.to_owned());
         let env = self.env(None);
         for argv in &self.plan.hooks.before {
-            self.hook("before", argv, &env, Some(cancel))
-                .await
-                .map_err(|e| {
-                    Error::hook(format!(
-                        "the before hook {e}; nothing was written. Fix the hook or its command in `hooks.before`, then run again"
-                    ))
-                })?;
+            let ran = self.hook("before", argv, &env, Some(cancel)).await;
+            if cancel.is_cancelled() {
+                return Err(Error::Interrupted);
+            }
+            ran.map_err(|e| {
+                Error::hook(format!(
+                    "the before hook {e}; nothing was written. Fix the hook or its command in `hooks.before`, then run again"
+                ))
+            })?;
         }
         Ok(())
     }
