@@ -392,3 +392,46 @@ fn a_dry_run_says_what_runs_around_the_backup_and_runs_none_of_it() {
     assert!(!fx.dir.path().join("m.prom").exists());
     assert!(rx.requests().is_empty());
 }
+
+#[test]
+fn sigterm_during_a_before_hook_ends_the_run_as_interrupted_and_the_hook_with_it() {
+    let fx = Fixture::new(
+        "hooks-term",
+        0,
+        "hooks:\n  before: [[/bin/sh, -c, 'touch started; sleep 30; touch finished']]\n",
+    );
+    let child = fx
+        .apply()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let started = fx.dir.path().join("started");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !started.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hook never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = terminate(child);
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert_eq!(events(&out).last().unwrap()["status"], "interrupted");
+    assert!(fx.backup_dirs().is_empty(), "nothing written");
+    // The hook's shell (and its sleep) ended with the run: no process runs its command line.
+    let marker = format!("{}", fx.dir.path().display());
+    let hooks_alive = || {
+        std::fs::read_dir("/proc")
+            .expect("/proc")
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| {
+                c.contains("touch finished") || (c.contains("sleep 30") && c.contains(&marker))
+            })
+            .count()
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(hooks_alive(), 0, "the hook was ended with the run");
+    assert!(!fx.dir.path().join("finished").exists());
+}
