@@ -15,6 +15,8 @@ pub enum Exit {
     Locked,
     /// A backup failed verification.
     VerifyFailed,
+    /// `status --max-age`: a plan has no complete backup younger than that.
+    Stale,
     /// Stopped by Ctrl-C or SIGTERM; the run can be resumed.
     Interrupted,
 }
@@ -28,6 +30,7 @@ impl Exit {
             Exit::InvalidPlan => 3,
             Exit::Locked => 4,
             Exit::VerifyFailed => 5,
+            Exit::Stale => 6,
             Exit::Interrupted => 130,
         }
     }

@@ -9,6 +9,7 @@ mod plan_validate;
 mod report;
 mod restore;
 mod schema;
+mod status;
 mod verify;
 
 use std::io::IsTerminal;
@@ -38,6 +39,8 @@ pub enum Command {
     /// Bring a backup's image content back into a folder, or drill it (exit 5 when the backup
     /// does not restore whole).
     Restore(restore::Args),
+    /// Each plan's newest backup, last run and lock (exit 6 when older than --max-age).
+    Status(status::Args),
     /// Print the JSON Schema of plan files.
     Schema,
 }
@@ -97,6 +100,7 @@ pub fn run(cli: Cli) -> Exit {
         Command::Backups(BackupsCommand::Prune(args)) => backups_prune::run(&args),
         Command::Verify(args) => verify::run(&args),
         Command::Restore(args) => restore::run(&args),
+        Command::Status(args) => status::run(&args),
         Command::Schema => schema::run(),
     }
 }

@@ -9,6 +9,7 @@ pub mod lock;
 pub mod prune;
 pub mod restore;
 pub mod state;
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

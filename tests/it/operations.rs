@@ -435,3 +435,54 @@ fn sigterm_during_a_before_hook_ends_the_run_as_interrupted_and_the_hook_with_it
     assert_eq!(hooks_alive(), 0, "the hook was ended with the run");
     assert!(!fx.dir.path().join("finished").exists());
 }
+
+#[test]
+fn status_reports_the_newest_backup_and_the_last_run_and_goes_stale() {
+    let fx = Fixture::new("status", 0, "");
+    let status = |max_age: &str| {
+        let out = run(dtr_backup(fx.dir.path())
+            .args(["status", "--output", "json", "--max-age", max_age])
+            .arg(&fx.plan));
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("JSON ({e}): {}", stderr(&out)));
+        (out.status.code(), doc["plans"][0].clone())
+    };
+    let (code, st) = status("1h");
+    assert_eq!(code, Some(6), "no backup yet: stale");
+    assert!(st["newest"].is_null() && st["last_run"].is_null(), "{st}");
+
+    let out = run(&mut fx.apply());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let id = events(&out).last().unwrap()["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, st) = status("1h");
+    assert_eq!(code, Some(0), "{st}");
+    assert_eq!(st["newest"]["backup_id"], id.as_str());
+    assert_eq!(st["backups"], 1);
+    assert_eq!(st["last_run"]["status"], "ok");
+    assert_eq!(st["fresh"], true);
+
+    // A failed run: the newest backup stays, the last run says what failed.
+    std::fs::rename(fx.dir.path().join("registry"), fx.dir.path().join("moved")).unwrap();
+    assert_eq!(run(&mut fx.apply()).status.code(), Some(1));
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (code, st) = status("1s");
+    assert_eq!(code, Some(6), "older than 1s: stale");
+    assert_eq!(st["newest"]["backup_id"], id.as_str());
+    assert_eq!(st["last_run"]["status"], "failed");
+    assert_eq!(st["last_run"]["exit_code"], 1);
+    assert_eq!(st["fresh"], false);
+
+    // Text output names the plan, the newest backup and the staleness.
+    let out = run(dtr_backup(fx.dir.path())
+        .args(["status", "--max-age", "1s"])
+        .arg(&fx.plan));
+    assert_eq!(out.status.code(), Some(6));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&id) && text.contains("STALE") && text.contains("last run: failed"),
+        "{text}"
+    );
+}

@@ -1,0 +1,67 @@
+//! `status`: what a plan's destination says of it now: the newest complete backup, how the
+//! last run ended (`last-run.json`), an unfinished run (the journal), the lock's holder.
+
+use serde::Serialize;
+
+use super::{lock, state};
+use crate::clock;
+use crate::error::Result;
+use crate::manifest;
+use crate::plan::Plan;
+use crate::storage::{self, Store};
+
+/// The newest complete backup of a plan.
+#[derive(Clone, Debug, Serialize)]
+pub struct Newest {
+    pub backup_id: String,
+    pub finished_at: String,
+    /// Seconds since the backup started (its id's time).
+    pub age_seconds: i64,
+    pub size: u64,
+    pub replica: Option<String>,
+    pub version: Option<String>,
+}
+
+/// One plan's status.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlanStatus {
+    pub plan: String,
+    pub backups: usize,
+    pub newest: Option<Newest>,
+    pub last_run: Option<state::LastRun>,
+    /// The backup id of an unfinished run that the next `plan apply` resumes.
+    pub unfinished: Option<String>,
+    /// Who holds the lock now, if anyone.
+    pub locked_by: Option<lock::LockInfo>,
+    /// Folders whose manifest cannot be read (not counted).
+    pub unreadable: usize,
+}
+
+/// Reads the status of `plan` at its destination. Nothing is written.
+pub fn of(plan: &Plan) -> Result<PlanStatus> {
+    let stores = storage::open(plan)?;
+    let listing = manifest::list(stores.backups.as_ref())?;
+    let now = clock::now_unix();
+    let newest = listing.complete.last().map(|m| Newest {
+        backup_id: m.backup_id.clone(),
+        finished_at: m.finished_at.clone(),
+        age_seconds: clock::backup_id_time(&m.backup_id).map_or(i64::MAX, |t| now - t),
+        size: m.total_size(),
+        replica: m.dtr.replica.clone(),
+        version: m.dtr.version.clone(),
+    });
+    Ok(PlanStatus {
+        plan: plan.name.to_string(),
+        backups: listing.complete.len(),
+        newest,
+        last_run: state::load_last_run(stores.state.as_ref())?,
+        unfinished: state::load(stores.state.as_ref())?.map(|r| r.backup_id),
+        locked_by: lock_holder(stores.state.as_ref()),
+        unreadable: listing.unreadable.len(),
+    })
+}
+
+fn lock_holder(store: &dyn Store) -> Option<lock::LockInfo> {
+    let bytes = store.get(lock::FILE).ok()??;
+    serde_json::from_slice(&bytes).ok()
+}
