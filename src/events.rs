@@ -88,6 +88,27 @@ pub enum RunStatus {
     InvalidPlan,
 }
 
+impl RunStatus {
+    /// How a run that ended with `e` ended.
+    pub fn of(e: &crate::error::Error) -> RunStatus {
+        match e {
+            crate::error::Error::Interrupted => RunStatus::Interrupted,
+            crate::error::Error::Locked(_) => RunStatus::Locked,
+            _ => RunStatus::Failed,
+        }
+    }
+
+    /// The word hooks, `last-run.json` and notifiers use: `ok`, `failed` or `interrupted`
+    /// (a run locked out or given an invalid plan failed).
+    pub fn word(self) -> &'static str {
+        match self {
+            RunStatus::Ok => "ok",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::Failed | RunStatus::Locked | RunStatus::InvalidPlan => "failed",
+        }
+    }
+}
+
 /// Totals of a run.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Summary {

@@ -23,7 +23,7 @@ pub struct Args {
     #[arg(long)]
     pub fresh: bool,
     /// Wait this long for another run's lock (e.g. `30s`, `5m`, `1h`) instead of exiting 4.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::clock::parse_duration)]
     pub lock_timeout: Option<Duration>,
     /// Back up another replica than the last complete backup's (restore needs care then).
     #[arg(long)]
@@ -34,11 +34,6 @@ pub struct Args {
     /// Only warnings, errors and the final line.
     #[arg(long, short)]
     pub quiet: bool,
-}
-
-/// `90`, `30s`, `5m`, `1h`, `2d`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::clock::parse_duration(s)
 }
 
 pub fn run(args: &Args) -> Exit {
@@ -121,21 +116,4 @@ fn dry_run(plan: &crate::plan::Plan, output: Output) -> Exit {
         }
     }
     Exit::Ok
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_duration;
-    use std::time::Duration;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration("5 minutes").is_err());
-        assert!(parse_duration("m").is_err());
-        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
-        assert!(parse_duration("5w").is_err());
-    }
 }

@@ -7,7 +7,6 @@ use std::time::Duration;
 use clap::ValueEnum;
 
 use super::Output;
-use super::plan_apply::parse_duration;
 use super::report::{Human, JsonLines};
 use crate::cancel::Cancel;
 use crate::events::{Event, Reporter, RunStatus, Summary};
@@ -52,7 +51,7 @@ pub struct Args {
     #[arg(long)]
     pub fresh: bool,
     /// Wait this long for another run's lock (e.g. `30s`, `5m`, `1h`) instead of exiting 4.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::clock::parse_duration)]
     pub lock_timeout: Option<Duration>,
     /// `json`: NDJSON events on stdout, and nothing else there.
     #[arg(long, value_enum, default_value_t)]

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::Output;
-use super::plan_apply::parse_duration;
 use super::report::human_bytes;
 use crate::exec::status;
 use crate::exit::Exit;
@@ -18,7 +17,7 @@ pub struct Args {
     #[arg(value_name = "PLAN", required = true)]
     pub plans: Vec<PathBuf>,
     /// Exit 6 unless every plan has a complete backup younger than this (`26h`, `2d`).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::clock::parse_duration)]
     pub max_age: Option<Duration>,
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,

@@ -70,6 +70,14 @@ impl Drop for LockGuard {
     }
 }
 
+/// Who holds the plan's lock now, as its record says (`None`: no lock, or a record that
+/// cannot be read). Whether the holder still runs is judged by [`acquire`], not here.
+pub fn holder(store: &dyn Store) -> Result<Option<LockInfo>> {
+    Ok(store
+        .get(FILE)?
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+}
+
 /// Takes the lock, waiting up to `timeout` for another holder. A lock left by a dead process
 /// of this host is taken over with a warning.
 pub async fn acquire(

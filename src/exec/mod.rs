@@ -86,35 +86,14 @@ pub async fn apply_to(
     let result = ops.after(result).await;
     summary.duration_ms = start.elapsed().as_millis() as u64;
     let event = run_finished(result.as_ref().map(Clone::clone), summary.clone());
-    let locked = matches!(result, Err(Error::Locked(_)));
     let finished_at = clock::now_unix();
-    if let (Some(stores), false) = (&kept_stores, locked) {
-        let (status, exit_code, error) = match &result {
-            Ok(_) => ("ok", 0, None),
-            Err(e) => (
-                if matches!(e, Error::Interrupted) {
-                    "interrupted"
-                } else {
-                    "failed"
-                },
-                e.exit().code(),
-                Some(e.to_string()),
-            ),
-        };
-        let last = state::LastRun {
-            backup_id: backup_id.clone(),
-            status: status.to_owned(),
-            exit_code,
-            error,
-            finished_at,
-            duration_ms: summary.duration_ms,
-            bytes: summary.bytes,
-        };
-        if let Err(e) = state::save_last_run(stores.state.as_ref(), &last) {
-            reporter.emit(&Event::Warning {
-                message: format!("could not record how this run ended, for `status`: {e}"),
-            });
-        }
+    if let Some(stores) = &kept_stores
+        && let Some(last) = last_run(&event, backup_id, finished_at)
+        && let Err(e) = state::save_last_run(stores.state.as_ref(), &last)
+    {
+        reporter.emit(&Event::Warning {
+            message: format!("could not record how this run ended, for `status`: {e}"),
+        });
     }
     let metrics = plan
         .metrics_textfile
@@ -143,6 +122,30 @@ struct Around<'a> {
     backup_id: &'a mut Option<String>,
 }
 
+/// The record of how a run ended, from its `run_finished` event; `None` for a run that found
+/// another's lock (the record is the lock holder's to write).
+fn last_run(event: &Event, backup_id: Option<String>, finished_at: i64) -> Option<state::LastRun> {
+    let Event::RunFinished {
+        status,
+        exit_code,
+        error,
+        summary,
+        ..
+    } = event
+    else {
+        return None;
+    };
+    (*status != RunStatus::Locked).then(|| state::LastRun {
+        backup_id,
+        status: status.word().to_owned(),
+        exit_code: *exit_code,
+        error: error.clone(),
+        finished_at,
+        duration_ms: summary.duration_ms,
+        bytes: summary.bytes,
+    })
+}
+
 /// The `run_finished` event of a run that ended with `result` (the backup's id).
 fn run_finished(result: std::result::Result<String, &Error>, summary: Summary) -> Event {
     match result {
@@ -154,11 +157,7 @@ fn run_finished(result: std::result::Result<String, &Error>, summary: Summary) -
             summary,
         },
         Err(e) => Event::RunFinished {
-            status: match e {
-                Error::Interrupted => RunStatus::Interrupted,
-                Error::Locked(_) => RunStatus::Locked,
-                _ => RunStatus::Failed,
-            },
+            status: RunStatus::of(e),
             backup_id: None,
             exit_code: e.exit().code(),
             error: Some(e.to_string()),

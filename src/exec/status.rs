@@ -8,7 +8,7 @@ use crate::clock;
 use crate::error::Result;
 use crate::manifest;
 use crate::plan::Plan;
-use crate::storage::{self, Store};
+use crate::storage;
 
 /// The newest complete backup of a plan.
 #[derive(Clone, Debug, Serialize)]
@@ -56,12 +56,7 @@ pub fn of(plan: &Plan) -> Result<PlanStatus> {
         newest,
         last_run: state::load_last_run(stores.state.as_ref())?,
         unfinished: state::load(stores.state.as_ref())?.map(|r| r.backup_id),
-        locked_by: lock_holder(stores.state.as_ref()),
+        locked_by: lock::holder(stores.state.as_ref())?,
         unreadable: listing.unreadable.len(),
     })
-}
-
-fn lock_holder(store: &dyn Store) -> Option<lock::LockInfo> {
-    let bytes = store.get(lock::FILE).ok()??;
-    serde_json::from_slice(&bytes).ok()
 }

@@ -27,7 +27,8 @@ const TAIL_LINES: usize = 40;
 /// The plan's hooks, notifiers and metrics for one run.
 pub struct Operations {
     plan: Arc<Plan>,
-    inner: Arc<dyn Reporter>,
+    /// The caller's reporter behind a [`Tee`] that keeps `tail`.
+    reporter: Arc<dyn Reporter>,
     tail: Arc<Tail>,
     notifiers: Vec<notify::Notifier>,
     client: Option<reqwest::Client>,
@@ -36,10 +37,10 @@ pub struct Operations {
 }
 
 /// How a run ended, as hooks and notifiers see it.
-pub struct Outcome<'a> {
-    pub status: RunStatus,
-    pub exit_code: u8,
-    pub error: Option<&'a str>,
+struct Outcome<'a> {
+    status: RunStatus,
+    exit_code: u8,
+    error: Option<&'a str>,
 }
 
 impl Operations {
@@ -73,10 +74,14 @@ impl Operations {
                 }
             }
         };
+        let tail = Arc::new(Tail::default());
         Operations {
             plan,
-            inner: reporter,
-            tail: Arc::new(Tail::default()),
+            reporter: Arc::new(Tee {
+                inner: reporter,
+                tail: tail.clone(),
+            }),
+            tail,
             notifiers,
             client,
             backup_id: Mutex::new(None),
@@ -85,14 +90,11 @@ impl Operations {
 
     /// The reporter the run emits to: the caller's, and the tail kept here.
     pub fn reporter(&self) -> Arc<dyn Reporter> {
-        Arc::new(Tee {
-            inner: self.inner.clone(),
-            tail: self.tail.clone(),
-        })
+        self.reporter.clone()
     }
 
     fn warn(&self, message: String) {
-        self.reporter().emit(&Event::Warning { message });
+        self.reporter.emit(&Event::Warning { message });
     }
 
     /// The run starts: healthchecks' start signal.
@@ -137,7 +139,7 @@ impl Operations {
         };
         let message = e.to_string();
         let env = self.env(Some(&Outcome {
-            status: status_of(&e),
+            status: RunStatus::of(&e),
             exit_code: e.exit().code(),
             error: Some(&message),
         }));
@@ -198,7 +200,7 @@ impl Operations {
             (_, _, e) => format!(
                 "dtr-backup: plan {} {}: {}",
                 self.plan.name,
-                status_word(*status),
+                status.word(),
                 e.as_deref().unwrap_or("no message")
             ),
         };
@@ -228,10 +230,7 @@ impl Operations {
             ("DTR_BACKUP_ID".to_owned(), id),
         ];
         if let Some(o) = outcome {
-            env.push((
-                "DTR_BACKUP_STATUS".to_owned(),
-                status_word(o.status).to_owned(),
-            ));
+            env.push(("DTR_BACKUP_STATUS".to_owned(), o.status.word().to_owned()));
             env.push(("DTR_BACKUP_EXIT_CODE".to_owned(), o.exit_code.to_string()));
             env.push((
                 "DTR_BACKUP_ERROR".to_owned(),
@@ -248,7 +247,7 @@ impl Operations {
         env: &[(String, String)],
         cancel: Option<&Cancel>,
     ) -> std::result::Result<(), String> {
-        let reporter = self.reporter();
+        let reporter = &self.reporter;
         let step = format!("hooks.{stage}");
         let program = argv.first().cloned().unwrap_or_default();
         let log = |line: String| {
@@ -312,23 +311,6 @@ pub fn describe(plan: &Plan) -> Vec<String> {
         out.push(format!("write the metrics textfile {}", p.display()));
     }
     out
-}
-
-/// `ok`, `failed` or `interrupted`: a locked-out run failed.
-fn status_word(s: RunStatus) -> &'static str {
-    match s {
-        RunStatus::Ok => "ok",
-        RunStatus::Interrupted => "interrupted",
-        RunStatus::Failed | RunStatus::Locked | RunStatus::InvalidPlan => "failed",
-    }
-}
-
-fn status_of(e: &Error) -> RunStatus {
-    match e {
-        Error::Interrupted => RunStatus::Interrupted,
-        Error::Locked(_) => RunStatus::Locked,
-        _ => RunStatus::Failed,
-    }
 }
 
 /// The environment variables the plan reads secrets from: kept from hooks.
