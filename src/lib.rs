@@ -36,6 +36,7 @@ pub mod exit;
 pub mod failpoint;
 pub mod graph;
 pub mod hex;
+pub mod https;
 pub mod manifest;
 pub mod ops;
 pub mod plan;

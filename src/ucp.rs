@@ -4,34 +4,50 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::https;
 use crate::plan::{UcpCfg, UcpTls};
 use crate::secret::Secret;
 
 fn client(ucp: &UcpCfg) -> Result<reqwest::Client> {
-    let mut b = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .connect_timeout(Duration::from_secs(10));
-    b = match &ucp.tls {
-        UcpTls::Ca(path) => {
-            let pem = std::fs::read(path).map_err(|e| {
-                Error::ucp(format!(
-                    "cannot read ucp.ca_file {}: {e}; download it with `curl -k {}/ca`",
-                    path.display(),
-                    ucp.url
-                ))
-            })?;
-            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
-                Error::ucp(format!(
-                    "ucp.ca_file {} is not a PEM certificate: {e}",
-                    path.display()
-                ))
-            })?;
-            b.tls_certs_only([cert])
-        }
-        UcpTls::Insecure => b.tls_danger_accept_invalid_certs(true),
-    };
-    b.build()
-        .map_err(|e| Error::ucp(format!("setting up HTTPS to UCP: {e}")))
+    https::client(trust(&ucp.tls), Duration::from_secs(20)).map_err(|e| match &ucp.tls {
+        UcpTls::Ca(_) => Error::ucp(format!(
+            "ucp.ca_file: {e}; download UCP's CA with `curl -k {}/ca` and check it",
+            ucp.url
+        )),
+        UcpTls::Insecure => Error::ucp(e),
+    })
+}
+
+/// The trust a plan's UCP TLS setting stands for.
+pub fn trust(tls: &UcpTls) -> https::Trust<'_> {
+    match tls {
+        UcpTls::Ca(p) => https::Trust::CaFile(p),
+        UcpTls::Insecure => https::Trust::Insecure,
+    }
+}
+
+/// Why a request to UCP failed, in words when TLS is the reason.
+fn unreachable(ucp: &UcpCfg, e: &reqwest::Error) -> String {
+    match &ucp.tls {
+        UcpTls::Ca(p) => match https::explain(e, p) {
+            Some(why) => format!(
+                "UCP at {} was refused: {why} (ucp.ca_file: {})",
+                ucp.url,
+                p.display()
+            ),
+            None => format!(
+                "UCP at {} does not answer: {}; check ucp.url and that {} is UCP's CA",
+                ucp.url,
+                chain(e),
+                p.display()
+            ),
+        },
+        UcpTls::Insecure => format!(
+            "UCP at {} does not answer: {}; check ucp.url",
+            ucp.url,
+            chain(e)
+        ),
+    }
 }
 
 /// Checks that UCP answers, and (with `login`) that it accepts the plan's credentials.
@@ -45,13 +61,7 @@ pub async fn check(ucp: &UcpCfg, password: &Secret, login: bool) -> Result<()> {
         .get(format!("{}/_ping", ucp.url))
         .send()
         .await
-        .map_err(|e| {
-            Error::ucp(format!(
-                "UCP at {} does not answer: {}; {tls_help}",
-                ucp.url,
-                chain(&e)
-            ))
-        })?;
+        .map_err(|e| Error::ucp(unreachable(ucp, &e)))?;
     if !ping.status().is_success() {
         return Err(Error::ucp(format!(
             "UCP at {} answered /_ping with {}; {tls_help}",
@@ -68,7 +78,7 @@ pub async fn check(ucp: &UcpCfg, password: &Secret, login: bool) -> Result<()> {
         .json(&body)
         .send()
         .await
-        .map_err(|e| Error::ucp(format!("logging in to UCP at {}: {}", ucp.url, chain(&e))))?;
+        .map_err(|e| Error::ucp(format!("logging in: {}", unreachable(ucp, &e))))?;
     let status = resp.status();
     if status.as_u16() == 401 || status.as_u16() == 403 {
         return Err(Error::ucp(format!(

@@ -6,6 +6,7 @@ mod apply;
 mod common;
 mod diagnostics;
 mod docker;
+mod dtr_api;
 mod fuzz;
 mod operations;
 mod registry;
