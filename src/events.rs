@@ -117,6 +117,9 @@ pub struct Summary {
     pub artifacts: usize,
     pub bytes: u64,
     pub duration_ms: u64,
+    /// How long DTR was read-only (`dtr.read_only_during_backup`), when this run set it so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_only_ms: Option<u64>,
 }
 
 /// Receives events. Implementations print them (see `cli::report`).

@@ -29,6 +29,7 @@ pub mod cli;
 pub mod clock;
 pub mod crypto;
 pub mod docker;
+pub mod dtr;
 pub mod error;
 pub mod events;
 pub mod exec;

@@ -7,6 +7,7 @@
 
 pub mod lock;
 pub mod prune;
+pub mod read_only;
 pub mod restore;
 pub mod state;
 pub mod status;
@@ -232,9 +233,24 @@ async fn run(
         objects: Vec::new(),
     };
 
-    for step in &graph.steps {
+    // DTR's read-only window spans the metadata and images steps; it is closed after the last
+    // of them, or when the run stops before.
+    let last_in_window = graph
+        .steps
+        .iter()
+        .rposition(|s| matches!(s.kind, StepKind::Metadata | StepKind::Images));
+    let mut window: Option<read_only::Window> = None;
+    let mut window_done = false;
+    let steps_result: Result<()> = async {
+    for (index, step) in graph.steps.iter().enumerate() {
         if cancel.is_cancelled() {
             return Err(Error::Interrupted);
+        }
+        if Some(index) > last_in_window
+            && let Some(w) = window.take()
+        {
+            summary.read_only_ms =
+                Some(w.close(stores.state.as_ref(), reporter.as_ref()).await?.as_millis() as u64);
         }
         ctx.step_id = step.id.clone();
         if let Some(record) = run.steps.get(&step.id) {
@@ -262,6 +278,23 @@ async fn run(
         if cancel.is_cancelled() {
             return Err(Error::Interrupted);
         }
+        if plan.dtr.read_only_window
+            && !window_done
+            && matches!(step.kind, StepKind::Metadata | StepKind::Images)
+        {
+            window_done = true;
+            let password = ctx.secrets.ucp_password.as_ref().ok_or_else(|| {
+                Error::internal("the read-only window without UCP credentials passed preflight")
+            })?;
+            window = read_only::open(
+                &plan,
+                stores.state.as_ref(),
+                password,
+                &run.backup_id,
+                reporter.as_ref(),
+            )
+            .await?;
+        }
         reporter.emit(&Event::StepStarted {
             step: step.id.clone(),
             kind: step.kind.as_str().into(),
@@ -269,12 +302,23 @@ async fn run(
         let began = Instant::now();
         let outcome = if step.kind == StepKind::Preflight {
             let warn = |message: String| reporter.emit(&Event::Warning { message });
-            steps::preflight::run(&plan, &stores, &warn)
+            let preflight = steps::preflight::run(&plan, &stores, &warn)
                 .await
                 .map(|secrets| {
                     ctx.secrets = Arc::new(secrets);
                     steps::Outcome::default()
-                })
+                });
+            match preflight {
+                Ok(o) => read_only::recover(
+                    &plan,
+                    stores.state.as_ref(),
+                    ctx.secrets.ucp_password.as_ref(),
+                    reporter.as_ref(),
+                )
+                .await
+                .map(|()| o),
+                Err(e) => Err(e),
+            }
         } else {
             remove_temporaries(stores.backups.as_ref(), &run.backup_id, |_| false)?;
             steps::run(step.kind, ctx.clone()).await
@@ -318,6 +362,20 @@ async fn run(
         state::save(stores.state.as_ref(), &run)?;
         failpoint::hit(&format!("step.{}.journaled", step.id));
     }
+    Ok(())
+    }
+    .await;
+    if let Some(w) = window.take() {
+        // The run stopped inside the window (or its last step was the last of the window).
+        match w.close(stores.state.as_ref(), reporter.as_ref()).await {
+            Ok(open) => summary.read_only_ms = Some(open.as_millis() as u64),
+            Err(e) if steps_result.is_ok() => return Err(e),
+            Err(e) => reporter.emit(&Event::Warning {
+                message: e.to_string(),
+            }),
+        }
+    }
+    steps_result?;
     state::clear(stores.state.as_ref())?;
     Ok(run.backup_id)
 }

@@ -71,6 +71,50 @@ pub fn clear(store: &dyn Store) -> Result<()> {
 
 /// The record of the last `plan apply` that held the lock, kept beside the journal for
 /// `status`: how it ended, even when it left no backup.
+pub const READ_ONLY: &str = "read-only.json";
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "version")]
+enum ReadOnlyFile {
+    #[serde(rename = "1")]
+    V1(ReadOnly),
+}
+
+/// DTR set read-only by a run, written before the setting is sent and removed once it is
+/// back: a run killed in between leaves it, and the next run sets DTR back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadOnly {
+    /// DTR's API.
+    pub url: String,
+    /// The run that set it.
+    pub backup_id: String,
+    /// Unix seconds.
+    pub set_at: i64,
+}
+
+pub fn save_read_only(store: &dyn Store, r: &ReadOnly) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(&ReadOnlyFile::V1(r.clone()))
+        .map_err(|e| Error::internal(format!("encoding the read-only record: {e}")))?;
+    store.replace(READ_ONLY, &bytes)
+}
+
+pub fn load_read_only(store: &dyn Store) -> Result<Option<ReadOnly>> {
+    let Some(bytes) = store.get(READ_ONLY)? else {
+        return Ok(None);
+    };
+    match serde_json::from_slice::<ReadOnlyFile>(&bytes) {
+        Ok(ReadOnlyFile::V1(r)) => Ok(Some(r)),
+        Err(e) => Err(Error::stored(format!(
+            "{}/{READ_ONLY} is unreadable ({e}): a run left DTR read-only; set DTR writable (DTR's settings page, or POST /api/v0/meta/settings {{\"readOnlyRegistry\": false}}) and delete the file",
+            store.describe()
+        ))),
+    }
+}
+
+pub fn clear_read_only(store: &dyn Store) -> Result<()> {
+    store.delete(READ_ONLY)
+}
+
 pub const LAST_RUN: &str = "last-run.json";
 
 #[derive(Serialize, Deserialize)]

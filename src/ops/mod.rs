@@ -310,6 +310,15 @@ pub fn describe(plan: &Plan) -> Vec<String> {
     if let Some(p) = &plan.metrics_textfile {
         out.push(format!("write the metrics textfile {}", p.display()));
     }
+    if plan.dtr.read_only_window
+        && let Some(url) = &plan.dtr.external_url
+    {
+        out.push(format!(
+            "set DTR at {} read-only from before metadata until after images (as {:?}), then writable again",
+            url.as_str(),
+            plan.ucp.as_ref().map_or("", |u| u.username.as_str())
+        ));
+    }
     out
 }
 

@@ -195,6 +195,34 @@ pub fn cross(v: &CrossView, diags: &mut Vec<Diag>) {
         );
     }
 
+    if let Some(Some(dtr)) = v.dtr
+        && let Some(ro) = &dtr.value.read_only_during_backup
+        && ro.value
+    {
+        if dtr.value.external_url.is_none() {
+            diags.push(
+                Diag::error(
+                    "plan::missing-key",
+                    ro.span,
+                    "the read-only window is set through DTR's API, and `dtr.external_url` is not given",
+                )
+                .label("needs dtr.external_url")
+                .help("add `external_url: https://<DTR's address>` to `dtr`, or remove `read_only_during_backup`"),
+            );
+        }
+        if !metadata {
+            diags.push(
+                Diag::error(
+                    "plan::read-only-without-metadata",
+                    ro.span,
+                    "the read-only window spans metadata and images, and this plan backs up no metadata",
+                )
+                .label("read_only_during_backup")
+                .help("add `metadata` to `parts` (with its `ucp` section: DTR's API takes UCP's admin credentials), or remove `read_only_during_backup`"),
+            );
+        }
+    }
+
     if images_part && matches!(v.images, Some(None)) {
         diags.push(
             Diag::error(
@@ -361,6 +389,13 @@ pub fn resolve(raw: RawPlan, file: &Path, dir: &Path, digest: String) -> Option<
             external_url: dtr
                 .and_then(|d| d.external_url.as_ref())
                 .map(|u| u.value.clone()),
+            read_only_window: metadata
+                && dtr
+                    .and_then(|d| d.read_only_during_backup.as_ref())
+                    .is_some_and(|r| r.value),
+            ca_file: dtr
+                .and_then(|d| d.ca_file.as_ref())
+                .map(|p| absolute(dir, &p.value)),
         },
         destination,
         encryption,

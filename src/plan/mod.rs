@@ -99,8 +99,13 @@ pub struct DtrCfg {
     pub version: Option<String>,
     pub replica: ReplicaSel,
     pub offline: bool,
-    /// DTR's external URL, for DTR's restore.
+    /// DTR's external URL, for DTR's restore and DTR's API.
     pub external_url: Option<DtrUrl>,
+    /// `read_only_during_backup`: the registry is read-only from before metadata until after
+    /// images (checked: `external_url` and the `ucp` section are there).
+    pub read_only_window: bool,
+    /// DTR's API trusts this file (`dtr.ca_file`), else UCP's TLS setting.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]

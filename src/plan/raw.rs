@@ -159,6 +159,13 @@ pub struct Dtr {
     /// DTR's external URL (`https://dtr.example.com`), recorded in each backup and passed to
     /// DTR's restore as `--dtr-external-url`.
     pub external_url: Option<Sp<DtrUrl>>,
+    /// Set the registry read-only (DTR's `readOnlyRegistry` setting, through DTR's API at
+    /// `external_url` with UCP's admin credentials) from before metadata until after images,
+    /// so that no blob is pushed or collected in between. Default false.
+    pub read_only_during_backup: Option<Sp<bool>>,
+    /// The CA (or DTR's own self-signed certificate) that DTR's API at `external_url` is
+    /// checked against. Default: UCP's `ca_file` (or `insecure_tls`).
+    pub ca_file: Option<Sp<PathBuf>>,
 }
 
 /// Where DTR keeps image content.

@@ -61,6 +61,15 @@ pub(crate) struct Api {
 
 impl Api {
     pub(crate) fn start(dir: &TempDir, cert: &Path, key: &Path, password: &str) -> Api {
+        Api::spawn(dir, cert, key, password, false)
+    }
+
+    /// The same, with DTR read-only from the start.
+    pub(crate) fn start_read_only(dir: &TempDir, cert: &Path, key: &Path, password: &str) -> Api {
+        Api::spawn(dir, cert, key, password, true)
+    }
+
+    fn spawn(dir: &TempDir, cert: &Path, key: &Path, password: &str, read_only: bool) -> Api {
         let log = dir.path().join("dtr-api.log");
         let mut child = Command::new("python3")
             .arg(root().join("scripts/ucp-standin.py"))
@@ -70,6 +79,7 @@ impl Api {
             .arg(cert)
             .env("UCP_STANDIN_PASSWORD", password)
             .env("DTR_STANDIN_LOG", &log)
+            .env("DTR_STANDIN_READ_ONLY", if read_only { "true" } else { "false" })
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -165,4 +175,135 @@ fn a_self_signed_ucp_certificate_is_pinned_and_no_other_accepted() {
         err.contains("not issued for the host") && err.contains("localhost"),
         "{err}"
     );
+}
+
+/// The test bed's plan with DTR's API at `api` and the read-only window.
+fn window_plan(bed: &Bed, dir: &TempDir, api: &Api, extra: &str) -> PathBuf {
+    let text = std::fs::read_to_string(write_plan(
+        bed,
+        dir,
+        &Setup {
+            extra: extra.into(),
+            ..Setup::default()
+        },
+    ))
+    .expect("plan");
+    let with = text.replace(
+        "replica: \"auto\"}",
+        &format!(
+            "replica: \"auto\", external_url: \"{}\", read_only_during_backup: true}}",
+            api.url()
+        ),
+    );
+    assert_ne!(with, text, "the plan's dtr line changed: update this test");
+    dir.write("plan.yaml", &with)
+}
+
+fn read_only_record(dir: &TempDir) -> PathBuf {
+    dir.path().join("backups/dtr/.state/read-only.json")
+}
+
+fn values(changes: &[(f64, bool)]) -> Vec<bool> {
+    changes.iter().map(|c| c.1).collect()
+}
+
+#[test]
+fn dtrs_read_only_window_spans_metadata_and_images_and_is_always_closed() {
+    let Some(bed) = bed() else { return };
+    // Padding, so that the metadata container is still streaming at the failpoint.
+    bed.standin_image(IMAGE, crate::docker::VERSION, &[R1], 12 << 20);
+    bed.replica(R1, crate::docker::VERSION);
+    let dir = TempDir::new("dtr-read-only");
+    // DTR's API under the test bed's server certificate: checked against ucp.ca_file, as no
+    // dtr.ca_file is given.
+    let api = Api::start(
+        &dir,
+        &bed.certs.join("server.pem"),
+        &bed.certs.join("server-key.pem"),
+        &bed.ucp_password,
+    );
+    let plan = window_plan(&bed, &dir, &api, "");
+
+    // SIGTERM while metadata streams: read-only meanwhile, writable after; exit 130.
+    let child = spawn_until(
+        apply(&bed, &dir, &plan).env("DTR_BACKUP_FAILPOINT", "stream.middle"),
+        "failpoint stream.middle",
+    );
+    assert_eq!(values(&api.changes()), [true], "read-only during metadata");
+    assert!(read_only_record(&dir).exists());
+    let out = terminate(child);
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert_eq!(values(&api.changes()), [true, false]);
+    assert!(!read_only_record(&dir).exists());
+
+    // kill -9 between metadata and images: DTR stays read-only, the record says so, and the
+    // next run sets DTR writable first, then opens its own window around images.
+    let mut child = spawn_until(
+        apply(&bed, &dir, &plan).env("DTR_BACKUP_FAILPOINT", "step.images.before"),
+        "failpoint step.images.before",
+    );
+    assert_eq!(values(&api.changes()), [true, false, true]);
+    child.kill().expect("kill -9");
+    child.wait().expect("wait");
+    assert!(read_only_record(&dir).exists());
+    let out = run(&mut apply(&bed, &dir, &plan));
+    assert_eq!(out.status.code(), Some(0), "{}", error_of(&out));
+    let ev = events(&out);
+    assert!(
+        warned(&ev, "was read-only (since") && warned(&ev, "DTR is writable again"),
+        "{}",
+        stdout(&out)
+    );
+    // Set back at the start, then read-only around images (metadata was journaled).
+    assert_eq!(values(&api.changes()), [true, false, true, false, true, false]);
+    assert_eq!(steps_with(&ev, "step_skipped"), ["discover", "metadata"]);
+    assert!(!read_only_record(&dir).exists());
+    let finished = ev.last().expect("run_finished");
+    let open_ms = finished["summary"]["read_only_ms"]
+        .as_u64()
+        .expect("the window's length in run_finished");
+    let (set, cleared) = (api.changes()[4].0, api.changes()[5].0);
+    assert!(
+        (open_ms as f64) <= (cleared - set) * 1000.0 + 50.0,
+        "{open_ms} ms reported, {} ms seen",
+        (cleared - set) * 1000.0
+    );
+    assert!(ev.iter().any(|e| e["event"] == "log"
+        && e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("writable again, after"))));
+    let all = stdout(&out) + &stderr(&out);
+    assert!(!all.contains(&bed.ucp_password), "the password leaked");
+    drop(api);
+
+    // A failure inside the window (the metadata container refuses the password, which DTR's
+    // API accepts here): writable again, exit 1.
+    let dir = TempDir::new("dtr-read-only-fail");
+    let api = Api::start(
+        &dir,
+        &bed.certs.join("server.pem"),
+        &bed.certs.join("server-key.pem"),
+        "wrong-password",
+    );
+    let plan = window_plan(&bed, &dir, &api, "preflight: {check_ucp_login: false}\n");
+    let out = run(apply(&bed, &dir, &plan).env("UCP_PASSWORD", "wrong-password"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(error_of(&out).contains("unauthorized"), "{}", error_of(&out));
+    assert_eq!(values(&api.changes()), [true, false]);
+    assert!(!read_only_record(&dir).exists());
+    drop(api);
+
+    // A DTR that is read-only already is left so, and said so.
+    let dir = TempDir::new("dtr-read-only-already");
+    let api = Api::start_read_only(
+        &dir,
+        &bed.certs.join("server.pem"),
+        &bed.certs.join("server-key.pem"),
+        &bed.ucp_password,
+    );
+    let plan = window_plan(&bed, &dir, &api, "");
+    let out = run(&mut apply(&bed, &dir, &plan));
+    assert_eq!(out.status.code(), Some(0), "{}", error_of(&out));
+    assert!(warned(&events(&out), "is read-only already"));
+    assert!(api.changes().is_empty());
 }

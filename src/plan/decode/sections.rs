@@ -262,6 +262,8 @@ impl Decoder<'_> {
         let replica = opt!(self, f, "replica", replica);
         let offline = opt!(self, f, "offline", boolean);
         let external_url = opt!(self, f, "external_url", valid);
+        let read_only_during_backup = opt!(self, f, "read_only_during_backup", boolean);
+        let ca_file = opt!(self, f, "ca_file", path);
         let span = f.at;
         self.finish(f);
         if image_given && image.is_none() {
@@ -273,6 +275,8 @@ impl Decoder<'_> {
                 replica,
                 offline,
                 external_url,
+                read_only_during_backup,
+                ca_file,
             },
             span,
         })
