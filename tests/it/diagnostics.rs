@@ -336,6 +336,20 @@ const CASES: &[Case] = &[
         7,
         46,
     ),
+    err(
+        "read_only_without_external_url",
+        "version: 1\nname: p\nucp:\n  url: https://ucp.example.com\n  username: admin\n  password: {env: UCP_PASSWORD}\n  ca_file: ca.pem\ndtr: {image: docker/dtr:2.9.4, read_only_during_backup: true}\nimages: {type: volume}\ndestination: {type: local, path: /b}\nencryption: {type: passphrase, passphrase: {env: P}}\n",
+        "plan::missing-key",
+        8,
+        57,
+    ),
+    err(
+        "read_only_without_metadata",
+        "version: 1\nname: p\nparts: [images]\ndtr: {external_url: https://dtr.example.com, read_only_during_backup: true}\nimages: {type: path, path: /r}\ndestination: {type: local, path: /b}\nencryption: {type: none}\n",
+        "plan::read-only-without-metadata",
+        4,
+        71,
+    ),
 ];
 
 fn render(report: &plan::FileReport) -> String {
