@@ -42,6 +42,7 @@ pub mod manifest;
 pub mod ops;
 pub mod plan;
 pub mod process;
+pub mod progress;
 pub mod secret;
 pub mod snapshot;
 pub mod steps;

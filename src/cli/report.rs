@@ -148,13 +148,27 @@ impl Reporter for Human {
                 bytes,
                 total_bytes,
                 step,
-                ..
+                objects,
             } => {
                 if let Ok(b) = self.bar.lock() {
                     match b.as_ref() {
                         Some(bar) => {
-                            if let Some(t) = total_bytes {
-                                bar.set_length(*t);
+                            match total_bytes {
+                                Some(t) => bar.set_length(*t),
+                                // No total: what is done and how fast, without a bar or ETA.
+                                None if bar.length() == Some(0) => {
+                                    bar.set_length(u64::MAX);
+                                    bar.set_style(
+                                        ProgressStyle::with_template(
+                                            "  {spinner} {bytes} {binary_bytes_per_sec} {msg}",
+                                        )
+                                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                                    );
+                                }
+                                None => {}
+                            }
+                            if let Some(n) = objects {
+                                bar.set_message(format!("{n} objects"));
                             }
                             bar.set_position(*bytes);
                         }

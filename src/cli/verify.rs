@@ -1,11 +1,14 @@
 //! `dtr-backup verify PLAN`: prove a stored backup whole, decryptable and restorable.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::ValueEnum;
 
 use super::Output;
 use crate::cancel::Cancel;
+use crate::events::{Event, Reporter};
 use crate::exit::Exit;
 use crate::manifest::Which;
 use crate::verify::{self, Check, ReadData};
@@ -70,7 +73,26 @@ pub fn run(args: &Args) -> Exit {
         ReadDataArg::Full => ReadData::Full,
     };
     let warn = |w: String| eprintln!("warning: {w}");
-    let report = match verify::stored(&plan, &which, read_data, &Cancel::new(), &warn) {
+    // On a terminal, a bar of what is read (stderr); JSON stays one document on stdout.
+    let bar: Option<Arc<dyn Reporter>> = (args.output == Output::Text
+        && std::io::stderr().is_terminal())
+    .then(|| Arc::new(super::report::Human::new(false)) as Arc<dyn Reporter>);
+    if let Some(r) = &bar {
+        r.emit(&Event::StepStarted {
+            step: "verify".into(),
+            kind: "verify".into(),
+        });
+    }
+    let started = std::time::Instant::now();
+    let report = verify::stored(&plan, &which, read_data, &Cancel::new(), &warn, bar.clone());
+    if let Some(r) = &bar {
+        r.emit(&Event::StepFinished {
+            step: "verify".into(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            artifacts: vec![],
+        });
+    }
+    let report = match report {
         Ok(r) => r,
         Err(e) => return fail(e.to_string(), e.exit()),
     };

@@ -24,11 +24,13 @@ use crate::events::{Event, Reporter, Summary};
 use crate::failpoint;
 use crate::manifest::{self, ArtifactKind, Manifest, Which};
 use crate::plan::{ImagesCfg, Plan};
+use crate::progress::{Meter, Ticker};
 use crate::secret;
 use crate::steps::images::restore::{self as images, Restored};
 use crate::steps::images::volume::VolumeTarget;
 use crate::steps::metadata_restore;
 use crate::steps::ucp::restore as ucp_restore;
+use crate::storage::metered::Metered;
 use crate::storage::{self, Store};
 use crate::verify::{self, Check, ReadData, Rehash};
 
@@ -703,14 +705,27 @@ async fn run_steps(
             skipped(reporter, summary, "verify");
         } else {
             step(reporter, summary, "verify", "verify", || {
+                let meter = Meter::default();
+                let ticker = Ticker::start(
+                    &meter,
+                    reporter_arc.clone(),
+                    "verify",
+                    verify::to_read(
+                        store.as_ref(),
+                        manifest,
+                        verify::Pass::Verify(ReadData::Layout),
+                        dec.as_ref(),
+                    ),
+                );
                 let checks = verify::check_backup(
-                    store.as_ref(),
+                    Metered::wrap(store.clone(), &meter).as_ref(),
                     manifest,
                     dec.as_ref(),
                     ReadData::Layout,
                     Rehash::Undecrypted,
                     cancel,
                 );
+                ticker.finish();
                 if cancel.is_cancelled() {
                     return Err(Error::Interrupted);
                 }
@@ -728,6 +743,19 @@ async fn run_steps(
         created: None,
     };
     let scratch = opts.drill && opts.images_to.is_none();
+    // What the image content's restore reads, reported as its progress.
+    let meter = Meter::default();
+    let mut ticker = (parts.images && !journal.is_done("images")).then(|| {
+        let total = verify::to_read(
+            store.as_ref(),
+            manifest,
+            verify::Pass::RestoreImages,
+            dec.as_ref(),
+        );
+        Ticker::start(&meter, reporter_arc.clone(), "images", total)
+    });
+    let unmetered = store.clone();
+    let store = Metered::wrap(store, &meter);
     let restored = if !parts.images {
         Restored::default()
     } else if journal.is_done("images") {
@@ -761,7 +789,12 @@ async fn run_steps(
                 cancel,
             );
             match restored {
-                Ok(r) => Ok(r),
+                Ok(r) => {
+                    if let Some(t) = ticker.take() {
+                        t.finish();
+                    }
+                    Ok(r)
+                }
                 Err(Error::Verify(m)) => {
                     if !resumed {
                         // Nothing of it is left under the prefix: nothing to finish.
@@ -795,6 +828,9 @@ async fn run_steps(
             cancel,
         )
         .await;
+        if let (Ok(_), Some(t)) = (&done, ticker.take()) {
+            t.finish();
+        }
         ended(reporter, summary, "images", start, &done);
         let restored = done?;
         failpoint::hit("restore.step.images.done-not-journaled");
@@ -850,6 +886,9 @@ async fn run_steps(
             if let Some(s) = &journal.staging {
                 publish(s, &target)?;
             }
+            if let Some(t) = ticker.take() {
+                t.finish();
+            }
             Ok(journal.restored.clone().unwrap_or_default())
         })?;
         failpoint::hit("restore.step.images.done-not-journaled");
@@ -859,6 +898,8 @@ async fn run_steps(
         cleanup.created = None;
         restored
     };
+    drop(ticker);
+    let store = unmetered;
     if opts.drill && parts.images {
         cleanup.drill = Some((target.clone(), !journal.created_target));
     }

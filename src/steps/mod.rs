@@ -15,8 +15,6 @@ pub mod verify;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use crate::cancel::Cancel;
 use crate::crypto::Secrets;
@@ -92,46 +90,17 @@ impl Ctx {
 
     /// Emits progress events every half second while the returned guard lives.
     pub fn progress(&self, total: Option<u64>) -> Progress {
-        let bytes = Arc::new(AtomicU64::new(0));
-        let objects = Arc::new(AtomicU64::new(0));
-        let counter = bytes.clone();
-        let done = objects.clone();
-        let reporter = self.reporter.clone();
-        let step = self.step_id.clone();
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let n = done.load(Ordering::Relaxed);
-                reporter.emit(&Event::StepProgress {
-                    step: step.clone(),
-                    bytes: counter.load(Ordering::Relaxed),
-                    total_bytes: total,
-                    objects: (n > 0).then_some(n),
-                });
-            }
-        });
-        Progress {
-            bytes,
-            objects,
-            task,
-        }
+        Progress::start(
+            &crate::progress::Meter::default(),
+            self.reporter.clone(),
+            &self.step_id,
+            total,
+        )
     }
 }
 
 /// A byte counter reported as progress; stops reporting when dropped.
-pub struct Progress {
-    pub bytes: Arc<AtomicU64>,
-    pub objects: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Progress {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+pub type Progress = crate::progress::Ticker;
 
 /// A file a step wrote, recorded in the journal: a resumed run skips the step while the
 /// file is there with this size.

@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{self, Manifest};
 use crate::plan::Plan;
 use crate::steps::FileRef;
+use crate::storage::metered::Metered;
 use crate::verify;
 
 use super::{Ctx, Described, Outcome, blocking};
@@ -39,10 +40,12 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
             "no verify.key in the plan: the artifacts are checked by size and sha256, not decrypted",
         );
     }
-    let (stores, cancel, backup_id) = (
+    let (stores, cancel, backup_id, reporter, step) = (
         ctx.stores.clone(),
         ctx.cancel.clone(),
         ctx.backup_id.clone(),
+        ctx.reporter.clone(),
+        ctx.step_id.clone(),
     );
     let size = blocking(move || {
         let store = stores.backups.as_ref();
@@ -54,14 +57,26 @@ pub async fn run(ctx: Ctx) -> Result<Outcome> {
             })?,
         };
         let m = Manifest::parse(&bytes, &backup_id, &pending)?;
-        let checks = verify::check_backup(
+        // The read-back reads the artifacts and the lists (blob-store objects are checked by
+        // their size).
+        let meter = crate::progress::Meter::default();
+        let total = verify::to_read(
             store,
+            &m,
+            verify::Pass::Verify(verify::ReadData::Layout),
+            dec.as_ref(),
+        );
+        let ticker = crate::progress::Ticker::start(&meter, reporter, &step, total);
+        let metered = Metered::wrap(stores.backups.clone(), &meter);
+        let checks = verify::check_backup(
+            metered.as_ref(),
             &m,
             dec.as_ref(),
             verify::ReadData::Layout,
             verify::Rehash::Undecrypted,
             &cancel,
         );
+        ticker.finish();
         cancel
             .check()
             .map_err(|e| crate::error::io(e, "verifying"))?;

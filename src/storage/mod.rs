@@ -9,6 +9,7 @@ mod direct;
 pub mod dry_run;
 pub mod local;
 pub mod memory;
+pub mod metered;
 pub mod nfs;
 pub mod s3;
 

@@ -22,13 +22,17 @@ mod layout;
 mod objects;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::cancel::Cancel;
 use crate::crypto::{self, Decryption};
+use crate::events::Reporter;
 use crate::manifest::{ArtifactKind, Manifest, Which};
+use crate::progress::{Meter, Ticker};
 use crate::storage::Store;
+use crate::storage::metered::Metered;
 
 use artifact::check_artifact;
 use objects::check_blob_store;
@@ -110,13 +114,15 @@ impl Report {
 /// Verifies the stored backup `which` of `plan` with the plan's keys. Folders whose manifest
 /// cannot be read are passed to `warn` (when looking for the latest). An error means nothing
 /// could be checked (no such backup, no access, no key material); a backup that fails its
-/// checks is a report with failed checks.
+/// checks is a report with failed checks. With a `reporter`, what is read is reported as the
+/// progress of step `verify`.
 pub fn stored(
     plan: &crate::plan::Plan,
     which: &Which,
     read_data: ReadData,
     cancel: &Cancel,
     warn: &dyn Fn(String),
+    reporter: Option<Arc<dyn Reporter>>,
 ) -> crate::error::Result<Report> {
     let stores = crate::storage::open(plan)?;
     let store = stores.backups.as_ref();
@@ -151,16 +157,81 @@ pub fn stored(
                 detail: "the artifacts are encrypted to recipients and the plan has no verify.key: set it to the secret key".into(),
             });
         }
+        let meter = Meter::default();
+        let ticker = reporter.map(|r| {
+            let total = to_read(store, m, Pass::Verify(read_data), dec.as_ref());
+            Ticker::start(&meter, r, "verify", total)
+        });
+        let metered = Metered::wrap(stores.backups.clone(), &meter);
         checks.extend(check_backup(
-            store,
+            metered.as_ref(),
             m,
             dec.as_ref(),
             read_data,
             Rehash::Always,
             cancel,
         ));
+        if let Some(t) = ticker {
+            t.finish();
+        }
     }
     Ok(Report { backup_id, checks })
+}
+
+/// A pass over a stored backup, for what it reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// [`check_backup`] with this much of the data.
+    Verify(ReadData),
+    /// Restoring the image content (`steps::images::restore`).
+    RestoreImages,
+}
+
+/// How many stored octets `pass` reads of `manifest`, for its progress: the artifacts it reads
+/// (every one to verify, the images archives to restore), the lists of a snapshot and their
+/// bases once more (each pass streams them), and the blob-store objects it reads, whose
+/// sizes come from one more reading of the lists (only when objects are read). `None` when
+/// something cannot be read: the pass itself will say what.
+pub fn to_read(
+    store: &dyn Store,
+    manifest: &Manifest,
+    pass: Pass,
+    dec: Option<&Decryption>,
+) -> Option<u64> {
+    let artifacts: u64 = manifest
+        .artifacts
+        .iter()
+        .filter(|a| pass != Pass::RestoreImages || a.kind == ArtifactKind::Images)
+        .map(|a| a.size)
+        .sum();
+    let mut lists = 0;
+    for a in &manifest.artifacts {
+        if matches!(a.kind, ArtifactKind::Blobs | ArtifactKind::Trees) {
+            lists += a.size;
+        }
+    }
+    for base in crate::snapshot::bases_of(store, manifest).ok()? {
+        lists += store.size(&base).ok()??;
+    }
+    let readable = manifest.encryption == "none" || dec.is_some();
+    let select = match pass {
+        Pass::Verify(ReadData::Layout) => None,
+        Pass::Verify(rd) => readable.then_some(rd),
+        Pass::RestoreImages => Some(ReadData::Full),
+    };
+    let mut objects = 0u64;
+    if let Some(rd) = select.filter(|_| crate::snapshot::has_blobs(manifest)) {
+        let all = crate::snapshot::blobs_of(store, manifest)
+            .ok()?
+            .chain(crate::snapshot::trees_of(store, manifest).ok()?);
+        for kept in all {
+            let kept = kept.ok()?;
+            if rd.selects(&crate::snapshot::sha_hex(&kept.blob.digest)) {
+                objects += kept.blob.stored;
+            }
+        }
+    }
+    Some(artifacts + lists + objects)
 }
 
 /// The check that every blob digest in `refs` is among the `present` blobs (`has` says

@@ -186,6 +186,18 @@ fn quickstart_backup_end_to_end() {
             .as_ref()
     );
     assert_backup_sound(&fx, &dirs[0]);
+    // The read-back reports what it read to its end: every artifact, and the lists once more.
+    let read_back = finished_progress(&ev, "verify");
+    let artifacts: u64 = manifest(&dirs[0])["artifacts"]
+        .as_array()
+        .expect("artifacts")
+        .iter()
+        .map(|a| a["size"].as_u64().expect("size"))
+        .sum();
+    assert!(
+        read_back["total_bytes"].as_u64() > Some(artifacts),
+        "{read_back} for {artifacts} bytes of artifacts"
+    );
     // The journal is gone once the run is complete; no temporary is left.
     assert!(!fx.plan_root().join(".state/run.json").exists());
     assert!(!fx.plan_root().join(".state/lock.json").exists());

@@ -321,6 +321,26 @@ pub fn logged_counts(ev: &[serde_json::Value], prefix: &str) -> Vec<u64> {
 }
 
 /// Ids of the steps that have an event of `kind`.
+/// The last `step_progress` event of `step`, which must come before that step's
+/// `step_finished`, and must say that all it counted on was read.
+pub fn finished_progress(events: &[serde_json::Value], step: &str) -> serde_json::Value {
+    let at = |kind: &str| {
+        events
+            .iter()
+            .rposition(|e| e["event"] == kind && e["step"] == step)
+    };
+    let progress = at("step_progress").unwrap_or_else(|| panic!("no step_progress of {step}"));
+    let finished = at("step_finished").unwrap_or_else(|| panic!("no step_finished of {step}"));
+    assert!(
+        progress < finished,
+        "{step}: progress after the step finished"
+    );
+    let last = events[progress].clone();
+    assert!(last["bytes"].as_u64().is_some_and(|b| b > 0), "{last}");
+    assert_eq!(last["bytes"], last["total_bytes"], "{step}: {last}");
+    last
+}
+
 pub fn steps_with(events: &[serde_json::Value], kind: &str) -> Vec<String> {
     events
         .iter()

@@ -79,7 +79,10 @@ impl Api {
             .arg(cert)
             .env("UCP_STANDIN_PASSWORD", password)
             .env("DTR_STANDIN_LOG", &log)
-            .env("DTR_STANDIN_READ_ONLY", if read_only { "true" } else { "false" })
+            .env(
+                "DTR_STANDIN_READ_ONLY",
+                if read_only { "true" } else { "false" },
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -255,7 +258,10 @@ fn dtrs_read_only_window_spans_metadata_and_images_and_is_always_closed() {
         stdout(&out)
     );
     // Set back at the start, then read-only around images (metadata was journaled).
-    assert_eq!(values(&api.changes()), [true, false, true, false, true, false]);
+    assert_eq!(
+        values(&api.changes()),
+        [true, false, true, false, true, false]
+    );
     assert_eq!(steps_with(&ev, "step_skipped"), ["discover", "metadata"]);
     assert!(!read_only_record(&dir).exists());
     let finished = ev.last().expect("run_finished");
@@ -268,10 +274,12 @@ fn dtrs_read_only_window_spans_metadata_and_images_and_is_always_closed() {
         "{open_ms} ms reported, {} ms seen",
         (cleared - set) * 1000.0
     );
-    assert!(ev.iter().any(|e| e["event"] == "log"
-        && e["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("writable again, after"))));
+    assert!(ev.iter().any(|e| {
+        e["event"] == "log"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("writable again, after"))
+    }));
     let all = stdout(&out) + &stderr(&out);
     assert!(!all.contains(&bed.ucp_password), "the password leaked");
     drop(api);
@@ -288,7 +296,11 @@ fn dtrs_read_only_window_spans_metadata_and_images_and_is_always_closed() {
     let plan = window_plan(&bed, &dir, &api, "preflight: {check_ucp_login: false}\n");
     let out = run(apply(&bed, &dir, &plan).env("UCP_PASSWORD", "wrong-password"));
     assert_eq!(out.status.code(), Some(1));
-    assert!(error_of(&out).contains("unauthorized"), "{}", error_of(&out));
+    assert!(
+        error_of(&out).contains("unauthorized"),
+        "{}",
+        error_of(&out)
+    );
     assert_eq!(values(&api.changes()), [true, false]);
     assert!(!read_only_record(&dir).exists());
     drop(api);

@@ -63,6 +63,9 @@ fn image_content_comes_back_byte_for_byte() {
     assert_eq!(ev[0]["backup_id"], id.as_str());
     // Image content alone: its checks happen while it is restored, no pass of their own.
     assert_eq!(steps_with(&ev, "step_finished"), ["images"]);
+    // Its progress: the stored octets it read (lists, trees, every blob object), to the end.
+    let progress = finished_progress(&ev, "images");
+    assert!(progress["objects"].as_u64() > Some(3), "{progress}");
     let last = ev.last().expect("events");
     assert_eq!(last["status"], "ok");
     assert_eq!(last["exit_code"], 0);

@@ -653,3 +653,41 @@ fn backup_ids_and_manifest_paths_stay_inside_the_destination() {
         "{failures:?}"
     );
 }
+
+#[test]
+fn on_a_terminal_verify_shows_a_bar_that_reaches_what_it_reads() {
+    let fx = Fixture::new("verify-tty", 3, "");
+    let out = run(&mut fx.apply());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // `script` gives the command a terminal (util-linux, in every Debian).
+    let command = format!(
+        "{} verify {} --read-data full",
+        env!("CARGO_BIN_EXE_dtr-backup"),
+        fx.plan.display()
+    );
+    let out = run(Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(fx.dir.path())
+        .env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
+        .env("NO_COLOR", "1"));
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("all 14 checks passed"), "{text}");
+    assert!(text.contains("✓ verify"), "{text}");
+    // The bar's last state: done = total, the 3 MiB blob included.
+    // A bar line: `  3.03 MiB/3.03 MiB 11.27 MiB/s eta 0s ███…`.
+    let bars: Vec<(String, String)> = text
+        .split(['\r', '\n'])
+        .filter_map(|l| {
+            let w: Vec<&str> = l
+                .trim_start_matches("\u{1b}[2K")
+                .split_whitespace()
+                .collect();
+            let (unit, total) = w.get(1)?.split_once('/')?;
+            Some((format!("{} {unit}", w[0]), format!("{total} {}", w.get(2)?)))
+        })
+        .collect();
+    let (done, total) = bars.last().unwrap_or_else(|| panic!("no bar in {text:?}"));
+    assert_eq!(done, total, "{bars:?}");
+    assert!(total.ends_with("MiB"), "{total}");
+}
