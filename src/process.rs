@@ -46,31 +46,56 @@ impl ProcessId {
     /// Why this process is known to be gone, judged from `me`; `None` when it may still run.
     /// Records without a boot id (older releases) are judged by host and pid alone.
     pub fn gone(&self, me: &ProcessId) -> Option<&'static str> {
+        match self.liveness(me) {
+            Liveness::Gone(why) => Some(why),
+            Liveness::Running | Liveness::Unknown(_) => None,
+        }
+    }
+
+    /// Whether this process still runs, as far as `me` can tell.
+    pub fn liveness(&self, me: &ProcessId) -> Liveness {
         if self.host != me.host {
-            return None;
+            return Liveness::Unknown("it runs on another host");
         }
         let Some(boot) = &self.boot_id else {
-            return (!pid_alive(self.pid)).then_some("that process is gone");
+            return if pid_alive(self.pid) {
+                Liveness::Running
+            } else {
+                Liveness::Gone("that process is gone")
+            };
         };
         if me.boot_id.as_ref() != Some(boot) {
             // Another boot: this machine restarted since, or another machine has this name
             // (containers of one image share even /etc/machine-id). Not ours to judge.
-            return None;
+            return Liveness::Unknown("it ran under another boot of this host name");
         }
         if self.pid_ns.is_none() || self.pid_ns != me.pid_ns {
             // Another container on this kernel: its pids are not ours to look at.
-            return None;
+            return Liveness::Unknown("it runs in another pid namespace (container)");
         }
         match (start_ticks(self.pid), self.start_ticks) {
-            (Err(e), _) if e.kind() == std::io::ErrorKind::NotFound => Some("that process is gone"),
-            // Unreadable (`hidepid`, a security module): it may well run.
-            (Err(_), _) => None,
-            (Ok(now), Some(then)) if now != then => {
-                Some("that process is gone (its pid belongs to another process now)")
+            (Err(e), _) if e.kind() == std::io::ErrorKind::NotFound => {
+                Liveness::Gone("that process is gone")
             }
-            _ => None,
+            // Unreadable (`hidepid`, a security module): it may well run.
+            (Err(_), _) => Liveness::Unknown("its process cannot be read here"),
+            (Ok(now), Some(then)) if now != then => {
+                Liveness::Gone("that process is gone (its pid belongs to another process now)")
+            }
+            (Ok(_), _) => Liveness::Running,
         }
     }
+}
+
+/// What can be told of a recorded process from here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    /// It runs (same host, boot, pid namespace; its pid started when it did).
+    Running,
+    /// It is gone, and why that is certain.
+    Gone(&'static str),
+    /// It cannot be told from here, and why.
+    Unknown(&'static str),
 }
 
 /// This machine's name.

@@ -99,8 +99,20 @@ fn print_text(st: &status::PlanStatus, fresh: Option<bool>, max_age: Option<Dura
         println!("  unfinished run {id}: the next `plan apply` resumes it");
     }
     if let Some(l) = &st.locked_by {
+        let judged = match &st.lock_holder {
+            Some(h) if h.state == "running" => ": running".to_owned(),
+            Some(h) if h.state == "gone" => format!(
+                ": stale, {}; the next run takes it over",
+                h.why.unwrap_or("gone")
+            ),
+            Some(h) => format!(
+                ": cannot tell whether it runs ({})",
+                h.why.unwrap_or("unknown")
+            ),
+            None => String::new(),
+        };
         println!(
-            "  locked by {} on host {} (pid {}) since {}",
+            "  locked by {} on host {} (pid {}) since {}{judged}",
             l.operation, l.process.host, l.process.pid, l.started_at
         );
     }

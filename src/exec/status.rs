@@ -8,6 +8,7 @@ use crate::clock;
 use crate::error::Result;
 use crate::manifest;
 use crate::plan::Plan;
+use crate::process::Liveness;
 use crate::storage;
 
 /// The newest complete backup of a plan.
@@ -33,8 +34,22 @@ pub struct PlanStatus {
     pub unfinished: Option<String>,
     /// Who holds the lock now, if anyone.
     pub locked_by: Option<lock::LockInfo>,
+    /// Whether that holder still runs: `running`, `gone` (the next run takes the lock over),
+    /// or `unknown` (another host or container).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_holder: Option<Holder>,
     /// Folders whose manifest cannot be read (not counted).
     pub unreadable: usize,
+}
+
+/// The lock holder's state, as far as this machine can tell.
+#[derive(Clone, Debug, Serialize)]
+pub struct Holder {
+    /// `running`, `gone` or `unknown`.
+    pub state: &'static str,
+    /// Why it is gone, or why it cannot be told.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<&'static str>,
 }
 
 /// Reads the status of `plan` at its destination. Nothing is written.
@@ -50,13 +65,30 @@ pub fn of(plan: &Plan) -> Result<PlanStatus> {
         replica: m.dtr.replica.clone(),
         version: m.dtr.version.clone(),
     });
+    let locked_by = lock::holder(stores.state.as_ref())?;
     Ok(PlanStatus {
         plan: plan.name.to_string(),
         backups: listing.complete.len(),
         newest,
         last_run: state::load_last_run(stores.state.as_ref())?,
         unfinished: state::load(stores.state.as_ref())?.map(|r| r.backup_id),
-        locked_by: lock::holder(stores.state.as_ref())?,
+        lock_holder: locked_by.as_ref().map(|l| {
+            match l.process.liveness(&crate::process::ProcessId::current()) {
+                Liveness::Running => Holder {
+                    state: "running",
+                    why: None,
+                },
+                Liveness::Gone(why) => Holder {
+                    state: "gone",
+                    why: Some(why),
+                },
+                Liveness::Unknown(why) => Holder {
+                    state: "unknown",
+                    why: Some(why),
+                },
+            }
+        }),
+        locked_by,
         unreadable: listing.unreadable.len(),
     })
 }

@@ -485,4 +485,24 @@ fn status_reports_the_newest_backup_and_the_last_run_and_goes_stale() {
         text.contains(&id) && text.contains("STALE") && text.contains("last run: failed"),
         "{text}"
     );
+
+    // A run holding the lock is judged running; once killed, its lock is judged stale.
+    std::fs::rename(fx.dir.path().join("moved"), fx.dir.path().join("registry")).unwrap();
+    let mut child = spawn_until(
+        fx.apply().env("DTR_BACKUP_FAILPOINT", "apply.locked"),
+        "failpoint apply.locked",
+    );
+    let (_, st) = status("1d");
+    assert_eq!(st["lock_holder"]["state"], "running", "{st}");
+    assert_eq!(st["locked_by"]["pid"], child.id());
+    child.kill().expect("kill -9");
+    child.wait().expect("wait");
+    let (_, st) = status("1d");
+    assert_eq!(st["lock_holder"]["state"], "gone", "{st}");
+    let out = run(dtr_backup(fx.dir.path()).arg("status").arg(&fx.plan));
+    assert!(
+        stdout(&out).contains("stale, that process is gone; the next run takes it over"),
+        "{}",
+        stdout(&out)
+    );
 }
