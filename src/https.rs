@@ -4,9 +4,10 @@
 //! A CA file may hold the server's own self-signed certificate rather than a CA's, as
 //! `openssl req -x509` makes it (`CA:TRUE`, presented as the server certificate). curl, Go and
 //! the DTR container accept that; webpki refuses it (`CaUsedAsEndEntity`). [`Pinned`] accepts
-//! it and nothing looser: the server must present exactly a certificate of the file, byte for
-//! byte, within its validity (webpki checks dates before the CA flag), and for the host
-//! asked for. Every other certificate goes through webpki's full verification.
+//! it: the server must present exactly a certificate of the file, byte for byte, within its
+//! validity (webpki checks dates before the CA flag), and for the host asked for; being
+//! trusted as itself, its extended key usage is not checked. Every other certificate goes
+//! through webpki's full verification.
 //!
 //! [`explain`] turns a TLS failure into words: what did not match and what to check.
 
@@ -32,6 +33,7 @@ pub enum Trust<'a> {
 /// A client with the given trust and timeouts. The error says what to fix in words.
 pub fn client(trust: Trust<'_>, timeout: Duration) -> Result<reqwest::Client, String> {
     let b = reqwest::Client::builder()
+        .https_only(true)
         .timeout(timeout)
         .connect_timeout(Duration::from_secs(10));
     let b = match trust {

@@ -58,8 +58,9 @@ impl ProcessId {
             return Liveness::Unknown("it runs on another host");
         }
         let Some(boot) = &self.boot_id else {
+            // A record of an older release: a live pid may be another process by now.
             return if pid_alive(self.pid) {
-                Liveness::Running
+                Liveness::Unknown("its pid runs, but the record is too old to tell whose")
             } else {
                 Liveness::Gone("that process is gone")
             };
@@ -82,7 +83,8 @@ impl ProcessId {
             (Ok(now), Some(then)) if now != then => {
                 Liveness::Gone("that process is gone (its pid belongs to another process now)")
             }
-            (Ok(_), _) => Liveness::Running,
+            (Ok(_), Some(_)) => Liveness::Running,
+            (Ok(_), None) => Liveness::Unknown("its pid runs, but the record has no start time"),
         }
     }
 }

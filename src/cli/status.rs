@@ -116,6 +116,14 @@ fn print_text(st: &status::PlanStatus, fresh: Option<bool>, max_age: Option<Dura
             l.operation, l.process.host, l.process.pid, l.started_at
         );
     }
+    if let Some(r) = &st.read_only_left {
+        println!(
+            "  DTR at {} was left read-only by run {} (since {}): the next `plan apply` sets it writable",
+            r.url,
+            r.backup_id,
+            crate::clock::rfc3339(r.set_at)
+        );
+    }
     if st.unreadable > 0 {
         println!(
             "  {} folder(s) with an unreadable manifest (see `backups list`)",

@@ -209,6 +209,8 @@ async fn run(
         time: clock::rfc3339(clock::now_unix()),
     });
     *around.backup_id = Some(run.backup_id.clone());
+    // A read-only window that a killed run left open is closed before anything else can fail.
+    read_only::recover(&plan, stores.state.as_ref(), reporter.as_ref()).await?;
     around.ops.before(&run.backup_id, &cancel).await?;
     state::save(stores.state.as_ref(), &run)?;
     failpoint::hit("apply.journal-created");
@@ -239,8 +241,34 @@ async fn run(
         .steps
         .iter()
         .rposition(|s| matches!(s.kind, StepKind::Metadata | StepKind::Images));
+    let in_window = |kind: StepKind| matches!(kind, StepKind::Metadata | StepKind::Images);
+    if plan.dtr.read_only_window {
+        // Metadata and images must be copied inside one window: if an earlier run did only one
+        // of them, both run again (the registry may have changed in between).
+        let ids: Vec<&str> = graph
+            .steps
+            .iter()
+            .filter(|s| in_window(s.kind))
+            .map(|s| s.id.as_str())
+            .collect();
+        let done = ids.iter().filter(|id| run.steps.contains_key(**id)).count();
+        if done > 0 && done < ids.len() {
+            for id in &ids {
+                run.steps.remove(*id);
+            }
+            reporter.emit(&Event::Warning {
+                message: format!(
+                    "{} run again: they are copied inside one read-only window, and the interrupted run copied only part of them",
+                    ids.join(" and ")
+                ),
+            });
+        }
+    }
     let mut window: Option<read_only::Window> = None;
     let mut window_done = false;
+    // A window that could not be closed after the images: the backup goes on, the run fails
+    // at its end (the record stays; the next run retries).
+    let mut close_failed: Option<Error> = None;
     let steps_result: Result<()> = async {
     for (index, step) in graph.steps.iter().enumerate() {
         if cancel.is_cancelled() {
@@ -249,11 +277,20 @@ async fn run(
         if Some(index) > last_in_window
             && let Some(w) = window.take()
         {
-            summary.read_only_ms =
-                Some(w.close(stores.state.as_ref(), reporter.as_ref()).await?.as_millis() as u64);
+            match w.close(stores.state.as_ref(), reporter.as_ref()).await {
+                Ok(open) => summary.read_only_ms = Some(open.as_millis() as u64),
+                Err(e) => {
+                    reporter.emit(&Event::Warning {
+                        message: format!("{e}; the backup goes on"),
+                    });
+                    close_failed = Some(e);
+                }
+            }
         }
         ctx.step_id = step.id.clone();
-        if let Some(record) = run.steps.get(&step.id) {
+        // Inside a window this run opened, a window step runs whatever an earlier run did.
+        let rerun = window_done && plan.dtr.read_only_window && in_window(step.kind);
+        if let Some(record) = run.steps.get(&step.id).filter(|_| !rerun) {
             if outputs_intact(stores.backups.as_ref(), record)? {
                 reporter.emit(&Event::StepSkipped {
                     step: step.id.clone(),
@@ -280,7 +317,7 @@ async fn run(
         }
         if plan.dtr.read_only_window
             && !window_done
-            && matches!(step.kind, StepKind::Metadata | StepKind::Images)
+            && in_window(step.kind)
         {
             window_done = true;
             let password = ctx.secrets.ucp_password.as_ref().ok_or_else(|| {
@@ -308,17 +345,7 @@ async fn run(
                     ctx.secrets = Arc::new(secrets);
                     steps::Outcome::default()
                 });
-            match preflight {
-                Ok(o) => read_only::recover(
-                    &plan,
-                    stores.state.as_ref(),
-                    ctx.secrets.ucp_password.as_ref(),
-                    reporter.as_ref(),
-                )
-                .await
-                .map(|()| o),
-                Err(e) => Err(e),
-            }
+            preflight
         } else {
             remove_temporaries(stores.backups.as_ref(), &run.backup_id, |_| false)?;
             steps::run(step.kind, ctx.clone()).await
@@ -377,7 +404,10 @@ async fn run(
     }
     steps_result?;
     state::clear(stores.state.as_ref())?;
-    Ok(run.backup_id)
+    match close_failed {
+        Some(e) => Err(e.context(format!("backup {} is complete, but", run.backup_id))),
+        None => Ok(run.backup_id),
+    }
 }
 
 /// Adds a completed step's results to what later steps see.

@@ -30,38 +30,61 @@ pub struct Window {
     opened: Instant,
 }
 
-/// Sets DTR writable again when an earlier run stopped inside its window.
-pub async fn recover(
-    plan: &Plan,
-    store: &dyn Store,
-    password: Option<&Secret>,
-    reporter: &dyn Reporter,
-) -> Result<()> {
+/// Sets DTR writable again when an earlier run stopped inside its window. Runs once the lock
+/// is held, before anything else can fail. Only the plan's own `dtr.external_url` is ever
+/// sent the credentials: a record that names another URL is refused (the state folder is at
+/// the destination, which others may be able to write).
+pub async fn recover(plan: &Plan, store: &dyn Store, reporter: &dyn Reporter) -> Result<()> {
     let Some(left) = state::load_read_only(store)? else {
         return Ok(());
     };
     let since = clock::rfc3339(left.set_at);
-    let Some(password) = password else {
+    let by_hand = format!(
+        "check DTR's settings (set it writable if it is read-only), then delete {}/{}",
+        store.describe(),
+        state::READ_ONLY
+    );
+    let url = match &plan.dtr.external_url {
+        Some(u) if u.as_str().trim_end_matches('/') == left.url => u.as_str(),
+        other => {
+            return Err(Error::ucp(format!(
+                "a record says run {} left DTR at {} read-only (since {since}), and this plan's dtr.external_url is {}: dtr-backup sends UCP's credentials only to the plan's DTR; {by_hand}",
+                left.backup_id,
+                left.url,
+                other.as_ref().map_or("not set", |u| u.as_str())
+            )));
+        }
+    };
+    let Some(ucp) = &plan.ucp else {
         return Err(Error::ucp(format!(
-            "run {} left DTR at {} read-only (since {since}), and this plan has no UCP credentials to set it back: set DTR writable by hand, then delete {}/{}",
-            left.backup_id,
-            left.url,
-            store.describe(),
-            state::READ_ONLY
+            "run {} left DTR at {url} read-only (since {since}), and this plan has no UCP credentials to set it back: {by_hand}",
+            left.backup_id
         )));
     };
-    let api = dtr::Api::new(plan, &left.url, password)?;
-    api.set_read_only(false).await.map_err(|e| {
+    let password = crate::secret::resolve(&ucp.password)?;
+    let api = dtr::Api::new(plan, url, &password)?;
+    let undo = |e: Error| {
         e.context(format!(
             "setting DTR writable again, as run {} left it read-only (since {since})",
             left.backup_id
         ))
-    })?;
+    };
+    if !api.read_only().await.map_err(undo)? {
+        state::clear_read_only(store)?;
+        reporter.emit(&Event::Warning {
+            message: format!(
+                "run {} stopped inside its read-only window (since {since}), and DTR at {url} is writable already; its record is dropped",
+                left.backup_id
+            ),
+        });
+        return Ok(());
+    }
+    api.set_read_only(false).await.map_err(undo)?;
     state::clear_read_only(store)?;
     reporter.emit(&Event::Warning {
         message: format!(
-            "run {} stopped while DTR at {} was read-only (since {since}); DTR is writable again",
-            left.backup_id, left.url
+            "run {} stopped while DTR at {url} was read-only (since {since}); DTR is writable again",
+            left.backup_id
         ),
     });
     Ok(())
@@ -82,7 +105,7 @@ pub async fn open(
     if api.read_only().await? {
         reporter.emit(&Event::Warning {
             message: format!(
-                "DTR at {} is read-only already: it stays so, before and after this backup",
+                "DTR at {} is read-only already (set by hand, or by another plan's window): this run leaves the setting alone, and cannot promise that it stays read-only until the images are copied",
                 api.url()
             ),
         });

@@ -745,7 +745,10 @@ async fn run_steps(
     let scratch = opts.drill && opts.images_to.is_none();
     // What the image content's restore reads, reported as its progress.
     let meter = Meter::default();
-    let mut ticker = (parts.images && !journal.is_done("images")).then(|| {
+    let mut ticker = (parts.images
+        && !journal.is_done("images")
+        && !journal.is_done("images.staged"))
+    .then(|| {
         let total = verify::to_read(
             store.as_ref(),
             manifest,

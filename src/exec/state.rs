@@ -69,8 +69,7 @@ pub fn clear(store: &dyn Store) -> Result<()> {
     store.delete(FILE)
 }
 
-/// The record of the last `plan apply` that held the lock, kept beside the journal for
-/// `status`: how it ended, even when it left no backup.
+/// DTR set read-only by a run (see `exec::read_only`).
 pub const READ_ONLY: &str = "read-only.json";
 
 #[derive(Serialize, Deserialize)]
@@ -115,6 +114,8 @@ pub fn clear_read_only(store: &dyn Store) -> Result<()> {
     store.delete(READ_ONLY)
 }
 
+/// The record of the last `plan apply` that held the lock, kept beside the journal for
+/// `status`: how it ended, even when it left no backup.
 pub const LAST_RUN: &str = "last-run.json";
 
 #[derive(Serialize, Deserialize)]

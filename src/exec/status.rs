@@ -38,6 +38,10 @@ pub struct PlanStatus {
     /// or `unknown` (another host or container).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lock_holder: Option<Holder>,
+    /// A read-only window that a stopped run left open (DTR may still be read-only); the
+    /// next run of the plan closes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_only_left: Option<state::ReadOnly>,
     /// Folders whose manifest cannot be read (not counted).
     pub unreadable: usize,
 }
@@ -89,6 +93,7 @@ pub fn of(plan: &Plan) -> Result<PlanStatus> {
             }
         }),
         locked_by,
+        read_only_left: state::load_read_only(stores.state.as_ref())?,
         unreadable: listing.unreadable.len(),
     })
 }

@@ -320,7 +320,6 @@ pub fn logged_counts(ev: &[serde_json::Value], prefix: &str) -> Vec<u64> {
         .collect()
 }
 
-/// Ids of the steps that have an event of `kind`.
 /// The last `step_progress` event of `step`, which must come before that step's
 /// `step_finished`, and must say that all it counted on was read.
 pub fn finished_progress(events: &[serde_json::Value], step: &str) -> serde_json::Value {
@@ -341,6 +340,7 @@ pub fn finished_progress(events: &[serde_json::Value], step: &str) -> serde_json
     last
 }
 
+/// Ids of the steps that have an event of `kind`.
 pub fn steps_with(events: &[serde_json::Value], kind: &str) -> Vec<String> {
     events
         .iter()

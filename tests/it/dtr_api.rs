@@ -249,6 +249,16 @@ fn dtrs_read_only_window_spans_metadata_and_images_and_is_always_closed() {
     child.kill().expect("kill -9");
     child.wait().expect("wait");
     assert!(read_only_record(&dir).exists());
+    // `status` says so.
+    let st = run(dtr_backup(dir.path())
+        .args(["status", "--output", "json"])
+        .arg(&plan));
+    let doc: serde_json::Value = serde_json::from_slice(&st.stdout).expect("status JSON");
+    assert_eq!(
+        doc["plans"][0]["read_only_left"]["url"],
+        api.url().as_str(),
+        "{doc}"
+    );
     let out = run(&mut apply(&bed, &dir, &plan));
     assert_eq!(out.status.code(), Some(0), "{}", error_of(&out));
     let ev = events(&out);
@@ -257,12 +267,18 @@ fn dtrs_read_only_window_spans_metadata_and_images_and_is_always_closed() {
         "{}",
         stdout(&out)
     );
-    // Set back at the start, then read-only around images (metadata was journaled).
+    // Set back at the start, then read-only around metadata and images again: metadata was
+    // journaled, but both are copied inside one window.
     assert_eq!(
         values(&api.changes()),
         [true, false, true, false, true, false]
     );
-    assert_eq!(steps_with(&ev, "step_skipped"), ["discover", "metadata"]);
+    assert_eq!(steps_with(&ev, "step_skipped"), ["discover"]);
+    assert!(
+        warned(&ev, "metadata and images run again"),
+        "{}",
+        stdout(&out)
+    );
     assert!(!read_only_record(&dir).exists());
     let finished = ev.last().expect("run_finished");
     let open_ms = finished["summary"]["read_only_ms"]
@@ -270,7 +286,7 @@ fn dtrs_read_only_window_spans_metadata_and_images_and_is_always_closed() {
         .expect("the window's length in run_finished");
     let (set, cleared) = (api.changes()[4].0, api.changes()[5].0);
     assert!(
-        (open_ms as f64) <= (cleared - set) * 1000.0 + 50.0,
+        open_ms > 0 && (open_ms as f64) <= (cleared - set) * 1000.0 + 50.0,
         "{open_ms} ms reported, {} ms seen",
         (cleared - set) * 1000.0
     );
@@ -282,6 +298,35 @@ fn dtrs_read_only_window_spans_metadata_and_images_and_is_always_closed() {
     }));
     let all = stdout(&out) + &stderr(&out);
     assert!(!all.contains(&bed.ucp_password), "the password leaked");
+
+    // A record that names another DTR than the plan's (the state folder is at the
+    // destination, which others may write): refused, and nothing is sent anywhere.
+    let record = read_only_record(&dir);
+    let planted = format!(
+        "{{\"version\": \"1\", \"url\": \"https://127.0.0.1:{}\", \"backup_id\": \"x\", \"set_at\": 0}}",
+        api.port + 1
+    );
+    std::fs::write(&record, &planted).expect("plant a record");
+    let before = api.changes().len();
+    let out = run(&mut apply(&bed, &dir, &plan));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        error_of(&out).contains("sends UCP's credentials only to the plan's DTR"),
+        "{}",
+        error_of(&out)
+    );
+    assert_eq!(api.changes().len(), before);
+    assert_eq!(std::fs::read_to_string(&record).expect("kept"), planted);
+    // A record of this DTR while DTR is writable already: dropped with a warning, no change.
+    let ours = planted.replace(&format!(":{}", api.port + 1), &format!(":{}", api.port));
+    std::fs::write(&record, ours).expect("record");
+    let out = run(&mut apply(&bed, &dir, &plan));
+    assert_eq!(out.status.code(), Some(0), "{}", error_of(&out));
+    assert!(warned(
+        &events(&out),
+        "writable already; its record is dropped"
+    ));
+    assert_eq!(values(&api.changes()[before..]), [true, false]);
     drop(api);
 
     // A failure inside the window (the metadata container refuses the password, which DTR's
