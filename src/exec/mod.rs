@@ -339,13 +339,12 @@ async fn run(
         let began = Instant::now();
         let outcome = if step.kind == StepKind::Preflight {
             let warn = |message: String| reporter.emit(&Event::Warning { message });
-            let preflight = steps::preflight::run(&plan, &stores, &warn)
+            steps::preflight::run(&plan, &stores, &warn)
                 .await
                 .map(|secrets| {
                     ctx.secrets = Arc::new(secrets);
                     steps::Outcome::default()
-                });
-            preflight
+                })
         } else {
             remove_temporaries(stores.backups.as_ref(), &run.backup_id, |_| false)?;
             steps::run(step.kind, ctx.clone()).await
