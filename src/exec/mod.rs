@@ -235,47 +235,102 @@ async fn run(
         objects: Vec::new(),
     };
 
-    // DTR's read-only window spans the metadata and images steps; it is closed after the last
-    // of them, or when the run stops before.
-    let last_in_window = graph
-        .steps
-        .iter()
-        .rposition(|s| matches!(s.kind, StepKind::Metadata | StepKind::Images));
-    let in_window = |kind: StepKind| matches!(kind, StepKind::Metadata | StepKind::Images);
-    if plan.dtr.read_only_window {
-        // Metadata and images must be copied inside one window: if an earlier run did only one
-        // of them, both run again (the registry may have changed in between).
-        let ids: Vec<&str> = graph
-            .steps
-            .iter()
-            .filter(|s| in_window(s.kind))
-            .map(|s| s.id.as_str())
-            .collect();
-        let done = ids.iter().filter(|id| run.steps.contains_key(**id)).count();
-        if done > 0 && done < ids.len() {
-            for id in &ids {
-                run.steps.remove(*id);
-            }
-            reporter.emit(&Event::Warning {
-                message: format!(
-                    "{} run again: they are copied inside one read-only window, and the interrupted run copied only part of them",
-                    ids.join(" and ")
-                ),
-            });
+    let mut win = Window::new(&graph, &plan, &mut run, reporter.as_ref());
+    let steps_result = run_steps(&graph, &mut run, &mut ctx, summary, &mut win).await;
+    if let Some(w) = win.open.take() {
+        // The run stopped inside the window (or its last step was the last of the window).
+        match w.close(stores.state.as_ref(), reporter.as_ref()).await {
+            Ok(open) => summary.read_only_ms = Some(open.as_millis() as u64),
+            Err(e) if steps_result.is_ok() => return Err(e),
+            Err(e) => reporter.emit(&Event::Warning {
+                message: e.to_string(),
+            }),
         }
     }
-    let mut window: Option<read_only::Window> = None;
-    let mut window_done = false;
-    // A window that could not be closed after the images: the backup goes on, the run fails
-    // at its end (the record stays; the next run retries).
-    let mut close_failed: Option<Error> = None;
-    let steps_result: Result<()> = async {
+    steps_result?;
+    state::clear(stores.state.as_ref())?;
+    match win.close_failed {
+        Some(e) => Err(e.context(format!("backup {} is complete, but", run.backup_id))),
+        None => Ok(run.backup_id),
+    }
+}
+
+/// DTR's read-only window of one run: it spans the metadata and images steps, and is closed
+/// after the last of them, or when the run stops before.
+struct Window {
+    /// Index of the last window step in the graph.
+    last: Option<usize>,
+    open: Option<read_only::Window>,
+    /// Opened once in this run.
+    done: bool,
+    /// It could not be closed after the images: the backup goes on, the run fails at its end
+    /// (the record stays; the next run retries).
+    close_failed: Option<Error>,
+}
+
+fn in_window(kind: StepKind) -> bool {
+    matches!(kind, StepKind::Metadata | StepKind::Images)
+}
+
+impl Window {
+    fn new(
+        graph: &graph::StepGraph,
+        plan: &Plan,
+        run: &mut RunState,
+        reporter: &dyn Reporter,
+    ) -> Window {
+        if plan.dtr.read_only_window {
+            // Metadata and images are copied inside one window: if an earlier run did only
+            // one of them, both run again (the registry may have changed in between).
+            let ids: Vec<&str> = graph
+                .steps
+                .iter()
+                .filter(|s| in_window(s.kind))
+                .map(|s| s.id.as_str())
+                .collect();
+            let done = ids.iter().filter(|id| run.steps.contains_key(**id)).count();
+            if done > 0 && done < ids.len() {
+                for id in &ids {
+                    run.steps.remove(*id);
+                }
+                reporter.emit(&Event::Warning {
+                    message: format!(
+                        "{} run again: they are copied inside one read-only window, and the interrupted run copied only part of them",
+                        ids.join(" and ")
+                    ),
+                });
+            }
+        }
+        Window {
+            last: graph.steps.iter().rposition(|s| in_window(s.kind)),
+            open: None,
+            done: false,
+            close_failed: None,
+        }
+    }
+}
+
+/// Runs the graph's steps in order, each recorded in the journal once its outputs are durable;
+/// opens and closes DTR's read-only window around the window steps.
+async fn run_steps(
+    graph: &graph::StepGraph,
+    run: &mut RunState,
+    ctx: &mut Ctx,
+    summary: &mut Summary,
+    win: &mut Window,
+) -> Result<()> {
+    let (plan, stores, reporter, cancel) = (
+        ctx.plan.clone(),
+        ctx.stores.clone(),
+        ctx.reporter.clone(),
+        ctx.cancel.clone(),
+    );
     for (index, step) in graph.steps.iter().enumerate() {
         if cancel.is_cancelled() {
             return Err(Error::Interrupted);
         }
-        if Some(index) > last_in_window
-            && let Some(w) = window.take()
+        if Some(index) > win.last
+            && let Some(w) = win.open.take()
         {
             match w.close(stores.state.as_ref(), reporter.as_ref()).await {
                 Ok(open) => summary.read_only_ms = Some(open.as_millis() as u64),
@@ -283,13 +338,13 @@ async fn run(
                     reporter.emit(&Event::Warning {
                         message: format!("{e}; the backup goes on"),
                     });
-                    close_failed = Some(e);
+                    win.close_failed = Some(e);
                 }
             }
         }
         ctx.step_id = step.id.clone();
         // Inside a window this run opened, a window step runs whatever an earlier run did.
-        let rerun = window_done && plan.dtr.read_only_window && in_window(step.kind);
+        let rerun = win.done && plan.dtr.read_only_window && in_window(step.kind);
         if let Some(record) = run.steps.get(&step.id).filter(|_| !rerun) {
             if outputs_intact(stores.backups.as_ref(), record)? {
                 reporter.emit(&Event::StepSkipped {
@@ -299,7 +354,7 @@ async fn run(
                             .into(),
                 });
                 summary.steps_skipped += 1;
-                absorb(&mut ctx, record);
+                absorb(ctx, record);
                 continue;
             }
             reporter.emit(&Event::Warning {
@@ -315,15 +370,12 @@ async fn run(
         if cancel.is_cancelled() {
             return Err(Error::Interrupted);
         }
-        if plan.dtr.read_only_window
-            && !window_done
-            && in_window(step.kind)
-        {
-            window_done = true;
+        if plan.dtr.read_only_window && !win.done && in_window(step.kind) {
+            win.done = true;
             let password = ctx.secrets.ucp_password.as_ref().ok_or_else(|| {
                 Error::internal("the read-only window without UCP credentials passed preflight")
             })?;
-            window = read_only::open(
+            win.open = read_only::open(
                 &plan,
                 stores.state.as_ref(),
                 password,
@@ -383,30 +435,12 @@ async fn run(
             facts: outcome.facts,
             objects: outcome.objects,
         };
-        absorb(&mut ctx, &record);
+        absorb(ctx, &record);
         run.steps.insert(step.id.clone(), record);
-        state::save(stores.state.as_ref(), &run)?;
+        state::save(stores.state.as_ref(), run)?;
         failpoint::hit(&format!("step.{}.journaled", step.id));
     }
     Ok(())
-    }
-    .await;
-    if let Some(w) = window.take() {
-        // The run stopped inside the window (or its last step was the last of the window).
-        match w.close(stores.state.as_ref(), reporter.as_ref()).await {
-            Ok(open) => summary.read_only_ms = Some(open.as_millis() as u64),
-            Err(e) if steps_result.is_ok() => return Err(e),
-            Err(e) => reporter.emit(&Event::Warning {
-                message: e.to_string(),
-            }),
-        }
-    }
-    steps_result?;
-    state::clear(stores.state.as_ref())?;
-    match close_failed {
-        Some(e) => Err(e.context(format!("backup {} is complete, but", run.backup_id))),
-        None => Ok(run.backup_id),
-    }
 }
 
 /// Adds a completed step's results to what later steps see.
