@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand. Parsing and printing only.
 
+mod backups_copy;
 mod backups_list;
 mod backups_prune;
 mod plan_apply;
@@ -51,6 +52,9 @@ pub enum BackupsCommand {
     List(backups_list::Args),
     /// Apply the plan's retention now (under the plan's lock).
     Prune(backups_prune::Args),
+    /// Copy complete backups to another plan's destination (a second copy), each object
+    /// checked on the way; resumable; a second copy copies nothing.
+    Copy(backups_copy::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +102,7 @@ pub fn run(cli: Cli) -> Exit {
         Command::Plan(PlanCommand::Unlock(args)) => plan_unlock::run(&args),
         Command::Backups(BackupsCommand::List(args)) => backups_list::run(&args),
         Command::Backups(BackupsCommand::Prune(args)) => backups_prune::run(&args),
+        Command::Backups(BackupsCommand::Copy(args)) => backups_copy::run(&args),
         Command::Verify(args) => verify::run(&args),
         Command::Restore(args) => restore::run(&args),
         Command::Status(args) => status::run(&args),

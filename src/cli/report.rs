@@ -188,8 +188,8 @@ impl Reporter for Human {
                     }
                 }
             }
-            Event::StepSkipped { step, .. } => {
-                self.line(&format!("↷ {step}: done by an earlier run, skipped"))
+            Event::StepSkipped { step, reason } => {
+                self.line(&format!("↷ {step}: skipped, {reason}"))
             }
             Event::StepFinished {
                 step,

@@ -5,6 +5,7 @@
 //! outputs are recorded and still present is skipped; the others run and are recorded only
 //! once their outputs are durable. Killed at any point, the next `apply` resumes.
 
+pub mod copy;
 pub mod lock;
 pub mod prune;
 pub mod read_only;

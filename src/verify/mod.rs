@@ -21,6 +21,8 @@ mod artifact;
 mod layout;
 mod objects;
 
+pub use objects::content_problem;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 

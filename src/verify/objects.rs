@@ -165,22 +165,42 @@ fn read_one(
         size,
         tree,
     } = job;
-    let result = store.open(path).map_err(|e| e.to_string()).and_then(|r| {
+    match store.open(path) {
+        Ok(r) => {
+            content_problem(r, digest, *size, *tree, encrypted, dec).map(|p| format!("{path}{p}"))
+        }
+        Err(e) => Some(format!("{path}: {e}")),
+    }
+}
+
+/// What is wrong with the stored octets of a blob-store object read from `stored`, if
+/// anything: decrypted (when `encrypted`, with `dec`) and, for a repository tree,
+/// decompressed, its content must be `size` octets that hash to `digest`. The problem is said
+/// as a suffix to the object's name (` (content hashes to ...)`, `: <error>`).
+pub fn content_problem(
+    stored: Box<dyn Read + Send + Sync>,
+    digest: &str,
+    size: u64,
+    tree: bool,
+    encrypted: bool,
+    dec: Option<&Decryption>,
+) -> Option<String> {
+    let result = (|| {
         let plain: Box<dyn Read + Send + Sync> = match (encrypted, dec) {
-            (true, Some(d)) => crypto::decrypt(r, d).map_err(|e| e.to_string())?,
-            _ => r,
+            (true, Some(d)) => crypto::decrypt(stored, d).map_err(|e| e.to_string())?,
+            _ => stored,
         };
-        let plain: Box<dyn Read + Send> = if *tree {
+        let plain: Box<dyn Read + Send> = if tree {
             crate::archive::unzipped(plain).map_err(|e| e.to_string())?
         } else {
             plain
         };
         HashReader::new(plain).finish().map_err(|e| e.to_string())
-    });
+    })();
     match result {
-        Ok((sha, n)) if sha == *digest && n == *size => None,
-        Ok((sha, n)) if sha == *digest => Some(format!("{path} ({n} bytes, {size} recorded)")),
-        Ok((sha, _)) => Some(format!("{path} (content hashes to {sha})")),
-        Err(e) => Some(format!("{path}: {e}")),
+        Ok((sha, n)) if sha == digest && n == size => None,
+        Ok((sha, n)) if sha == digest => Some(format!(" ({n} bytes, {size} recorded)")),
+        Ok((sha, _)) => Some(format!(" (content hashes to {sha})")),
+        Err(e) => Some(format!(": {e}")),
     }
 }

@@ -654,3 +654,169 @@ fn state_updates_are_conditional_on_s3() {
     );
     a.delete("run.json").expect("delete");
 }
+
+/// `backups copy` of `from` to `to`, NDJSON; the last line (`copy_finished`) parsed.
+fn copy(fx: &Fixture, from: &Path, to: &Path, extra: &[&str]) -> (Output, serde_json::Value) {
+    let out = run(with_keys(
+        dtr_backup(fx.dir.path())
+            .env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
+            .args(["backups", "copy", "--output", "json"])
+            .arg(from)
+            .arg("--to")
+            .arg(to)
+            .args(extra),
+    ));
+    let last = stdout(&out)
+        .lines()
+        .last()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .unwrap_or_default();
+    (out, last)
+}
+
+fn flip_byte(file: &Path, at: u64) {
+    let mut bytes = std::fs::read(file).expect("read");
+    let i = (at as usize).min(bytes.len() - 1);
+    bytes[i] ^= 0x55;
+    std::fs::write(file, bytes).expect("write");
+}
+
+#[test]
+fn copies_go_local_to_s3_and_back_resume_and_refuse_damage() {
+    let Some(bed) = s3_bed() else { return };
+    // Two local backups sharing blobs, the second with one blob more.
+    let fx = Fixture::new("copy", 2, "");
+    assert_eq!(run(&mut fx.apply()).status.code(), Some(0));
+    let blob = b"a blob that only the second backup holds".to_vec();
+    let digest = dtr_backup::archive::sha256_hex(&blob);
+    let dir = fx.dir.path().join(format!(
+        "registry/docker/registry/v2/blobs/sha256/{}/{digest}",
+        &digest[..2]
+    ));
+    std::fs::create_dir_all(&dir).expect("blob dir");
+    std::fs::write(dir.join("data"), &blob).expect("blob");
+    assert_eq!(run(&mut fx.apply()).status.code(), Some(0));
+    let ids: Vec<String> = fx
+        .backup_dirs()
+        .iter()
+        .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(ids.len(), 2);
+
+    // The same plan name, the test bed's bucket as destination.
+    let text = std::fs::read_to_string(&fx.plan).expect("plan");
+    let (s3_fx, prefix) = to_s3(&bed, Fixture::new("copy-s3", 0, ""));
+    let s3_plan = fx.dir.write(
+        "s3.yaml",
+        &std::fs::read_to_string(&s3_fx.plan).expect("plan").replace(
+            "path: registry",
+            &format!("path: {}", fx.dir.path().join("registry").display()),
+        ),
+    );
+    assert!(text.contains("name: qs"));
+
+    // Killed during the copy: no manifest there, nothing listed; the next copy finishes,
+    // finding what is there already.
+    let mut child = spawn_until(
+        with_keys(
+            dtr_backup(fx.dir.path())
+                .env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
+                .env("DTR_BACKUP_FAILPOINT", "copy.object-copied")
+                .args(["backups", "copy"])
+                .arg(&fx.plan)
+                .arg("--to")
+                .arg(&s3_plan),
+        ),
+        "failpoint copy.object-copied",
+    );
+    child.kill().expect("kill -9");
+    child.wait().expect("wait");
+    assert!(
+        complete(&bed, &prefix).is_empty(),
+        "a manifest after a killed copy"
+    );
+    let (out, done) = copy(&fx, &fx.plan, &s3_plan, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(done["copied"], serde_json::json!(ids));
+    assert!(done["objects_present"].as_u64() >= Some(1), "{done}");
+    assert!(done["objects"].as_u64() >= Some(1), "{done}");
+    assert_eq!(complete(&bed, &prefix).len(), 2);
+    let out = run(with_keys(
+        dtr_backup(fx.dir.path())
+            .env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
+            .args(["verify", "--read-data", "full", "--backup", &ids[0]])
+            .arg(&s3_plan),
+    ));
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+
+    // A second copy copies nothing.
+    let (out, again) = copy(&fx, &fx.plan, &s3_plan, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(again["copied"], serde_json::json!([]));
+    assert_eq!(again["present"], serde_json::json!(ids));
+    assert_eq!(
+        (again["objects"].as_u64(), again["bytes"].as_u64()),
+        (Some(0), Some(0))
+    );
+
+    // And back, from S3 to a third destination, from which the image content restores.
+    let back = fx
+        .dir
+        .write("back.yaml", &text.replace("path: backups", "path: back"));
+    let (out, _) = copy(&fx, &s3_plan, &back, &["--backup", "latest"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let restored = fx.dir.path().join("restored");
+    let out = run(dtr_backup(fx.dir.path())
+        .env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
+        .args(["restore", "--images-to"])
+        .arg(&restored)
+        .arg(&back));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        restored
+            .join(format!(
+                "docker/registry/v2/blobs/sha256/{}/{digest}/data",
+                &digest[..2]
+            ))
+            .is_file()
+    );
+
+    // Damage at the source is refused and leaves no backup at the destination: a blob
+    // object, then an artifact.
+    let fourth = fx.dir.write(
+        "fourth.yaml",
+        &text.replace("path: backups", "path: fourth"),
+    );
+    let object = fx.plan_root().join("blobs");
+    let stored: Vec<PathBuf> = snapshot(&object)
+        .into_iter()
+        .filter(|(p, b)| !p.is_dir() && b.len() > 1000 && p.to_string_lossy().contains("/sha256/"))
+        .map(|(p, _)| p)
+        .collect();
+    let victim = stored.first().expect("a blob object").clone();
+    let good = std::fs::read(&victim).expect("read");
+    flip_byte(&victim, 600);
+    let (out, failed) = copy(&fx, &fx.plan, &fourth, &[]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("is damaged")),
+        "{failed}"
+    );
+    std::fs::write(&victim, good).expect("mend");
+    let artifact = fx.backup_dirs()[0].join("dtr-images-0a1b2c3d4e5f.tar.gpg");
+    flip_byte(&artifact, 100);
+    let (out, failed) = copy(&fx, &fx.plan, &fourth, &["--backup", &ids[0]]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("dtr-images-0a1b2c3d4e5f.tar.gpg") && error.contains("is damaged"),
+        "{error}"
+    );
+    let listed = run(dtr_backup(fx.dir.path())
+        .args(["backups", "list", "--output", "json"])
+        .arg(&fourth));
+    let doc: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("json");
+    assert_eq!(doc["backups"], serde_json::json!([]), "{doc}");
+}
