@@ -46,7 +46,7 @@ pub fn run(args: &Args) -> Exit {
         }
     };
     let reporter: Arc<dyn Reporter> = match args.output {
-        Output::Json => Arc::new(JsonLines),
+        Output::Json => Arc::new(JsonLines::default()),
         Output::Text => Arc::new(Human::new(false)),
     };
     let runtime = match super::runtime() {

@@ -1,4 +1,6 @@
-//! `dtr-backup plan apply PLAN`: run the plan, resuming an unfinished run.
+//! `dtr-backup plan apply PLAN... [--jobs N]`: run each plan, resuming an unfinished run of
+//! it. Every plan is validated before any runs; each then runs under its own lock, and the
+//! exit code is the most severe of theirs (`Exit::worst`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,13 +15,17 @@ use crate::exit::Exit;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The plan file.
-    #[arg(value_name = "PLAN")]
-    pub plan: PathBuf,
+    /// One or more plan files. Every one is validated before any runs; then each runs under
+    /// its own lock, and one failing does not stop the others.
+    #[arg(value_name = "PLAN", required = true)]
+    pub plans: Vec<PathBuf>,
+    /// How many plans run at once.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: u16,
     /// Print what each step would do; touch nothing (no lock, no files, no containers).
     #[arg(long)]
     pub dry_run: bool,
-    /// Discard an unfinished run of this plan and start a new one.
+    /// Discard an unfinished run of the plan and start a new one.
     #[arg(long)]
     pub fresh: bool,
     /// Wait this long for another run's lock (e.g. `30s`, `5m`, `1h`) instead of exiting 4.
@@ -28,7 +34,7 @@ pub struct Args {
     /// Back up another replica than the last complete backup's (restore needs care then).
     #[arg(long)]
     pub allow_replica_change: bool,
-    /// `json`: NDJSON events on stdout, and nothing else there.
+    /// `json`: NDJSON events on stdout (each with `plan`), and nothing else there.
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
     /// Only warnings, errors and the final line.
@@ -37,33 +43,44 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Exit {
-    let reporter: Arc<dyn Reporter> = match args.output {
-        Output::Json => Arc::new(JsonLines),
-        Output::Text => Arc::new(Human::new(args.quiet)),
-    };
-    let plan = match super::load_plan(&args.plan) {
-        Ok(plan) => plan,
-        Err(exit) => {
-            reporter.emit(&Event::RunFinished {
-                status: RunStatus::InvalidPlan,
-                backup_id: None,
-                exit_code: exit.code(),
-                error: Some(format!("{} is not a valid plan", args.plan.display())),
-                summary: Summary::default(),
-            });
-            return exit;
+    // Every plan first: if one is invalid, none runs.
+    let mut plans = Vec::new();
+    let mut invalid = Exit::Ok;
+    for path in &args.plans {
+        match super::load_plan(path) {
+            Ok(plan) => match std::fs::read_to_string(path) {
+                Ok(source) => plans.push((plan, source)),
+                Err(e) => {
+                    eprintln!("error: cannot read {}: {e}", path.display());
+                    invalid = invalid.worst(Exit::Usage);
+                }
+            },
+            Err(exit) => {
+                if args.output == Output::Json {
+                    JsonLines::default().emit(&Event::RunFinished {
+                        status: RunStatus::InvalidPlan,
+                        backup_id: None,
+                        exit_code: exit.code(),
+                        error: Some(format!("{} is not a valid plan", path.display())),
+                        summary: Summary::default(),
+                    });
+                }
+                invalid = invalid.worst(exit);
+            }
         }
-    };
-    if args.dry_run {
-        return dry_run(&plan, args.output);
     }
-    let source = match std::fs::read_to_string(&args.plan) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: cannot read {}: {e}", args.plan.display());
-            return Exit::Usage;
+    if invalid != Exit::Ok {
+        if args.plans.len() > 1 {
+            eprintln!("error: no plan was run: every plan must be valid first");
         }
-    };
+        return invalid;
+    }
+    if args.dry_run {
+        for (plan, _) in &plans {
+            dry_run(plan, args.output);
+        }
+        return Exit::Ok;
+    }
     let opts = Options {
         fresh: args.fresh,
         lock_timeout: args.lock_timeout,
@@ -73,14 +90,60 @@ pub fn run(args: &Args) -> Exit {
         Ok(rt) => rt,
         Err(exit) => return exit,
     };
-    runtime.block_on(async {
+    let many = plans.len() > 1;
+    let jobs = usize::from(args.jobs).min(plans.len());
+    let outcomes = runtime.block_on(async {
         let cancel = Cancel::new();
         super::cancel_on_signals(cancel.clone());
-        match exec::apply(Arc::new(plan), &source, &opts, reporter, cancel).await {
-            Ok(_) => Exit::Ok,
-            Err(e) => e.exit(),
+        let turns = Arc::new(tokio::sync::Semaphore::new(jobs));
+        let mut runs = tokio::task::JoinSet::new();
+        for (i, (plan, source)) in plans.into_iter().enumerate() {
+            let name = plan.name.to_string();
+            let reporter: Arc<dyn Reporter> = match args.output {
+                Output::Json => Arc::new(JsonLines::for_plan(&name)),
+                Output::Text if many => Arc::new(Human::for_plan(args.quiet, &name, jobs == 1)),
+                Output::Text => Arc::new(Human::new(args.quiet)),
+            };
+            let (opts, cancel, turns) = (opts.clone(), cancel.clone(), turns.clone());
+            runs.spawn(async move {
+                let Ok(_turn) = turns.acquire_owned().await else {
+                    return (i, name, Err(Exit::Interrupted), String::new());
+                };
+                if cancel.is_cancelled() {
+                    return (
+                        i,
+                        name,
+                        Err(Exit::Interrupted),
+                        "not started: interrupted".into(),
+                    );
+                }
+                match exec::apply(Arc::new(plan), &source, &opts, reporter, cancel).await {
+                    Ok(id) => (i, name, Ok(()), id),
+                    Err(e) => (i, name, Err(e.exit()), e.to_string()),
+                }
+            });
         }
-    })
+        let mut outcomes = Vec::new();
+        while let Some(done) = runs.join_next().await {
+            if let Ok(o) = done {
+                outcomes.push(o);
+            }
+        }
+        outcomes.sort_by_key(|o| o.0);
+        outcomes
+    });
+    let mut worst = Exit::Ok;
+    for (_, name, outcome, what) in &outcomes {
+        let exit = outcome.err().unwrap_or(Exit::Ok);
+        worst = worst.worst(exit);
+        if many && args.output == Output::Text {
+            match outcome {
+                Ok(()) => println!("plan {name}: ok, backup {what}"),
+                Err(e) => println!("plan {name}: failed, exit {}: {what}", e.code()),
+            }
+        }
+    }
+    worst
 }
 
 fn dry_run(plan: &crate::plan::Plan, output: Output) -> Exit {

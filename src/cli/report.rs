@@ -8,12 +8,30 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::events::{Event, Reporter, RunStatus};
 
-/// One JSON object per line on stdout, and nothing else there.
-pub struct JsonLines;
+/// One JSON object per line on stdout, and nothing else there. Each carries `plan` when the
+/// reporter is a plan's (many plans may run in one invocation).
+#[derive(Default)]
+pub struct JsonLines {
+    plan: Option<String>,
+}
+
+impl JsonLines {
+    pub fn for_plan(plan: &str) -> JsonLines {
+        JsonLines {
+            plan: Some(plan.to_owned()),
+        }
+    }
+}
 
 impl Reporter for JsonLines {
     fn emit(&self, event: &Event) {
-        if let Ok(line) = serde_json::to_string(event) {
+        let Ok(mut doc) = serde_json::to_value(event) else {
+            return;
+        };
+        if let (Some(plan), Some(o)) = (&self.plan, doc.as_object_mut()) {
+            o.entry("plan").or_insert_with(|| plan.clone().into());
+        }
+        if let Ok(line) = serde_json::to_string(&doc) {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{line}");
             let _ = out.flush();
@@ -30,6 +48,8 @@ pub struct Human {
     bar: Mutex<Option<ProgressBar>>,
     /// Without a terminal, progress lines are printed at most this often.
     last_line: Mutex<Option<std::time::Instant>>,
+    /// Put before each line (`[plan] `) when several plans report at once.
+    prefix: String,
 }
 
 impl Human {
@@ -40,7 +60,17 @@ impl Human {
             bars: !quiet && std::io::stderr().is_terminal(),
             bar: Mutex::new(None),
             last_line: Mutex::new(None),
+            prefix: String::new(),
         }
+    }
+
+    /// One of several plans in one invocation: its lines start with `[plan] `; with
+    /// `bars: false` (plans running at once) progress is printed as lines.
+    pub fn for_plan(quiet: bool, plan: &str, bars: bool) -> Human {
+        let mut h = Human::new(quiet);
+        h.prefix = format!("[{plan}] ");
+        h.bars &= bars;
+        h
     }
 
     /// For `restore`, which prints its own final line.
@@ -52,6 +82,7 @@ impl Human {
     }
 
     fn line(&self, text: &str) {
+        let text = format!("{}{text}", self.prefix);
         match self.bar.lock().ok().and_then(|b| b.clone()) {
             Some(bar) => bar.println(text),
             None => eprintln!("{text}"),
@@ -101,7 +132,8 @@ impl Reporter for Human {
                 match (status, backup_id) {
                     (RunStatus::Ok, _) if self.restore => {}
                     (RunStatus::Ok, Some(id)) => println!(
-                        "backup {id} complete: {} artifacts, {}, {} steps run, {} skipped, {:.1} s",
+                        "{}backup {id} complete: {} artifacts, {}, {} steps run, {} skipped, {:.1} s",
+                        self.prefix,
                         summary.artifacts,
                         human_bytes(summary.bytes),
                         summary.steps_run,
@@ -110,7 +142,7 @@ impl Reporter for Human {
                     ),
                     _ => {
                         if let Some(e) = error {
-                            eprintln!("error: {e}");
+                            eprintln!("{}error: {e}", self.prefix);
                         }
                     }
                 }
@@ -177,7 +209,8 @@ impl Reporter for Human {
                             if last.is_none_or(|t| t.elapsed().as_secs() >= 10) {
                                 *last = Some(std::time::Instant::now());
                                 eprintln!(
-                                    "  {step}: {}{}",
+                                    "{}  {step}: {}{}",
+                                    self.prefix,
                                     human_bytes(*bytes),
                                     total_bytes
                                         .map(|t| format!(" of {}", human_bytes(t)))

@@ -63,7 +63,7 @@ pub struct Args {
 
 pub fn run(args: &Args) -> Exit {
     let reporter: Arc<dyn Reporter> = match args.output {
-        Output::Json => Arc::new(JsonLines),
+        Output::Json => Arc::new(JsonLines::default()),
         Output::Text => Arc::new(Human::for_restore(args.quiet)),
     };
     let finish_early = |exit: Exit, error: String| {

@@ -1040,3 +1040,74 @@ fn damage_between_writing_and_reading_back_is_caught_and_nothing_is_published() 
         .arg(&fx.plan));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+#[test]
+fn many_plans_in_one_apply_validate_first_then_run_each_under_its_own_lock() {
+    let a = Fixture::new("many-a", 0, "");
+    let b = Fixture::new("many-b", 0, "");
+    // Another name, and a source that preflight finds missing.
+    let text = std::fs::read_to_string(&b.plan)
+        .expect("plan")
+        .replace("name: qs", "name: qs-b");
+    std::fs::write(&b.plan, text).expect("plan");
+    std::fs::remove_dir_all(b.dir.path().join("registry")).expect("rm");
+    let bad = a
+        .dir
+        .write("bad.yaml", "version: 1\nname: x\nparts: [images]\n");
+
+    // One invalid plan: exit 3, none runs.
+    let out = run(dtr_backup(a.dir.path())
+        .env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
+        .args(["plan", "apply", "--output", "json"])
+        .arg(&a.plan)
+        .arg(&b.plan)
+        .arg(&bad));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        a.backup_dirs().is_empty(),
+        "a plan ran although one was invalid"
+    );
+
+    // Two valid plans at once: one fails at preflight, the other completes; the exit code is
+    // the worse; every event names its plan.
+    let out = run(dtr_backup(a.dir.path())
+        .env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
+        .args(["plan", "apply", "--jobs", "2", "--output", "json"])
+        .arg(&a.plan)
+        .arg(&b.plan));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let ev = events(&out);
+    assert!(
+        ev.iter().all(|e| e["plan"] == "qs" || e["plan"] == "qs-b"),
+        "{ev:?}"
+    );
+    let finished = |plan: &str| {
+        ev.iter()
+            .find(|e| e["event"] == "run_finished" && e["plan"] == plan)
+            .unwrap_or_else(|| panic!("no run_finished of {plan}"))
+            .clone()
+    };
+    assert_eq!(finished("qs")["status"], "ok");
+    assert_eq!(finished("qs-b")["status"], "failed");
+    assert_eq!(finished("qs-b")["exit_code"], 1);
+    assert!(
+        ev.iter().any(|e| e["event"] == "step_failed"
+            && e["plan"] == "qs-b"
+            && e["step"] == "preflight")
+    );
+    assert_eq!(a.backup_dirs().len(), 1);
+
+    // Text: a summary line per plan.
+    let out = run(dtr_backup(a.dir.path())
+        .env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
+        .args(["plan", "apply"])
+        .arg(&a.plan)
+        .arg(&b.plan));
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(
+        text.contains("plan qs: ok, backup ") && text.contains("plan qs-b: failed, exit 1: "),
+        "{text}"
+    );
+    assert!(stderr(&out).contains("[qs-b] "), "{}", stderr(&out));
+}
