@@ -1,4 +1,4 @@
-//! `dtr-backup backups list PLAN`: the complete backups at the plan's destination.
+//! `dtr-backup backups list PLAN...`: the complete backups at each plan's destination.
 
 use std::path::PathBuf;
 
@@ -10,21 +10,34 @@ use crate::storage;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[arg(value_name = "PLAN")]
-    pub plan: PathBuf,
+    /// One or more plan files (JSON: one document per plan, one per line).
+    #[arg(value_name = "PLAN", required = true)]
+    pub plans: Vec<PathBuf>,
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
 }
 
 pub fn run(args: &Args) -> Exit {
-    let plan = match super::load_plan(&args.plan) {
+    let plans = match super::load_plans(&args.plans) {
         Ok(p) => p,
         Err(exit) => return exit,
     };
-    let listing = match storage::open(&plan).and_then(|s| manifest::list(s.backups.as_ref())) {
+    let many = plans.len() > 1;
+    let mut worst = Exit::Ok;
+    for plan in &plans {
+        if many && args.output == Output::Text {
+            println!("plan {}:", plan.name);
+        }
+        worst = worst.worst(list(plan, args.output));
+    }
+    worst
+}
+
+fn list(plan: &crate::plan::Plan, output: Output) -> Exit {
+    let listing = match storage::open(plan).and_then(|s| manifest::list(s.backups.as_ref())) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: plan {}: {e}", plan.name);
             return e.exit();
         }
     };
@@ -32,7 +45,7 @@ pub fn run(args: &Args) -> Exit {
         eprintln!("warning: {}", u.warning());
     }
     let backups = &listing.complete;
-    match args.output {
+    match output {
         Output::Json => {
             let doc = serde_json::json!({"format_version": 1, "plan": plan.name.to_string(), "backups": backups, "unreadable": listing.unreadable});
             println!("{doc}");

@@ -164,6 +164,26 @@ pub fn cancel_on_signals(cancel: crate::cancel::Cancel) {
 
 /// Loads a plan for a command that needs a valid one. Diagnostics (warnings included) go to
 /// stderr; on errors the caller gets the exit code to return.
+/// Loads every plan of a many-plan command; if one cannot be loaded, none is returned (the
+/// worst exit), so that nothing runs on part of them.
+pub fn load_plans(paths: &[std::path::PathBuf]) -> Result<Vec<crate::plan::Plan>, Exit> {
+    let mut plans = Vec::new();
+    let mut worst = Exit::Ok;
+    for path in paths {
+        match load_plan(path) {
+            Ok(p) => plans.push(p),
+            Err(exit) => worst = worst.worst(exit),
+        }
+    }
+    if worst != Exit::Ok {
+        if paths.len() > 1 {
+            eprintln!("error: nothing was done: every plan must be valid first");
+        }
+        return Err(worst);
+    }
+    Ok(plans)
+}
+
 pub fn load_plan(path: &std::path::Path) -> Result<crate::plan::Plan, Exit> {
     let loaded = match crate::plan::load(path) {
         Ok(loaded) => loaded,

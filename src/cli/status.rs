@@ -26,16 +26,16 @@ pub struct Args {
 pub fn run(args: &Args) -> Exit {
     let mut worst = Exit::Ok;
     let mut docs = Vec::new();
-    for path in &args.plans {
-        let plan = match super::load_plan(path) {
-            Ok(p) => p,
-            Err(exit) => return exit,
-        };
-        let st = match status::of(&plan) {
+    let plans = match super::load_plans(&args.plans) {
+        Ok(p) => p,
+        Err(exit) => return exit,
+    };
+    for plan in &plans {
+        let st = match status::of(plan) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("error: plan {}: {e}", plan.name);
-                worst = e.exit();
+                worst = worst.worst(e.exit());
                 continue;
             }
         };
@@ -44,8 +44,8 @@ pub fn run(args: &Args) -> Exit {
             (Some(max), Some(n)) => Some(n.age_seconds <= max.as_secs() as i64),
             (Some(_), None) => Some(false),
         };
-        if fresh == Some(false) && worst == Exit::Ok {
-            worst = Exit::Stale;
+        if fresh == Some(false) {
+            worst = worst.worst(Exit::Stale);
         }
         match args.output {
             Output::Json => {

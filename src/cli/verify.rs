@@ -26,8 +26,10 @@ pub enum ReadDataArg {
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[arg(value_name = "PLAN")]
-    pub plan: PathBuf,
+    /// One or more plan files (several: `--backup latest` only; JSON: one document per plan,
+    /// one per line).
+    #[arg(value_name = "PLAN", required = true)]
+    pub plans: Vec<PathBuf>,
     /// The backup id, or `latest`.
     #[arg(long, default_value = "latest", value_name = "ID")]
     pub backup: String,
@@ -41,15 +43,30 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Exit {
-    let plan = match super::load_plan(&args.plan) {
+    let plans = match super::load_plans(&args.plans) {
         Ok(p) => p,
         Err(exit) => return exit,
     };
+    if plans.len() > 1 && args.backup != "latest" {
+        eprintln!(
+            "error: --backup {} names one plan's backup; with several plans, verify the latest of each (the default)",
+            args.backup
+        );
+        return Exit::Usage;
+    }
+    let mut worst = Exit::Ok;
+    for (plan, path) in plans.iter().zip(&args.plans) {
+        worst = worst.worst(verify_one(plan, path, args));
+    }
+    worst
+}
+
+fn verify_one(plan: &crate::plan::Plan, path: &std::path::Path, args: &Args) -> Exit {
     let fail = |msg: String, exit: Exit| {
         match args.output {
             Output::Json => println!(
                 "{}",
-                serde_json::json!({"format_version": 1, "ok": false, "error": msg, "checks": []})
+                serde_json::json!({"format_version": 1, "plan": plan.name.to_string(), "ok": false, "error": msg, "checks": []})
             ),
             Output::Text => eprintln!("error: {msg}"),
         }
@@ -61,7 +78,7 @@ pub fn run(args: &Args) -> Exit {
             return fail(
                 format!(
                     "{e}: `dtr-backup backups list {}` shows the ids",
-                    args.plan.display()
+                    path.display()
                 ),
                 Exit::Usage,
             );
@@ -84,7 +101,7 @@ pub fn run(args: &Args) -> Exit {
         });
     }
     let started = std::time::Instant::now();
-    let report = verify::stored(&plan, &which, read_data, &Cancel::new(), &warn, bar.clone());
+    let report = verify::stored(plan, &which, read_data, &Cancel::new(), &warn, bar.clone());
     if let Some(r) = &bar {
         r.emit(&Event::StepFinished {
             step: "verify".into(),

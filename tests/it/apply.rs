@@ -1110,4 +1110,41 @@ fn many_plans_in_one_apply_validate_first_then_run_each_under_its_own_lock() {
         "{text}"
     );
     assert!(stderr(&out).contains("[qs-b] "), "{}", stderr(&out));
+
+    // verify and backups list take many plans too: a JSON document per plan, the worst exit.
+    let lines = |out: &std::process::Output| -> Vec<serde_json::Value> {
+        stdout(out)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON"))
+            .collect()
+    };
+    let out = run(dtr_backup(a.dir.path())
+        .env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
+        .args(["verify", "--output", "json"])
+        .arg(&a.plan)
+        .arg(&b.plan));
+    assert_eq!(out.status.code(), Some(5), "{}", stdout(&out));
+    let docs = lines(&out);
+    assert_eq!(docs.len(), 2);
+    assert_eq!(
+        (&docs[0]["plan"], &docs[0]["ok"]),
+        (&"qs".into(), &true.into())
+    );
+    assert_eq!(
+        (&docs[1]["plan"], &docs[1]["ok"]),
+        (&"qs-b".into(), &false.into())
+    );
+    let out = run(dtr_backup(a.dir.path())
+        .args(["backups", "list", "--output", "json"])
+        .arg(&a.plan)
+        .arg(&b.plan));
+    assert_eq!(out.status.code(), Some(0));
+    let docs = lines(&out);
+    assert_eq!(docs[0]["backups"].as_array().map(Vec::len), Some(2));
+    assert_eq!(docs[1]["backups"], serde_json::json!([]));
+    let out = run(dtr_backup(a.dir.path())
+        .args(["verify", "--backup", "latest/.."])
+        .arg(&a.plan)
+        .arg(&b.plan));
+    assert_eq!(out.status.code(), Some(2));
 }
