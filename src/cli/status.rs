@@ -103,11 +103,11 @@ fn print_text(st: &status::PlanStatus, fresh: Option<bool>, max_age: Option<Dura
             Some(h) if h.state == "running" => ": running".to_owned(),
             Some(h) if h.state == "gone" => format!(
                 ": stale, {}; the next run takes it over",
-                h.why.unwrap_or("gone")
+                h.why.as_deref().unwrap_or("gone")
             ),
             Some(h) => format!(
                 ": cannot tell whether it runs ({})",
-                h.why.unwrap_or("unknown")
+                h.why.as_deref().unwrap_or("unknown")
             ),
             None => String::new(),
         };

@@ -107,6 +107,7 @@ pub async fn copy(
         to.name.as_str(),
         "backups copy",
         None,
+        to.lock_lease,
         reporter.as_ref(),
         cancel,
     )

@@ -1,4 +1,11 @@
 //! One run per plan at a time: a lock object next to the state, created only if absent.
+//!
+//! A holder refreshes its lock every fifth of the plan's lease (`state.lock_lease`, 15
+//! minutes by default). A lock is stale, and taken over with a warning, when its process is
+//! known to be gone (this host, this boot, this pid namespace), or when it was not refreshed
+//! for longer than the lease: the case of a holder that cannot be checked from here (another
+//! host, another container, a killed job or pod). A holder that finds its lock taken over
+//! stops its run.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +30,10 @@ pub struct LockInfo {
     pub process: ProcessId,
     pub operation: String,
     pub started_at: String,
+    /// When the holder last refreshed it (unix seconds); absent in records of releases that
+    /// did not refresh (those are judged by their process only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refreshed: Option<i64>,
 }
 
 impl LockInfo {
@@ -40,7 +51,19 @@ impl LockInfo {
             process: ProcessId::current(),
             operation: operation.to_owned(),
             started_at: clock::rfc3339(clock::now_unix()),
+            refreshed: Some(clock::now_unix()),
         }
+    }
+
+    /// Why this lock is stale by its age: not refreshed for longer than `lease`.
+    pub fn expired(&self, lease: Duration, now: i64) -> Option<String> {
+        let age = now - self.refreshed?;
+        (age > lease.as_secs() as i64).then(|| {
+            format!(
+                "it was last refreshed {age} s ago, longer than the lease of {} s",
+                lease.as_secs()
+            )
+        })
     }
 }
 
@@ -48,14 +71,87 @@ impl LockInfo {
 pub struct LockGuard {
     store: Arc<dyn Store>,
     pub info: LockInfo,
-    /// The lock object as written: released only if it still holds exactly this.
-    bytes: Vec<u8>,
+    /// The lock object as last written: released only if it still holds exactly this.
+    bytes: Arc<std::sync::Mutex<Vec<u8>>>,
+    refresher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl LockGuard {
+    fn new(
+        store: Arc<dyn Store>,
+        info: LockInfo,
+        bytes: Vec<u8>,
+        lease: Duration,
+        cancel: &Cancel,
+    ) -> LockGuard {
+        let bytes = Arc::new(std::sync::Mutex::new(bytes));
+        let refresher = tokio::runtime::Handle::try_current().ok().map(|rt| {
+            rt.spawn(refresh(
+                store.clone(),
+                info.clone(),
+                bytes.clone(),
+                lease,
+                cancel.clone(),
+            ))
+        });
+        LockGuard {
+            store,
+            info,
+            bytes,
+            refresher,
+        }
+    }
+}
+
+/// Rewrites the lock with a new `refreshed` time every fifth of the lease, only while it is
+/// still exactly what this holder wrote; a holder that lost it cancels its run.
+async fn refresh(
+    store: Arc<dyn Store>,
+    info: LockInfo,
+    bytes: Arc<std::sync::Mutex<Vec<u8>>>,
+    lease: Duration,
+    cancel: Cancel,
+) {
+    let every = lease / 5;
+    loop {
+        tokio::time::sleep(every).await;
+        let old = bytes.lock().map(|b| b.clone()).unwrap_or_default();
+        let mut next = info.clone();
+        next.refreshed = Some(clock::now_unix());
+        let new = serde_json::to_vec_pretty(&next).unwrap_or_default();
+        let (s, o, n) = (store.clone(), old, new.clone());
+        match tokio::task::spawn_blocking(move || s.swap(FILE, &o, &n)).await {
+            Ok(Ok(true)) => {
+                if let Ok(mut b) = bytes.lock() {
+                    *b = new;
+                }
+            }
+            Ok(Ok(false)) => {
+                eprintln!(
+                    "error: the lock {}/{FILE} is not this run's any more (taken over once its lease ran out, or removed with `plan unlock`): stopping this run",
+                    store.describe()
+                );
+                cancel.cancel();
+                return;
+            }
+            Ok(Err(e)) => eprintln!(
+                "warning: could not refresh the lock {}/{FILE}: {e}; trying again in {} s",
+                store.describe(),
+                every.as_secs()
+            ),
+            Err(_) => return,
+        }
+    }
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
+        if let Some(r) = self.refresher.take() {
+            r.abort();
+        }
+        let bytes = self.bytes.lock().map(|b| b.clone()).unwrap_or_default();
         // Release only our own lock (an operator may have unlocked and another run locked).
-        match self.store.delete_if(FILE, &self.bytes) {
+        match self.store.delete_if(FILE, &bytes) {
             Ok(true) => {}
             Ok(false) => eprintln!(
                 "warning: the lock {}/{FILE} is not this run's any more (removed with `plan unlock`?); left as it is",
@@ -78,13 +174,15 @@ pub fn holder(store: &dyn Store) -> Result<Option<LockInfo>> {
         .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
 }
 
-/// Takes the lock, waiting up to `timeout` for another holder. A lock left by a dead process
-/// of this host is taken over with a warning.
+/// Takes the lock, waiting up to `timeout` for another holder. A stale lock (its process gone,
+/// or not refreshed for longer than `lease`) is taken over with a warning. The lock is
+/// refreshed while the guard lives; a holder that loses it cancels `cancel`.
 pub async fn acquire(
     store: Arc<dyn Store>,
     plan: &str,
     operation: &str,
     timeout: Option<Duration>,
+    lease: Duration,
     reporter: &dyn Reporter,
     cancel: &Cancel,
 ) -> Result<LockGuard> {
@@ -98,7 +196,7 @@ pub async fn acquire(
             .await
             .map_err(|e| Error::internal(e.to_string()))??
         {
-            return Ok(LockGuard { store, info, bytes });
+            return Ok(LockGuard::new(store, info, bytes, lease, cancel));
         }
         let Some(held) = store.get(FILE)? else {
             continue; // released in between
@@ -110,7 +208,12 @@ pub async fn acquire(
                 store.describe()
             )));
         };
-        if let Some(why) = holder.process.gone(&info.process) {
+        let stale = holder
+            .process
+            .gone(&info.process)
+            .map(str::to_owned)
+            .or_else(|| holder.expired(lease, clock::now_unix()));
+        if let Some(why) = stale {
             // Replace it only if it is still that very lock: of several runs that found it
             // stale, one takes it over and the others see the new holder.
             let s = store.clone();
@@ -122,7 +225,7 @@ pub async fn acquire(
                 reporter.emit(&Event::Warning {
                     message: format!("took over a stale lock: {} ({why})", holder.describe()),
                 });
-                return Ok(LockGuard { store, info, bytes });
+                return Ok(LockGuard::new(store, info, bytes, lease, cancel));
             }
             continue;
         }
@@ -262,6 +365,7 @@ mod tests {
                         "p",
                         "plan apply",
                         None,
+                        crate::plan::DEFAULT_LOCK_LEASE,
                         &Recorder::default(),
                         &Cancel::new(),
                     ));
@@ -279,5 +383,96 @@ mod tests {
         }
         assert_eq!(store.get(FILE).unwrap(), None, "released on drop");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn foreign(refreshed_ago: i64) -> LockInfo {
+        let mut l = LockInfo::ours("far".into(), "plan apply");
+        l.process.host = "another-host".into();
+        l.refreshed = Some(clock::now_unix() - refreshed_ago);
+        l
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_lock_that_cannot_be_checked_is_taken_over_only_once_its_lease_ran_out() {
+        let store: Arc<dyn Store> = Arc::new(crate::storage::memory::MemoryStore::new());
+        let lease = Duration::from_secs(60);
+        store
+            .put(FILE, &serde_json::to_vec(&foreign(10)).unwrap())
+            .unwrap();
+        let rec = Recorder::default();
+        let got = rt().block_on(acquire(
+            store.clone(),
+            "p",
+            "x",
+            None,
+            lease,
+            &rec,
+            &Cancel::new(),
+        ));
+        assert!(
+            matches!(got, Err(Error::Locked(_))),
+            "a fresh lease is honoured"
+        );
+        store
+            .put(FILE, &serde_json::to_vec(&foreign(61)).unwrap())
+            .unwrap();
+        let got = rt().block_on(acquire(
+            store.clone(),
+            "p",
+            "x",
+            None,
+            lease,
+            &rec,
+            &Cancel::new(),
+        ));
+        assert!(got.is_ok(), "{:?}", got.err());
+        let warned = rec.0.lock().unwrap().iter().any(|e| {
+            matches!(e, Event::Warning { message } if message.contains("last refreshed 61 s ago"))
+        });
+        assert!(warned);
+    }
+
+    #[test]
+    fn a_holder_refreshes_its_lock_and_stops_when_it_lost_it() {
+        let store: Arc<dyn Store> = Arc::new(crate::storage::memory::MemoryStore::new());
+        let lease = Duration::from_secs(10);
+        let rt = rt();
+        let cancel = Cancel::new();
+        let guard = rt
+            .block_on(acquire(
+                store.clone(),
+                "p",
+                "x",
+                None,
+                lease,
+                &Recorder::default(),
+                &cancel,
+            ))
+            .unwrap();
+        let before: LockInfo = serde_json::from_slice(&store.get(FILE).unwrap().unwrap()).unwrap();
+        // A refresh every 2 s: after 3 s the record holds a later time, and is still ours.
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(3100)).await });
+        let after: LockInfo = serde_json::from_slice(&store.get(FILE).unwrap().unwrap()).unwrap();
+        assert_eq!(after.id, before.id);
+        assert!(after.refreshed > before.refreshed, "{after:?}");
+        assert!(!cancel.is_cancelled());
+        // Taken over by another: the next refresh finds it so and cancels the run.
+        store
+            .put(FILE, &serde_json::to_vec(&foreign(0)).unwrap())
+            .unwrap();
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(2100)).await });
+        assert!(cancel.is_cancelled(), "the run goes on without its lock");
+        drop(guard);
+        assert!(
+            store.get(FILE).unwrap().is_some(),
+            "the other's lock was released"
+        );
     }
 }

@@ -184,6 +184,7 @@ async fn run(
         plan.name.as_str(),
         "plan apply",
         opts.lock_timeout,
+        plan.lock_lease,
         reporter.as_ref(),
         &cancel,
     )

@@ -31,6 +31,7 @@ pub async fn prune(
                 plan.name.as_str(),
                 "backups prune",
                 None,
+                plan.lock_lease,
                 reporter,
                 cancel,
             )

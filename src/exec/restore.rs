@@ -337,6 +337,7 @@ async fn run(
         plan.name.as_str(),
         operation,
         opts.lock_timeout,
+        plan.lock_lease,
         reporter.as_ref(),
         cancel,
     )

@@ -53,7 +53,7 @@ pub struct Holder {
     pub state: &'static str,
     /// Why it is gone, or why it cannot be told.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub why: Option<&'static str>,
+    pub why: Option<String>,
 }
 
 /// Reads the status of `plan` at its destination. Nothing is written.
@@ -77,18 +77,23 @@ pub fn of(plan: &Plan) -> Result<PlanStatus> {
         last_run: state::load_last_run(stores.state.as_ref())?,
         unfinished: state::load(stores.state.as_ref())?.map(|r| r.backup_id),
         lock_holder: locked_by.as_ref().map(|l| {
-            match l.process.liveness(&crate::process::ProcessId::current()) {
-                Liveness::Running => Holder {
-                    state: "running",
-                    why: None,
+            let liveness = l.process.liveness(&crate::process::ProcessId::current());
+            match (liveness, l.expired(plan.lock_lease, now)) {
+                (Liveness::Gone(why), _) => Holder {
+                    state: "gone",
+                    why: Some(why.to_owned()),
                 },
-                Liveness::Gone(why) => Holder {
+                (_, Some(why)) => Holder {
                     state: "gone",
                     why: Some(why),
                 },
-                Liveness::Unknown(why) => Holder {
+                (Liveness::Running, None) => Holder {
+                    state: "running",
+                    why: None,
+                },
+                (Liveness::Unknown(why), None) => Holder {
                     state: "unknown",
-                    why: Some(why),
+                    why: Some(why.to_owned()),
                 },
             }
         }),

@@ -413,6 +413,11 @@ pub fn resolve(raw: RawPlan, file: &Path, dir: &Path, digest: String) -> Option<
             .as_ref()
             .and_then(|s| s.value.path.as_ref())
             .map(|p| absolute(dir, &p.value)),
+        lock_lease: raw
+            .state
+            .as_ref()
+            .and_then(|s| s.value.lock_lease.as_ref())
+            .map_or(DEFAULT_LOCK_LEASE, |l| l.value),
         check_ucp_login: raw
             .preflight
             .as_ref()

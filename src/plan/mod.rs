@@ -43,6 +43,8 @@ pub struct Plan {
     pub retention: Option<RetentionCfg>,
     /// A local folder for state and lock instead of the destination.
     pub state_path: Option<PathBuf>,
+    /// `state.lock_lease`: how long a lock stays valid without a refresh.
+    pub lock_lease: std::time::Duration,
     pub check_ucp_login: bool,
     pub verify_after_apply: bool,
     /// The secret key that opens recipients-encrypted artifacts (for verification).
@@ -77,6 +79,9 @@ pub struct UcpCfg {
     /// The Docker socket on the manager node, for UCP's containers (`ucp.docker_socket`).
     pub docker_socket: String,
 }
+
+/// How long a lock stays valid without a refresh, unless `state.lock_lease` says otherwise.
+pub const DEFAULT_LOCK_LEASE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UcpTls {

@@ -271,6 +271,12 @@ pub struct Retention {
 pub struct StateCfg {
     /// A local folder for state and lock. Default: `<destination>/<name>/.state`.
     pub path: Option<Sp<PathBuf>>,
+    /// How long the lock of a run stays valid without being refreshed (a running holder
+    /// refreshes it every fifth of that): a lock left by a holder that cannot be checked from
+    /// here (another host, another container, a killed job) is taken over once it is older.
+    /// `90s`, `15m`, `1h`; at least `10s`. Default `15m`.
+    #[schemars(with = "Option<String>", regex(pattern = r"^[0-9]+[smhd]?$"))]
+    pub lock_lease: Option<Sp<std::time::Duration>>,
 }
 
 /// Checks made before anything is written.

@@ -60,6 +60,38 @@ impl Bed {
         out
     }
 
+    /// `docker args`, whatever its outcome.
+    pub(crate) fn try_docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", self.sock))
+            .args(args)
+            .output()
+            .expect("docker CLI runs")
+    }
+
+    /// `docker args` with `input` on its standard input.
+    pub(crate) fn docker_stdin(&self, args: &[&str], input: &[u8]) {
+        use std::io::Write;
+        let mut child = Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", self.sock))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("docker CLI runs");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write");
+        let out = child.wait_with_output().expect("docker");
+        assert!(out.status.success(), "docker {args:?}: {}", stderr(&out));
+    }
+
     pub(crate) fn lines(&self, args: &[&str]) -> Vec<String> {
         stdout(&self.docker(args))
             .lines()

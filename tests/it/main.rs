@@ -7,6 +7,7 @@ mod common;
 mod diagnostics;
 mod docker;
 mod dtr_api;
+mod fleet;
 mod fuzz;
 mod operations;
 mod registry;

@@ -542,10 +542,25 @@ impl Decoder<'_> {
     fn state(&mut self, at: At) -> Option<Sp<StateCfg>> {
         let mut f = self.fields(at)?;
         let path = opt!(self, f, "path", path);
+        let lock_lease = opt!(self, f, "lock_lease", duration);
         let span = f.at;
         self.finish(f);
+        if let Some(l) = &lock_lease
+            && l.value < std::time::Duration::from_secs(10)
+        {
+            self.push(
+                Diag::error(
+                    "plan::bad-duration",
+                    l.span,
+                    "`state.lock_lease` is shorter than 10 s",
+                )
+                .label("too short")
+                .help("give at least `10s`; the default `15m` suits nightly runs"),
+            );
+            return None;
+        }
         Some(Sp {
-            value: StateCfg { path },
+            value: StateCfg { path, lock_lease },
             span,
         })
     }
