@@ -160,3 +160,73 @@ fn complete(dest: &Path) -> Vec<PathBuf> {
         })
         .unwrap_or_default()
 }
+
+#[test]
+fn the_deploy_manifests_are_valid_and_carry_a_valid_plan() {
+    let Ok(validate) = std::env::var("DTR_BACKUP_TEST_KUBERNETES_VALIDATE") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI is set but kubernetes-validate was not installed: run the tests through scripts/test"
+        );
+        eprintln!("skipped: no kubernetes-validate (run the tests through scripts/test)");
+        return;
+    };
+    let manifest = root().join("deploy/kubernetes/cronjob.yaml");
+    let check = |file: &Path| {
+        run(Command::new(&validate)
+            .args(["--strict", "--kubernetes-version", "1.30.0"])
+            .arg(file))
+    };
+    let out = check(&manifest);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    for must in [
+        "kind: CronJob",
+        "concurrencyPolicy: Forbid",
+        "startingDeadlineSeconds:",
+        "kubernetes.io/hostname:",
+        "path: /var/run/docker.sock",
+        "secretName: dtr-backup",
+    ] {
+        assert!(text.contains(must), "the CronJob lacks {must}");
+    }
+    // The validator refuses what Kubernetes refuses (so that its pass means something): a
+    // misspelt key, a number that is not one.
+    let dir = TempDir::new("k8s");
+    for (from, to) in [
+        ("nodeSelector:", "nodeSelektor:"),
+        (
+            "startingDeadlineSeconds: 3600",
+            "startingDeadlineSeconds: an hour",
+        ),
+    ] {
+        let broken = dir.write("broken.yaml", &text.replace(from, to));
+        assert!(!check(&broken).status.success(), "{to} passed");
+    }
+
+    // The plan in its ConfigMap is a valid plan.
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).expect("YAML");
+    let plan = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .and_then(|d| d["data"]["plan.yaml"].as_str())
+        .expect("the plan in the ConfigMap");
+    let file = dir.write("plan.yaml", plan);
+    let out = run(dtr_backup(dir.path()).args(["plan", "validate"]).arg(&file));
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+
+    // The CI schedule parses and runs run-job on schedules only.
+    let ci: serde_json::Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(root().join("deploy/ci/gitlab-ci.yml")).expect("ci"),
+    )
+    .expect("YAML");
+    let job = &ci["dtr-backup"];
+    assert!(job["script"].to_string().contains("deploy/swarm/run-job"));
+    assert!(job["rules"].to_string().contains("schedule"));
+    // The systemd units name what they run.
+    let service =
+        std::fs::read_to_string(root().join("deploy/swarm/dtr-backup.service")).expect("unit");
+    assert!(service.contains("ExecStart=/usr/local/bin/dtr-backup-run-job"));
+    let timer = std::fs::read_to_string(root().join("deploy/swarm/dtr-backup.timer")).expect("t");
+    assert!(timer.contains("OnCalendar=") && timer.contains("Persistent=true"));
+}
