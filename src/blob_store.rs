@@ -24,7 +24,7 @@ use crate::storage::Store;
 
 /// Where the blob store lives, relative to the plan's root at the destination.
 pub const ROOT: &str = "blobs";
-const KEY_CHECK: &str = "key-check";
+pub const KEY_CHECK: &str = "key-check";
 const KEY_CHECK_TEXT: &[u8] = b"dtr-backup blob store key check\n";
 
 /// What the blob store keeps, each kind in a folder of its own, each object named by its

@@ -57,6 +57,8 @@ pub struct Cancel(Arc<Inner>);
 struct Inner {
     flag: AtomicBool,
     notify: Notify,
+    /// Cancelling the parent cancels this one too (not the reverse).
+    parent: Option<Cancel>,
 }
 
 impl Cancel {
@@ -70,8 +72,18 @@ impl Cancel {
         self.0.notify.notify_waiters();
     }
 
+    /// A token cancelled with this one, or on its own (one plan of several losing its
+    /// lock stops that plan only).
+    pub fn child(&self) -> Cancel {
+        Cancel(Arc::new(Inner {
+            parent: Some(self.clone()),
+            ..Inner::default()
+        }))
+    }
+
     pub fn is_cancelled(&self) -> bool {
         self.0.flag.load(Ordering::SeqCst)
+            || self.0.parent.as_ref().is_some_and(Cancel::is_cancelled)
     }
 
     /// An I/O error to return from a blocking stage when cancelled ([`Cancelled`]).
@@ -90,7 +102,38 @@ impl Cancel {
             if self.is_cancelled() {
                 return;
             }
-            notified.await;
+            match &self.0.parent {
+                Some(parent) => {
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = Box::pin(parent.cancelled()) => return,
+                    }
+                }
+                None => notified.await,
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cancel;
+
+    #[test]
+    fn a_child_follows_its_parent_and_not_the_reverse() {
+        let parent = Cancel::new();
+        let (a, b) = (parent.child(), parent.child());
+        a.cancel();
+        assert!(a.is_cancelled() && !b.is_cancelled() && !parent.is_cancelled());
+        parent.cancel();
+        assert!(b.is_cancelled());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(1), b.cancelled()).await
+        })
+        .expect("a child's wait ends with its parent");
     }
 }

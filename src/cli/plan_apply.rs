@@ -12,6 +12,7 @@ use crate::cancel::Cancel;
 use crate::events::{Event, Reporter, RunStatus, Summary};
 use crate::exec::{self, Options};
 use crate::exit::Exit;
+use futures_util::FutureExt;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -91,6 +92,7 @@ pub fn run(args: &Args) -> Exit {
         Err(exit) => return exit,
     };
     let many = plans.len() > 1;
+    let count = plans.len();
     let jobs = usize::from(args.jobs).min(plans.len());
     let outcomes = runtime.block_on(async {
         let cancel = Cancel::new();
@@ -104,7 +106,8 @@ pub fn run(args: &Args) -> Exit {
                 Output::Text if many => Arc::new(Human::for_plan(args.quiet, &name, jobs == 1)),
                 Output::Text => Arc::new(Human::new(args.quiet)),
             };
-            let (opts, cancel, turns) = (opts.clone(), cancel.clone(), turns.clone());
+            // Its own token: Ctrl-C stops every plan, a lost lock only its own.
+            let (opts, cancel, turns) = (opts.clone(), cancel.child(), turns.clone());
             runs.spawn(async move {
                 let Ok(_turn) = turns.acquire_owned().await else {
                     return (i, name, Err(Exit::Interrupted), String::new());
@@ -117,9 +120,17 @@ pub fn run(args: &Args) -> Exit {
                         "not started: interrupted".into(),
                     );
                 }
-                match exec::apply(Arc::new(plan), &source, &opts, reporter, cancel).await {
-                    Ok(id) => (i, name, Ok(()), id),
-                    Err(e) => (i, name, Err(e.exit()), e.to_string()),
+                let run = exec::apply(Arc::new(plan), &source, &opts, reporter, cancel);
+                // A panic is this plan's failure, never a silent success of the whole.
+                match std::panic::AssertUnwindSafe(run).catch_unwind().await {
+                    Ok(Ok(id)) => (i, name, Ok(()), id),
+                    Ok(Err(e)) => (i, name, Err(e.exit()), e.to_string()),
+                    Err(_) => (
+                        i,
+                        name,
+                        Err(Exit::RunFailed),
+                        "dtr-backup failed unexpectedly (a panic, reported above); its journal is kept for the next run".into(),
+                    ),
                 }
             });
         }
@@ -132,7 +143,12 @@ pub fn run(args: &Args) -> Exit {
         outcomes.sort_by_key(|o| o.0);
         outcomes
     });
-    let mut worst = Exit::Ok;
+    // A plan without an outcome (its task was lost) is a failure, never a silent success.
+    let mut worst = if outcomes.len() < count {
+        Exit::RunFailed
+    } else {
+        Exit::Ok
+    };
     for (_, name, outcome, what) in &outcomes {
         let exit = outcome.err().unwrap_or(Exit::Ok);
         worst = worst.worst(exit);

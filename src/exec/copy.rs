@@ -94,6 +94,16 @@ pub async fn copy(
         )));
     }
     let (_, dec) = crypto::for_plan(from)?;
+    // What the other plan reads its backups with: the copies must open with it.
+    let (_, to_dec) = crypto::for_plan(to)?;
+    if to_dec.is_none() {
+        reporter.emit(&Event::Warning {
+            message: format!(
+                "{} has no verify.key: whether it can decrypt the copies is not checked",
+                to.file.display()
+            ),
+        });
+    }
     if dec.is_none() {
         reporter.emit(&Event::Warning {
             message: format!(
@@ -170,14 +180,18 @@ pub async fn copy(
         let began = std::time::Instant::now();
         let meter = Meter::default();
         let ticker = Ticker::start(&meter, reporter.clone(), &step, None);
-        let (source, dest, dec2, cancel2) = (
+        let (source, dest, dec2, to_dec2, cancel2) = (
             Metered::wrap(src.backups.clone(), &meter),
             dst.backups.clone(),
             dec.clone(),
+            to_dec.clone(),
             cancel.clone(),
         );
-        let id = m.backup_id.clone();
+        let (id, to_file) = (m.backup_id.clone(), to.file.clone());
         let result = tokio::task::spawn_blocking(move || {
+            if let Some(d) = &to_dec2 {
+                readable_by(source.as_ref(), &m, d, &to_file)?;
+            }
             copy_backup(source.as_ref(), dest.as_ref(), &m, dec2.as_ref(), &cancel2)
         })
         .await
@@ -213,6 +227,34 @@ pub async fn copy(
     Ok(done)
 }
 
+/// Whether `dec` (the other plan's key) opens the backup's first encrypted artifact: copies
+/// it cannot decrypt could be neither verified nor restored through that plan.
+fn readable_by(
+    src: &dyn Store,
+    m: &Manifest,
+    dec: &Decryption,
+    to: &std::path::Path,
+) -> Result<()> {
+    let Some(a) = m.artifacts.iter().find(|a| a.encrypted) else {
+        return Ok(());
+    };
+    let path = format!("{}/{}", m.backup_id, a.path);
+    let opened: std::result::Result<(), String> = match crypto::decrypt(src.open(&path)?, dec) {
+        Ok(mut plain) => plain
+            .read(&mut [0u8; 1])
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    opened.map_err(|e| {
+        Error::Usage(format!(
+            "{} cannot decrypt backup {} ({e}): its encryption is not the source plan's; give it the same passphrase or keys, so that the copies can be verified and restored through it",
+            to.display(),
+            m.backup_id
+        ))
+    })
+}
+
 /// What copying one backup did.
 #[derive(Default)]
 struct One {
@@ -234,6 +276,16 @@ fn copy_backup(
     // 1. The blob-store objects it lists, on as many threads as there are cores.
     let (objects, present) = copy_objects(src, dst, m, encrypted, dec, cancel, &written)?;
     dst.sync_many("blobs")?;
+    // The passphrase check of each blob store it uses, so that the other plan's runs find
+    // the store theirs (and do not start another).
+    for store in stores_of(src, m)? {
+        let check = format!("{store}/{}", crate::blob_store::KEY_CHECK);
+        if dst.size(&check)?.is_none()
+            && let Some(bytes) = src.get(&check)?
+        {
+            dst.put(&check, &bytes)?;
+        }
+    }
     // 2. The bases of its lists: each named by the sha256 of its octets.
     for base in snapshot::bases_of(src, m)? {
         cancel.check().map_err(|e| io(e, "copying"))?;
@@ -273,6 +325,19 @@ fn copy_backup(
         objects_present: present,
         bytes: written.into_inner() + bytes.len() as u64,
     })
+}
+
+/// The blob-store folders (`blobs/<store>`) the backup's objects lie in.
+fn stores_of(src: &dyn Store, m: &Manifest) -> Result<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    let first = |p: &str| p.splitn(3, '/').take(2).collect::<Vec<_>>().join("/");
+    if let Some(kept) = snapshot::blobs_of(src, m)?.next() {
+        out.insert(first(&kept?.path));
+    }
+    if let Some(kept) = snapshot::trees_of(src, m)?.next() {
+        out.insert(first(&kept?.path));
+    }
+    Ok(out)
 }
 
 /// Copies an object whose octets must hash to `sha` (and be `size` long): it gets its name at

@@ -34,6 +34,9 @@ pub struct LockInfo {
     /// did not refresh (those are judged by their process only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refreshed: Option<i64>,
+    /// The holder's lease (seconds): a taker judges by the longer of it and its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u64>,
 }
 
 impl LockInfo {
@@ -52,18 +55,28 @@ impl LockInfo {
             operation: operation.to_owned(),
             started_at: clock::rfc3339(clock::now_unix()),
             refreshed: Some(clock::now_unix()),
+            lease: None,
         }
     }
 
-    /// Why this lock is stale by its age: not refreshed for longer than `lease`.
+    /// Why this lock is stale by its age: not refreshed for longer than its lease (the longer
+    /// of the holder's and `lease`).
     pub fn expired(&self, lease: Duration, now: i64) -> Option<String> {
         let age = now - self.refreshed?;
-        (age > lease.as_secs() as i64).then(|| {
-            format!(
-                "it was last refreshed {age} s ago, longer than the lease of {} s",
-                lease.as_secs()
-            )
+        let lease = lease.as_secs().max(self.lease.unwrap_or(0));
+        (age > lease as i64).then(|| {
+            format!("it was last refreshed {age} s ago, longer than the lease of {lease} s")
         })
+    }
+
+    /// Why this lock is stale, judged from `me`: its process is known to be gone, or it cannot
+    /// be checked from here and its lease ran out. A holder seen running is never stale.
+    pub fn stale(&self, me: &ProcessId, lease: Duration, now: i64) -> Option<String> {
+        match self.process.liveness(me) {
+            crate::process::Liveness::Gone(why) => Some(why.to_owned()),
+            crate::process::Liveness::Running => None,
+            crate::process::Liveness::Unknown(_) => self.expired(lease, now),
+        }
     }
 }
 
@@ -71,9 +84,24 @@ impl LockInfo {
 pub struct LockGuard {
     store: Arc<dyn Store>,
     pub info: LockInfo,
-    /// The lock object as last written: released only if it still holds exactly this.
-    bytes: Arc<std::sync::Mutex<Vec<u8>>>,
+    held: Arc<std::sync::Mutex<Held>>,
+    /// Set when the lock was found taken over (the run was cancelled for it).
+    lost: Arc<std::sync::atomic::AtomicBool>,
     refresher: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The lock object as last written (released only if it still holds exactly this), and
+/// whether it was released: a refresh and the release never cross.
+struct Held {
+    bytes: Vec<u8>,
+    released: bool,
+}
+
+impl LockGuard {
+    /// Whether the lock was taken over while this guard held it.
+    pub fn lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl LockGuard {
@@ -84,12 +112,17 @@ impl LockGuard {
         lease: Duration,
         cancel: &Cancel,
     ) -> LockGuard {
-        let bytes = Arc::new(std::sync::Mutex::new(bytes));
+        let held = Arc::new(std::sync::Mutex::new(Held {
+            bytes,
+            released: false,
+        }));
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let refresher = tokio::runtime::Handle::try_current().ok().map(|rt| {
             rt.spawn(refresh(
                 store.clone(),
                 info.clone(),
-                bytes.clone(),
+                held.clone(),
+                lost.clone(),
                 lease,
                 cancel.clone(),
             ))
@@ -97,49 +130,84 @@ impl LockGuard {
         LockGuard {
             store,
             info,
-            bytes,
+            held,
+            lost,
             refresher,
         }
     }
 }
 
 /// Rewrites the lock with a new `refreshed` time every fifth of the lease, only while it is
-/// still exactly what this holder wrote; a holder that lost it cancels its run.
+/// still exactly what this holder wrote. A holder that lost it, or that could not refresh it
+/// for four fifths of the lease (another may take it over soon), cancels its run.
 async fn refresh(
     store: Arc<dyn Store>,
     info: LockInfo,
-    bytes: Arc<std::sync::Mutex<Vec<u8>>>,
+    held: Arc<std::sync::Mutex<Held>>,
+    lost: Arc<std::sync::atomic::AtomicBool>,
     lease: Duration,
     cancel: Cancel,
 ) {
+    use std::io::Write;
+    let say = |line: String| {
+        let _ = writeln!(std::io::stderr(), "{line}");
+    };
     let every = lease / 5;
+    let mut last_ok = Instant::now();
     loop {
         tokio::time::sleep(every).await;
-        let old = bytes.lock().map(|b| b.clone()).unwrap_or_default();
         let mut next = info.clone();
         next.refreshed = Some(clock::now_unix());
+        next.lease = Some(lease.as_secs());
         let new = serde_json::to_vec_pretty(&next).unwrap_or_default();
-        let (s, o, n) = (store.clone(), old, new.clone());
-        match tokio::task::spawn_blocking(move || s.swap(FILE, &o, &n)).await {
-            Ok(Ok(true)) => {
-                if let Ok(mut b) = bytes.lock() {
-                    *b = new;
-                }
+        let (s, h) = (store.clone(), held.clone());
+        // The swap under the guard's mutex: the release waits for it, and no swap follows it.
+        let swapped = tokio::task::spawn_blocking(move || -> Result<Option<bool>> {
+            let mut h = h
+                .lock()
+                .map_err(|_| Error::internal("the lock's state is poisoned"))?;
+            if h.released {
+                return Ok(None);
             }
-            Ok(Ok(false)) => {
-                eprintln!(
+            let ok = s.swap(FILE, &h.bytes, &new)?;
+            if ok {
+                h.bytes = new;
+            }
+            Ok(Some(ok))
+        })
+        .await;
+        match swapped {
+            Ok(Ok(None)) => return,
+            Ok(Ok(Some(true))) => last_ok = Instant::now(),
+            Ok(Ok(Some(false))) => {
+                say(format!(
                     "error: the lock {}/{FILE} is not this run's any more (taken over once its lease ran out, or removed with `plan unlock`): stopping this run",
                     store.describe()
-                );
+                ));
+                lost.store(true, std::sync::atomic::Ordering::SeqCst);
                 cancel.cancel();
                 return;
             }
-            Ok(Err(e)) => eprintln!(
+            Ok(Err(e)) if last_ok.elapsed() > lease * 4 / 5 => {
+                say(format!(
+                    "error: the lock {}/{FILE} could not be refreshed for {} s ({e}); another run may take it over soon: stopping this run",
+                    store.describe(),
+                    last_ok.elapsed().as_secs()
+                ));
+                lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                cancel.cancel();
+                return;
+            }
+            Ok(Err(e)) => say(format!(
                 "warning: could not refresh the lock {}/{FILE}: {e}; trying again in {} s",
                 store.describe(),
                 every.as_secs()
-            ),
-            Err(_) => return,
+            )),
+            Err(_) => {
+                lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                cancel.cancel();
+                return;
+            }
         }
     }
 }
@@ -149,7 +217,14 @@ impl Drop for LockGuard {
         if let Some(r) = self.refresher.take() {
             r.abort();
         }
-        let bytes = self.bytes.lock().map(|b| b.clone()).unwrap_or_default();
+        // Waits for a refresh in flight; none follows.
+        let bytes = match self.held.lock() {
+            Ok(mut h) => {
+                h.released = true;
+                h.bytes.clone()
+            }
+            Err(_) => return,
+        };
         // Release only our own lock (an operator may have unlocked and another run locked).
         match self.store.delete_if(FILE, &bytes) {
             Ok(true) => {}
@@ -186,7 +261,8 @@ pub async fn acquire(
     reporter: &dyn Reporter,
     cancel: &Cancel,
 ) -> Result<LockGuard> {
-    let info = LockInfo::ours(clock::random_hex(4), operation);
+    let mut info = LockInfo::ours(clock::random_hex(4), operation);
+    info.lease = Some(lease.as_secs());
     let bytes = serde_json::to_vec_pretty(&info).unwrap_or_default();
     let start = Instant::now();
     loop {
@@ -208,11 +284,7 @@ pub async fn acquire(
                 store.describe()
             )));
         };
-        let stale = holder
-            .process
-            .gone(&info.process)
-            .map(str::to_owned)
-            .or_else(|| holder.expired(lease, clock::now_unix()));
+        let stale = holder.stale(&info.process, lease, clock::now_unix());
         if let Some(why) = stale {
             // Replace it only if it is still that very lock: of several runs that found it
             // stale, one takes it over and the others see the new holder.

@@ -177,18 +177,39 @@ async fn run(
     cancel: Cancel,
     summary: &mut Summary,
 ) -> Result<String> {
-    let reporter = around.reporter;
     let stores = stores?;
-    let _lock = lock::acquire(
+    let lock = lock::acquire(
         stores.state.clone(),
         plan.name.as_str(),
         "plan apply",
         opts.lock_timeout,
         plan.lock_lease,
-        reporter.as_ref(),
+        around.reporter.as_ref(),
         &cancel,
     )
     .await?;
+    let result = run_locked(plan.clone(), stores, source, opts, around, cancel, summary).await;
+    match result {
+        // Stopped because the lock was taken over: said as such (exit 4), not as Ctrl-C.
+        Err(Error::Interrupted) if lock.lost() => Err(Error::Locked(format!(
+            "plan {}: this run's lock was taken over (its lease ran out, or `plan unlock`), and the run stopped; the journal is kept for the next run",
+            plan.name
+        ))),
+        other => other,
+    }
+}
+
+/// [`run`] once the plan's lock is held.
+async fn run_locked(
+    plan: Arc<Plan>,
+    stores: Arc<Stores>,
+    source: &str,
+    opts: &Options,
+    around: Around<'_>,
+    cancel: Cancel,
+    summary: &mut Summary,
+) -> Result<String> {
+    let reporter = around.reporter;
     failpoint::hit("apply.locked");
     // Beside the journal, no other run writes while this one holds the lock; only the lock's
     // own temporaries may be another run's, taking its turn.

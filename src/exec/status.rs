@@ -77,21 +77,17 @@ pub fn of(plan: &Plan) -> Result<PlanStatus> {
         last_run: state::load_last_run(stores.state.as_ref())?,
         unfinished: state::load(stores.state.as_ref())?.map(|r| r.backup_id),
         lock_holder: locked_by.as_ref().map(|l| {
-            let liveness = l.process.liveness(&crate::process::ProcessId::current());
-            match (liveness, l.expired(plan.lock_lease, now)) {
-                (Liveness::Gone(why), _) => Holder {
-                    state: "gone",
-                    why: Some(why.to_owned()),
+            let me = crate::process::ProcessId::current();
+            match (l.process.liveness(&me), l.stale(&me, plan.lock_lease, now)) {
+                (Liveness::Running, _) => Holder {
+                    state: "running",
+                    why: None,
                 },
                 (_, Some(why)) => Holder {
                     state: "gone",
                     why: Some(why),
                 },
-                (Liveness::Running, None) => Holder {
-                    state: "running",
-                    why: None,
-                },
-                (Liveness::Unknown(why), None) => Holder {
+                (Liveness::Unknown(why), None) | (Liveness::Gone(why), None) => Holder {
                     state: "unknown",
                     why: Some(why.to_owned()),
                 },

@@ -660,6 +660,7 @@ fn copy(fx: &Fixture, from: &Path, to: &Path, extra: &[&str]) -> (Output, serde_
     let out = run(with_keys(
         dtr_backup(fx.dir.path())
             .env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
+            .env("OTHER_PASSPHRASE", "not the same passphrase")
             .args(["backups", "copy", "--output", "json"])
             .arg(from)
             .arg("--to")
@@ -695,6 +696,8 @@ fn copies_go_local_to_s3_and_back_resume_and_refuse_damage() {
     ));
     std::fs::create_dir_all(&dir).expect("blob dir");
     std::fs::write(dir.join("data"), &blob).expect("blob");
+    // Ids name the second: the second backup must be later to be the latest.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     assert_eq!(run(&mut fx.apply()).status.code(), Some(0));
     let ids: Vec<String> = fx
         .backup_dirs()
@@ -765,6 +768,13 @@ fn copies_go_local_to_s3_and_back_resume_and_refuse_damage() {
         .write("back.yaml", &text.replace("path: backups", "path: back"));
     let (out, _) = copy(&fx, &s3_plan, &back, &["--backup", "latest"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // The blob store's passphrase check came along: that plan's runs find the store theirs.
+    let checks: Vec<PathBuf> = snapshot(&fx.dir.path().join("back/qs/blobs"))
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| p.ends_with("key-check"))
+        .collect();
+    assert_eq!(checks.len(), 1, "{checks:?}");
     let restored = fx.dir.path().join("restored");
     let out = run(dtr_backup(fx.dir.path())
         .env("DTR_BACKUP_PASSPHRASE", PASSPHRASE)
@@ -781,6 +791,23 @@ fn copies_go_local_to_s3_and_back_resume_and_refuse_damage() {
             .is_file()
     );
 
+    // A plan that could not decrypt the copies is refused before anything is copied.
+    let other_key = fx.dir.write(
+        "other-key.yaml",
+        &text
+            .replace("path: backups", "path: other-key")
+            .replace("{env: DTR_BACKUP_PASSPHRASE}", "{env: OTHER_PASSPHRASE}"),
+    );
+    let (out, failed) = copy(&fx, &fx.plan, &other_key, &["--backup", "latest"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot decrypt backup")),
+        "{failed}"
+    );
+    assert!(!fx.dir.path().join("other-key/qs/blobs").exists());
+
     // Damage at the source is refused and leaves no backup at the destination: a blob
     // object, then an artifact.
     let fourth = fx.dir.write(
@@ -796,14 +823,23 @@ fn copies_go_local_to_s3_and_back_resume_and_refuse_damage() {
     let victim = stored.first().expect("a blob object").clone();
     let good = std::fs::read(&victim).expect("read");
     flip_byte(&victim, 600);
-    let (out, failed) = copy(&fx, &fx.plan, &fourth, &[]);
-    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    assert!(
-        failed["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("is damaged")),
-        "{failed}"
-    );
+    let rel = victim
+        .strip_prefix(fx.plan_root())
+        .expect("under the plan")
+        .to_owned();
+    for _ in 0..2 {
+        // Refused every time: the damaged object is never named at the destination (so a
+        // second copy cannot take it for copied).
+        let (out, failed) = copy(&fx, &fx.plan, &fourth, &[]);
+        assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+        assert!(
+            failed["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("is damaged")),
+            "{failed}"
+        );
+        assert!(!fx.dir.path().join("fourth/qs").join(&rel).exists());
+    }
     std::fs::write(&victim, good).expect("mend");
     let artifact = fx.backup_dirs()[0].join("dtr-images-0a1b2c3d4e5f.tar.gpg");
     flip_byte(&artifact, 100);
@@ -813,6 +849,14 @@ fn copies_go_local_to_s3_and_back_resume_and_refuse_damage() {
     assert!(
         error.contains("dtr-images-0a1b2c3d4e5f.tar.gpg") && error.contains("is damaged"),
         "{error}"
+    );
+    assert!(
+        !fx.dir
+            .path()
+            .join("fourth/qs")
+            .join(&ids[0])
+            .join("dtr-images-0a1b2c3d4e5f.tar.gpg")
+            .exists()
     );
     let listed = run(dtr_backup(fx.dir.path())
         .args(["backups", "list", "--output", "json"])
