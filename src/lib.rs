@@ -17,7 +17,7 @@
 //!   [`crypto`] (OpenPGP streams, keys), [`archive`] (tar, pipes, hashing), [`docker`]
 //!   (the Docker API: replicas, containers), [`ucp`] (UCP's HTTPS API), [`ops`] (hooks,
 //!   notifiers and the metrics textfile around `plan apply`).
-//! - Leaves everyone may use: [`error`] (kinds, exit codes), [`secret`] (secret references,
+//! - Leaves everyone may use: [`error`] (kinds, exit codes), [`meter`] (counters), [`secret`] (secret references,
 //!   resolved and zeroized), [`cancel`], [`clock`], [`hex`], [`failpoint`].
 //! - [`cli`] holds one file per subcommand; it parses, prints, and maps outcomes to the exit
 //!   codes in [`exit`]. No backup logic lives there.
@@ -39,6 +39,7 @@ pub mod graph;
 pub mod hex;
 pub mod https;
 pub mod manifest;
+pub mod meter;
 pub mod ops;
 pub mod plan;
 pub mod process;

@@ -11,22 +11,7 @@ use crate::events::{Event, Reporter};
 
 const EVERY: Duration = Duration::from_millis(500);
 
-/// Bytes and objects done so far; clones share the counts.
-#[derive(Clone, Debug, Default)]
-pub struct Meter {
-    pub bytes: Arc<AtomicU64>,
-    pub objects: Arc<AtomicU64>,
-}
-
-impl Meter {
-    pub fn add_bytes(&self, n: u64) {
-        self.bytes.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn add_object(&self) {
-        self.objects.fetch_add(1, Ordering::Relaxed);
-    }
-}
+pub use crate::meter::Meter;
 
 /// Reports a [`Meter`] for one step while it lives.
 pub struct Ticker {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::{ObjectWriter, ServerCopy, Store};
 use crate::error::Result;
-use crate::progress::Meter;
+use crate::meter::Meter;
 
 pub struct Metered {
     pub inner: Arc<dyn Store>,
