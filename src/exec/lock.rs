@@ -479,15 +479,18 @@ mod tests {
             .put(FILE, &serde_json::to_vec(&foreign(10)).unwrap())
             .unwrap();
         let rec = Recorder::default();
-        let got = rt().block_on(acquire(
-            store.clone(),
-            "p",
-            "x",
-            None,
-            lease,
-            &rec,
-            &Cancel::new(),
-        ));
+        let take = || {
+            rt().block_on(acquire(
+                store.clone(),
+                "p",
+                "x",
+                None,
+                lease,
+                &rec,
+                &Cancel::new(),
+            ))
+        };
+        let got = take();
         assert!(
             matches!(got, Err(Error::Locked(_))),
             "a fresh lease is honoured"
@@ -495,15 +498,7 @@ mod tests {
         store
             .put(FILE, &serde_json::to_vec(&foreign(61)).unwrap())
             .unwrap();
-        let got = rt().block_on(acquire(
-            store.clone(),
-            "p",
-            "x",
-            None,
-            lease,
-            &rec,
-            &Cancel::new(),
-        ));
+        let got = take();
         assert!(got.is_ok(), "{:?}", got.err());
         let warned = rec.0.lock().unwrap().iter().any(|e| {
             matches!(e, Event::Warning { message } if message.contains("last refreshed 61 s ago"))

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -12,12 +13,39 @@ use crate::storage::Store;
 
 pub const FILE: &str = "run.json";
 
-/// The versioned file format.
+/// Every state file: `{"version": "1", ...}` and the fields of its record.
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "version")]
-enum StateFile {
+enum Versioned<T> {
     #[serde(rename = "1")]
-    V1(RunState),
+    V1(T),
+}
+
+/// Writes `record` at `path`, replacing the one this process last read or wrote.
+fn save_record<T: Serialize>(store: &dyn Store, path: &str, what: &str, record: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(&Versioned::V1(record))
+        .map_err(|e| Error::internal(format!("encoding {what}: {e}")))?;
+    store.replace(path, &bytes)
+}
+
+/// The record at `path`; `None` when there is none. An unreadable one is an error, named
+/// `{what}<store>/{path}`, followed by `then` (what to do).
+fn load_record<T: DeserializeOwned>(
+    store: &dyn Store,
+    path: &str,
+    what: &str,
+    then: &str,
+) -> Result<Option<T>> {
+    let Some(bytes) = store.get(path)? else {
+        return Ok(None);
+    };
+    match serde_json::from_slice::<Versioned<T>>(&bytes) {
+        Ok(Versioned::V1(r)) => Ok(Some(r)),
+        Err(e) => Err(Error::stored(format!(
+            "{what}{}/{path} is unreadable ({e}){then}",
+            store.describe()
+        ))),
+    }
 }
 
 /// An unfinished run of a plan.
@@ -47,22 +75,16 @@ pub struct StepRecord {
 }
 
 pub fn load(store: &dyn Store) -> Result<Option<RunState>> {
-    let Some(bytes) = store.get(FILE)? else {
-        return Ok(None);
-    };
-    match serde_json::from_slice::<StateFile>(&bytes) {
-        Ok(StateFile::V1(s)) => Ok(Some(s)),
-        Err(e) => Err(Error::stored(format!(
-            "the run state {}/{FILE} is unreadable ({e}); start over with `plan apply --fresh`",
-            store.describe()
-        ))),
-    }
+    load_record(
+        store,
+        FILE,
+        "the run state ",
+        "; start over with `plan apply --fresh`",
+    )
 }
 
 pub fn save(store: &dyn Store, state: &RunState) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(&StateFile::V1(state.clone()))
-        .map_err(|e| Error::internal(format!("encoding the run state: {e}")))?;
-    store.replace(FILE, &bytes)
+    save_record(store, FILE, "the run state", state)
 }
 
 pub fn clear(store: &dyn Store) -> Result<()> {
@@ -71,13 +93,6 @@ pub fn clear(store: &dyn Store) -> Result<()> {
 
 /// DTR set read-only by a run (see `exec::read_only`).
 pub const READ_ONLY: &str = "read-only.json";
-
-#[derive(Serialize, Deserialize)]
-#[serde(tag = "version")]
-enum ReadOnlyFile {
-    #[serde(rename = "1")]
-    V1(ReadOnly),
-}
 
 /// DTR set read-only by a run, written before the setting is sent and removed once it is
 /// back: a run killed in between leaves it, and the next run sets DTR back.
@@ -92,22 +107,16 @@ pub struct ReadOnly {
 }
 
 pub fn save_read_only(store: &dyn Store, r: &ReadOnly) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(&ReadOnlyFile::V1(r.clone()))
-        .map_err(|e| Error::internal(format!("encoding the read-only record: {e}")))?;
-    store.replace(READ_ONLY, &bytes)
+    save_record(store, READ_ONLY, "the read-only record", r)
 }
 
 pub fn load_read_only(store: &dyn Store) -> Result<Option<ReadOnly>> {
-    let Some(bytes) = store.get(READ_ONLY)? else {
-        return Ok(None);
-    };
-    match serde_json::from_slice::<ReadOnlyFile>(&bytes) {
-        Ok(ReadOnlyFile::V1(r)) => Ok(Some(r)),
-        Err(e) => Err(Error::stored(format!(
-            "{}/{READ_ONLY} is unreadable ({e}): a run left DTR read-only; set DTR writable (DTR's settings page, or POST /api/v0/meta/settings {{\"readOnlyRegistry\": false}}) and delete the file",
-            store.describe()
-        ))),
-    }
+    load_record(
+        store,
+        READ_ONLY,
+        "",
+        ": a run left DTR read-only; set DTR writable (DTR's settings page, or POST /api/v0/meta/settings {\"readOnlyRegistry\": false}) and delete the file",
+    )
 }
 
 pub fn clear_read_only(store: &dyn Store) -> Result<()> {
@@ -117,13 +126,6 @@ pub fn clear_read_only(store: &dyn Store) -> Result<()> {
 /// The record of the last `plan apply` that held the lock, kept beside the journal for
 /// `status`: how it ended, even when it left no backup.
 pub const LAST_RUN: &str = "last-run.json";
-
-#[derive(Serialize, Deserialize)]
-#[serde(tag = "version")]
-enum LastRunFile {
-    #[serde(rename = "1")]
-    V1(LastRun),
-}
 
 /// How the last run ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,24 +143,18 @@ pub struct LastRun {
 }
 
 pub fn save_last_run(store: &dyn Store, last: &LastRun) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(&LastRunFile::V1(last.clone()))
-        .map_err(|e| Error::internal(format!("encoding the last run: {e}")))?;
-    store.replace(LAST_RUN, &bytes)
+    save_record(store, LAST_RUN, "the last run", last)
 }
 
 /// The last run's record; `None` when there is none. An unreadable one is an error that says
 /// so (the next run replaces it).
 pub fn load_last_run(store: &dyn Store) -> Result<Option<LastRun>> {
-    let Some(bytes) = store.get(LAST_RUN)? else {
-        return Ok(None);
-    };
-    match serde_json::from_slice::<LastRunFile>(&bytes) {
-        Ok(LastRunFile::V1(l)) => Ok(Some(l)),
-        Err(e) => Err(Error::stored(format!(
-            "the record of the last run {}/{LAST_RUN} is unreadable ({e}); the next `plan apply` replaces it",
-            store.describe()
-        ))),
-    }
+    load_record(
+        store,
+        LAST_RUN,
+        "the record of the last run ",
+        "; the next `plan apply` replaces it",
+    )
 }
 
 /// Lines only in `old` or only in `new`, marked `-` and `+`: what changed in the plan.
@@ -184,13 +180,6 @@ pub fn plan_diff(old: &str, new: &str) -> String {
 
 /// The journal of an unfinished restore, beside the run journal under the plan's state.
 pub const RESTORE_FILE: &str = "restore.json";
-
-#[derive(Serialize, Deserialize)]
-#[serde(tag = "version")]
-enum RestoreFile {
-    #[serde(rename = "1")]
-    V1(RestoreState),
-}
 
 /// An unfinished restore (or drill): what it restores where, and which of its steps are done.
 /// Paths and names only: it holds no secret.
@@ -246,22 +235,16 @@ impl RestoreState {
 }
 
 pub fn load_restore(store: &dyn Store) -> Result<Option<RestoreState>> {
-    let Some(bytes) = store.get(RESTORE_FILE)? else {
-        return Ok(None);
-    };
-    match serde_json::from_slice::<RestoreFile>(&bytes) {
-        Ok(RestoreFile::V1(s)) => Ok(Some(s)),
-        Err(e) => Err(Error::stored(format!(
-            "the restore journal {}/{RESTORE_FILE} is unreadable ({e}); start over with `restore --fresh`",
-            store.describe()
-        ))),
-    }
+    load_record(
+        store,
+        RESTORE_FILE,
+        "the restore journal ",
+        "; start over with `restore --fresh`",
+    )
 }
 
 pub fn save_restore(store: &dyn Store, state: &RestoreState) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(&RestoreFile::V1(state.clone()))
-        .map_err(|e| Error::internal(format!("encoding the restore journal: {e}")))?;
-    store.replace(RESTORE_FILE, &bytes)
+    save_record(store, RESTORE_FILE, "the restore journal", state)
 }
 
 pub fn clear_restore(store: &dyn Store) -> Result<()> {

@@ -64,9 +64,14 @@ impl Api {
         Api::spawn(dir, cert, key, password, false)
     }
 
-    /// The same, with DTR read-only from the start.
-    pub(crate) fn start_read_only(dir: &TempDir, cert: &Path, key: &Path, password: &str) -> Api {
-        Api::spawn(dir, cert, key, password, true)
+    /// Under the test bed's server certificate (checked against the bed's CA), DTR
+    /// read-only from the start or not.
+    pub(crate) fn on_bed(dir: &TempDir, bed: &Bed, password: &str, read_only: bool) -> Api {
+        let (cert, key) = (
+            bed.certs.join("server.pem"),
+            bed.certs.join("server-key.pem"),
+        );
+        Api::spawn(dir, &cert, &key, password, read_only)
     }
 
     fn spawn(dir: &TempDir, cert: &Path, key: &Path, password: &str, read_only: bool) -> Api {
@@ -219,12 +224,7 @@ fn dtrs_read_only_window_spans_metadata_and_images_and_is_always_closed() {
     let dir = TempDir::new("dtr-read-only");
     // DTR's API under the test bed's server certificate: checked against ucp.ca_file, as no
     // dtr.ca_file is given.
-    let api = Api::start(
-        &dir,
-        &bed.certs.join("server.pem"),
-        &bed.certs.join("server-key.pem"),
-        &bed.ucp_password,
-    );
+    let api = Api::on_bed(&dir, &bed, &bed.ucp_password, false);
     let plan = window_plan(&bed, &dir, &api, "");
 
     // SIGTERM while metadata streams: read-only meanwhile, writable after; exit 130.
@@ -332,12 +332,7 @@ fn dtrs_read_only_window_spans_metadata_and_images_and_is_always_closed() {
     // A failure inside the window (the metadata container refuses the password, which DTR's
     // API accepts here): writable again, exit 1.
     let dir = TempDir::new("dtr-read-only-fail");
-    let api = Api::start(
-        &dir,
-        &bed.certs.join("server.pem"),
-        &bed.certs.join("server-key.pem"),
-        "wrong-password",
-    );
+    let api = Api::on_bed(&dir, &bed, "wrong-password", false);
     let plan = window_plan(&bed, &dir, &api, "preflight: {check_ucp_login: false}\n");
     let out = run(apply(&bed, &dir, &plan).env("UCP_PASSWORD", "wrong-password"));
     assert_eq!(out.status.code(), Some(1));
@@ -352,12 +347,7 @@ fn dtrs_read_only_window_spans_metadata_and_images_and_is_always_closed() {
 
     // A DTR that is read-only already is left so, and said so.
     let dir = TempDir::new("dtr-read-only-already");
-    let api = Api::start_read_only(
-        &dir,
-        &bed.certs.join("server.pem"),
-        &bed.certs.join("server-key.pem"),
-        &bed.ucp_password,
-    );
+    let api = Api::on_bed(&dir, &bed, &bed.ucp_password, true);
     let plan = window_plan(&bed, &dir, &api, "");
     let out = run(&mut apply(&bed, &dir, &plan));
     assert_eq!(out.status.code(), Some(0), "{}", error_of(&out));
