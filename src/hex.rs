@@ -2,11 +2,13 @@
 
 /// Lowercase hexadecimal of bytes.
 pub fn encode(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
 }
 
 /// Whether `d` is a sha256 digest as written here: 64 lowercase hex digits.
@@ -24,9 +26,16 @@ pub fn parse_sha(hex: &str) -> Option<Sha> {
     if !is_sha256(hex) {
         return None;
     }
+    let digit = |c: u8| {
+        if c.is_ascii_digit() {
+            c - b'0'
+        } else {
+            c - b'a' + 10
+        }
+    };
     let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    for (b, pair) in out.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+        *b = digit(pair[0]) << 4 | digit(pair[1]);
     }
     Some(out)
 }
@@ -44,5 +53,14 @@ mod tests {
         assert!(super::is_sha256(&"ab".repeat(32)));
         assert!(!super::is_sha256(&"AB".repeat(32)));
         assert!(!super::is_sha256(&"ab".repeat(31)));
+        let all: Vec<u8> = (0..=255).collect();
+        let hex = super::encode(&all);
+        assert_eq!(&hex[..8], "00010203");
+        assert_eq!(&hex[hex.len() - 4..], "feff");
+        let digest: Vec<u8> = (0..32).map(|i| i * 8 + 7).collect();
+        assert_eq!(
+            super::parse_sha(&super::encode(&digest)).unwrap().to_vec(),
+            digest
+        );
     }
 }

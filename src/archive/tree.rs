@@ -5,7 +5,7 @@
 //! backups of the same tree list the same members in the same order.
 
 use std::fs;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::archive::MemberSink;
@@ -216,7 +216,7 @@ pub fn write_entries<W: MemberSink>(
         let mut h = stat.header(tar::EntryType::Directory, 0);
         let mut name = name.as_os_str().to_owned();
         name.push("/");
-        b.append_data(&mut h, Path::new(&name), io::empty())
+        append_header(b, &mut h, Path::new(&name))
     };
     let mut acc = PathBuf::new();
     for part in Path::new(prefix).components().filter(|_| parents) {
@@ -238,7 +238,7 @@ pub fn write_entries<W: MemberSink>(
                 let mut h = e.stat.header(tar::EntryType::Regular, size);
                 // The header (with GNU long-name records where needed) from the tar crate,
                 // which writes no data and no padding for an empty reader; then the data.
-                b.append_data(&mut h, &name, io::empty())?;
+                append_header(&mut b, &mut h, &name)?;
                 let read = copy_member(&mut file, size, b.get_mut(), &mut buf, cancel)?;
                 if read != size {
                     return Err(io::Error::new(
@@ -254,6 +254,62 @@ pub fn write_entries<W: MemberSink>(
         }
     }
     b.into_inner()
+}
+
+/// The length of a tar header's name field.
+const NAME_FIELD: usize = 100;
+
+/// Appends the header `h` of a member named `name` that carries no data: the octets that
+/// `tar::Builder::append_data(h, name, io::empty())` writes (a GNU long-name record first
+/// for a name over 100 octets), without its cost per member (the name walked component by
+/// component, and an error message formatted for every long name). A name that is not a
+/// plain relative path of ASCII components goes through the tar crate itself.
+fn append_header<W: Write>(
+    b: &mut tar::Builder<W>,
+    h: &mut tar::Header,
+    name: &Path,
+) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = name.as_os_str().as_bytes();
+    let long = bytes.len() > NAME_FIELD;
+    if !plain_name(bytes) || (long && !plain_name(&bytes[..NAME_FIELD])) {
+        return b.append_data(h, name, io::empty());
+    }
+    let out = b.get_mut();
+    if long {
+        let mut record = tar::Header::new_gnu();
+        record.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+        record.set_mode(0o644);
+        record.set_uid(0);
+        record.set_gid(0);
+        record.set_mtime(0);
+        // The name and its NUL, as GNU tar counts it.
+        record.set_size(bytes.len() as u64 + 1);
+        record.set_entry_type(tar::EntryType::GNULongName);
+        record.set_cksum();
+        out.write_all(record.as_bytes())?;
+        out.write_all(bytes)?;
+        let pad = (512 - (bytes.len() + 1) % 512) % 512;
+        out.write_all(&[0u8; 513][..pad + 1])?;
+    }
+    // The name, cut to the field when a record above holds it whole.
+    let field = &mut h.as_old_mut().name;
+    let n = bytes.len().min(NAME_FIELD);
+    field[..n].copy_from_slice(&bytes[..n]);
+    field[n..].fill(0);
+    h.set_cksum();
+    out.write_all(h.as_bytes())
+}
+
+/// Whether `name` is written into a tar header as its own octets: ASCII without NUL,
+/// relative, and every component (but for one trailing `/`) neither empty, `.` nor `..`.
+fn plain_name(name: &[u8]) -> bool {
+    let body = name.strip_suffix(b"/").unwrap_or(name);
+    !body.is_empty()
+        && name.iter().all(|&c| c.is_ascii() && c != 0)
+        && body
+            .split(|&c| c == b'/')
+            .all(|part| !part.is_empty() && part != b"." && part != b"..")
 }
 
 /// A tar stream of the folders of `prefix` alone (`a/`, `a/b/`, ...): the archive of a
@@ -297,6 +353,69 @@ mod tests {
 
     pub(super) fn names(tar_bytes: &[u8]) -> Vec<String> {
         members(tar_bytes).into_iter().map(|(n, _)| n).collect()
+    }
+
+    #[test]
+    fn headers_are_the_octets_the_tar_crate_writes() {
+        let cut = |at: usize, tail: &str| format!("{}{tail}", "r".repeat(at));
+        let names = [
+            "a".to_owned(),
+            "a/b/".to_owned(),
+            "x".repeat(99),
+            "x".repeat(100),
+            "x".repeat(101),
+            format!("{}/", "d".repeat(99)),
+            format!("{}/", "d".repeat(100)),
+            cut(99, "/link"),
+            cut(99, "/.hidden/link"),
+            cut(98, "/../x"),
+            cut(98, "/./x"),
+            cut(120, "/_layers/sha256/ab/link"),
+            "a//b".to_owned(),
+            "./a".to_owned(),
+            format!("{}/é", "e".repeat(99)),
+            "x".repeat(1023),
+            "x".repeat(1024),
+            format!(
+                "dtr-registry-0123456789ab/_data/docker/registry/v2/repositories/small/repo7/_layers/sha256/{}/link",
+                "ab".repeat(32)
+            ),
+        ];
+        let stat = Stat {
+            mtime: 1_700_000_000,
+            mode: 0o100644,
+            uid: 1000,
+            gid: 1000,
+        };
+        for name in &names {
+            let kind = if name.ends_with('/') {
+                tar::EntryType::Directory
+            } else {
+                tar::EntryType::Regular
+            };
+            let ours = {
+                let mut b = tar::Builder::new(Vec::new());
+                append_header(&mut b, &mut stat.header(kind, 0), Path::new(name)).unwrap();
+                b.into_inner().unwrap()
+            };
+            let theirs = {
+                let mut b = tar::Builder::new(Vec::new());
+                match b.append_data(&mut stat.header(kind, 0), name, io::empty()) {
+                    Ok(()) => b.into_inner().unwrap(),
+                    // Refused by the tar crate: refused here too.
+                    Err(_) => {
+                        let mut b = tar::Builder::new(Vec::new());
+                        assert!(
+                            append_header(&mut b, &mut stat.header(kind, 0), Path::new(name))
+                                .is_err()
+                        );
+                        continue;
+                    }
+                }
+            };
+            assert_eq!(ours, theirs, "{name}");
+        }
+        assert!(plain_name(b"a/b/") && !plain_name(b"a/./b") && !plain_name(b"/a"));
     }
 
     #[test]

@@ -183,6 +183,7 @@ pub fn keep(
         held: &held,
         encrypted: enc.is_encrypted(),
         session: &session,
+        hold: HELD,
         cancel,
     };
     // Repositories are many and small (a file per link): `workers` at once, each taking the
@@ -216,6 +217,48 @@ pub fn keep(
     })
 }
 
+/// The largest tree held in memory between its hashing and its writing (one per core).
+const HELD: usize = 4 << 20;
+
+/// Holds what is written while it stays within `cap` octets, then nothing (and says so).
+struct UpTo {
+    bytes: Vec<u8>,
+    cap: usize,
+    over: bool,
+}
+
+impl UpTo {
+    fn new(cap: usize) -> UpTo {
+        UpTo {
+            bytes: Vec::new(),
+            cap,
+            over: false,
+        }
+    }
+
+    /// Everything written, unless it grew over the cap.
+    fn held(&self) -> Option<&[u8]> {
+        (!self.over).then_some(&self.bytes[..])
+    }
+}
+
+impl io::Write for UpTo {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if !self.over {
+            if self.bytes.len() + buf.len() > self.cap {
+                self.over = true;
+                self.bytes = Vec::new();
+            } else {
+                self.bytes.extend_from_slice(buf);
+            }
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// What keeping one tree needs.
 struct One<'a> {
     root: &'a Path,
@@ -226,6 +269,8 @@ struct One<'a> {
     held: &'a [(snapshot::Sha, u64)],
     encrypted: bool,
     session: &'a Session,
+    /// The largest tree held in memory between its hashing and its writing.
+    hold: usize,
     cancel: &'a Cancel,
 }
 
@@ -273,16 +318,18 @@ impl One<'_> {
                 Failed::Error(io(e, format!("reading the repository {}", key.display())))
             }
         };
+        // Hashed, and held in memory when small (most are): a tree the store lacks is then
+        // written from what was hashed, without reading its files again.
         let hashed = tree::write_entries(
             self.root,
             entries,
             self.prefix,
             false,
-            HashWriter::new(io::sink()),
+            HashWriter::new(UpTo::new(self.hold)),
             self.cancel,
         )
         .map_err(read)?;
-        let (_, sha, size) = hashed.finish();
+        let (tar, sha, size) = hashed.finish();
         let digest = snapshot::parse_sha(&sha).ok_or_else(|| Error::internal("a digest"))?;
         if let Ok(i) = self.held.binary_search_by(|(d, _)| d.cmp(&digest))
             && plausible(self.held[i].1, self.encrypted)
@@ -302,17 +349,27 @@ impl One<'_> {
                 .map_err(|e| io(e, format!("encrypting {target}")))?;
             // Compressed before it is encrypted: a tree is mostly 512-octet headers and the
             // padding of small files. Its name stays the sha256 of the tar.
-            let zipped = GzEncoder::new(sealed, Compression::fast());
-            let written = tree::write_entries(
-                self.root,
-                entries,
-                self.prefix,
-                false,
-                HashWriter::new(zipped),
-                self.cancel,
-            )
-            .map_err(read)?;
-            let (zipped, again, _) = written.finish();
+            let mut zipped = GzEncoder::new(sealed, Compression::fast());
+            let again = match tar.held() {
+                Some(bytes) => {
+                    io::Write::write_all(&mut zipped, bytes)
+                        .map_err(|e| io(e, format!("writing {target}")))?;
+                    sha.clone()
+                }
+                // Too large to hold: read again, and hashed again to find a change since.
+                None => {
+                    let written = tree::write_entries(
+                        self.root,
+                        entries,
+                        self.prefix,
+                        false,
+                        HashWriter::new(&mut zipped),
+                        self.cancel,
+                    )
+                    .map_err(read)?;
+                    written.finish().1
+                }
+            };
             let sealed = zipped
                 .finish()
                 .map_err(|e| io(e, format!("writing {target}")))?;
@@ -605,6 +662,7 @@ mod tests {
             held: &[],
             encrypted: true,
             session: &session,
+            hold: HELD,
             cancel: &cancel,
         };
         let key = Path::new(REPOSITORIES).join("a");
@@ -643,6 +701,56 @@ mod tests {
         stop.cancel();
         assert!(!changed(&stop.check().unwrap_err()));
         assert!(changed(&io::Error::from(io::ErrorKind::NotFound)));
+    }
+
+    #[test]
+    fn a_tree_too_large_to_hold_is_read_again_into_the_same_object() {
+        let dir = Scratch::new("hold");
+        registry(dir.path(), &["a"]);
+        let enc = Encryption::Passphrase(Secret::for_test("trees"));
+        let dec = crypto::Decryption::Passphrase(Secret::for_test("trees"));
+        let cancel = Cancel::new();
+        let session = Session::new(&enc).unwrap();
+        let key = Path::new(REPOSITORIES).join("a");
+        let entries = listing(dir.path(), &key);
+        // Held (the default), and not held (read a second time): the same tree.
+        let mut plain = Vec::new();
+        for hold in [HELD, 0] {
+            let dest = MemoryStore::new();
+            let store = BlobStore::for_encryption(&dest, &enc).unwrap();
+            let one = One {
+                root: dir.path(),
+                prefix: PREFIX,
+                dest: &dest,
+                store: &store,
+                held: &[],
+                encrypted: true,
+                session: &session,
+                hold,
+                cancel: &cancel,
+            };
+            let Ok((blob, true)) = one.keep(&key, &entries, &mut [0u8; 4096]) else {
+                panic!("the tree is stored (hold {hold})");
+            };
+            let stored = dest
+                .get(&Listing::Trees.path(&store, &blob.digest))
+                .unwrap()
+                .unwrap();
+            let mut tar = Vec::new();
+            let zipped = crypto::decrypt(&stored[..], &dec).unwrap();
+            io::Read::read_to_end(&mut flate2::read::GzDecoder::new(zipped), &mut tar).unwrap();
+            assert_eq!(
+                crate::archive::sha256_hex(&tar),
+                snapshot::sha_hex(&blob.digest)
+            );
+            assert_eq!(tar.len() as u64, blob.size);
+            plain.push(tar);
+        }
+        assert_eq!(plain[0], plain[1]);
+        assert!(UpTo::new(4).held().is_some_and(<[u8]>::is_empty));
+        let mut over = UpTo::new(4);
+        io::Write::write_all(&mut over, b"12345").unwrap();
+        assert!(over.held().is_none());
     }
 
     #[test]
