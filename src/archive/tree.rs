@@ -95,48 +95,16 @@ pub fn scan_except(root: &Path, skip: &[&Path]) -> io::Result<Tree> {
 /// The same, leaving out every entry for which `skip` (its path relative to `root`, its
 /// kind) says so, and all it holds.
 pub fn scan_where(root: &Path, skip: &mut dyn FnMut(&Path, Kind) -> bool) -> io::Result<Tree> {
-    let mut entries = Vec::new();
-    let mut total = 0;
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let mut children: Vec<(std::ffi::OsString, fs::Metadata)> = fs::read_dir(root.join(&rel))?
-            .map(|e| {
-                let e = e?;
-                Ok((e.file_name(), e.metadata()?))
-            })
-            .collect::<io::Result<_>>()?;
-        children.sort_by(|a, b| a.0.cmp(&b.0));
-        // Push in reverse so that the stack pops them in order.
-        let mut dirs = Vec::new();
-        for (name, meta) in children {
-            let child = rel.join(&name);
-            let ft = meta.file_type();
-            let kind = if ft.is_symlink() {
-                Kind::Symlink
-            } else if ft.is_dir() {
-                Kind::Dir
-            } else if ft.is_file() {
-                Kind::File
-            } else {
-                Kind::Other
-            };
-            if skip(&child, kind) {
-                continue;
-            }
-            let size = if kind == Kind::File { meta.len() } else { 0 };
-            total += size;
-            if kind == Kind::Dir {
-                dirs.push(child.clone());
-            }
-            entries.push(Entry {
-                rel: child,
-                kind,
-                size,
-                stat: Stat::of(&meta),
-            });
-        }
-        stack.extend(dirs.into_iter().rev());
-    }
+    let fd = open_dir(rustix::fs::CWD, root)?;
+    let mut found = Found {
+        entries: Vec::new(),
+        total: 0,
+        skip,
+    };
+    found.walk(fd, &PathBuf::new())?;
+    let Found {
+        mut entries, total, ..
+    } = found;
     // Parents before children, siblings by name.
     entries.sort_by(|a, b| a.rel.cmp(&b.rel));
     Ok(Tree {
@@ -144,6 +112,83 @@ pub fn scan_where(root: &Path, skip: &mut dyn FnMut(&Path, Kind) -> bool) -> io:
         entries,
         total,
     })
+}
+
+/// Opens the folder `name` (relative to `at`) for listing, without following a symlink.
+fn open_dir<Fd: std::os::fd::AsFd, P: rustix::path::Arg>(
+    at: Fd,
+    name: P,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    Ok(rustix::fs::openat(
+        at,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// What a scan has found so far.
+struct Found<'a> {
+    entries: Vec<Entry>,
+    total: u64,
+    skip: &'a mut dyn FnMut(&Path, Kind) -> bool,
+}
+
+impl Found<'_> {
+    /// Adds what the folder `dir` (at `rel`) holds, and what its folders hold. Entries are
+    /// read and opened relative to their folder, so a deep tree's path is not walked again
+    /// for each of them.
+    fn walk(&mut self, dir: std::os::fd::OwnedFd, rel: &Path) -> io::Result<()> {
+        use rustix::fs::{AtFlags, FileType};
+        let mut listing = rustix::fs::Dir::new(dir)?;
+        let mut children = Vec::new();
+        while let Some(e) = listing.read() {
+            let e = e?;
+            let name = e.file_name();
+            if name == c"." || name == c".." {
+                continue;
+            }
+            let stat = rustix::fs::statat(listing.fd()?, name, AtFlags::SYMLINK_NOFOLLOW)?;
+            children.push((name.to_owned(), stat));
+        }
+        children.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, stat) in children {
+            use std::os::unix::ffi::OsStrExt;
+            let child = rel.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+            let kind = match FileType::from_raw_mode(stat.st_mode) {
+                FileType::Symlink => Kind::Symlink,
+                FileType::Directory => Kind::Dir,
+                FileType::RegularFile => Kind::File,
+                _ => Kind::Other,
+            };
+            if (self.skip)(&child, kind) {
+                continue;
+            }
+            let size = if kind == Kind::File {
+                u64::try_from(stat.st_size).unwrap_or(0)
+            } else {
+                0
+            };
+            self.total += size;
+            self.entries.push(Entry {
+                rel: child.clone(),
+                kind,
+                size,
+                stat: Stat {
+                    mtime: u64::try_from(stat.st_mtime).unwrap_or(0),
+                    mode: stat.st_mode,
+                    uid: stat.st_uid,
+                    gid: stat.st_gid,
+                },
+            });
+            if kind == Kind::Dir {
+                let sub = open_dir(listing.fd()?, name.as_c_str())?;
+                self.walk(sub, &child)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Copies the `size` bytes of a member's data from `from` into `out` in 1 MiB reads (straight

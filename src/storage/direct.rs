@@ -277,9 +277,11 @@ impl Drop for DirectWriter {
 pub fn open(path: &Path) -> io::Result<Box<dyn Read + Send + Sync>> {
     // Small files (blobs of manifests and configs, kept one per object) are not worth a
     // thread and the aligned buffers.
-    if std::fs::metadata(path)?.len() < SMALL {
-        return Ok(Box::new(io::BufReader::new(File::open(path)?)));
+    let plain = File::open(path)?;
+    if plain.metadata()?.len() < SMALL {
+        return Ok(Box::new(io::BufReader::new(plain)));
     }
+    drop(plain);
     let file = match OpenOptions::new()
         .read(true)
         .custom_flags(O_DIRECT)

@@ -11,11 +11,18 @@ use crate::error::{Error, Result, io};
 
 pub struct LocalStore {
     root: PathBuf,
+    /// Folders known to exist (created or found by this store), so that each of many
+    /// objects written into one folder does not look for it again; one removed since is
+    /// created again (`create_temp`).
+    folders: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 impl LocalStore {
     pub fn new(root: PathBuf) -> LocalStore {
-        LocalStore { root }
+        LocalStore {
+            root,
+            folders: std::sync::Mutex::new(std::collections::HashSet::new()),
+        }
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -26,11 +33,33 @@ impl LocalStore {
         }
     }
 
-    /// A temporary name next to the final name of `rel`, whose folder exists.
-    fn temp_for(&self, rel: &str) -> Result<(PathBuf, PathBuf)> {
+    /// A temporary name next to the final name of `rel`, whose folder exists, created by
+    /// `make`: the file and both names.
+    fn create_temp<T>(
+        &self,
+        rel: &str,
+        make: impl Fn(&Path) -> io::Result<T>,
+    ) -> Result<(T, PathBuf, PathBuf)> {
         let final_path = self.path(rel);
-        self.ensure_parent(&final_path)?;
-        Ok((temp_name(&final_path), final_path))
+        let folder = final_path.parent().unwrap_or(&self.root).to_path_buf();
+        let known = self.folders.lock().is_ok_and(|f| f.contains(&folder));
+        if !known {
+            self.ensure_parent(&final_path)?;
+        }
+        let temp = temp_name(&final_path);
+        let made = match make(&temp) {
+            // Removed since it was seen: made again.
+            Err(e) if known && e.kind() == io::ErrorKind::NotFound => {
+                self.ensure_parent(&final_path)?;
+                make(&temp)
+            }
+            made => made,
+        }
+        .map_err(|e| io(e, format!("creating {}", temp.display())))?;
+        if let Ok(mut f) = self.folders.lock() {
+            f.insert(folder);
+        }
+        Ok((made, temp, final_path))
     }
 
     /// Creates the folders above `p` that are missing, each made durable in its parent
@@ -268,9 +297,7 @@ impl Store for LocalStore {
     }
 
     fn create(&self, rel: &str) -> Result<Box<dyn ObjectWriter>> {
-        let (temp, final_path) = self.temp_for(rel)?;
-        let file =
-            direct::create(&temp).map_err(|e| io(e, format!("creating {}", temp.display())))?;
+        let (file, temp, final_path) = self.create_temp(rel, direct::create)?;
         Ok(Box::new(LocalWriter {
             file: Some(Sink::Direct(file)),
             temp,
@@ -285,9 +312,7 @@ impl Store for LocalStore {
         if size >= direct::SMALL {
             return self.create(rel);
         }
-        let (temp, final_path) = self.temp_for(rel)?;
-        let file =
-            new_private_file(&temp).map_err(|e| io(e, format!("creating {}", temp.display())))?;
+        let (file, temp, final_path) = self.create_temp(rel, new_private_file)?;
         Ok(Box::new(LocalWriter {
             file: Some(Sink::Buffered(io::BufWriter::with_capacity(1 << 16, file))),
             temp,
@@ -305,9 +330,7 @@ impl Store for LocalStore {
     }
 
     fn put(&self, rel: &str, bytes: &[u8]) -> Result<()> {
-        let (temp, final_path) = self.temp_for(rel)?;
-        let file =
-            new_private_file(&temp).map_err(|e| io(e, format!("creating {}", temp.display())))?;
+        let (file, temp, final_path) = self.create_temp(rel, new_private_file)?;
         let mut w = Box::new(LocalWriter {
             file: Some(Sink::Buffered(io::BufWriter::new(file))),
             temp,
@@ -467,6 +490,22 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_folder_removed_after_it_was_used_is_made_again() {
+        let (s, dir) = store("folders");
+        for name in ["x", "y"] {
+            let mut w = s.create_many(&format!("blobs/ab/{name}"), 3).unwrap();
+            w.write_all(b"abc").unwrap();
+            w.commit().unwrap();
+            assert_eq!(s.size(&format!("blobs/ab/{name}")).unwrap(), Some(3));
+            // Removed behind the store's back (another run's retention, an operator).
+            fs::remove_dir_all(dir.join("blobs")).unwrap();
+        }
+        s.put("blobs/ab/z", b"z").unwrap();
+        assert_eq!(s.get("blobs/ab/z").unwrap().as_deref(), Some(&b"z"[..]));
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -173,7 +173,15 @@ impl ImageSource for Folder {
                 done.files
                     .push(crate::steps::FileRef::new(list_path, kept.list.size));
                 // After the archive: every blob its links name was there before the listing.
-                blobs::back_up_blobs(&ctx, FolderBlobs { root }, &mut done).await?;
+                blobs::back_up_blobs(
+                    &ctx,
+                    FolderBlobs {
+                        root,
+                        dir: std::sync::OnceLock::new(),
+                    },
+                    &mut done,
+                )
+                .await?;
             }
             Ok(done)
         })
@@ -186,15 +194,35 @@ const BLOBS: &str = "docker/registry/v2/blobs";
 /// The blobs of a registry tree on this machine.
 struct FolderBlobs {
     root: PathBuf,
+    /// `docker/registry/v2/blobs/sha256`, once listed: blobs are opened relative to it.
+    dir: std::sync::OnceLock<std::os::fd::OwnedFd>,
 }
 
 impl BlobSource for FolderBlobs {
     fn list(&self, cancel: &crate::cancel::Cancel) -> Result<(Vec<Listed>, Vec<String>)> {
-        list_blobs(&self.root, cancel)
+        let (listed, odd, dir) = list_blobs(&self.root, cancel)?;
+        if let Some(dir) = dir {
+            let _ = self.dir.set(dir);
+        }
+        Ok((listed, odd))
     }
 
     fn open(&self, digest: &Sha) -> std::io::Result<Option<Box<dyn Read + Send + '_>>> {
-        match std::fs::File::open(self.root.join(snapshot::registry_key(digest))) {
+        let opened = match self.dir.get() {
+            Some(dir) => {
+                let hex = snapshot::sha_hex(digest);
+                rustix::fs::openat(
+                    dir,
+                    format!("{}/{hex}/data", &hex[..2]),
+                    rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .map(std::fs::File::from)
+                .map_err(std::io::Error::from)
+            }
+            None => std::fs::File::open(self.root.join(snapshot::registry_key(digest))),
+        };
+        match opened {
             Ok(f) => Ok(Some(Box::new(f))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -210,47 +238,90 @@ impl BlobSource for FolderBlobs {
 }
 
 /// The blobs under `root` (`docker/registry/v2/blobs/sha256/<ab>/<digest>/data`), sorted by
-/// digest, with their sizes; and what else lies there (not registry content: reported).
-fn list_blobs(root: &Path, cancel: &crate::cancel::Cancel) -> Result<(Vec<Listed>, Vec<String>)> {
+/// digest, with their sizes; what else lies there (not registry content: reported); and
+/// the folder `sha256` itself, open, when there is one. Each folder is read relative to its
+/// parent, so the long path of a blob is not walked for each.
+#[allow(clippy::type_complexity)]
+fn list_blobs(
+    root: &Path,
+    cancel: &crate::cancel::Cancel,
+) -> Result<(Vec<Listed>, Vec<String>, Option<std::os::fd::OwnedFd>)> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
     let dir = root.join(BLOBS).join("sha256");
-    let what = |p: &Path, e: std::io::Error| io(e, format!("listing {}", p.display()));
-    let sorted = |p: &Path| -> Result<Vec<(String, std::fs::FileType)>> {
-        let mut names = Vec::new();
-        for e in std::fs::read_dir(p).map_err(|e| what(p, e))? {
-            let e = e.map_err(|e| what(p, e))?;
-            let t = e.file_type().map_err(|e| what(p, e))?;
-            names.push((e.file_name().to_string_lossy().into_owned(), t));
-        }
-        names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        Ok(names)
+    let what = |p: &Path, e: rustix::io::Errno| io(e.into(), format!("listing {}", p.display()));
+    let open = |at: std::os::fd::BorrowedFd<'_>, name: &std::ffi::CStr, p: &Path| {
+        rustix::fs::openat(
+            at,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| what(p, e))
     };
+    // The names in a folder, sorted, with their types.
+    let sorted =
+        |fd: &std::os::fd::OwnedFd, p: &Path| -> Result<Vec<(std::ffi::CString, FileType)>> {
+            let again = open(std::os::fd::AsFd::as_fd(fd), c".", p)?;
+            let mut names = Vec::new();
+            for e in rustix::fs::Dir::new(again).map_err(|e| what(p, e))? {
+                let e = e.map_err(|e| what(p, e))?;
+                let name = e.file_name();
+                if name != c"." && name != c".." {
+                    names.push((name.to_owned(), e.file_type()));
+                }
+            }
+            names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            Ok(names)
+        };
     let mut listed = Vec::new();
     let mut odd = Vec::new();
     if !dir.is_dir() {
-        return Ok((listed, odd));
+        return Ok((listed, odd, None));
     }
-    for (ab, t) in sorted(&dir)? {
-        let sub = dir.join(&ab);
-        if !t.is_dir() || ab.len() != 2 {
+    let top = rustix::fs::openat(
+        rustix::fs::CWD,
+        &dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| what(&dir, e))?;
+    for (ab, t) in sorted(&top, &dir)? {
+        let ab_str = ab.to_string_lossy().into_owned();
+        let sub = dir.join(&ab_str);
+        // A filesystem that does not give types in its listings: asked.
+        let t = match t {
+            FileType::Unknown => rustix::fs::statat(&top, &ab, AtFlags::SYMLINK_NOFOLLOW)
+                .map(|st| FileType::from_raw_mode(st.st_mode))
+                .map_err(|e| what(&sub, e))?,
+            t => t,
+        };
+        if t != FileType::Directory || ab_str.len() != 2 {
             odd.push(sub.display().to_string());
             continue;
         }
         cancel.check().map_err(|e| io(e, "listing blobs"))?;
-        for (name, _) in sorted(&sub)? {
-            let data = sub.join(&name).join("data");
-            let digest = snapshot::parse_sha(&name).filter(|_| name.starts_with(&ab));
-            match (digest, std::fs::symlink_metadata(&data)) {
-                (Some(digest), Ok(m)) if m.is_file() => listed.push(Listed {
-                    digest,
-                    size: m.len(),
-                }),
+        let ab_fd = open(std::os::fd::AsFd::as_fd(&top), &ab, &sub)?;
+        for (name, _) in sorted(&ab_fd, &sub)? {
+            let name = name.to_string_lossy().into_owned();
+            let digest = snapshot::parse_sha(&name).filter(|_| name.starts_with(&ab_str));
+            let data =
+                rustix::fs::statat(&ab_fd, format!("{name}/data"), AtFlags::SYMLINK_NOFOLLOW);
+            match (digest, data) {
+                (Some(digest), Ok(st))
+                    if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile =>
+                {
+                    listed.push(Listed {
+                        digest,
+                        size: u64::try_from(st.st_size).unwrap_or(0),
+                    })
+                }
                 // Removed since the folder was read (garbage collection): not there.
-                (Some(_), Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                (Some(_), Err(rustix::io::Errno::NOENT)) => {}
                 _ => odd.push(sub.join(&name).display().to_string()),
             }
         }
     }
-    Ok((listed, odd))
+    Ok((listed, odd, Some(top)))
 }
 
 /// A registry tree holds `docker/registry/v2`; an empty one is refused unless allowed, so that a
