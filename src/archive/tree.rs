@@ -28,6 +28,31 @@ pub struct Entry {
     pub size: u64,
     /// What its tar header records, as the scan saw it.
     pub stat: Stat,
+    /// What else the scan saw, which changes whenever the entry does.
+    pub seen: Seen,
+}
+
+/// What tells that a file is the one seen before, unchanged: its inode, its change time
+/// (set by the kernel at every change, never by a program) and its modification time, to
+/// the nanosecond. Not in the tar header.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Seen {
+    pub ino: u64,
+    pub ctime: i64,
+    pub ctime_nsec: i64,
+    pub mtime_nsec: i64,
+}
+
+impl Seen {
+    pub fn of(meta: &fs::Metadata) -> Seen {
+        use std::os::unix::fs::MetadataExt;
+        Seen {
+            ino: meta.ino(),
+            ctime: meta.ctime(),
+            ctime_nsec: meta.ctime_nsec(),
+            mtime_nsec: meta.mtime_nsec(),
+        }
+    }
 }
 
 /// The fields of a tar header that come from a file's metadata (`HeaderMode::Complete`),
@@ -180,6 +205,12 @@ impl Found<'_> {
                     mode: stat.st_mode,
                     uid: stat.st_uid,
                     gid: stat.st_gid,
+                },
+                seen: Seen {
+                    ino: stat.st_ino,
+                    ctime: stat.st_ctime,
+                    ctime_nsec: stat.st_ctime_nsec as i64,
+                    mtime_nsec: stat.st_mtime_nsec as i64,
                 },
             });
             if kind == Kind::Dir {
@@ -531,6 +562,7 @@ mod tests {
                 kind: Kind::File,
                 size: 1,
                 stat: Stat::default(),
+                seen: Seen::default(),
             }],
             total: 1,
         };

@@ -645,8 +645,8 @@ mod tests {
         );
         assert_eq!(
             state.paths(),
-            [state::LAST_RUN],
-            "journal and lock gone, how the run ended recorded"
+            [state::LAST_RUN, crate::steps::images::known::FILE],
+            "journal and lock gone; how the run ended, and what it saw of the repositories, recorded"
         );
         let last = state::load_last_run(&state).unwrap().expect("a record");
         assert_eq!(

@@ -515,6 +515,9 @@ fn repeat_backups_copy_the_change_and_share_blobs_that_retention_keeps() {
     )))
     .expect("rm");
     let second_blob = add_blob(&fx, b"written by the second run");
+    // The repositories' files are seconds old when the second run lists them: it records
+    // them (a change more recent than 2 s is not recorded), and the third run trusts them.
+    std::thread::sleep(std::time::Duration::from_secs(2));
     let second = apply();
     assert_eq!(two_counts(&second, "blobs: "), (1, copied - 1));
     // No repository changed: no repository tree is written again.
@@ -529,6 +532,11 @@ fn repeat_backups_copy_the_change_and_share_blobs_that_retention_keeps() {
     let third = apply();
     assert_eq!(two_counts(&third, "blobs: "), (1, copied));
     assert_eq!(two_counts(&third, "repositories: "), (1, repos - 1));
+    // Those that did not change were not read: listed as the second run saw them.
+    assert_eq!(
+        logged_counts(&events(&third), "repositories: ")[3],
+        repos - 1
+    );
 
     // keep_last 2: the first backup went, and with it the blob only it listed; the blobs
     // it shared with the kept ones stay.

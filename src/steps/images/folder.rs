@@ -143,24 +143,34 @@ impl ImageSource for Folder {
                     root.clone(),
                 );
                 let prefix = format!("{volume}/_data");
-                let kept = blocking(move || {
-                    super::trees::keep(
+                let (kept, note) = blocking(move || {
+                    // What the last run saw of each repository: those listed the same are
+                    // not read again.
+                    let (known, note) = super::known::load(stores.state.as_ref());
+                    let mut kept = super::trees::keep(
                         &tree_root,
                         &repos,
                         &prefix,
                         stores.backups.as_ref(),
                         &enc,
                         &lp,
+                        &known,
                         std::thread::available_parallelism().map_or(2, |n| n.get()),
                         &cancel,
-                    )
+                    )?;
+                    drop(known);
+                    super::known::save(stores.state.as_ref(), std::mem::take(&mut kept.records))?;
+                    Ok((kept, note))
                 })
                 .await?;
+                if let Some(note) = note {
+                    ctx.warn(note);
+                }
                 ctx.reporter.emit(&crate::events::Event::Log {
                     step: ctx.step_id.clone(),
                     message: format!(
-                        "repositories: {} stored, {} unchanged, {} read again (changed while read)",
-                        kept.copied, kept.reused, kept.reread
+                        "repositories: {} stored, {} unchanged, {} read again (changed while read), {} not read (listed as the last run saw them)",
+                        kept.copied, kept.reused, kept.reread, kept.trusted
                     ),
                 });
                 done.artifacts.push(crate::manifest::Artifact {

@@ -12,6 +12,7 @@
 
 pub mod blobs;
 mod folder;
+pub(crate) mod known;
 pub mod restore;
 pub mod s3;
 mod trees;

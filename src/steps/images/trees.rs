@@ -17,6 +17,7 @@
 //! again. A tree this run stores is read back at once and compared with what was written.
 
 use super::blobs::{Counted, not_as_written, read_back};
+use super::known::{self, Known};
 use crate::archive::HashWriter;
 use crate::archive::tree::{self, Entry};
 use crate::blob_store::BlobStore;
@@ -68,6 +69,10 @@ pub struct Kept {
     pub reused: u64,
     /// Repositories read more than once because they changed while they were read.
     pub reread: u64,
+    /// Repositories not read: listed as the last run recorded them (`known`).
+    pub trusted: u64,
+    /// What to record for the next run (`known::save`), once the backup is durable.
+    pub records: Vec<Known>,
 }
 
 /// How often a repository that changes while it is read (a push, an upload finishing) is
@@ -110,6 +115,7 @@ fn scan(root: &Path, key: &Path) -> std::result::Result<Vec<Entry>, Failed> {
             kind: tree::Kind::Dir,
             size: 0,
             stat: tree::Stat::of(&meta),
+            seen: tree::Seen::of(&meta),
         },
         Err(gone) if gone.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => {
@@ -169,6 +175,7 @@ pub fn keep(
     dest: &dyn Store,
     enc: &Encryption,
     list_path: &str,
+    known: &[Known],
     workers: usize,
     cancel: &Cancel,
 ) -> Result<Kept> {
@@ -181,9 +188,11 @@ pub fn keep(
         dest,
         store: &store,
         held: &held,
+        known,
         encrypted: enc.is_encrypted(),
         session: &session,
         hold: HELD,
+        now: crate::clock::now_unix,
         cancel,
     };
     // Repositories are many and small (a file per link): `workers` at once, each taking the
@@ -194,16 +203,19 @@ pub fn keep(
     cancel
         .check()
         .map_err(|e| io(e, "keeping repository trees"))?;
-    let (mut copied, mut reused, mut reread) = (0, 0, 0);
+    let (mut copied, mut reused, mut reread, mut trusted) = (0, 0, 0, 0);
     let mut listed: Vec<Blob> = Vec::with_capacity(repos.len());
-    for (blob, fresh, again) in done {
-        if fresh {
+    let mut records = Vec::with_capacity(repos.len());
+    for d in done {
+        if d.fresh {
             copied += 1;
         } else {
             reused += 1;
         }
-        reread += u64::from(again);
-        listed.push(blob);
+        reread += u64::from(d.again);
+        trusted += u64::from(d.trusted);
+        records.extend(d.record);
+        listed.push(d.blob);
     }
     dest.sync_many(&format!("{}/trees", store.prefix()))?;
     listed.sort_unstable_by_key(|b| b.digest);
@@ -214,6 +226,8 @@ pub fn keep(
         copied,
         reused,
         reread,
+        trusted,
+        records,
     })
 }
 
@@ -259,6 +273,20 @@ impl io::Write for UpTo {
     }
 }
 
+/// What keeping one repository's tree did.
+struct Done {
+    /// The list's line.
+    blob: Blob,
+    /// Whether this run stored it.
+    fresh: bool,
+    /// How many times it was read again (it changed while read).
+    again: u32,
+    /// Whether its files were left unread, its listing the same as the last run's.
+    trusted: bool,
+    /// What to record for the next run.
+    record: Option<Known>,
+}
+
 /// What keeping one tree needs.
 struct One<'a> {
     root: &'a Path,
@@ -267,25 +295,34 @@ struct One<'a> {
     store: &'a BlobStore,
     /// The trees in the store, sorted by digest.
     held: &'a [(snapshot::Sha, u64)],
+    /// What the last run recorded, sorted by signature.
+    known: &'a [Known],
     encrypted: bool,
     session: &'a Session,
     /// The largest tree held in memory between its hashing and its writing.
     hold: usize,
+    /// The time, in Unix seconds.
+    now: fn() -> i64,
     cancel: &'a Cancel,
 }
 
 impl One<'_> {
     /// Keeps the tree of the repository `key`, listed and read again when it changes while
-    /// read: the list's line, whether this run stored it, and how many times it was read
-    /// again.
-    fn keep_repository(&self, key: &Path, buf: &mut [u8]) -> Result<(Blob, bool, u32)> {
+    /// read.
+    fn keep_repository(&self, key: &Path, buf: &mut [u8]) -> Result<Done> {
         self.cancel
             .check()
             .map_err(|e| io(e, "keeping repository trees"))?;
         let mut attempt = 1;
         loop {
-            match scan(self.root, key).and_then(|entries| self.keep(key, &entries, buf)) {
-                Ok((blob, fresh)) => return Ok((blob, fresh, attempt - 1)),
+            // Before the scan: a change after this is too recent to record.
+            let now = (self.now)();
+            match scan(self.root, key).and_then(|entries| self.keep_listed(key, &entries, now, buf))
+            {
+                Ok(mut done) => {
+                    done.again = attempt - 1;
+                    return Ok(done);
+                }
                 Err(Failed::Changed(_)) if attempt < ATTEMPTS => {
                     // A moment for the change to finish (an upload moving into place).
                     std::thread::sleep(std::time::Duration::from_millis(100 * u64::from(attempt)));
@@ -300,6 +337,57 @@ impl One<'_> {
                 Err(Failed::Error(e)) => return Err(e),
             }
         }
+    }
+
+    /// Keeps the tree of the listing `entries` of the repository `key`, made at `now`:
+    /// the one the last run recorded for the same listing when the store holds it, else
+    /// read.
+    fn keep_listed(
+        &self,
+        key: &Path,
+        entries: &[Entry],
+        now: i64,
+        buf: &mut [u8],
+    ) -> std::result::Result<Done, Failed> {
+        let signature = (!entries.is_empty()).then(|| known::signature(self.prefix, entries));
+        if let Some(k) = signature.and_then(|s| known::lookup(self.known, s))
+            && let Some(stored) = self.stored(&k.digest)
+        {
+            let blob = Blob {
+                digest: k.digest,
+                size: k.size,
+                stored,
+                fresh: false,
+            };
+            return Ok(Done {
+                blob,
+                fresh: false,
+                again: 0,
+                trusted: true,
+                record: Some(*k),
+            });
+        }
+        let (blob, fresh) = self.keep(key, entries, buf)?;
+        let record = signature
+            .filter(|_| known::settled(entries, now))
+            .map(|signature| Known {
+                signature,
+                digest: blob.digest,
+                size: blob.size,
+            });
+        Ok(Done {
+            blob,
+            fresh,
+            again: 0,
+            trusted: false,
+            record,
+        })
+    }
+
+    /// What the store holds of the tree `digest`: its stored size, when it can be whole.
+    fn stored(&self, digest: &snapshot::Sha) -> Option<u64> {
+        let i = self.held.binary_search_by(|(d, _)| d.cmp(digest)).ok()?;
+        plausible(self.held[i].1, self.encrypted).then_some(self.held[i].1)
     }
 
     /// Keeps the tree of `entries` (the repository `key`): its archive's digest first (its
@@ -331,13 +419,11 @@ impl One<'_> {
         .map_err(read)?;
         let (tar, sha, size) = hashed.finish();
         let digest = snapshot::parse_sha(&sha).ok_or_else(|| Error::internal("a digest"))?;
-        if let Ok(i) = self.held.binary_search_by(|(d, _)| d.cmp(&digest))
-            && plausible(self.held[i].1, self.encrypted)
-        {
+        if let Some(stored) = self.stored(&digest) {
             let blob = Blob {
                 digest,
                 size,
-                stored: self.held[i].1,
+                stored,
                 fresh: false,
             };
             return Ok((blob, false));
@@ -482,6 +568,7 @@ mod tests {
             &dest,
             &enc,
             "b1/trees.list",
+            &[],
             2,
             &cancel,
         )
@@ -502,6 +589,7 @@ mod tests {
             &dest,
             &enc,
             "b2/trees.list",
+            &[],
             2,
             &cancel,
         )
@@ -580,6 +668,7 @@ mod tests {
                 &dest,
                 &enc,
                 list,
+                &[],
                 2,
                 &Cancel::new(),
             )
@@ -660,9 +749,11 @@ mod tests {
             dest: &dest,
             store: &store,
             held: &[],
+            known: &[],
             encrypted: true,
             session: &session,
             hold: HELD,
+            now: crate::clock::now_unix,
             cancel: &cancel,
         };
         let key = Path::new(REPOSITORIES).join("a");
@@ -724,9 +815,11 @@ mod tests {
                 dest: &dest,
                 store: &store,
                 held: &[],
+                known: &[],
                 encrypted: true,
                 session: &session,
                 hold,
+                now: crate::clock::now_unix,
                 cancel: &cancel,
             };
             let Ok((blob, true)) = one.keep(&key, &entries, &mut [0u8; 4096]) else {
@@ -751,6 +844,77 @@ mod tests {
         let mut over = UpTo::new(4);
         io::Write::write_all(&mut over, b"12345").unwrap();
         assert!(over.held().is_none());
+    }
+
+    #[test]
+    fn a_repository_listed_as_the_last_run_saw_it_is_not_read_again() {
+        fn later() -> i64 {
+            crate::clock::now_unix() + 3600
+        }
+        let dir = Scratch::new("known");
+        registry(dir.path(), &["a"]);
+        let dest = MemoryStore::new();
+        let enc = Encryption::Passphrase(Secret::for_test("trees"));
+        let cancel = Cancel::new();
+        let store = BlobStore::for_encryption(&dest, &enc).unwrap();
+        let session = Session::new(&enc).unwrap();
+        let key = Path::new(REPOSITORIES).join("a");
+        let one = |held, known, now| One {
+            root: dir.path(),
+            prefix: PREFIX,
+            dest: &dest,
+            store: &store,
+            held,
+            known,
+            encrypted: true,
+            session: &session,
+            hold: HELD,
+            now,
+            cancel: &cancel,
+        };
+        let mut buf = [0u8; 4096];
+        // Files changed just now are read, and not recorded.
+        let fresh = one(&[], &[], crate::clock::now_unix)
+            .keep_repository(&key, &mut buf)
+            .unwrap();
+        assert!(fresh.record.is_none() && !fresh.trusted);
+        // Once they have settled, the listing is recorded with its tree.
+        let first = one(&[], &[], later)
+            .keep_repository(&key, &mut buf)
+            .unwrap();
+        let record = first.record.expect("a settled listing is recorded");
+        assert_eq!(record.digest, fresh.blob.digest);
+        let held = store.held(&dest, Listing::Trees).unwrap();
+        let recorded = [record];
+
+        let second = one(&held, &recorded, later)
+            .keep_repository(&key, &mut buf)
+            .unwrap();
+        assert!(second.trusted && !second.fresh);
+        assert_eq!(
+            (second.blob.digest, second.blob.size),
+            (record.digest, record.size)
+        );
+        assert_eq!(second.record, Some(record), "carried to the next run");
+
+        // Not when the store no longer holds that tree: read and stored again.
+        let gone = one(&[], &recorded, later)
+            .keep_repository(&key, &mut buf)
+            .unwrap();
+        assert!(!gone.trusted && gone.fresh);
+
+        // A link rewritten with other content of the same size: read, a new tree.
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let link = dir
+            .path()
+            .join(&key)
+            .join("_manifests/tags/latest/current/link");
+        fs::write(&link, format!("sha256:{}", "ef".repeat(32))).unwrap();
+        let third = one(&held, &recorded, later)
+            .keep_repository(&key, &mut buf)
+            .unwrap();
+        assert!(!third.trusted && third.fresh);
+        assert_ne!(third.blob.digest, record.digest);
     }
 
     #[test]
