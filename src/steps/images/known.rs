@@ -200,18 +200,18 @@ mod tests {
         let sig = signature("v/_data", &base);
         assert_eq!(sig, signature("v/_data", &base.clone()));
         assert_ne!(sig, signature("w/_data", &base));
-        let changes: Vec<Box<dyn Fn(&mut Entry)>> = vec![
-            Box::new(|e| e.rel = "r/_layers/lonk".into()),
-            Box::new(|e| e.kind = Kind::Symlink),
-            Box::new(|e| e.size += 1),
-            Box::new(|e| e.stat.mtime += 1),
-            Box::new(|e| e.stat.mode ^= 1),
-            Box::new(|e| e.stat.uid += 1),
-            Box::new(|e| e.stat.gid += 1),
-            Box::new(|e| e.seen.ino += 1),
-            Box::new(|e| e.seen.ctime += 1),
-            Box::new(|e| e.seen.ctime_nsec += 1),
-            Box::new(|e| e.seen.mtime_nsec += 1),
+        let changes: [fn(&mut Entry); 11] = [
+            |e| e.rel = "r/_layers/lonk".into(),
+            |e| e.kind = Kind::Symlink,
+            |e| e.size += 1,
+            |e| e.stat.mtime += 1,
+            |e| e.stat.mode ^= 1,
+            |e| e.stat.uid += 1,
+            |e| e.stat.gid += 1,
+            |e| e.seen.ino += 1,
+            |e| e.seen.ctime += 1,
+            |e| e.seen.ctime_nsec += 1,
+            |e| e.seen.mtime_nsec += 1,
         ];
         for change in &changes {
             let mut changed = base.clone();
