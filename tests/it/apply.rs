@@ -298,6 +298,17 @@ fn assert_no_partial_final_files(fx: &Fixture) {
                 "{}",
                 path.display()
             );
+        } else if name == "trees.cache" {
+            // What the run saw of each repository: whole records (signature, digest, size).
+            let body = bytes
+                .strip_prefix(b"dtr-backup trees cache 1\n")
+                .unwrap_or_else(|| panic!("{} has no header", path.display()));
+            assert_eq!(
+                body.len() % (16 + 32 + 8),
+                0,
+                "{} is partial",
+                path.display()
+            );
         } else if name == "key-check" {
             assert!(!gpg_decrypt(&path, PASSPHRASE).is_empty());
         } else if path.to_string_lossy().contains("/blobs/") && name.len() == 64 {
@@ -913,11 +924,12 @@ fn temporaries_of_killed_runs_are_cleaned_up() {
         .expect("state")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
-    // Only the lock's mutex and the record of how the run ended stay: no temporary.
+    // Only the lock's mutex, the record of how the run ended and what it saw of the
+    // repositories stay: no temporary.
     assert!(
         names
             .iter()
-            .all(|n| n.ends_with(".mutex") || n == "last-run.json"),
+            .all(|n| n.ends_with(".mutex") || n == "last-run.json" || n == "trees.cache"),
         "{names:?}"
     );
     assert!(names.iter().any(|n| n == "last-run.json"), "{names:?}");
