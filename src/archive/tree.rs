@@ -120,7 +120,13 @@ pub fn scan_except(root: &Path, skip: &[&Path]) -> io::Result<Tree> {
 /// The same, leaving out every entry for which `skip` (its path relative to `root`, its
 /// kind) says so, and all it holds.
 pub fn scan_where(root: &Path, skip: &mut dyn FnMut(&Path, Kind) -> bool) -> io::Result<Tree> {
-    let fd = open_dir(rustix::fs::CWD, root)?;
+    // The root as named, through a symlink if it is one (`images.path` may be); below it,
+    // symlinks are entries, never followed.
+    let fd = rustix::fs::open(
+        root,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
     let mut found = Found {
         entries: Vec::new(),
         total: 0,
@@ -139,7 +145,8 @@ pub fn scan_where(root: &Path, skip: &mut dyn FnMut(&Path, Kind) -> bool) -> io:
     })
 }
 
-/// Opens the folder `name` (relative to `at`) for listing, without following a symlink.
+/// Opens the folder `name` (relative to `at`) for listing, without following a symlink (a
+/// folder replaced by one since it was looked at: `ELOOP`).
 fn open_dir<Fd: std::os::fd::AsFd, P: rustix::path::Arg>(
     at: Fd,
     name: P,
@@ -547,6 +554,17 @@ mod tests {
         assert!(names.contains(&"dtr-registry-x/_data/docker/registry/v2/".to_owned()));
         assert!(names.contains(&"dtr-registry-x/_data/docker/registry/v2/blobs/data".to_owned()));
         assert!(names.contains(&"dtr-registry-x/_data/docker/link".to_owned()));
+
+        // A root named through a symlink (`images.path` may be one) is the folder it names.
+        let named = dir.with_extension("named");
+        let _ = fs::remove_file(&named);
+        std::os::unix::fs::symlink(&dir, &named).unwrap();
+        let through = scan(&named).unwrap();
+        assert_eq!(
+            through.entries.iter().map(|e| &e.rel).collect::<Vec<_>>(),
+            tree.entries.iter().map(|e| &e.rel).collect::<Vec<_>>()
+        );
+        fs::remove_file(&named).unwrap();
         fs::remove_dir_all(&dir).unwrap();
         fs::remove_dir_all(&outside).unwrap();
     }

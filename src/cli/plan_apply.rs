@@ -35,6 +35,9 @@ pub struct Args {
     /// Back up another replica than the last complete backup's (restore needs care then).
     #[arg(long)]
     pub allow_replica_change: bool,
+    /// Read every repository's files, even those listed as the last run saw them.
+    #[arg(long)]
+    pub read_all: bool,
     /// `json`: NDJSON events on stdout (each with `plan`), and nothing else there.
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
@@ -86,6 +89,7 @@ pub fn run(args: &Args) -> Exit {
         fresh: args.fresh,
         lock_timeout: args.lock_timeout,
         allow_replica_change: args.allow_replica_change,
+        read_all: args.read_all,
     };
     let runtime = match super::runtime() {
         Ok(rt) => rt,

@@ -39,6 +39,8 @@ pub struct Options {
     pub lock_timeout: Option<Duration>,
     /// Back up another replica than the last complete backup's.
     pub allow_replica_change: bool,
+    /// Read every repository's files, trusting no record of the last run (`trees.cache`).
+    pub read_all: bool,
 }
 
 /// Runs the plan against its stores. Emits `run_started` … `run_finished`; returns the
@@ -250,6 +252,7 @@ async fn run_locked(
             decryption: None,
         }),
         allow_replica_change: opts.allow_replica_change,
+        read_all: opts.read_all,
         reporter: reporter.clone(),
         cancel: cancel.clone(),
         step_id: String::new(),

@@ -65,6 +65,8 @@ pub struct Ctx {
     pub secrets: Arc<Secrets>,
     /// `--allow-replica-change`.
     pub allow_replica_change: bool,
+    /// `--read-all`: no repository is trusted unread.
+    pub read_all: bool,
     pub reporter: Arc<dyn Reporter>,
     pub cancel: Cancel,
     pub step_id: String,

@@ -647,6 +647,14 @@ fn repeat_backups_copy_the_change_and_share_blobs_that_retention_keeps() {
     by_hand_tree.sort();
     source.sort();
     assert_eq!(by_hand_tree, source);
+
+    // `--read-all`: every repository read again, none trusted; nothing new to store.
+    let out = run(fx.apply().arg("--read-all"));
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(
+        logged_counts(&events(&out), "repositories: "),
+        [0, repos, 0, 0]
+    );
 }
 
 fn third_id(out: &std::process::Output) -> String {

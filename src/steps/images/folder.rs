@@ -143,10 +143,15 @@ impl ImageSource for Folder {
                     root.clone(),
                 );
                 let prefix = format!("{volume}/_data");
+                let read_all = ctx.read_all;
                 let (kept, note) = blocking(move || {
                     // What the last run saw of each repository: those listed the same are
-                    // not read again.
-                    let (known, note) = super::known::load(stores.state.as_ref());
+                    // not read again (unless `--read-all`).
+                    let (known, note) = if read_all {
+                        (Vec::new(), None)
+                    } else {
+                        super::known::load(stores.state.as_ref())
+                    };
                     let mut kept = super::trees::keep(
                         &tree_root,
                         &repos,
@@ -159,11 +164,18 @@ impl ImageSource for Folder {
                         &cancel,
                     )?;
                     drop(known);
-                    super::known::save(stores.state.as_ref(), std::mem::take(&mut kept.records))?;
-                    Ok((kept, note))
+                    // Only a shortcut for the next run: a record that cannot be written is
+                    // said, and the backup goes on (the next run reads every repository).
+                    let saved = super::known::save(
+                        stores.state.as_ref(),
+                        std::mem::take(&mut kept.records),
+                    )
+                    .err()
+                    .map(|e| format!("{e}: the next run reads every repository"));
+                    Ok((kept, note.into_iter().chain(saved).collect::<Vec<_>>()))
                 })
                 .await?;
-                if let Some(note) = note {
+                for note in note {
                     ctx.warn(note);
                 }
                 ctx.reporter.emit(&crate::events::Event::Log {

@@ -71,7 +71,8 @@ pub struct Kept {
     pub reread: u64,
     /// Repositories not read: listed as the last run recorded them (`known`).
     pub trusted: u64,
-    /// What to record for the next run (`known::save`), once the backup is durable.
+    /// What to record for the next run (`known::save`): each names a tree that is durable
+    /// in the store already.
     pub records: Vec<Known>,
 }
 
@@ -95,13 +96,17 @@ impl From<Error> for Failed {
 }
 
 /// Whether `e`, met reading a repository's files, says that they changed since the listing
-/// (a file removed, or shorter than listed).
+/// (a file removed or shorter than listed, a folder replaced).
 fn changed(e: &io::Error) -> bool {
     !crate::cancel::is_cancellation(e)
-        && matches!(
+        && (matches!(
             e.kind(),
             io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof
-        )
+        ) || matches!(
+            // A folder replaced by a symlink or a file since it was looked at.
+            e.raw_os_error(),
+            Some(libc::ELOOP | libc::ENOTDIR)
+        ))
 }
 
 /// The entries of the repository `key` as they are now, sorted (none when it is gone).
@@ -792,6 +797,8 @@ mod tests {
         stop.cancel();
         assert!(!changed(&stop.check().unwrap_err()));
         assert!(changed(&io::Error::from(io::ErrorKind::NotFound)));
+        assert!(changed(&io::Error::from_raw_os_error(libc::ELOOP)));
+        assert!(!changed(&io::Error::from_raw_os_error(libc::EACCES)));
     }
 
     #[test]
