@@ -150,7 +150,7 @@ pub fn describe(plan: &Plan) -> Described {
                 "{root}blobs/<store>/trees/ (shared by every backup)"
             ));
             d.actions.push(format!(
-                "tar each repository's _layers, _manifests and _uploads on its own; write it encrypted into blobs/<store>/trees/<ab>/<sha256 of the tar> unless the store holds it, and read it back (removed if it differs from what was written); write <backup-id>/{}",
+                "tar each repository's _layers, _manifests and _uploads on its own (not read when it is listed exactly as the last run saw it: trees.cache in the state folder; --read-all reads it); write it encrypted into blobs/<store>/trees/<ab>/<sha256 of the tar> unless the store holds it, and read it back (removed if it differs from what was written); write <backup-id>/{}",
                 crate::snapshot::TREES_FILE
             ));
         }
