@@ -44,13 +44,12 @@ pub struct Seen {
 }
 
 impl Seen {
-    pub fn of(meta: &fs::Metadata) -> Seen {
-        use std::os::unix::fs::MetadataExt;
+    pub fn of(st: &rustix::fs::Stat) -> Seen {
         Seen {
-            ino: meta.ino(),
-            ctime: meta.ctime(),
-            ctime_nsec: meta.ctime_nsec(),
-            mtime_nsec: meta.mtime_nsec(),
+            ino: st.st_ino,
+            ctime: st.st_ctime,
+            ctime_nsec: st.st_ctime_nsec as i64,
+            mtime_nsec: st.st_mtime_nsec as i64,
         }
     }
 }
@@ -69,13 +68,12 @@ pub struct Stat {
 }
 
 impl Stat {
-    pub fn of(meta: &fs::Metadata) -> Stat {
-        use std::os::unix::fs::MetadataExt;
+    pub fn of(st: &rustix::fs::Stat) -> Stat {
         Stat {
-            mtime: meta.mtime().max(0) as u64,
-            mode: meta.mode(),
-            uid: meta.uid(),
-            gid: meta.gid(),
+            mtime: u64::try_from(st.st_mtime).unwrap_or(0),
+            mode: st.st_mode,
+            uid: st.st_uid,
+            gid: st.st_gid,
         }
     }
 
@@ -147,9 +145,9 @@ pub fn scan_where(root: &Path, skip: &mut dyn FnMut(&Path, Kind) -> bool) -> io:
 
 /// Opens the folder `name` (relative to `at`) for listing, without following a symlink (a
 /// folder replaced by one since it was looked at: `ELOOP`).
-fn open_dir<Fd: std::os::fd::AsFd, P: rustix::path::Arg>(
-    at: Fd,
-    name: P,
+fn open_dir(
+    at: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::CStr,
 ) -> io::Result<std::os::fd::OwnedFd> {
     use rustix::fs::{Mode, OFlags};
     Ok(rustix::fs::openat(
@@ -207,18 +205,8 @@ impl Found<'_> {
                 rel: child.clone(),
                 kind,
                 size,
-                stat: Stat {
-                    mtime: u64::try_from(stat.st_mtime).unwrap_or(0),
-                    mode: stat.st_mode,
-                    uid: stat.st_uid,
-                    gid: stat.st_gid,
-                },
-                seen: Seen {
-                    ino: stat.st_ino,
-                    ctime: stat.st_ctime,
-                    ctime_nsec: stat.st_ctime_nsec as i64,
-                    mtime_nsec: stat.st_mtime_nsec as i64,
-                },
+                stat: Stat::of(&stat),
+                seen: Seen::of(&stat),
             });
             if kind == Kind::Dir {
                 let sub = open_dir(listing.fd()?, name.as_c_str())?;
@@ -293,7 +281,7 @@ pub fn write_entries<W: MemberSink>(
     // links) does not allocate a megabyte each time.
     let largest = entries.iter().map(|e| e.size).max().unwrap_or(0);
     let mut buf = vec![0u8; largest.clamp(512, 1 << 20) as usize];
-    let root_stat = Stat::of(&fs::metadata(root)?);
+    let root_stat = Stat::of(&rustix::fs::stat(root)?);
     // Folders as GNU tar writes them: the name ends with `/`.
     let dir = |b: &mut tar::Builder<W>, stat: &Stat, name: &Path| -> io::Result<()> {
         let mut h = stat.header(tar::EntryType::Directory, 0);

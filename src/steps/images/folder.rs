@@ -283,9 +283,8 @@ fn list_blobs(
     // The names in a folder, sorted, with their types.
     let sorted =
         |fd: &std::os::fd::OwnedFd, p: &Path| -> Result<Vec<(std::ffi::CString, FileType)>> {
-            let again = open(std::os::fd::AsFd::as_fd(fd), c".", p)?;
             let mut names = Vec::new();
-            for e in rustix::fs::Dir::new(again).map_err(|e| what(p, e))? {
+            for e in rustix::fs::Dir::read_from(fd).map_err(|e| what(p, e))? {
                 let e = e.map_err(|e| what(p, e))?;
                 let name = e.file_name();
                 if name != c"." && name != c".." {

@@ -114,18 +114,18 @@ fn scan(root: &Path, key: &Path) -> std::result::Result<Vec<Entry>, Failed> {
     let folder = root.join(key);
     // The repository's own folder is the tree's first member (not the images archive's: a
     // header per repository there would be written again by every backup).
-    let own = match std::fs::symlink_metadata(&folder) {
-        Ok(meta) => Entry {
+    let own = match rustix::fs::lstat(&folder) {
+        Ok(st) => Entry {
             rel: key.to_path_buf(),
             kind: tree::Kind::Dir,
             size: 0,
-            stat: tree::Stat::of(&meta),
-            seen: tree::Seen::of(&meta),
+            stat: tree::Stat::of(&st),
+            seen: tree::Seen::of(&st),
         },
-        Err(gone) if gone.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(rustix::io::Errno::NOENT) => return Ok(Vec::new()),
         Err(e) => {
             return Err(Failed::Error(io(
-                e,
+                e.into(),
                 format!("reading the repository {}", key.display()),
             )));
         }
@@ -551,6 +551,30 @@ mod tests {
         }
     }
 
+    /// A `One` as `keep` makes it, for an encrypted store that holds no tree, with no record
+    /// of a last run.
+    fn one_for<'a>(
+        root: &'a Path,
+        dest: &'a MemoryStore,
+        store: &'a BlobStore,
+        session: &'a Session,
+        cancel: &'a Cancel,
+    ) -> One<'a> {
+        One {
+            root,
+            prefix: PREFIX,
+            dest,
+            store,
+            held: &[],
+            known: &[],
+            encrypted: true,
+            session,
+            hold: HELD,
+            now: crate::clock::now_unix,
+            cancel,
+        }
+    }
+
     fn listed(store: &MemoryStore, path: &str) -> Vec<Blob> {
         let reader = snapshot::open(store, path).unwrap();
         assert_eq!(reader.kind, Listing::Trees);
@@ -748,19 +772,7 @@ mod tests {
         let cancel = Cancel::new();
         let store = BlobStore::for_encryption(&dest, &enc).unwrap();
         let session = Session::new(&enc).unwrap();
-        let one = One {
-            root: dir.path(),
-            prefix: PREFIX,
-            dest: &dest,
-            store: &store,
-            held: &[],
-            known: &[],
-            encrypted: true,
-            session: &session,
-            hold: HELD,
-            now: crate::clock::now_unix,
-            cancel: &cancel,
-        };
+        let one = one_for(dir.path(), &dest, &store, &session, &cancel);
         let key = Path::new(REPOSITORIES).join("a");
         let entries = listing(dir.path(), &key);
         // A file listed, then removed (an upload finished): the repository changed.
@@ -817,17 +829,8 @@ mod tests {
             let dest = MemoryStore::new();
             let store = BlobStore::for_encryption(&dest, &enc).unwrap();
             let one = One {
-                root: dir.path(),
-                prefix: PREFIX,
-                dest: &dest,
-                store: &store,
-                held: &[],
-                known: &[],
-                encrypted: true,
-                session: &session,
                 hold,
-                now: crate::clock::now_unix,
-                cancel: &cancel,
+                ..one_for(dir.path(), &dest, &store, &session, &cancel)
             };
             let Ok((blob, true)) = one.keep(&key, &entries, &mut [0u8; 4096]) else {
                 panic!("the tree is stored (hold {hold})");
@@ -867,17 +870,10 @@ mod tests {
         let session = Session::new(&enc).unwrap();
         let key = Path::new(REPOSITORIES).join("a");
         let one = |held, known, now| One {
-            root: dir.path(),
-            prefix: PREFIX,
-            dest: &dest,
-            store: &store,
             held,
             known,
-            encrypted: true,
-            session: &session,
-            hold: HELD,
             now,
-            cancel: &cancel,
+            ..one_for(dir.path(), &dest, &store, &session, &cancel)
         };
         let mut buf = [0u8; 4096];
         // Files changed just now are read, and not recorded.
