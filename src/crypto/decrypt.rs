@@ -518,12 +518,30 @@ mod tests {
         /// As `Piped`, read straight from the source into the framing's buffer (as tar member
         /// data is), with one more read after the source's end.
         PipedRead,
+        /// One pass on one thread, read straight from the source, with the SHA-256 of the
+        /// data (as blobs are stored).
+        OnePass,
     }
 
     fn seal_fed(data: &[u8], enc: &Encryption, feed: Feed) -> Vec<u8> {
         use crate::archive::pipe;
         if let Feed::Write = feed {
             return seal(data, enc);
+        }
+        if let Feed::OnePass = feed {
+            use sha2::Digest;
+            let mut out = Vec::new();
+            let mut m = Session::new(enc)
+                .unwrap()
+                .digesting(crate::archive::pipe::Copying(&mut out))
+                .unwrap();
+            let mut src = io::Cursor::new(data);
+            let mut buf = vec![0u8; 1 << 20];
+            while m.read_from(&mut src, 777_777, &mut buf).unwrap() > 0 {}
+            let (_, sha, n) = m.finish().unwrap();
+            assert_eq!(n, data.len() as u64);
+            assert_eq!(sha, <[u8; 32]>::from(sha2::Sha256::digest(data)));
+            return out;
         }
         let session = Session::new(enc).unwrap();
         let (tx, mut rx) = pipe::pipe();
@@ -585,7 +603,7 @@ mod tests {
     fn round_trips_at_chunk_boundaries_and_sequoia_reads_what_we_write() {
         let secret = Secret::for_test("chunks");
         let enc = Encryption::Passphrase(secret.clone());
-        let feeds = [Feed::Write, Feed::Piped, Feed::PipedRead];
+        let feeds = [Feed::Write, Feed::Piped, Feed::PipedRead, Feed::OnePass];
         for (len, feed) in SIZES.into_iter().flat_map(|l| feeds.map(|f| (l, f))) {
             let data = pattern(len);
             let cipher = seal_fed(&data, &enc, feed);

@@ -4,6 +4,7 @@
 use std::io::{self, Read, Write};
 
 use sequoia_openpgp as openpgp;
+use sha2::{Digest, Sha256};
 
 use openpgp::crypto::{Password, SessionKey};
 use openpgp::packet::prelude::{PKESK3, SKESK4};
@@ -82,6 +83,68 @@ impl Session {
             None => Box::new(Plain(sink)),
             Some((esk, key)) => Box::new(Sealed(Some(seipd::Sealer::new(sink, esk, CIPHER, key)?))),
         })
+    }
+}
+
+impl Session {
+    /// One message written on the calling thread in one pass ([`seipd::OnePass`]), which also
+    /// returns the SHA-256 of what was written: a blob, checked against its digest as it is
+    /// stored.
+    pub fn digesting<W: ChunkSink>(&self, sink: W) -> io::Result<Digesting<W>> {
+        Ok(match &self.0 {
+            None => Digesting::Clear {
+                sink,
+                sha: Sha256::new(),
+                count: 0,
+            },
+            Some((esk, key)) => {
+                Digesting::Sealed(Box::new(seipd::OnePass::new(sink, esk, CIPHER, key)?))
+            }
+        })
+    }
+}
+
+/// A message of [`Session::digesting`].
+pub enum Digesting<W: ChunkSink> {
+    Clear { sink: W, sha: Sha256, count: u64 },
+    Sealed(Box<seipd::OnePass<W>>),
+}
+
+impl<W: ChunkSink> Digesting<W> {
+    /// Reads at most `max` octets from `from` into the message (straight into the OpenPGP
+    /// framing's buffer when encrypting; through `buf` otherwise); returns how many.
+    pub fn read_from(
+        &mut self,
+        from: &mut dyn Read,
+        max: usize,
+        buf: &mut [u8],
+    ) -> io::Result<usize> {
+        match self {
+            Digesting::Clear { sink, sha, count } => {
+                let n = max.min(buf.len());
+                let k = from.read(&mut buf[..n])?;
+                sha.update(&buf[..k]);
+                *count += k as u64;
+                sink.write_all(&buf[..k])?;
+                Ok(k)
+            }
+            Digesting::Sealed(m) => m.read_from(from, max),
+        }
+    }
+
+    /// Ends the message; returns the sink, and the SHA-256 and length of what was written.
+    pub fn finish(self) -> io::Result<(W, [u8; 32], u64)> {
+        match self {
+            Digesting::Clear {
+                mut sink,
+                sha,
+                count,
+            } => {
+                sink.flush()?;
+                Ok((sink, sha.finalize().into(), count))
+            }
+            Digesting::Sealed(m) => (*m).finish(),
+        }
     }
 }
 

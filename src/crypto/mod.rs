@@ -20,7 +20,7 @@ mod seipd;
 
 pub use crate::secret::{Secret, resolve};
 pub use decrypt::{MAX_KEY_PACKETS, decrypt};
-pub use encrypt::{FinishWrite, FinishWriteBox, Framed, Session, encrypt, encrypt_in};
+pub use encrypt::{Digesting, FinishWrite, FinishWriteBox, Framed, Session, encrypt, encrypt_in};
 pub use keys::{Decryption, Encryption, Secrets, for_plan, load_recipients, parse_certs};
 
 use sequoia_openpgp as openpgp;

@@ -37,6 +37,7 @@ use aes::cipher::consts::U16;
 use aes::cipher::{BlockBackend, BlockClosure, BlockEncrypt, BlockSizeUser, KeyInit};
 use sequoia_openpgp as openpgp;
 use sha1::{Digest, Sha1};
+use sha2::Sha256;
 
 use openpgp::crypto::SessionKey;
 use openpgp::types::SymmetricAlgorithm;
@@ -413,6 +414,9 @@ pub struct Sealer<W: ChunkSink> {
     cfb: CfbEncrypt,
     /// The version octet, then ciphertext.
     body: PartialBody,
+    /// Octets encrypted so far by [`Sealer::write_hashing`] (a message is written either by
+    /// `write_hashing` or by `write`).
+    plain: usize,
 }
 
 impl<W: ChunkSink> Sealer<W> {
@@ -430,6 +434,7 @@ impl<W: ChunkSink> Sealer<W> {
             sink,
             cfb: CfbEncrypt::new(aes),
             body: PartialBody::new(&[1]),
+            plain: 0,
         })
     }
 
@@ -449,6 +454,193 @@ impl<W: ChunkSink> Write for Sealer<W> {
         let n = room.len();
         self.cfb.encrypt(&buf[..n], room);
         self.body.commit(n, &mut self.sink, |_| ())?;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Octets per step of [`Sealer::write_hashing`]: one block of SHA-1 and SHA-256, four of AES.
+const STEP: usize = 64;
+
+impl<W: ChunkSink> Sealer<W> {
+    /// As `write`, and `hash` is given each step of 64 octets of `buf` (its range in `buf`)
+    /// just before the step is encrypted. Each of the SHA-1, the SHA-256 and CFB is a chain of
+    /// dependent instructions that leaves most of the core idle: run one after the other over
+    /// a chunk they cost their sum; interleaved this finely, the core runs them side by side.
+    fn write_hashing(
+        &mut self,
+        buf: &[u8],
+        mut hash: impl FnMut(Range<usize>),
+    ) -> io::Result<usize> {
+        let room = self.body.room(buf.len());
+        let n = room.len();
+        let mut at = 0;
+        while at < n {
+            // Steps end where the plaintext's 64-octet blocks do: whole cipher blocks, and
+            // whole blocks of the MDC's SHA-1, which covers the plaintext from its start.
+            let end = (at + STEP - self.plain % STEP).min(n);
+            hash(at..end);
+            self.cfb.encrypt(&buf[at..end], &mut room[at..end]);
+            self.plain += end - at;
+            at = end;
+        }
+        self.body.commit(n, &mut self.sink, |_| ())?;
+        Ok(n)
+    }
+}
+
+/// The SHA-1 of the MDC and the SHA-256 of the literal data, fed by [`Sealer::write_hashing`].
+struct Hashes {
+    mdc: Sha1,
+    data: Sha256,
+    count: u64,
+}
+
+impl Hashes {
+    /// Encrypts all of `plain`, hashing it for the MDC, and from `data_from` on as data too.
+    fn seal<W: ChunkSink>(
+        &mut self,
+        sealer: &mut Sealer<W>,
+        mut plain: &[u8],
+        mut data_from: usize,
+    ) -> io::Result<()> {
+        self.count += plain.len().saturating_sub(data_from) as u64;
+        while !plain.is_empty() {
+            let n = sealer.write_hashing(plain, |r| {
+                self.mdc.update(&plain[r.clone()]);
+                let d = r.start.max(data_from).min(r.end)..r.end;
+                self.data.update(&plain[d]);
+            })?;
+            plain = &plain[n..];
+            data_from = data_from.saturating_sub(n);
+        }
+        Ok(())
+    }
+}
+
+/// Where [`OnePass`]'s literal body goes, chunk by chunk: hashed and encrypted in one pass.
+struct Sealing<'a, W: ChunkSink> {
+    sealer: &'a mut Sealer<W>,
+    hashes: &'a mut Hashes,
+    /// Octets at the start of the next chunk that are not data: its length octet, and before
+    /// the first chunk the literal packet's own header.
+    framing: usize,
+}
+
+impl<W: ChunkSink> Write for Sealing<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.hashes.seal(self.sealer, buf, buf.len())?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<W: ChunkSink> ChunkSink for Sealing<'_, W> {
+    fn put_chunk(&mut self, chunk: Vec<u8>) -> io::Result<Vec<u8>> {
+        self.hashes.seal(self.sealer, &chunk, self.framing)?;
+        Ok(chunk)
+    }
+}
+
+/// A whole message written on one thread, in one pass over its octets: the literal packet's
+/// framing, the MDC's SHA-1, the SHA-256 of the literal data (a blob's digest, checked as it
+/// is stored) and AES-CFB, the three interleaved 64 octets at a time (see
+/// [`Sealer::write_hashing`]). The same octets as a [`Framer`] feeding a [`Sealer`] on one
+/// thread, for about two thirds of their CPU (256 MiB on this machine's cores: 0.45-0.48 s
+/// against 0.63-0.73 s one after the other).
+pub struct OnePass<W: ChunkSink> {
+    sealer: Sealer<W>,
+    hashes: Hashes,
+    /// The literal packet's body, held back until more comes (its last chunk has a definite
+    /// length); its first chunk starts with the literal header.
+    body: PartialBody,
+    /// No chunk of the body has gone yet: the literal header is still in hand.
+    first: bool,
+}
+
+/// The literal packet's header in its body: binary, no file name, no date.
+const LITERAL_HEAD: [u8; 6] = [b'b', 0, 0, 0, 0, 0];
+
+impl<W: ChunkSink> OnePass<W> {
+    pub fn new(
+        sink: W,
+        esk: &[u8],
+        algo: SymmetricAlgorithm,
+        key: &SessionKey,
+    ) -> io::Result<Self> {
+        let mut sealer = Sealer::new(sink, esk, algo, key)?;
+        let mut hashes = Hashes {
+            mdc: Sha1::new(),
+            data: Sha256::new(),
+            count: 0,
+        };
+        let mut head = [0u8; BLOCK + 3];
+        openpgp::crypto::random(&mut head[..BLOCK]).map_err(|e| io::Error::other(e.to_string()))?;
+        head.copy_within(BLOCK - 2..BLOCK, BLOCK);
+        head[BLOCK + 2] = 0xC0 | TAG_LITERAL;
+        hashes.seal(&mut sealer, &head, head.len())?;
+        Ok(OnePass {
+            sealer,
+            hashes,
+            body: PartialBody::new(&LITERAL_HEAD),
+            first: true,
+        })
+    }
+
+    fn commit(&mut self, n: usize) -> io::Result<()> {
+        let framing = if self.first {
+            1 + LITERAL_HEAD.len()
+        } else {
+            1
+        };
+        let mut sink = Sealing {
+            sealer: &mut self.sealer,
+            hashes: &mut self.hashes,
+            framing,
+        };
+        // A full chunk in hand goes once more comes.
+        let goes = self.body.len == CHUNK && n > 0;
+        self.body.commit(n, &mut sink, |_| ())?;
+        self.first &= !goes;
+        Ok(())
+    }
+
+    /// Reads at most `max` octets of literal data from `from` straight into the chunk buffer;
+    /// returns how many (0 at the end of `from`).
+    pub fn read_from(&mut self, from: &mut dyn Read, max: usize) -> io::Result<usize> {
+        if max == 0 {
+            return Ok(0);
+        }
+        let k = from.read(self.body.room(max))?;
+        self.commit(k)?;
+        Ok(k)
+    }
+
+    /// Ends the message; returns the sink, and the SHA-256 and length of the literal data.
+    pub fn finish(mut self) -> io::Result<(W, [u8; 32], u64)> {
+        let (header, tail) = self.body.last();
+        let literal = if self.first { LITERAL_HEAD.len() } else { 0 };
+        self.hashes.seal(&mut self.sealer, &header, header.len())?;
+        self.hashes.seal(&mut self.sealer, tail, literal)?;
+        self.hashes
+            .seal(&mut self.sealer, &MDC_HEADER, MDC_HEADER.len())?;
+        let Hashes { mdc, data, count } = self.hashes;
+        self.sealer.write_all(&mdc.finalize())?;
+        let sink = self.sealer.finish()?;
+        Ok((sink, data.finalize().into(), count))
+    }
+}
+
+impl<W: ChunkSink> Write for OnePass<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = self.body.room(buf.len());
+        let n = room.len();
+        room.copy_from_slice(&buf[..n]);
+        self.commit(n)?;
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {

@@ -16,10 +16,10 @@ use std::sync::{Mutex, mpsc};
 
 use xxhash_rust::xxh3::Xxh3Default;
 
-use crate::archive::HashReader;
+use crate::archive::pipe::Copying;
 use crate::blob_store::BlobStore;
 use crate::cancel::Cancel;
-use crate::crypto::{self, Encryption, Session};
+use crate::crypto::{Encryption, Session};
 use crate::error::{Error, Result, io};
 use crate::events::Event;
 use crate::manifest::{Artifact, ArtifactKind};
@@ -280,36 +280,36 @@ fn copy(
     };
     let digest = snapshot::sha_hex(&b.digest);
     let target = store.path(&digest);
-    let mut reader = HashReader::new(reader);
+    let mut reader = Noting::new(reader);
     let mut object = Counted::new(dest.create_many(&target, b.size)?);
-    {
-        let mut sealed = crypto::encrypt_in(&mut object, session)
-            .map_err(|e| io(e, format!("encrypting {what}")))?;
-        let mut read = 0u64;
-        loop {
-            if read > 0 {
-                crate::failpoint::hit("blob.middle");
-            }
-            cancel.check().map_err(|e| io(e, "copying blobs"))?;
-            let n = reader
-                .read(buf)
-                .map_err(|e| io(e, format!("reading {what}")))?;
-            if n == 0 {
-                break;
-            }
-            read += n as u64;
-            bytes.fetch_add(n as u64, Ordering::Relaxed);
-            sealed
-                .write_all(&buf[..n])
-                .map_err(|e| io(e, format!("writing {target}")))?;
+    let failed = |reader: &Noting<_>, e| {
+        if reader.failed {
+            io(e, format!("reading {what}"))
+        } else {
+            io(e, format!("writing {target}"))
         }
-        sealed
-            .finish()
-            .map_err(|e| io(e, format!("writing {target}")))?;
+    };
+    // Hashed, checked and encrypted in one pass, straight from the source's reads.
+    let mut sealed = session
+        .digesting(Copying(&mut object))
+        .map_err(|e| io(e, format!("encrypting {what}")))?;
+    let mut read = 0u64;
+    loop {
+        if read > 0 {
+            crate::failpoint::hit("blob.middle");
+        }
+        cancel.check().map_err(|e| io(e, "copying blobs"))?;
+        let n = sealed
+            .read_from(&mut reader, buf.len(), buf)
+            .map_err(|e| failed(&reader, e))?;
+        if n == 0 {
+            break;
+        }
+        read += n as u64;
+        bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
-    let (sha, size) = reader
-        .finish()
-        .map_err(|e| io(e, format!("reading {what}")))?;
+    let (_, sha, size) = sealed.finish().map_err(|e| failed(&reader, e))?;
+    let sha = crate::hex::encode(&sha);
     if sha != digest || size != b.size {
         // Dropping the object discards it: nothing lands under the digest's name.
         return Err(Error::source(format!(
@@ -320,6 +320,30 @@ fn copy(
     let stored = object.commit()?;
     crate::failpoint::hit("blob.committed");
     Ok(Some((target, stored)))
+}
+
+/// A reader that notes whether one of its reads failed: the source's failure, told apart
+/// from the destination's when both happen inside one call.
+struct Noting<R> {
+    inner: R,
+    failed: bool,
+}
+
+impl<R> Noting<R> {
+    fn new(inner: R) -> Self {
+        Noting {
+            inner,
+            failed: false,
+        }
+    }
+}
+
+impl<R: Read> Read for Noting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let r = self.inner.read(buf);
+        self.failed |= r.is_err();
+        r
+    }
 }
 
 /// What an object holds once written: its size and a check of its octets (XXH3-128, a
@@ -436,6 +460,7 @@ pub(super) fn not_as_written(bad: &[String]) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto;
     use crate::secret::Secret;
     use crate::storage::memory::MemoryStore;
     use std::collections::BTreeMap;
@@ -584,23 +609,99 @@ mod tests {
 
     #[test]
     fn a_blob_that_does_not_match_its_digest_is_refused_and_not_stored() {
+        let encryptions = [
+            Encryption::None,
+            Encryption::Passphrase(Secret::for_test("digest")),
+        ];
+        for enc in &encryptions {
+            // Another size than listed, then the listed size with other octets.
+            for other_octets in [false, true] {
+                let dest = MemoryStore::new();
+                let (src, mut listed) = source(&[b"right"]);
+                if other_octets {
+                    src.0
+                        .lock()
+                        .unwrap()
+                        .insert(listed[0].digest, b"wrong".to_vec());
+                } else {
+                    listed[0].size = 99;
+                }
+                let err = keep(
+                    &listed,
+                    &src,
+                    &dest,
+                    enc,
+                    "b/blobs.list",
+                    1,
+                    &AtomicU64::new(0),
+                    &Cancel::new(),
+                )
+                .unwrap_err();
+                let what = format!("{enc:?}, other octets: {other_octets}");
+                assert!(matches!(err, Error::Source(_)), "{what}: {err:?}");
+                assert!(
+                    err.to_string().contains("hashing to sha256:"),
+                    "{what}: {err}"
+                );
+                assert_eq!(stored_objects(&dest), 0, "{what}");
+                assert!(dest.get("b/blobs.list").unwrap().is_none(), "{what}");
+            }
+        }
+    }
+
+    /// A source whose blob fails after its first octets.
+    struct Failing;
+
+    impl BlobSource for Failing {
+        fn list(&self, _: &Cancel) -> Result<(Vec<Listed>, Vec<String>)> {
+            Ok((Vec::new(), Vec::new()))
+        }
+        fn open(&self, _: &Sha) -> io::Result<Option<Box<dyn Read + Send + '_>>> {
+            let good = io::Cursor::new(vec![1u8; 100]);
+            let bad = FailingRead;
+            Ok(Some(Box::new(good.chain(bad))))
+        }
+        fn describe(&self, _: &Sha) -> String {
+            "the failing blob".into()
+        }
+    }
+
+    struct FailingRead;
+
+    impl Read for FailingRead {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::other("the disk went away"))
+        }
+    }
+
+    #[test]
+    fn a_source_that_fails_while_read_is_named_as_the_source() {
+        let (_, listed) = source(&[b"whatever"]);
         let dest = MemoryStore::new();
-        let (src, mut listed) = source(&[b"right"]);
-        listed[0].size = 99;
+        let enc = Encryption::Passphrase(Secret::for_test("failing"));
         let err = keep(
             &listed,
-            &src,
+            &Failing,
             &dest,
-            &Encryption::None,
+            &enc,
             "b/blobs.list",
             1,
             &AtomicU64::new(0),
             &Cancel::new(),
         )
         .unwrap_err();
-        assert!(matches!(err, Error::Source(_)), "{err:?}");
-        assert!(dest.list("blobs/plain/sha256").unwrap().is_empty());
-        assert!(dest.get("b/blobs.list").unwrap().is_none());
+        let text = err.to_string();
+        assert!(
+            text.contains("reading the failing blob") && text.contains("the disk went away"),
+            "{text}"
+        );
+        assert_eq!(stored_objects(&dest), 0);
+    }
+
+    /// Objects under a blob store's `sha256/` (not its key check).
+    fn stored_objects(dest: &MemoryStore) -> usize {
+        let all = dest.list("blobs").unwrap();
+        all.iter().filter(|p| p.contains("/sha256/")).count()
     }
 
     #[test]
