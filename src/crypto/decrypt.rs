@@ -535,7 +535,8 @@ mod tests {
                 .unwrap()
                 .digesting(crate::archive::pipe::Copying(&mut out))
                 .unwrap();
-            let mut src = io::Cursor::new(data);
+            // Short reads of odd sizes, as a network source gives them.
+            let mut src = Dribble(io::Cursor::new(data));
             let mut buf = vec![0u8; 1 << 20];
             while m.read_from(&mut src, 777_777, &mut buf).unwrap() > 0 {}
             let (_, sha, n) = m.finish().unwrap();
@@ -579,6 +580,16 @@ mod tests {
         collector.join().unwrap()
     }
 
+    /// Reads at most 4,099 octets at a time.
+    struct Dribble<R>(R);
+
+    impl<R: Read> Read for Dribble<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(4_099);
+            self.0.read(&mut buf[..n])
+        }
+    }
+
     fn open_with(cipher: &[u8], dec: &Decryption) -> io::Result<Vec<u8>> {
         let mut back = Vec::new();
         decrypt(cipher, dec)?.read_to_end(&mut back)?;
@@ -587,12 +598,14 @@ mod tests {
 
     /// Sizes around the 1 MiB partial-body chunks of both the literal and the encrypted
     /// packet (the literal body carries 6 octets of header).
-    const SIZES: [usize; 9] = [
+    const SIZES: [usize; 11] = [
         0,
         1,
         191,
         8_400,
+        (1 << 20) - 7,
         (1 << 20) - 6,
+        (1 << 20) - 5,
         1 << 20,
         (1 << 20) + 1,
         (2 << 20) - 6,

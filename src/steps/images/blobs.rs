@@ -299,8 +299,17 @@ fn copy(
             crate::failpoint::hit("blob.middle");
         }
         cancel.check().map_err(|e| io(e, "copying blobs"))?;
+        // What the listing says is left, and one octet more to see a blob that grew; a small
+        // blob's message then grows its buffer to the blob, not to a whole chunk. Past the
+        // listed size, whole reads, to tell how long it is.
+        let max = match b.size.checked_sub(read) {
+            Some(left) => usize::try_from(left + 1)
+                .unwrap_or(usize::MAX)
+                .min(buf.len()),
+            None => buf.len(),
+        };
         let n = sealed
-            .read_from(&mut reader, buf.len(), buf)
+            .read_from(&mut reader, max, buf)
             .map_err(|e| failed(&reader, e))?;
         if n == 0 {
             break;
@@ -613,19 +622,31 @@ mod tests {
             Encryption::None,
             Encryption::Passphrase(Secret::for_test("digest")),
         ];
+        let big: Vec<u8> = (0..(5 << 19)).map(|i| (i % 251) as u8).collect();
+        let mut big_changed = big.clone();
+        big_changed[3 << 19] ^= 1;
         for enc in &encryptions {
-            // Another size than listed, then the listed size with other octets.
-            for other_octets in [false, true] {
+            // Listed with another size; other octets of the same size; one octet changed
+            // past the first MiB; longer than listed.
+            for case in ["size", "octets", "past the first MiB", "grew"] {
                 let dest = MemoryStore::new();
-                let (src, mut listed) = source(&[b"right"]);
-                if other_octets {
-                    src.0
-                        .lock()
-                        .unwrap()
-                        .insert(listed[0].digest, b"wrong".to_vec());
+                let right: &[u8] = if case == "past the first MiB" {
+                    &big
                 } else {
-                    listed[0].size = 99;
-                }
+                    b"right"
+                };
+                let (src, mut listed) = source(&[right]);
+                let digest = listed[0].digest;
+                let served = match case {
+                    "size" => {
+                        listed[0].size = 99;
+                        right.to_vec()
+                    }
+                    "octets" => b"wrong".to_vec(),
+                    "past the first MiB" => big_changed.clone(),
+                    _ => b"right, and more".to_vec(),
+                };
+                src.0.lock().unwrap().insert(digest, served.clone());
                 let err = keep(
                     &listed,
                     &src,
@@ -637,12 +658,14 @@ mod tests {
                     &Cancel::new(),
                 )
                 .unwrap_err();
-                let what = format!("{enc:?}, other octets: {other_octets}");
+                let what = format!("{enc:?}, {case}");
                 assert!(matches!(err, Error::Source(_)), "{what}: {err:?}");
-                assert!(
-                    err.to_string().contains("hashing to sha256:"),
-                    "{what}: {err}"
+                let told = format!(
+                    "is {} bytes hashing to sha256:{}",
+                    served.len(),
+                    crate::archive::sha256_hex(&served)
                 );
+                assert!(err.to_string().contains(&told), "{what}: {err}");
                 assert_eq!(stored_objects(&dest), 0, "{what}");
                 assert!(dest.get("b/blobs.list").unwrap().is_none(), "{what}");
             }
