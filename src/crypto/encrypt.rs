@@ -121,11 +121,10 @@ impl<W: ChunkSink> Digesting<W> {
     ) -> io::Result<usize> {
         match self {
             Digesting::Clear { sink, sha, count } => {
-                let n = max.min(buf.len());
-                let k = from.read(&mut buf[..n])?;
+                // What was copied is still in `buf`.
+                let k = crate::archive::copy_some(from, max, sink, buf)?;
                 sha.update(&buf[..k]);
                 *count += k as u64;
-                sink.write_all(&buf[..k])?;
                 Ok(k)
             }
             Digesting::Sealed(m) => m.read_from(from, max),
