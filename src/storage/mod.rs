@@ -16,6 +16,8 @@ pub mod s3;
 use std::io::{Read, Write};
 use std::sync::Arc;
 
+pub use direct::idle_io;
+
 use crate::error::Result;
 use crate::plan::{DestinationCfg, Plan};
 
