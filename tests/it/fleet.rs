@@ -76,6 +76,22 @@ fn the_image_runs_as_a_swarm_job_with_secrets_and_a_killed_job_resumes() {
         TAG,
     ]));
     assert_eq!(entry.trim(), r#"["/usr/local/bin/dtr-backup"]"#);
+    // The ionice that apply's read-back moves itself to the idle I/O class with runs there,
+    // its libraries with it.
+    let ionice = bed.docker(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "/usr/bin/ionice",
+        TAG,
+        "-p",
+        "1",
+    ]);
+    assert!(
+        ionice.status.success() && !ionice.stdout.is_empty(),
+        "ionice in the image: {}",
+        stderr(&ionice)
+    );
 
     let swarm = Swarm::init(&bed);
     let node = stdout(&bed.docker(&["node", "ls", "--format", "{{.Hostname}}"]))

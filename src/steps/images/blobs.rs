@@ -169,12 +169,17 @@ pub fn keep(
     let (written, to_read) = mpsc::sync_channel::<(String, Stored)>(workers.max(1) * 8);
     let (done, bad) = std::thread::scope(|outer| {
         let reader = outer.spawn(move || {
-            // Idle I/O: the copy's writes (and the registry's reads) take the device first,
-            // these reads fill its gaps (`storage::idle_io`).
-            crate::storage::idle_io();
             let mut buf = vec![0u8; 1 << 20];
             let mut bad = Vec::new();
+            let mut idle = false;
             for (path, stored) in to_read {
+                if !idle {
+                    // Idle I/O: the copy's writes (and the registry's reads) take the device
+                    // first, these reads fill its gaps (`storage::idle_io`). Once, and only
+                    // in a run that writes something.
+                    crate::storage::idle_io();
+                    idle = true;
+                }
                 match read_back(dest, &path, stored, &mut buf, cancel) {
                     Ok(None) => {}
                     Ok(Some(what)) => bad.push((path, what)),
