@@ -271,44 +271,6 @@ impl Drop for DirectWriter {
     }
 }
 
-/// Where `ionice` is looked for (util-linux's, or busybox's): never through `PATH`.
-const IONICE: [&str; 2] = ["/usr/bin/ionice", "/bin/ionice"];
-
-/// Moves the calling thread's I/O to the idle class, and so that of the threads it starts
-/// afterwards (a new thread inherits its creator's I/O priority): with an I/O scheduler that
-/// honours priorities (`mq-deadline`, `bfq`), its reads take the device when nothing else
-/// asks for it, and wait otherwise (`mq-deadline` serves them after 10 s in any case).
-///
-/// For apply's read-back of what it has just written: `mq-deadline` serves reads before
-/// writes, so four read-back reads in flight held back the copy's own writes and, through
-/// them, the copy itself (on the benchmark machine's virtual disk, a 2 GiB full backup took
-/// 4.3-4.8 s with the read-back at the default class and 3.3-4.3 s with it idle, in
-/// alternating runs). On a registry node, the registry's own reads come first too.
-///
-/// Set with `ionice -c 3 -p TID` (the project forbids `unsafe`, and so a direct system call),
-/// one process per call. Returns whether the class was set; where `ionice` is missing or
-/// refuses, the thread keeps its class and nothing else changes.
-pub fn idle_io() -> bool {
-    // "PID/task/TID": the calling thread's id.
-    let Some(tid) = std::fs::read_link("/proc/thread-self")
-        .ok()
-        .and_then(|t| t.file_name().map(std::ffi::OsStr::to_owned))
-    else {
-        return false;
-    };
-    let Some(ionice) = IONICE.iter().map(Path::new).find(|p| p.is_file()) else {
-        return false;
-    };
-    std::process::Command::new(ionice)
-        .args(["-c", "3", "-p"])
-        .arg(tid)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Opens `path` for reading with direct I/O, blocks read ahead on a thread of their own (so
 /// that the device works while the caller computes); or, where the filesystem refuses direct
 /// I/O, an ordinary buffered reader.
@@ -613,52 +575,6 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         round_trip(&dir);
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    /// The I/O class of thread `tid`, as `ionice -p` prints it (`idle`, `none: prio 0`, ...).
-    fn io_class(tid: &std::ffi::OsStr) -> String {
-        let out = std::process::Command::new(IONICE[0])
-            .arg("-p")
-            .arg(tid)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "ionice -p failed: {out:?}");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    }
-
-    fn this_thread() -> std::ffi::OsString {
-        std::fs::read_link("/proc/thread-self")
-            .unwrap()
-            .file_name()
-            .unwrap()
-            .to_owned()
-    }
-
-    /// The read-back's thread goes idle, the read-ahead threads it starts afterwards with it;
-    /// the thread that called it before, and others, keep their class.
-    #[test]
-    fn idle_io_moves_the_calling_thread_and_the_threads_it_starts() {
-        assert!(
-            Path::new(IONICE[0]).is_file(),
-            "{} is missing (apt-get install util-linux)",
-            IONICE[0]
-        );
-        let outside = this_thread();
-        let before = io_class(&outside);
-        assert_ne!(before, "idle", "the test runner's thread is already idle");
-        let (own, child) = std::thread::spawn(|| {
-            assert!(idle_io(), "ionice -c 3 refused");
-            let own = io_class(&this_thread());
-            let child = std::thread::spawn(|| io_class(&this_thread()))
-                .join()
-                .unwrap();
-            (own, child)
-        })
-        .join()
-        .unwrap();
-        assert_eq!(own, "idle");
-        assert_eq!(child, "idle");
-        assert_eq!(io_class(&outside), before);
     }
 
     /// tmpfs: it refuses O_DIRECT before Linux 6.6 (the files then go through the cache) and

@@ -459,6 +459,12 @@ impl Store for LocalStore {
             Err(e) => Err(io(e, format!("deleting {}", p.display()))),
         }
     }
+
+    /// Files read by the calling thread itself (an NFS mount's reads are ordered by no
+    /// scheduler here, which is harmless).
+    fn on_local_disk(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

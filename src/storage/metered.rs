@@ -99,6 +99,9 @@ impl Store for Metered {
     fn server_copy(&self) -> Option<&dyn ServerCopy> {
         self.inner.server_copy()
     }
+    fn on_local_disk(&self) -> bool {
+        self.inner.on_local_disk()
+    }
 }
 
 #[cfg(test)]

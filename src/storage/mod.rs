@@ -7,6 +7,7 @@
 
 mod direct;
 pub mod dry_run;
+pub mod ioprio;
 pub mod local;
 pub mod memory;
 pub mod metered;
@@ -15,8 +16,6 @@ pub mod s3;
 
 use std::io::{Read, Write};
 use std::sync::Arc;
-
-pub use direct::idle_io;
 
 use crate::error::Result;
 use crate::plan::{DestinationCfg, Plan};
@@ -90,6 +89,12 @@ pub trait Store: Send + Sync {
     /// The server-side copy this store offers, if any (an optional capability: S3 has it).
     fn server_copy(&self) -> Option<&dyn ServerCopy> {
         None
+    }
+    /// Whether its objects are files that the calling thread reads itself, through this
+    /// machine's I/O schedulers, which a reading thread may step aside for (`ioprio`). A
+    /// remote store's reads are network requests, some made by threads it starts.
+    fn on_local_disk(&self) -> bool {
+        false
     }
 }
 

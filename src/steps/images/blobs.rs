@@ -11,7 +11,7 @@
 //! backup's metadata needs it.
 
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, mpsc};
 
 use xxhash_rust::xxh3::Xxh3Default;
@@ -25,7 +25,7 @@ use crate::events::Event;
 use crate::manifest::{Artifact, ArtifactKind};
 use crate::snapshot::{self, Blob, Sha};
 use crate::steps::{Ctx, FileRef, Outcome, blocking};
-use crate::storage::Store;
+use crate::storage::{Store, ioprio};
 
 /// One blob a source holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +57,8 @@ pub struct Kept {
     pub reused: u64,
     /// Blobs listed by the source but gone when read, by where they were.
     pub gone: Vec<String>,
+    /// Whether the read-back stepped aside for the copy (the idle I/O class) at some point.
+    pub read_back_idle: bool,
 }
 
 /// The blobs of `source` into the blob store and the backup's list into `done` (an images
@@ -101,8 +103,15 @@ pub async fn back_up_blobs(ctx: &Ctx, source: impl BlobSource, done: &mut Outcom
     ctx.reporter.emit(&Event::Log {
         step: ctx.step_id.clone(),
         message: format!(
-            "blobs: {} copied ({} bytes), {} already in the blob store",
-            kept.copied, kept.copied_bytes, kept.reused
+            "blobs: {} copied ({} bytes), {} already in the blob store{}",
+            kept.copied,
+            kept.copied_bytes,
+            kept.reused,
+            if kept.read_back_idle {
+                "; read back at the idle I/O class while the copy ran"
+            } else {
+                ""
+            }
         ),
     });
     let list = kept
@@ -167,27 +176,25 @@ pub fn keep(
     // Each object is read back as soon as it is published, by a thread of its own, while the
     // next ones are encrypted: reading the device overlaps the ciphers' work.
     let (written, to_read) = mpsc::sync_channel::<(String, Stored)>(workers.max(1) * 8);
-    let (done, bad) = std::thread::scope(|outer| {
+    // While the copy runs, the read-back steps aside for its writes (`storage::ioprio`).
+    let copying = AtomicBool::new(true);
+    let local = dest.on_local_disk();
+    let (done, bad, idle) = std::thread::scope(|outer| {
+        let copying = &copying;
         let reader = outer.spawn(move || {
             let mut buf = vec![0u8; 1 << 20];
             let mut bad = Vec::new();
-            let mut idle = false;
+            let mut class = Class::Default;
             for (path, stored) in to_read {
-                if !idle {
-                    // Idle I/O: the copy's writes (and the registry's reads) take the device
-                    // first, these reads fill its gaps (`storage::idle_io`). Once, and only
-                    // in a run that writes something.
-                    crate::storage::idle_io();
-                    idle = true;
-                }
+                class = class.next(local, copying.load(Ordering::Acquire));
                 match read_back(dest, &path, stored, &mut buf, cancel) {
                     Ok(None) => {}
                     Ok(Some(what)) => bad.push((path, what)),
                     // Cancelled: the copy stops too.
-                    Err(_) => return bad,
+                    Err(_) => break,
                 }
             }
-            bad
+            (bad, class.was_idle())
         });
         // Each copied blob's index and stored size; `None` for one gone from the source.
         let done = super::on_threads(&order, workers, 1 << 20, |&i, buf| {
@@ -204,8 +211,10 @@ pub fn keep(
                 }),
             ))
         });
+        copying.store(false, Ordering::Release);
         drop(written);
-        (done, reader.join().unwrap_or_default())
+        let (bad, idle) = reader.join().unwrap_or_default();
+        (done, bad, idle)
     });
     drop(order);
     let mut done = done?;
@@ -225,7 +234,10 @@ pub fn keep(
     // By index: every blob the store lacked, with what its copy stored (`None`: gone).
     done.sort_unstable_by_key(|&(i, _)| i);
 
-    let mut kept = Kept::default();
+    let mut kept = Kept {
+        read_back_idle: idle,
+        ..Kept::default()
+    };
     let mut entries = Vec::with_capacity(listed.len());
     let mut lacked = done.iter().peekable();
     for (i, b) in listed.iter().enumerate() {
@@ -420,6 +432,43 @@ impl Write for Counted {
             .get_mut()
             .map_err(|_| io::Error::other("a blob writer was poisoned"))?
             .flush()
+    }
+}
+
+/// The read-back's I/O class over a run (`storage::ioprio`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Class {
+    /// As it started.
+    Default,
+    /// Idle, while the copy runs: its writes take the device first.
+    Idle,
+    /// Back to the default once the copy was done (or idle refused): not changed again.
+    Settled { was_idle: bool },
+}
+
+impl Class {
+    /// The class to read the next object at: idle while the copy runs, when the store's files
+    /// are read through this machine's schedulers; the default once the copy is done, so that
+    /// what is left of the read-back waits for nobody.
+    fn next(self, local: bool, copying: bool) -> Class {
+        match self {
+            Class::Default if local && copying => {
+                if ioprio::idle_io() {
+                    Class::Idle
+                } else {
+                    Class::Settled { was_idle: false }
+                }
+            }
+            Class::Idle if !copying => {
+                ioprio::default_io();
+                Class::Settled { was_idle: true }
+            }
+            other => other,
+        }
+    }
+
+    fn was_idle(self) -> bool {
+        matches!(self, Class::Idle | Class::Settled { was_idle: true })
     }
 }
 
@@ -727,6 +776,143 @@ mod tests {
             "{text}"
         );
         assert_eq!(stored_objects(&dest), 0);
+    }
+
+    /// A memory store that says whether its files are read through this machine's
+    /// schedulers, notes the I/O class of the thread that opens each blob object, and holds
+    /// the copy of every blob after the first until the first was opened: the read-back then
+    /// meets a copy that still runs.
+    struct Watched {
+        inner: MemoryStore,
+        local: bool,
+        classes: Mutex<Vec<String>>,
+        opened: (Mutex<bool>, std::sync::Condvar),
+        created: AtomicU64,
+    }
+
+    impl Watched {
+        fn new(local: bool) -> Watched {
+            Watched {
+                inner: MemoryStore::new(),
+                local,
+                classes: Mutex::new(Vec::new()),
+                opened: (Mutex::new(false), std::sync::Condvar::new()),
+                created: AtomicU64::new(0),
+            }
+        }
+    }
+
+    impl Store for Watched {
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+        fn create(&self, path: &str) -> Result<Box<dyn crate::storage::ObjectWriter>> {
+            self.inner.create(path)
+        }
+        fn create_many(
+            &self,
+            path: &str,
+            size: u64,
+        ) -> Result<Box<dyn crate::storage::ObjectWriter>> {
+            if path.contains("/sha256/") && self.created.fetch_add(1, Ordering::SeqCst) > 0 {
+                let (lock, cv) = &self.opened;
+                let held = lock.lock().unwrap();
+                let _ = cv
+                    .wait_timeout_while(held, std::time::Duration::from_secs(20), |o| !*o)
+                    .unwrap();
+            }
+            self.inner.create_many(path, size)
+        }
+        fn put(&self, path: &str, bytes: &[u8]) -> Result<()> {
+            self.inner.put(path, bytes)
+        }
+        fn put_new(&self, path: &str, bytes: &[u8]) -> Result<bool> {
+            self.inner.put_new(path, bytes)
+        }
+        fn get(&self, path: &str) -> Result<Option<Vec<u8>>> {
+            self.inner.get(path)
+        }
+        fn open(&self, path: &str) -> Result<Box<dyn Read + Send + Sync>> {
+            if path.contains("/sha256/") {
+                self.classes.lock().unwrap().push(ioprio::probe::class());
+                let (lock, cv) = &self.opened;
+                *lock.lock().unwrap() = true;
+                cv.notify_all();
+            }
+            self.inner.open(path)
+        }
+        fn size(&self, path: &str) -> Result<Option<u64>> {
+            self.inner.size(path)
+        }
+        fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
+            self.inner.list_dirs(prefix)
+        }
+        fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+            self.inner.list_sized(prefix)
+        }
+        fn swap(&self, path: &str, old: &[u8], new: &[u8]) -> Result<bool> {
+            self.inner.swap(path, old, new)
+        }
+        fn delete_if(&self, path: &str, old: &[u8]) -> Result<bool> {
+            self.inner.delete_if(path, old)
+        }
+        fn delete(&self, path: &str) -> Result<()> {
+            self.inner.delete(path)
+        }
+        fn delete_all(&self, prefix: &str) -> Result<()> {
+            self.inner.delete_all(prefix)
+        }
+        fn on_local_disk(&self) -> bool {
+            self.local
+        }
+    }
+
+    /// Keeps three blobs, one at a time, in a `Watched` store: the I/O classes of the
+    /// read-back's opens, and what the run said of them.
+    fn read_back_classes(local: bool) -> (Vec<String>, bool) {
+        // A known class to start from, whatever the test runner's is.
+        ioprio::probe::best_effort();
+        let dest = Watched::new(local);
+        let enc = Encryption::Passphrase(Secret::for_test("classes"));
+        let (src, listed) = source(&[b"a blob", b"another blob", b"a third blob, longer"]);
+        let kept = keep(
+            &listed,
+            &src,
+            &dest,
+            &enc,
+            "b/blobs.list",
+            1,
+            &AtomicU64::new(0),
+            &Cancel::new(),
+        )
+        .unwrap();
+        assert_eq!(kept.copied, 3);
+        // The thread that ran the copy keeps its class.
+        assert_eq!(ioprio::probe::class(), "best-effort: prio 4");
+        let classes = dest.classes.into_inner().unwrap();
+        assert_eq!(classes.len(), 3, "{classes:?}");
+        (classes, kept.read_back_idle)
+    }
+
+    /// On a store read through this machine's schedulers, the read-back steps aside while
+    /// the copy runs (the first blob is read back while the second waits to be written).
+    #[test]
+    fn the_read_back_of_a_local_store_is_idle_while_the_copy_runs() {
+        let (classes, idle) = read_back_classes(true);
+        assert_eq!(classes[0], "idle", "{classes:?}");
+        assert!(idle);
+    }
+
+    /// A remote store's reads are requests, some made by threads it starts: its read-back
+    /// keeps its class.
+    #[test]
+    fn the_read_back_of_a_remote_store_keeps_its_class() {
+        let (classes, idle) = read_back_classes(false);
+        assert!(
+            classes.iter().all(|c| c == "best-effort: prio 4"),
+            "{classes:?}"
+        );
+        assert!(!idle);
     }
 
     /// Objects under a blob store's `sha256/` (not its key check).
