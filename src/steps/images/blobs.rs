@@ -57,8 +57,6 @@ pub struct Kept {
     pub reused: u64,
     /// Blobs listed by the source but gone when read, by where they were.
     pub gone: Vec<String>,
-    /// Whether the read-back stepped aside for the copy (the idle I/O class) at some point.
-    pub read_back_idle: bool,
 }
 
 /// The blobs of `source` into the blob store and the backup's list into `done` (an images
@@ -103,15 +101,8 @@ pub async fn back_up_blobs(ctx: &Ctx, source: impl BlobSource, done: &mut Outcom
     ctx.reporter.emit(&Event::Log {
         step: ctx.step_id.clone(),
         message: format!(
-            "blobs: {} copied ({} bytes), {} already in the blob store{}",
-            kept.copied,
-            kept.copied_bytes,
-            kept.reused,
-            if kept.read_back_idle {
-                "; read back at the idle I/O class while the copy ran"
-            } else {
-                ""
-            }
+            "blobs: {} copied ({} bytes), {} already in the blob store",
+            kept.copied, kept.copied_bytes, kept.reused
         ),
     });
     let list = kept
@@ -179,7 +170,7 @@ pub fn keep(
     // While the copy runs, the read-back steps aside for its writes (`storage::ioprio`).
     let copying = AtomicBool::new(true);
     let local = dest.on_local_disk();
-    let (done, bad, idle) = std::thread::scope(|outer| {
+    let (done, bad) = std::thread::scope(|outer| {
         let copying = &copying;
         let reader = outer.spawn(move || {
             let mut buf = vec![0u8; 1 << 20];
@@ -194,7 +185,7 @@ pub fn keep(
                     Err(_) => break,
                 }
             }
-            (bad, class.was_idle())
+            bad
         });
         // Each copied blob's index and stored size; `None` for one gone from the source.
         let done = super::on_threads(&order, workers, 1 << 20, |&i, buf| {
@@ -213,8 +204,7 @@ pub fn keep(
         });
         copying.store(false, Ordering::Release);
         drop(written);
-        let (bad, idle) = reader.join().unwrap_or_default();
-        (done, bad, idle)
+        (done, reader.join().unwrap_or_default())
     });
     drop(order);
     let mut done = done?;
@@ -234,10 +224,7 @@ pub fn keep(
     // By index: every blob the store lacked, with what its copy stored (`None`: gone).
     done.sort_unstable_by_key(|&(i, _)| i);
 
-    let mut kept = Kept {
-        read_back_idle: idle,
-        ..Kept::default()
-    };
+    let mut kept = Kept::default();
     let mut entries = Vec::with_capacity(listed.len());
     let mut lacked = done.iter().peekable();
     for (i, b) in listed.iter().enumerate() {
@@ -443,7 +430,7 @@ enum Class {
     /// Idle, while the copy runs: its writes take the device first.
     Idle,
     /// Back to the default once the copy was done (or idle refused): not changed again.
-    Settled { was_idle: bool },
+    Settled,
 }
 
 impl Class {
@@ -456,19 +443,15 @@ impl Class {
                 if ioprio::idle_io() {
                     Class::Idle
                 } else {
-                    Class::Settled { was_idle: false }
+                    Class::Settled
                 }
             }
             Class::Idle if !copying => {
                 ioprio::default_io();
-                Class::Settled { was_idle: true }
+                Class::Settled
             }
             other => other,
         }
-    }
-
-    fn was_idle(self) -> bool {
-        matches!(self, Class::Idle | Class::Settled { was_idle: true })
     }
 }
 
@@ -868,8 +851,8 @@ mod tests {
     }
 
     /// Keeps three blobs, one at a time, in a `Watched` store: the I/O classes of the
-    /// read-back's opens, and what the run said of them.
-    fn read_back_classes(local: bool) -> (Vec<String>, bool) {
+    /// read-back's opens.
+    fn read_back_classes(local: bool) -> Vec<String> {
         // A known class to start from, whatever the test runner's is.
         ioprio::probe::best_effort();
         let dest = Watched::new(local);
@@ -891,28 +874,26 @@ mod tests {
         assert_eq!(ioprio::probe::class(), "best-effort: prio 4");
         let classes = dest.classes.into_inner().unwrap();
         assert_eq!(classes.len(), 3, "{classes:?}");
-        (classes, kept.read_back_idle)
+        classes
     }
 
     /// On a store read through this machine's schedulers, the read-back steps aside while
     /// the copy runs (the first blob is read back while the second waits to be written).
     #[test]
     fn the_read_back_of_a_local_store_is_idle_while_the_copy_runs() {
-        let (classes, idle) = read_back_classes(true);
+        let classes = read_back_classes(true);
         assert_eq!(classes[0], "idle", "{classes:?}");
-        assert!(idle);
     }
 
     /// A remote store's reads are requests, some made by threads it starts: its read-back
     /// keeps its class.
     #[test]
     fn the_read_back_of_a_remote_store_keeps_its_class() {
-        let (classes, idle) = read_back_classes(false);
+        let classes = read_back_classes(false);
         assert!(
             classes.iter().all(|c| c == "best-effort: prio 4"),
             "{classes:?}"
         );
-        assert!(!idle);
     }
 
     /// Objects under a blob store's `sha256/` (not its key check).
